@@ -1,0 +1,111 @@
+//! Generates our own ggml/gguf bindings.
+//!
+//! ggml comes from the pinned `llama-cpp-sys-2` crate, which builds it with CMake and installs the public
+//! headers under `$DEP_LLAMA_ROOT/include`; we run bindgen over those headers so that we decide what we bind.
+//! With the `system-ggml` feature the headers and libraries come from `$GGML_DIR` instead (Jetson users who
+//! build ggml themselves).
+use std::env;
+use std::path::{Path, PathBuf};
+
+const HEADERS: &[&str] = &["ggml.h", "ggml-alloc.h", "ggml-backend.h", "ggml-cpu.h", "gguf.h"];
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=GGML_DIR");
+    println!("cargo:rerun-if-env-changed=CUDA_PATH");
+
+    if env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        check_cuda_toolkit();
+    }
+
+    let include_dir = if env::var_os("CARGO_FEATURE_SYSTEM_GGML").is_some() {
+        let dir = match env::var("GGML_DIR") {
+            Ok(d) => PathBuf::from(d),
+            Err(_) => fail("feature `system-ggml` needs GGML_DIR=<prefix> with include/ggml.h and lib/libggml*"),
+        };
+        link_system_ggml(&dir);
+        dir.join("include")
+    } else {
+        match env::var("DEP_LLAMA_ROOT") {
+            Ok(root) => PathBuf::from(root).join("include"),
+            Err(_) => fail("DEP_LLAMA_ROOT is not set: the llama-cpp-sys-2 dependency did not build ggml"),
+        }
+    };
+    for h in HEADERS {
+        if !include_dir.join(h).is_file() {
+            fail(&format!("ggml header {h} not found in {}", include_dir.display()));
+        }
+    }
+
+    let mut wrapper = String::new();
+    for h in HEADERS {
+        wrapper.push_str(&format!("#include \"{h}\"\n"));
+    }
+    let cuda_header = include_dir.join("ggml-cuda.h");
+    if cuda_header.is_file() {
+        wrapper.push_str("#include \"ggml-cuda.h\"\n");
+    }
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
+    let wrapper_path = out.join("ggml_wrapper.h");
+    std::fs::write(&wrapper_path, wrapper).expect("write wrapper header");
+
+    let bindings = bindgen::Builder::default()
+        .header(wrapper_path.to_string_lossy())
+        .clang_arg(format!("-I{}", include_dir.display()))
+        .allowlist_function("ggml_.*|gguf_.*")
+        .allowlist_type("ggml_.*|gguf_.*")
+        .allowlist_var("GGML_.*|GGUF_.*")
+        .prepend_enum_name(false)
+        .default_enum_style(bindgen::EnumVariation::Consts)
+        .layout_tests(false)
+        .generate_comments(false)
+        .generate()
+        .unwrap_or_else(|e| fail(&format!("bindgen over the ggml headers failed: {e}")));
+    bindings.write_to_file(out.join("ggml_bindings.rs")).expect("write bindings");
+
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("error: {msg}");
+    panic!("{msg}");
+}
+
+fn check_cuda_toolkit() {
+    let nvcc_in_path = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).any(|d| d.join("nvcc").is_file()))
+        .unwrap_or(false);
+    let cuda_path = env::var_os("CUDA_PATH").map(PathBuf::from);
+    let nvcc_in_cuda_path = cuda_path.as_ref().map(|p| p.join("bin/nvcc").is_file()).unwrap_or(false);
+    let default = Path::new("/usr/local/cuda/bin/nvcc").is_file();
+    if !(nvcc_in_path || nvcc_in_cuda_path || default) {
+        fail(
+            "feature `cuda` needs the CUDA toolkit, but nvcc was not found (not in PATH, not in $CUDA_PATH/bin, \
+             not in /usr/local/cuda/bin). Install CUDA 12 (or JetPack 6 on Jetson) and set CUDA_PATH, or build \
+             without `--features cuda`.",
+        );
+    }
+}
+
+fn link_system_ggml(dir: &Path) {
+    let mut found = false;
+    for sub in ["lib", "lib64"] {
+        let lib = dir.join(sub);
+        if lib.is_dir() {
+            println!("cargo:rustc-link-search=native={}", lib.display());
+            found = true;
+        }
+    }
+    if !found {
+        fail(&format!("GGML_DIR={} has no lib/ or lib64/ folder", dir.display()));
+    }
+    for name in ["ggml", "ggml-base", "ggml-cpu"] {
+        println!("cargo:rustc-link-lib={name}");
+    }
+    let has_cuda = ["lib", "lib64"].iter().any(|s| {
+        let l = dir.join(s);
+        l.join("libggml-cuda.so").exists() || l.join("libggml-cuda.a").exists()
+    });
+    if has_cuda {
+        println!("cargo:rustc-link-lib=ggml-cuda");
+    }
+}

@@ -1,0 +1,289 @@
+//! Backends (CPU now, a GPU device through ggml's registry), buffers, the scheduler and the threadpool.
+
+use std::ffi::{CStr, CString};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use super::context::{Context, Graph};
+use super::sys;
+use super::{GgmlError, Result};
+
+/// Which device a backend runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Cpu,
+    Gpu,
+}
+
+/// A ggml backend (owned; freed on drop).
+pub struct Backend {
+    ptr: NonNull<sys::ggml_backend>,
+    kind: BackendKind,
+    name: String,
+}
+
+// SAFETY: a ggml backend may be used from another thread as long as it is not used concurrently; Backend
+// is not Sync, and the owners (Session) serialize use.
+unsafe impl Send for Backend {}
+
+impl Backend {
+    /// The CPU backend with `n_threads` threads.
+    pub fn cpu(n_threads: usize) -> Result<Self> {
+        super::check_version()?;
+        // SAFETY: ggml_backend_cpu_init has no preconditions; NULL is checked.
+        let p = unsafe { sys::ggml_backend_cpu_init() };
+        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Backend("the CPU backend could not be created".into()))?;
+        let b = Backend { ptr, kind: BackendKind::Cpu, name: "CPU".into() };
+        b.set_n_threads(n_threads);
+        Ok(b)
+    }
+
+    /// The first GPU device of ggml's registry, if one was compiled in and found.
+    pub fn gpu() -> Result<Self> {
+        super::check_version()?;
+        // SAFETY: registry queries; NULL means no such device.
+        let dev = unsafe { sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_GPU) };
+        if dev.is_null() {
+            return Err(GgmlError::Backend(
+                "no GPU device: this build has no GPU backend (build with `--features cuda`) or no GPU was found".into(),
+            ));
+        }
+        // SAFETY: dev is a registered device; name is a static string.
+        let name = unsafe { CStr::from_ptr(sys::ggml_backend_dev_name(dev)).to_string_lossy().into_owned() };
+        // SAFETY: dev is valid; NULL params means defaults.
+        let p = unsafe { sys::ggml_backend_dev_init(dev, std::ptr::null()) };
+        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Backend(format!("GPU device {name} failed to initialize")))?;
+        Ok(Backend { ptr, kind: BackendKind::Gpu, name })
+    }
+
+    pub(crate) fn raw(&self) -> *mut sys::ggml_backend {
+        self.ptr.as_ptr()
+    }
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Threads for the CPU backend (ignored elsewhere).
+    pub fn set_n_threads(&self, n: usize) {
+        if self.kind == BackendKind::Cpu {
+            // SAFETY: this is a CPU backend (checked).
+            unsafe { sys::ggml_backend_cpu_set_n_threads(self.raw(), n.clamp(1, 512) as i32) };
+        }
+    }
+
+    /// Attaches a persistent threadpool (CPU only): its threads stay alive between graph computations,
+    /// which matters for token-by-token decoding.
+    pub fn set_threadpool(&self, tp: &Threadpool) {
+        if self.kind == BackendKind::Cpu {
+            // SAFETY: CPU backend; the caller keeps `tp` alive as long as this backend computes (Session
+            // owns both and drops the backend first).
+            unsafe { sys::ggml_backend_cpu_set_threadpool(self.raw(), tp.ptr.as_ptr()) };
+        }
+    }
+
+    /// A buffer of `size` bytes on this backend.
+    pub fn alloc_buffer(&self, size: usize) -> Result<Buffer> {
+        // SAFETY: valid backend; NULL checked.
+        let p = unsafe { sys::ggml_backend_alloc_buffer(self.raw(), size.max(1)) };
+        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc { what: format!("a {size}-byte {} buffer", self.name) })?;
+        Ok(Buffer { ptr, _owner: None })
+    }
+
+    /// Allocates every tensor of `ctx` in one buffer of this backend.
+    pub fn alloc_ctx_tensors(&self, ctx: &Context) -> Result<Buffer> {
+        // SAFETY: valid context and backend; returns NULL on failure or when the context has no tensors.
+        let p = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), self.raw()) };
+        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc { what: format!("the tensors of a context on {}", self.name) })?;
+        Ok(Buffer { ptr, _owner: None })
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // SAFETY: created by ggml_backend_*_init and freed once.
+        unsafe { sys::ggml_backend_free(self.ptr.as_ptr()) };
+    }
+}
+
+/// A backend buffer. When made from host memory (the mmapped GGUF), it keeps the memory's owner alive.
+pub struct Buffer {
+    ptr: NonNull<sys::ggml_backend_buffer>,
+    _owner: Option<Arc<dyn Send + Sync>>,
+}
+
+// SAFETY: a buffer is a region of memory; ggml does not tie it to a thread.
+unsafe impl Send for Buffer {}
+// SAFETY: after setup, buffers are only read through ggml graphs (weights), which is thread-safe.
+unsafe impl Sync for Buffer {}
+
+impl Buffer {
+    /// Wraps host memory as a CPU buffer without copying (weights used in place from the mmap).
+    /// `owner` keeps the memory alive; `data` must point into it.
+    pub fn cpu_from_host(owner: Arc<dyn Send + Sync>, data: &[u8]) -> Result<Self> {
+        // SAFETY: data is valid for data.len() bytes as long as `owner` lives, and the Buffer holds owner.
+        // ggml only reads weights (the buffer usage is set to WEIGHTS).
+        let p = unsafe { sys::ggml_backend_cpu_buffer_from_ptr(data.as_ptr() as *mut _, data.len()) };
+        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc { what: "a CPU buffer over the mapped file".into() })?;
+        // SAFETY: valid buffer.
+        unsafe { sys::ggml_backend_buffer_set_usage(ptr.as_ptr(), sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS) };
+        Ok(Buffer { ptr, _owner: Some(owner) })
+    }
+
+    pub fn size(&self) -> usize {
+        // SAFETY: valid buffer.
+        unsafe { sys::ggml_backend_buffer_get_size(self.ptr.as_ptr()) }
+    }
+
+    fn base(&self) -> usize {
+        // SAFETY: valid buffer.
+        unsafe { sys::ggml_backend_buffer_get_base(self.ptr.as_ptr()) as usize }
+    }
+
+    /// Places `t` at byte `offset` of this buffer (zero-copy: the tensor's data *is* the buffer's memory).
+    pub fn place(&self, t: super::Tensor<'_>, offset: usize) -> Result<()> {
+        let end = offset.checked_add(t.nbytes());
+        if end.map(|e| e > self.size()).unwrap_or(true) {
+            return Err(GgmlError::Tensor {
+                name: t.name(),
+                detail: format!("{} bytes at offset {offset} do not fit a buffer of {}", t.nbytes(), self.size()),
+            });
+        }
+        if t.has_data() {
+            return Err(GgmlError::Tensor { name: t.name(), detail: "already allocated".into() });
+        }
+        let addr = (self.base() + offset) as *mut std::ffi::c_void;
+        // SAFETY: the tensor is unallocated and [addr, addr + nbytes) lies inside this buffer (checked).
+        let st = unsafe { sys::ggml_backend_tensor_alloc(self.ptr.as_ptr(), t.raw(), addr) };
+        if st != sys::GGML_STATUS_SUCCESS {
+            return Err(GgmlError::Tensor { name: t.name(), detail: format!("placement failed with status {st}") });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: created by ggml and freed once; the owner (if any) is dropped after this.
+        unsafe { sys::ggml_backend_buffer_free(self.ptr.as_ptr()) };
+    }
+}
+
+/// A persistent CPU threadpool.
+pub struct Threadpool {
+    ptr: NonNull<sys::ggml_threadpool>,
+}
+
+// SAFETY: the threadpool is an owned handle; ggml synchronizes its worker threads internally.
+unsafe impl Send for Threadpool {}
+
+impl Threadpool {
+    pub fn new(n_threads: usize) -> Result<Self> {
+        // SAFETY: plain parameter initialization, then creation; NULL is checked.
+        let p = unsafe {
+            let mut params = sys::ggml_threadpool_params_default(n_threads.clamp(1, 512) as i32);
+            sys::ggml_threadpool_new(&mut params)
+        };
+        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc { what: format!("a threadpool of {n_threads} threads") })?;
+        Ok(Threadpool { ptr })
+    }
+}
+
+impl Drop for Threadpool {
+    fn drop(&mut self) {
+        // SAFETY: created by ggml_threadpool_new, freed once; backends using it are dropped first by owners.
+        unsafe { sys::ggml_threadpool_free(self.ptr.as_ptr()) };
+    }
+}
+
+/// `ggml_backend_sched`: allocates a graph's intermediate tensors in reusable compute buffers and splits
+/// work between backends (ops a GPU cannot run fall back to the CPU, which must be last).
+pub struct Sched {
+    ptr: NonNull<sys::ggml_backend_sched>,
+}
+
+// SAFETY: owned handle, used by one thread at a time (not Sync).
+unsafe impl Send for Sched {}
+
+impl Sched {
+    /// A scheduler over `backends` (CPU last) for graphs of up to `graph_size` nodes.
+    pub fn new(backends: &[&Backend], graph_size: usize) -> Result<Self> {
+        if backends.is_empty() || backends.last().map(|b| b.kind) != Some(BackendKind::Cpu) {
+            return Err(GgmlError::Backend("the scheduler needs the CPU backend last".into()));
+        }
+        let mut raw: Vec<sys::ggml_backend_t> = backends.iter().map(|b| b.raw()).collect();
+        // SAFETY: raw holds valid backends, the last being CPU; NULL buffer types mean defaults.
+        let p = unsafe {
+            sys::ggml_backend_sched_new(raw.as_mut_ptr(), std::ptr::null_mut(), raw.len() as i32, graph_size + 4096, false, true)
+        };
+        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc { what: "a backend scheduler".into() })?;
+        Ok(Sched { ptr })
+    }
+
+    /// Sizes the compute buffers for the worst-case graph once, so later graphs allocate nothing new.
+    pub fn reserve(&mut self, g: &Graph<'_>) -> Result<()> {
+        // SAFETY: valid scheduler and graph.
+        if unsafe { sys::ggml_backend_sched_reserve(self.ptr.as_ptr(), g.raw()) } {
+            Ok(())
+        } else {
+            Err(GgmlError::Alloc { what: "compute buffers for the graph".into() })
+        }
+    }
+
+    /// Allocates `g`'s tensors (inputs can be set after this, before `compute`).
+    pub fn alloc(&mut self, g: &Graph<'_>) -> Result<()> {
+        // SAFETY: valid scheduler; reset first so a previous graph's assignment is dropped.
+        unsafe { sys::ggml_backend_sched_reset(self.ptr.as_ptr()) };
+        // SAFETY: valid scheduler and graph.
+        if unsafe { sys::ggml_backend_sched_alloc_graph(self.ptr.as_ptr(), g.raw()) } {
+            Ok(())
+        } else {
+            Err(GgmlError::Alloc { what: "the graph's tensors".into() })
+        }
+    }
+
+    /// Computes an allocated graph.
+    pub fn compute(&mut self, g: &Graph<'_>) -> Result<()> {
+        // SAFETY: valid scheduler and an allocated graph.
+        let st = unsafe { sys::ggml_backend_sched_graph_compute(self.ptr.as_ptr(), g.raw()) };
+        if st != sys::GGML_STATUS_SUCCESS {
+            return Err(GgmlError::Compute(st));
+        }
+        Ok(())
+    }
+
+    /// Bytes of compute buffer held on backend `i` (for memory reports).
+    pub fn buffer_size(&self, backend: &Backend) -> usize {
+        // SAFETY: valid scheduler and backend.
+        unsafe { sys::ggml_backend_sched_get_buffer_size(self.ptr.as_ptr(), backend.raw()) }
+    }
+}
+
+impl Drop for Sched {
+    fn drop(&mut self) {
+        // SAFETY: created by ggml_backend_sched_new, freed once.
+        unsafe { sys::ggml_backend_sched_free(self.ptr.as_ptr()) };
+    }
+}
+
+/// Names of the devices ggml's registry knows (for `--device` help and reports).
+pub fn device_names() -> Vec<String> {
+    let mut v = Vec::new();
+    // SAFETY: registry enumeration; names are static strings.
+    unsafe {
+        for i in 0..sys::ggml_backend_dev_count() {
+            let d = sys::ggml_backend_dev_get(i);
+            if !d.is_null() {
+                v.push(CStr::from_ptr(sys::ggml_backend_dev_name(d)).to_string_lossy().into_owned());
+            }
+        }
+    }
+    v
+}
+
+#[allow(dead_code)]
+fn cstring(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| GgmlError::Backend(format!("name {s:?} contains NUL")))
+}

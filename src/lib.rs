@@ -1,0 +1,12 @@
+//! internvl: an edge runtime for InternVL2-1B (InternViT-300M + MLP projector + Qwen2-0.5B) on ggml.
+//!
+//! Module map: `ggml` is the only home of ggml `unsafe`; `gguf` reads and writes GGUF files (Rust-native,
+//! hostile-input safe); `names` names every key and tensor; `hparams` holds the model's dimensions;
+//! `image` (tiling, Pillow-exact bicubic), `tokenizer` and `chat` build the exact inputs.
+pub mod chat;
+pub mod ggml;
+pub mod gguf;
+pub mod hparams;
+pub mod image;
+pub mod names;
+pub mod tokenizer;
