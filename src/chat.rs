@@ -26,14 +26,23 @@ pub const ASSISTANT_ROLE: &str = "<|im_start|>assistant\n";
 /// MPT separator: `<|im_end|>` with no trailing newline.
 pub const SEP: &str = "<|im_end|>";
 
+/// Upper bound on the image context tokens of one prompt. Far above any context window (Qwen2-0.5B
+/// trained at 32768), it only stops absurd tile counts from exhausting memory before the runtime's own
+/// context-length check.
+pub const MAX_IMAGE_TOKENS: usize = 1 << 24;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
     #[error("{images} image(s) given but the prompt has {placeholders} `<image>` placeholder(s)")]
     PlaceholderMismatch { images: usize, placeholders: usize },
     #[error("image {index} has 0 tiles")]
     ZeroTiles { index: usize },
-    #[error("image {index}: {tiles} tiles × {num_image_token} tokens per tile overflows")]
-    TooManyTokens { index: usize, tiles: usize, num_image_token: usize },
+    #[error("image {index}: {tiles} tiles × {num_image_token} tokens per tile brings the prompt over {MAX_IMAGE_TOKENS} image tokens")]
+    TooManyTokens {
+        index: usize,
+        tiles: usize,
+        num_image_token: usize,
+    },
     #[error("num_image_token must be > 0")]
     ZeroImageTokens,
     #[error("the conversation has no turns")]
@@ -64,7 +73,10 @@ pub struct Conversation {
 
 impl Default for Conversation {
     fn default() -> Self {
-        Conversation { system: DEFAULT_SYSTEM_MESSAGE.to_owned(), turns: Vec::new() }
+        Conversation {
+            system: DEFAULT_SYSTEM_MESSAGE.to_owned(),
+            turns: Vec::new(),
+        }
     }
 }
 
@@ -76,7 +88,10 @@ impl Conversation {
 
     /// A conversation with a custom system message (HF: `model.system_message = ...`).
     pub fn with_system(system: impl Into<String>) -> Self {
-        Conversation { system: system.into(), turns: Vec::new() }
+        Conversation {
+            system: system.into(),
+            turns: Vec::new(),
+        }
     }
 
     /// Shorthand for a one-question conversation with the default system message.
@@ -88,7 +103,10 @@ impl Conversation {
 
     /// Appends an open turn.
     pub fn ask(&mut self, question: impl Into<String>) -> &mut Self {
-        self.turns.push(Turn { user: question.into(), assistant: None });
+        self.turns.push(Turn {
+            user: question.into(),
+            assistant: None,
+        });
         self
     }
 
@@ -149,14 +167,18 @@ impl Conversation {
 
 /// `Image-1: <image>\nImage-2: <image>\n…{text}` (spec §5.3, separate images).
 pub fn multi_image_question(n_images: usize, text: &str) -> String {
-    let mut q: String = (1..=n_images).map(|i| format!("Image-{i}: {IMAGE_PLACEHOLDER}\n")).collect();
+    let mut q: String = (1..=n_images)
+        .map(|i| format!("Image-{i}: {IMAGE_PLACEHOLDER}\n"))
+        .collect();
     q.push_str(text);
     q
 }
 
 /// `Frame1: <image>\n…FrameK: <image>\n{text}` (spec §5.3, video, one tile per frame).
 pub fn video_question(n_frames: usize, text: &str) -> String {
-    let mut q: String = (1..=n_frames).map(|i| format!("Frame{i}: {IMAGE_PLACEHOLDER}\n")).collect();
+    let mut q: String = (1..=n_frames)
+        .map(|i| format!("Frame{i}: {IMAGE_PLACEHOLDER}\n"))
+        .collect();
     q.push_str(text);
     q
 }
@@ -166,7 +188,10 @@ pub fn video_question(n_frames: usize, text: &str) -> String {
 pub enum Segment {
     Text(String),
     /// `<img>` + `<IMG_CONTEXT>`·n_context + `</img>` for image `index`.
-    Image { index: usize, n_context: usize },
+    Image {
+        index: usize,
+        n_context: usize,
+    },
 }
 
 /// The prompt split at image blocks (spec §5.2 steps 1–4 applied, nothing tokenized yet).
@@ -195,13 +220,23 @@ impl PromptPlan {
             return Err(ChatError::ZeroImageTokens);
         }
         let mut n_contexts = Vec::with_capacity(image_tiles.len());
+        let mut total = 0usize;
         for (index, &tiles) in image_tiles.iter().enumerate() {
             if tiles == 0 {
                 return Err(ChatError::ZeroTiles { index });
             }
             let n = tiles
                 .checked_mul(num_image_token)
-                .ok_or(ChatError::TooManyTokens { index, tiles, num_image_token })?;
+                .and_then(|n| Some((n, total.checked_add(n)?)))
+                .filter(|&(_, t)| t <= MAX_IMAGE_TOKENS);
+            let Some((n, t)) = n else {
+                return Err(ChatError::TooManyTokens {
+                    index,
+                    tiles,
+                    num_image_token,
+                });
+            };
+            total = t;
             n_contexts.push(n);
         }
 
@@ -216,18 +251,26 @@ impl PromptPlan {
         };
 
         if image_tiles.is_empty() {
-            return Ok(PromptPlan { segments: vec![Segment::Text(rendered)] });
+            return Ok(PromptPlan {
+                segments: vec![Segment::Text(rendered)],
+            });
         }
         let pieces: Vec<&str> = rendered.split(IMAGE_PLACEHOLDER).collect();
         let placeholders = pieces.len().saturating_sub(1);
         if placeholders != image_tiles.len() {
-            return Err(ChatError::PlaceholderMismatch { images: image_tiles.len(), placeholders });
+            return Err(ChatError::PlaceholderMismatch {
+                images: image_tiles.len(),
+                placeholders,
+            });
         }
         let mut segments = Vec::with_capacity(pieces.len() * 2);
         for (i, piece) in pieces.iter().enumerate() {
             if i > 0 {
                 let n_context = n_contexts.get(i - 1).copied().unwrap_or(0);
-                segments.push(Segment::Image { index: i - 1, n_context });
+                segments.push(Segment::Image {
+                    index: i - 1,
+                    n_context,
+                });
             }
             if !piece.is_empty() {
                 segments.push(Segment::Text((*piece).to_owned()));
@@ -362,7 +405,13 @@ pub mod grounding {
             let body = text.get(body_start..body_start + body_len).unwrap_or("");
             let label = text.get(..open).and_then(ref_before);
             for [x1, y1, x2, y2] in quads(body) {
-                out.push(GroundedBox { label: label.clone(), x1, y1, x2, y2 });
+                out.push(GroundedBox {
+                    label: label.clone(),
+                    x1,
+                    y1,
+                    x2,
+                    y2,
+                });
             }
             pos = body_start + body_len + BOX_END.len();
         }
@@ -382,7 +431,13 @@ pub mod grounding {
             let end = start + len + 2;
             let group = text.get(start..end).unwrap_or("");
             for [x1, y1, x2, y2] in quads(group) {
-                out.push(GroundedBox { label: None, x1, y1, x2, y2 });
+                out.push(GroundedBox {
+                    label: None,
+                    x1,
+                    y1,
+                    x2,
+                    y2,
+                });
             }
             pos = end;
         }

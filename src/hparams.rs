@@ -125,11 +125,15 @@ impl Hparams {
             },
             llm: LlmHparams {
                 n_vocab: 151655,
-                n_embd: 112,
-                n_ff: 304,
+                // 14 heads of 32 over 2 KV heads, as the real model (GQA group 7 with more than one KV
+                // head, so a wrong head-to-KV-head mapping shows). Rows fit the 32-wide blocks of
+                // q8_0/q4_0 (weights and KV cache), and 448 is not a multiple of 256, so the K-quant
+                // fallback is exercised as with the real 896.
+                n_embd: 448,
+                n_ff: 608,
                 n_layer: 2,
-                n_head: 7,
-                n_head_kv: 1,
+                n_head: 14,
+                n_head_kv: 2,
                 n_ctx_train: 32768,
                 rope_theta: 1_000_000.0,
                 rms_eps: 1e-6,
@@ -160,7 +164,10 @@ mod tests {
     fn tiny_keeps_the_ratios() {
         let hp = Hparams::tiny();
         assert_eq!(hp.llm.n_head / hp.llm.n_head_kv, 7);
-        assert_eq!(hp.llm.head_dim(), 16);
+        assert!(hp.llm.n_head_kv > 1);
+        assert_eq!(hp.llm.head_dim(), 32);
+        assert_eq!(hp.llm.n_embd_kv() % 32, 0);
+        assert_ne!(hp.llm.n_embd % 256, 0, "like 896, not a multiple of 256");
         assert_eq!(hp.vision.grid(), 32);
         assert_eq!(hp.num_image_token(), 256);
     }

@@ -37,7 +37,8 @@ pub mod tokens {
 }
 
 /// The Qwen2 pre-tokenizer regex (spec §6.1), used with behaviour `Isolated`.
-pub const QWEN2_PRETOKENIZE_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const QWEN2_PRETOKENIZE_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// llama.cpp `tokenizer.ggml.token_type` values (gguf-py `TokenType`).
 pub mod token_type {
@@ -62,9 +63,20 @@ pub enum TokenizerError {
     #[error("{path} line {line}: merge symbol {symbol:?} is not in vocab.json")]
     MergeSymbolUnknown { path: PathBuf, line: usize, symbol: String },
     #[error("{path}: ids collide: {first:?} and {second:?} both have id {id}")]
-    IdCollision { path: PathBuf, id: u32, first: String, second: String },
+    IdCollision {
+        path: PathBuf,
+        id: u32,
+        first: String,
+        second: String,
+    },
     #[error("{path}: token {content:?} has id {id} here but id {other_id} in {other_path}")]
-    AddedTokenConflict { path: PathBuf, content: String, id: u32, other_id: u32, other_path: PathBuf },
+    AddedTokenConflict {
+        path: PathBuf,
+        content: String,
+        id: u32,
+        other_id: u32,
+        other_path: PathBuf,
+    },
     #[error("tokenizer has no token {0:?}, which InternVL needs")]
     MissingSpecialToken(&'static str),
     #[error("vocab_size {vocab_size} is smaller than the highest token id {max_id} + 1")]
@@ -105,12 +117,18 @@ pub struct SlowTokenizerFiles {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })
+    fs::read_to_string(path).map_err(|source| TokenizerError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = read_text(path)?;
-    serde_json::from_str(&text).map_err(|source| TokenizerError::Json { path: path.to_path_buf(), source })
+    serde_json::from_str(&text).map_err(|source| TokenizerError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// A token in tokenizer_config.json is either a plain string or `{"content": ...}` (or null).
@@ -131,9 +149,17 @@ impl SlowTokenizerFiles {
         for (token, id) in raw_vocab {
             if let Some(first) = vocab.get(&id) {
                 // Report the pair in a stable order so the message does not depend on hash order.
-                let (first, second) =
-                    if *first <= token { (first.clone(), token) } else { (token, first.clone()) };
-                return Err(TokenizerError::IdCollision { path: vocab_path, id, first, second });
+                let (first, second) = if *first <= token {
+                    (first.clone(), token)
+                } else {
+                    (token, first.clone())
+                };
+                return Err(TokenizerError::IdCollision {
+                    path: vocab_path,
+                    id,
+                    first,
+                    second,
+                });
             }
             vocab.insert(id, token);
         }
@@ -147,7 +173,11 @@ impl SlowTokenizerFiles {
 
         // tokenizer_config.json is optional: it only contributes flags and the eos/pad/bos names.
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg: Value = if cfg_path.exists() { read_json(&cfg_path)? } else { Value::Null };
+        let cfg: Value = if cfg_path.exists() {
+            read_json(&cfg_path)?
+        } else {
+            Value::Null
+        };
         let mut decoder_flags: HashMap<u32, AddedTokenSpec> = HashMap::new();
         if let Some(dec) = cfg.get("added_tokens_decoder") {
             let obj = dec.as_object().ok_or_else(|| TokenizerError::BadFile {
@@ -159,12 +189,13 @@ impl SlowTokenizerFiles {
                     path: cfg_path.clone(),
                     what: format!("added_tokens_decoder key {id_str:?} is not a token id"),
                 })?;
-                let content = entry.get("content").and_then(Value::as_str).ok_or_else(|| {
-                    TokenizerError::BadFile {
+                let content = entry
+                    .get("content")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| TokenizerError::BadFile {
                         path: cfg_path.clone(),
                         what: format!("added_tokens_decoder[{id}] has no string \"content\""),
-                    }
-                })?;
+                    })?;
                 let flag = |k: &str, default: bool| entry.get(k).and_then(Value::as_bool).unwrap_or(default);
                 decoder_flags.insert(
                     id,
@@ -190,7 +221,12 @@ impl SlowTokenizerFiles {
                 } else {
                     (content, prev.content.clone())
                 };
-                return Err(TokenizerError::IdCollision { path: added_path, id, first, second });
+                return Err(TokenizerError::IdCollision {
+                    path: added_path,
+                    id,
+                    first,
+                    second,
+                });
             }
             let spec = match decoder_flags.remove(&id) {
                 Some(spec) if spec.content == content => spec,
@@ -272,8 +308,7 @@ impl SlowTokenizerFiles {
 
     /// The Hugging Face `tokenizers` JSON (spec §6.3). Deterministic: same files, same bytes.
     pub fn to_hf_json(&self) -> String {
-        let vocab: serde_json::Map<String, Value> =
-            self.vocab.iter().map(|(id, t)| (t.clone(), json!(id))).collect();
+        let vocab: serde_json::Map<String, Value> = self.vocab.iter().map(|(id, t)| (t.clone(), json!(id))).collect();
         let merges: Vec<Value> = self.merges.iter().map(|(a, b)| json!([a, b])).collect();
         let added: Vec<Value> = self
             .added_tokens
@@ -429,7 +464,11 @@ pub fn llama_cpp_vocab(files: &SlowTokenizerFiles, vocab_size: Option<usize>) ->
         }
     }
     let merges = files.merges.iter().map(|(a, b)| format!("{a} {b}")).collect();
-    Ok(LlamaCppVocab { tokens, token_type: types, merges })
+    Ok(LlamaCppVocab {
+        tokens,
+        token_type: types,
+        merges,
+    })
 }
 
 /// GPT-2 byte-level alphabet, inverted: char code -> byte. Printable Latin-1 bytes map to themselves,
@@ -498,7 +537,10 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("vocab_size", &self.vocab_size()).field("ids", &self.ids).finish()
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("ids", &self.ids)
+            .finish()
     }
 }
 
@@ -506,7 +548,8 @@ impl Tokenizer {
     /// Loads a `tokenizers` JSON (as produced by [`build_hf_tokenizer_json`]).
     pub fn from_json(json: &str) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_str(json).map_err(|e| TokenizerError::Library(e.to_string()))?;
-        let n = inner.get_vocab_size(true);
+        // Highest id + 1 rather than the token count, so that a vocabulary with holes keeps every id.
+        let n = inner.get_vocab(true).values().max().map_or(0, |&m| m as usize + 1);
         let added = inner.get_added_tokens_decoder();
         let inv = byte_level_inverse();
         let mut bytes = Vec::new();
@@ -540,7 +583,13 @@ impl Tokenizer {
             box_start: inner.token_to_id(tokens::BOX_START),
             box_end: inner.token_to_id(tokens::BOX_END),
         };
-        Ok(Tokenizer { inner, bytes, offsets, special, ids })
+        Ok(Tokenizer {
+            inner,
+            bytes,
+            offsets,
+            special,
+            ids,
+        })
     }
 
     /// Builds the tokenizer straight from a checkpoint directory (the converter's path, and tests).
@@ -551,14 +600,19 @@ impl Tokenizer {
     /// Encodes text with no BOS and no added special tokens (spec §5.2 step 5). Added tokens written in
     /// the text (`<|im_start|>`, `<img>`, ...) are recognised, as in HF (`split_special_tokens=false`).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Library(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Library(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Decodes ids; invalid UTF-8 becomes U+FFFD (HF `errors="replace"`). Unknown ids are an error.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.check_ids(ids)?;
-        self.inner.decode(ids, skip_special).map_err(|e| TokenizerError::Library(e.to_string()))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| TokenizerError::Library(e.to_string()))
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
@@ -595,7 +649,10 @@ impl Tokenizer {
 
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
         match ids.iter().find(|&&id| id as usize >= self.vocab_size()) {
-            Some(&id) => Err(TokenizerError::UnknownTokenId { id, vocab_size: self.vocab_size() }),
+            Some(&id) => Err(TokenizerError::UnknownTokenId {
+                id,
+                vocab_size: self.vocab_size(),
+            }),
             None => Ok(()),
         }
     }
@@ -619,14 +676,18 @@ impl StreamDecoder {
     /// `skip_special`: drop special added tokens (as chat() does, spec §5.4). Keep them to parse
     /// grounding tags (spec §9).
     pub fn new(skip_special: bool) -> Self {
-        StreamDecoder { skip_special, pending: Vec::new() }
+        StreamDecoder {
+            skip_special,
+            pending: Vec::new(),
+        }
     }
 
     /// Adds one token; returns the newly completed text, if any.
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
-        let bytes = tokenizer
-            .token_bytes(id)
-            .ok_or(TokenizerError::UnknownTokenId { id, vocab_size: tokenizer.vocab_size() })?;
+        let bytes = tokenizer.token_bytes(id).ok_or(TokenizerError::UnknownTokenId {
+            id,
+            vocab_size: tokenizer.vocab_size(),
+        })?;
         if self.skip_special && tokenizer.is_special(id) {
             return Ok(None);
         }

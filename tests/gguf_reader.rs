@@ -160,10 +160,10 @@ fn typed_getters() {
     let err = f.get_u32("no.such.key").unwrap_err();
     assert!(matches!(&err, GgufError::MissingKey { key } if key == "no.such.key"), "{err}");
     for (key, getter_err) in [
-        ("t.i8", f.get_u32("t.i8").unwrap_err()),              // negative does not fit
-        ("t.u64", f.get_u32("t.u64").unwrap_err()),            // too large
-        ("t.f32", f.get_u32("t.f32").unwrap_err()),            // float is not an integer
-        ("t.u32", f.get_f32("t.u32").unwrap_err()),            // integer is not a float
+        ("t.i8", f.get_u32("t.i8").unwrap_err()),   // negative does not fit
+        ("t.u64", f.get_u32("t.u64").unwrap_err()), // too large
+        ("t.f32", f.get_u32("t.f32").unwrap_err()), // float is not an integer
+        ("t.u32", f.get_f32("t.u32").unwrap_err()), // integer is not a float
         ("t.u8", f.get_bool("t.u8").unwrap_err()),
         ("t.a_str", f.get_str("t.a_str").unwrap_err()),
         ("t.str_utf8", f.get_str_array("t.str_utf8").unwrap_err()),
@@ -219,9 +219,8 @@ impl Raw {
         self.u32(ty).u64(offset)
     }
     fn pad(&mut self, alignment: usize) -> &mut Self {
-        while self.0.len() % alignment != 0 {
-            self.0.push(0);
-        }
+        let padded = self.0.len().div_ceil(alignment) * alignment;
+        self.0.resize(padded, 0);
         self
     }
     fn data(&mut self, n: usize) -> &mut Self {
@@ -273,28 +272,40 @@ fn malformed_files_give_distinct_errors() {
     };
 
     // Truncation at several points.
-    case("truncated inside magic", valid[..2].to_vec(), &|e| {
-        matches!(e, E::Truncated { what, offset: 0, .. } if what == "magic")
-    });
+    case(
+        "truncated inside magic",
+        valid[..2].to_vec(),
+        &|e| matches!(e, E::Truncated { what, offset: 0, .. } if what == "magic"),
+    );
     // One kv: the key "general.name" occupies bytes 32..44, its 26-byte value string starts at byte 56.
     let one_kv = Raw::header(3, 0, 1).kv_str("general.name", "a long enough value string").bytes();
     assert!(GgufFile::from_bytes(one_kv.clone()).is_ok());
-    case("truncated inside a kv key", one_kv[..40].to_vec(), &|e| {
-        matches!(e, E::StringPastEnd { what, offset: 32, len: 12, available: 8 } if what.contains("kv #0"))
-    });
-    case("truncated inside a kv string value", one_kv[..60].to_vec(), &|e| {
-        matches!(e, E::StringPastEnd { what, offset: 56, len: 26, available: 4 } if what.contains("general.name"))
-    });
+    case(
+        "truncated inside a kv key",
+        one_kv[..40].to_vec(),
+        &|e| matches!(e, E::StringPastEnd { what, offset: 32, len: 12, available: 8 } if what.contains("kv #0")),
+    );
+    case(
+        "truncated inside a kv string value",
+        one_kv[..60].to_vec(),
+        &|e| matches!(e, E::StringPastEnd { what, offset: 56, len: 26, available: 4 } if what.contains("general.name")),
+    );
     case("truncated after the header", valid[..30].to_vec(), &|e| {
         matches!(e, E::CountTooLarge { what: "metadata kv", count: 2, max: 0, .. })
     });
-    let first_info = valid.windows(2).position(|w| w == b"t0").unwrap();
-    case("truncated inside tensor infos", valid[..first_info + 6].to_vec(), &|e| {
-        matches!(e, E::Truncated { what, .. } if what.contains("t0"))
-    });
-    case("truncated inside data", valid[..valid.len() - 5].to_vec(), &|e| {
-        matches!(e, E::TensorPastEnd { tensor, .. } if tensor == "t1")
-    });
+    // One 4-d tensor: name at 24..34, n_dims 34..38, dims 38..70 (dimension 3 at 62..70).
+    let one_tensor = Raw::header(3, 1, 0).tensor("t0", &[2, 2, 2, 2], 0, 0).pad(32).data(64).bytes();
+    assert!(GgufFile::from_bytes(one_tensor.clone()).is_ok());
+    case(
+        "truncated inside tensor infos",
+        one_tensor[..64].to_vec(),
+        &|e| matches!(e, E::Truncated { what, offset: 62, needed: 8, file_len: 64 } if what == "dimension 3 of tensor 't0'"),
+    );
+    case(
+        "truncated inside data",
+        valid[..valid.len() - 5].to_vec(),
+        &|e| matches!(e, E::TensorPastEnd { tensor, .. } if tensor == "t1"),
+    );
 
     let mut bad_magic = valid.clone();
     bad_magic[3] = b'X';
@@ -305,43 +316,53 @@ fn malformed_files_give_distinct_errors() {
         case("unknown version", v, &|e| matches!(e, E::UnsupportedVersion { version: got } if *got == version));
     }
 
-    case("kv count 2^62", Raw::header(3, 0, 1 << 62).bytes(), &|e| {
-        matches!(e, E::CountTooLarge { what, count, .. } if what.contains("kv") && *count == 1 << 62)
-    });
+    case(
+        "kv count 2^62",
+        Raw::header(3, 0, 1 << 62).bytes(),
+        &|e| matches!(e, E::CountTooLarge { what, count, .. } if what.contains("kv") && *count == 1 << 62),
+    );
     case("tensor count 2^62", Raw::header(3, 1 << 62, 0).bytes(), &|e| {
         matches!(e, E::CountTooLarge { what: "tensor", .. })
     });
 
     let mut r = Raw::header(3, 0, 1);
     r.str("k").u32(8).u64(1 << 40).u8(b'a');
-    case("string length past the end", r.bytes(), &|e| {
-        matches!(e, E::StringPastEnd { len, what, .. } if *len == 1 << 40 && what.contains("'k'"))
-    });
+    case(
+        "string length past the end",
+        r.bytes(),
+        &|e| matches!(e, E::StringPastEnd { len, what, .. } if *len == 1 << 40 && what.contains("'k'")),
+    );
     let mut r = Raw::header(3, 0, 1);
-    r.u64(u64::MAX).u8(b'k');
+    r.u64(u64::MAX).u8(b'k').u64(0);
     case("key length u64::MAX", r.bytes(), &|e| matches!(e, E::StringPastEnd { len: u64::MAX, .. }));
 
     let mut r = Raw::header(3, 1, 0);
     r.tensor("t0", &[4], 0, 0).pad(32).data(15);
-    case("tensor data past the end", r.bytes(), &|e| {
-        matches!(e, E::TensorPastEnd { tensor, size: 16, .. } if tensor == "t0")
-    });
+    case(
+        "tensor data past the end",
+        r.bytes(),
+        &|e| matches!(e, E::TensorPastEnd { tensor, size: 16, .. } if tensor == "t0"),
+    );
     let mut r = Raw::header(3, 1, 0);
     r.tensor("t0", &[4], 0, u64::MAX - 31).pad(32).data(16);
     case("tensor offset near u64::MAX", r.bytes(), &|e| matches!(e, E::TensorPastEnd { .. }));
 
     let mut r = Raw::header(3, 2, 0);
     r.tensor("t0", &[4], 0, 0).tensor("t1", &[8], 0, 16).pad(32).data(64);
-    case("misaligned offset", r.bytes(), &|e| {
-        matches!(e, E::MisalignedOffset { tensor, offset: 16, alignment: 32 } if tensor == "t1")
-    });
+    case(
+        "misaligned offset",
+        r.bytes(),
+        &|e| matches!(e, E::MisalignedOffset { tensor, offset: 16, alignment: 32 } if tensor == "t1"),
+    );
 
     for ty in [4u32, 31, 43, 1000] {
         let mut r = Raw::header(3, 1, 0);
         r.tensor("t0", &[4], ty, 0).pad(32).data(64);
-        case("unknown tensor type", r.bytes(), &|e| {
-            matches!(e, E::UnknownGgmlType { tensor, type_id } if tensor == "t0" && *type_id == ty)
-        });
+        case(
+            "unknown tensor type",
+            r.bytes(),
+            &|e| matches!(e, E::UnknownGgmlType { tensor, type_id } if tensor == "t0" && *type_id == ty),
+        );
     }
 
     let mut r = Raw::header(3, 2, 0);
@@ -365,9 +386,11 @@ fn malformed_files_give_distinct_errors() {
     for n_dims in [0u32, 5, u32::MAX] {
         let mut r = Raw::header(3, 1, 0);
         r.str("t0").u32(n_dims).u64(4).u64(4).u64(4).u64(4).u64(4).u32(0).u64(0).pad(32).data(64);
-        case("bad dim count", r.bytes(), &|e| {
-            matches!(e, E::BadDimCount { tensor, n_dims: got } if tensor == "t0" && *got == u64::from(n_dims))
-        });
+        case(
+            "bad dim count",
+            r.bytes(),
+            &|e| matches!(e, E::BadDimCount { tensor, n_dims: got } if tensor == "t0" && *got == u64::from(n_dims)),
+        );
     }
 
     for a in [0u32, 48, 3] {
@@ -377,15 +400,19 @@ fn malformed_files_give_distinct_errors() {
     }
     let mut r = Raw::header(3, 0, 1);
     r.str("general.alignment").u32(10).u64(32);
-    case("alignment of the wrong type", r.bytes(), &|e| {
-        matches!(e, E::WrongType { key, .. } if key == "general.alignment")
-    });
+    case(
+        "alignment of the wrong type",
+        r.bytes(),
+        &|e| matches!(e, E::WrongType { key, .. } if key == "general.alignment"),
+    );
 
     let mut r = Raw::header(3, 2, 0);
     r.tensor("t0", &[16], 0, 0).tensor("t1", &[8], 0, 32).pad(32).data(96);
-    case("overlapping tensors", r.bytes(), &|e| {
-        matches!(e, E::TensorOverlap { first, second, first_end: 64, second_start: 32 } if first == "t0" && second == "t1")
-    });
+    case(
+        "overlapping tensors",
+        r.bytes(),
+        &|e| matches!(e, E::TensorOverlap { first, second, first_end: 64, second_start: 32 } if first == "t0" && second == "t1"),
+    );
     // Overlap is found whatever the declaration order.
     let mut r = Raw::header(3, 2, 0);
     r.tensor("t1", &[8], 0, 32).tensor("t0", &[16], 0, 0).pad(32).data(96);
@@ -405,9 +432,11 @@ fn malformed_files_give_distinct_errors() {
     for (elem, count) in [(4u32, 1u64 << 40), (8, 1 << 60), (12, u64::MAX), (0, 100)] {
         let mut r = Raw::header(3, 0, 1);
         r.str("k").u32(9).u32(elem).u64(count).u32(0);
-        case("array count past the end", r.bytes(), &|e| {
-            matches!(e, E::ArrayPastEnd { key, count: c, .. } if key == "k" && *c == count)
-        });
+        case(
+            "array count past the end",
+            r.bytes(),
+            &|e| matches!(e, E::ArrayPastEnd { key, count: c, .. } if key == "k" && *c == count),
+        );
     }
 
     let mut r = Raw::header(3, 0, 1);
@@ -433,9 +462,11 @@ fn malformed_files_give_distinct_errors() {
 
     let mut r = Raw::header(3, 1, 0);
     r.tensor("q", &[33], GgmlType::Q8_0 as u32, 0).pad(32).data(64);
-    case("row not a whole number of blocks", r.bytes(), &|e| {
-        matches!(e, E::RowNotBlockMultiple { tensor, ne0: 33, block: 32, .. } if tensor == "q")
-    });
+    case(
+        "row not a whole number of blocks",
+        r.bytes(),
+        &|e| matches!(e, E::RowNotBlockMultiple { tensor, ne0: 33, block: 32, .. } if tensor == "q"),
+    );
 
     let distinct: HashSet<_> = cases.iter().map(|(_, e)| discriminant(e)).collect();
     assert!(distinct.len() >= 20, "only {} distinct error variants over {} cases", distinct.len(), cases.len());
@@ -667,7 +698,9 @@ fn writer_refuses_misuse() {
     assert_eq!(w.header_size() % 64, 0);
     assert_eq!(w.tensors()[1].offset, 64);
 
-    assert!(matches!(w.write_tensor_data("b", &[0; 8]), Err(E::TensorOrder { expected, got }) if expected == "a" && got == "b"));
+    assert!(
+        matches!(w.write_tensor_data("b", &[0; 8]), Err(E::TensorOrder { expected, got }) if expected == "a" && got == "b")
+    );
     assert!(matches!(w.write_tensor_data("nope", &[0; 8]), Err(E::UnknownTensor { .. })));
     w.write_tensor_data("a", &[0; 16]).unwrap();
     assert!(matches!(w.add_kv("late", Value::U8(0)), Err(E::HeaderAlreadyWritten { .. })));

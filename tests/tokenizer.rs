@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use internvl::tokenizer::{
-    build_hf_tokenizer_json, llama_cpp_vocab, token_type, SlowTokenizerFiles, StreamDecoder, Tokenizer,
-    TokenizerError,
+    build_hf_tokenizer_json, llama_cpp_vocab, token_type, SlowTokenizerFiles, StreamDecoder, Tokenizer, TokenizerError,
 };
 use serde_json::Value;
 
-const SYS: &str = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。";
+const SYS: &str =
+    "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。";
 
 fn model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/model/InternVL2-1B")
@@ -23,7 +23,11 @@ fn reference() -> Value {
 }
 
 fn json_ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("id array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("id array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 fn hf_json() -> &'static str {
@@ -45,7 +49,7 @@ fn insert_ctx(ids_no_ctx: &[u32], tiles: &[usize]) -> Vec<u32> {
         out.push(id);
         if id == 151646 {
             let n = *it.next().expect("more <img> than images");
-            out.extend(std::iter::repeat(151648).take(256 * n));
+            out.resize(out.len() + 256 * n, 151648);
         }
     }
     assert!(it.next().is_none(), "fewer <img> than images");
@@ -67,18 +71,43 @@ fn vocab_facts() {
     assert_eq!(t.vocab_size(), 151_655);
     let ids = t.ids;
     assert_eq!(
-        [ids.endoftext, ids.im_start, ids.im_end, ids.img_start, ids.img_end, ids.img_context],
+        [
+            ids.endoftext,
+            ids.im_start,
+            ids.im_end,
+            ids.img_start,
+            ids.img_end,
+            ids.img_context
+        ],
         [151643, 151644, 151645, 151646, 151647, 151648]
     );
     assert_eq!(
-        [ids.quad_start, ids.quad_end, ids.ref_start, ids.ref_end, ids.box_start, ids.box_end],
-        [Some(151649), Some(151650), Some(151651), Some(151652), Some(151653), Some(151654)]
+        [
+            ids.quad_start,
+            ids.quad_end,
+            ids.ref_start,
+            ids.ref_end,
+            ids.box_start,
+            ids.box_end
+        ],
+        [
+            Some(151649),
+            Some(151650),
+            Some(151651),
+            Some(151652),
+            Some(151653),
+            Some(151654)
+        ]
     );
     assert_eq!(t.token_id("<|im_end|>"), Some(151645));
     assert_eq!(t.token_id("\u{010a}"), Some(198)); // "\n" in the byte-level alphabet
     assert!(t.is_special(151648) && !t.is_special(198));
     let files = SlowTokenizerFiles::load(&model_dir()).unwrap();
-    assert_eq!(files.merges.len(), 151_291, "the 96 `#` merges must stay missing (spec §6.2)");
+    assert_eq!(
+        files.merges.len(),
+        151_291,
+        "the 96 `#` merges must stay missing (spec §6.2)"
+    );
     assert_eq!(files.vocab.len(), 151_643);
     assert_eq!(files.added_tokens.len(), 12);
     assert_eq!(files.eos_token.as_deref(), Some("<|im_end|>"));
@@ -106,9 +135,12 @@ fn handy_ids_and_hash_quirk() {
 fn reference_single_image() {
     let r = &reference()["image1_describe_shortly"];
     let tiles = r["num_patches_list"][0].as_u64().unwrap() as usize;
-    let text = r["prompt_text_without_ctx"].as_str().unwrap().replace("<img></img>", &ctx_block(tiles));
+    let text = r["prompt_text_without_ctx"]
+        .as_str()
+        .unwrap()
+        .replace("<img></img>", &ctx_block(tiles));
     let mut expected = json_ids(&r["prefix_ids"]);
-    expected.extend(std::iter::repeat(151648).take(r["n_img_context"].as_u64().unwrap() as usize));
+    expected.resize(expected.len() + r["n_img_context"].as_u64().unwrap() as usize, 151648);
     expected.extend(json_ids(&r["suffix_ids"]));
     assert_eq!(expected.len(), 3382);
     assert_eq!(tok().encode(&text).unwrap(), expected);
@@ -119,8 +151,12 @@ fn reference_two_images_and_video() {
     let r = reference();
     for (key, n_tokens) in [("two_images_separate", 5956), ("video_8_frames", 2156)] {
         let e = &r[key];
-        let tiles: Vec<usize> =
-            e["num_patches_list"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let tiles: Vec<usize> = e["num_patches_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
         let mut text = hermes(e["question"].as_str().unwrap());
         for &n in &tiles {
             text = text.replacen("<image>", &ctx_block(n), 1);
@@ -151,7 +187,10 @@ fn golden_fixture_matches() {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer_golden.json");
     let doc: Value = serde_json::from_str(&fs::read_to_string(p).unwrap()).unwrap();
     assert_eq!(doc["magic"], "internvl-tokenizer-golden");
-    assert_eq!(doc["version"], 1, "stale fixture: rerun tests/py/tokenizer_check.py --write-fixture");
+    assert_eq!(
+        doc["version"], 1,
+        "stale fixture: rerun tests/py/tokenizer_check.py --write-fixture"
+    );
     let entries = doc["entries"].as_array().unwrap();
     assert!(entries.len() >= 300);
     let t = tok();
@@ -171,7 +210,13 @@ fn golden_fixture_matches() {
             bad.push(format!("decode(skip) {text:?}"));
         }
     }
-    assert!(bad.is_empty(), "{} of {} differ:\n{}", bad.len(), entries.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} of {} differ:\n{}",
+        bad.len(),
+        entries.len(),
+        bad.join("\n")
+    );
 }
 
 #[test]
@@ -214,7 +259,10 @@ fn llama_cpp_arrays() {
     assert_eq!(padded.token_type[151_679], token_type::UNUSED);
     assert!(matches!(
         llama_cpp_vocab(&files, Some(100)),
-        Err(TokenizerError::VocabSizeTooSmall { vocab_size: 100, max_id: 151_654 })
+        Err(TokenizerError::VocabSizeTooSmall {
+            vocab_size: 100,
+            max_id: 151_654
+        })
     ));
 }
 
@@ -257,14 +305,23 @@ fn stream_decode_invalid_bytes_like_lossy() {
     let lead = t.token_id("ä").unwrap();
     let ff = t.token_id("ÿ").unwrap();
     let a = t.token_id("a").unwrap();
-    for ids in [vec![lead, a], vec![ff, a, ff], vec![a, lead], vec![lead, lead, a], vec![lead]] {
+    for ids in [
+        vec![lead, a],
+        vec![ff, a, ff],
+        vec![a, lead],
+        vec![lead, lead, a],
+        vec![lead],
+    ] {
         let (chunks, _) = stream_all(t, &ids, false);
         let full = t.decode(&ids, false).unwrap();
         assert!(full.contains('\u{FFFD}'));
         assert_eq!(chunks.concat(), full, "{ids:?}");
     }
     // A special token between the bytes of one character: skipped, the character still completes.
-    let mut seq: Vec<u32> = "熊".bytes().map(|b| t.token_id(&byte_char(b).to_string()).unwrap()).collect();
+    let mut seq: Vec<u32> = "熊"
+        .bytes()
+        .map(|b| t.token_id(&byte_char(b).to_string()).unwrap())
+        .collect();
     assert_eq!(seq.len(), 3);
     seq.insert(1, t.ids.im_end);
     let mut d = StreamDecoder::new(true);
@@ -275,8 +332,14 @@ fn stream_decode_invalid_bytes_like_lossy() {
     out.extend(d.finish());
     assert_eq!(out, "熊");
     assert_eq!(out, t.decode(&seq, true).unwrap());
-    assert!(matches!(d.push(t, 999_999), Err(TokenizerError::UnknownTokenId { id: 999_999, .. })));
-    assert!(matches!(t.decode(&[1, 999_999], false), Err(TokenizerError::UnknownTokenId { id: 999_999, .. })));
+    assert!(matches!(
+        d.push(t, 999_999),
+        Err(TokenizerError::UnknownTokenId { id: 999_999, .. })
+    ));
+    assert!(matches!(
+        t.decode(&[1, 999_999], false),
+        Err(TokenizerError::UnknownTokenId { id: 999_999, .. })
+    ));
 }
 
 /// GPT-2 byte-level alphabet, forward direction, written out independently of the library.
@@ -285,7 +348,9 @@ fn byte_char(b: u8) -> char {
     if printable {
         return b as char;
     }
-    let rank = (0..b).filter(|&x| !((33..=126).contains(&x) || (161..=172).contains(&x) || x >= 174)).count();
+    let rank = (0..b)
+        .filter(|&x| !((33..=126).contains(&x) || (161..=172).contains(&x) || x >= 174))
+        .count();
     char::from_u32(256 + rank as u32).unwrap()
 }
 
@@ -301,7 +366,10 @@ fn copy_model(dir: &Path) {
 fn missing_files_are_named() {
     let d = tempfile::tempdir().unwrap();
     let err = build_hf_tokenizer_json(d.path()).unwrap_err();
-    assert!(matches!(&err, TokenizerError::Io { path, .. } if path.ends_with("vocab.json")), "{err}");
+    assert!(
+        matches!(&err, TokenizerError::Io { path, .. } if path.ends_with("vocab.json")),
+        "{err}"
+    );
     copy_model(d.path());
     fs::remove_file(d.path().join("merges.txt")).unwrap();
     let err = build_hf_tokenizer_json(d.path()).unwrap_err();
@@ -325,7 +393,10 @@ fn malformed_files_are_rejected() {
 
     fs::write(p.join("vocab.json"), "{\"a\": 0,").unwrap();
     let err = build_hf_tokenizer_json(p).unwrap_err();
-    assert!(matches!(&err, TokenizerError::Json { path, .. } if path.ends_with("vocab.json")), "{err}");
+    assert!(
+        matches!(&err, TokenizerError::Json { path, .. } if path.ends_with("vocab.json")),
+        "{err}"
+    );
 
     fs::write(p.join("vocab.json"), r#"{"a": 0, "b": 1, "ab": 1}"#).unwrap();
     fs::write(p.join("merges.txt"), "#version: 0.2\na b\n").unwrap();
@@ -337,10 +408,16 @@ fn malformed_files_are_rejected() {
     let err = build_hf_tokenizer_json(p).unwrap_err();
     assert!(matches!(&err, TokenizerError::BadMergeLine { line: 3, .. }), "{err}");
     fs::write(p.join("merges.txt"), "a b c\n").unwrap();
-    assert!(matches!(build_hf_tokenizer_json(p), Err(TokenizerError::BadMergeLine { line: 1, .. })));
+    assert!(matches!(
+        build_hf_tokenizer_json(p),
+        Err(TokenizerError::BadMergeLine { line: 1, .. })
+    ));
     fs::write(p.join("merges.txt"), "#version: 0.2\na c\n").unwrap();
     let err = build_hf_tokenizer_json(p).unwrap_err();
-    assert!(matches!(&err, TokenizerError::MergeSymbolUnknown { line: 2, symbol, .. } if symbol == "c"), "{err}");
+    assert!(
+        matches!(&err, TokenizerError::MergeSymbolUnknown { line: 2, symbol, .. } if symbol == "c"),
+        "{err}"
+    );
 
     // An added token whose id is a vocab id with other content.
     fs::write(p.join("merges.txt"), "#version: 0.2\na b\n").unwrap();
@@ -350,19 +427,49 @@ fn malformed_files_are_rejected() {
     assert!(matches!(&err, TokenizerError::IdCollision { id: 1, .. }), "{err}");
     // Two added tokens with one id.
     fs::write(p.join("added_tokens.json"), r#"{"<x>": 5, "<y>": 5}"#).unwrap();
-    assert!(matches!(build_hf_tokenizer_json(p), Err(TokenizerError::IdCollision { id: 5, .. })));
+    assert!(matches!(
+        build_hf_tokenizer_json(p),
+        Err(TokenizerError::IdCollision { id: 5, .. })
+    ));
     // added_tokens.json and tokenizer_config.json disagree.
     fs::write(p.join("added_tokens.json"), r#"{"<x>": 5}"#).unwrap();
-    fs::write(p.join("tokenizer_config.json"), r#"{"added_tokens_decoder": {"5": {"content": "<z>"}}}"#).unwrap();
-    assert!(matches!(build_hf_tokenizer_json(p), Err(TokenizerError::IdCollision { id: 5, .. })));
-    fs::write(p.join("tokenizer_config.json"), r#"{"added_tokens_decoder": {"6": {"content": "<x>"}}}"#).unwrap();
-    assert!(matches!(build_hf_tokenizer_json(p), Err(TokenizerError::AddedTokenConflict { id: 6, other_id: 5, .. })));
-    fs::write(p.join("tokenizer_config.json"), r#"{"added_tokens_decoder": {"five": {"content": "<x>"}}}"#).unwrap();
-    assert!(matches!(build_hf_tokenizer_json(p), Err(TokenizerError::BadFile { .. })));
+    fs::write(
+        p.join("tokenizer_config.json"),
+        r#"{"added_tokens_decoder": {"5": {"content": "<z>"}}}"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        build_hf_tokenizer_json(p),
+        Err(TokenizerError::IdCollision { id: 5, .. })
+    ));
+    fs::write(
+        p.join("tokenizer_config.json"),
+        r#"{"added_tokens_decoder": {"6": {"content": "<x>"}}}"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        build_hf_tokenizer_json(p),
+        Err(TokenizerError::AddedTokenConflict { id: 6, other_id: 5, .. })
+    ));
+    fs::write(
+        p.join("tokenizer_config.json"),
+        r#"{"added_tokens_decoder": {"five": {"content": "<x>"}}}"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        build_hf_tokenizer_json(p),
+        Err(TokenizerError::BadFile { .. })
+    ));
 
     // A consistent tiny tokenizer builds, but lacks the InternVL tokens the runtime needs.
     fs::write(p.join("tokenizer_config.json"), "{}").unwrap();
     let json = build_hf_tokenizer_json(p).unwrap();
-    assert!(matches!(Tokenizer::from_json(&json), Err(TokenizerError::MissingSpecialToken("<|endoftext|>"))));
-    assert!(matches!(Tokenizer::from_json("{not json"), Err(TokenizerError::Library(_))));
+    assert!(matches!(
+        Tokenizer::from_json(&json),
+        Err(TokenizerError::MissingSpecialToken("<|endoftext|>"))
+    ));
+    assert!(matches!(
+        Tokenizer::from_json("{not json"),
+        Err(TokenizerError::Library(_))
+    ));
 }

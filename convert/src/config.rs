@@ -101,7 +101,7 @@ fn req_bool(v: &Value, path: &str) -> Result<bool, ConfigError> {
 /// the runtime does not implement, listing every difference at once.
 pub fn hparams_from_config_json(cfg: &Value) -> Result<Hparams, ConfigError> {
     let mut diffs: Vec<String> = Vec::new();
-    let mut expect_str = |path: &str, want: &str, diffs: &mut Vec<String>| -> Result<(), ConfigError> {
+    let expect_str = |path: &str, want: &str, diffs: &mut Vec<String>| -> Result<(), ConfigError> {
         let got = req_str(cfg, path)?;
         if got != want {
             diffs.push(format!("{path} is {got:?}; the runtime implements only {want:?}"));
@@ -114,7 +114,7 @@ pub fn hparams_from_config_json(cfg: &Value) -> Result<Hparams, ConfigError> {
     expect_str("llm_config.model_type", "qwen2", &mut diffs)?;
     expect_str("ps_version", "v2", &mut diffs)?;
 
-    let mut expect_flag = |path: &str, want: bool, why: &str, diffs: &mut Vec<String>| -> Result<(), ConfigError> {
+    let expect_flag = |path: &str, want: bool, why: &str, diffs: &mut Vec<String>| -> Result<(), ConfigError> {
         if req_bool(cfg, path)? != want {
             diffs.push(format!("{path} is {}; the runtime needs {want} ({why})", !want));
         }

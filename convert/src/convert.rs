@@ -14,7 +14,7 @@ use std::time::Instant;
 use internvl::ggml::GgmlError;
 use internvl::gguf::{Array, GgmlType, GgufError, GgufWriter, Value};
 use internvl::hparams::Hparams;
-use internvl::names::{self, key, Part, Role, TensorSpec};
+use internvl::names::{self, key, Part, TensorSpec};
 use internvl::tokenizer::{self, LlamaCppVocab, SlowTokenizerFiles, SpecialIds, TokenizerError};
 
 use crate::config::{read_model_config, ConfigError, ModelConfig};
@@ -493,10 +493,12 @@ pub fn convert(
 pub fn summarize_fallbacks(f: &[Fallback]) -> Vec<String> {
     let mut groups: BTreeMap<(String, String, String, usize), usize> = BTreeMap::new();
     for x in f {
-        let folded: String = x
-            .tensor
-            .split('.')
-            .map(|p| if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) { "*" } else { p })
+        // Fold the layer number after `blk` only (the projector's `mlp.1`/`mlp.3` are different tensors).
+        let parts: Vec<&str> = x.tensor.split('.').collect();
+        let folded: String = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| if i > 0 && parts[i - 1] == "blk" && p.bytes().all(|b| b.is_ascii_digit()) { "*" } else { p })
             .collect::<Vec<_>>()
             .join(".");
         *groups.entry((x.requested.name().into(), x.chosen.name().into(), folded, x.row_len)).or_default() += 1;

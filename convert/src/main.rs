@@ -7,12 +7,13 @@
 //! Exit status: 0 success, 1 error (the message says what), 2 bad command line, 130 interrupted
 //! (SIGINT/SIGTERM; no output is left behind).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use internvl::gguf::GgmlType;
-use internvl_convert::convert::{convert, summarize_fallbacks, ConvertError, ConvertOptions, ConvertReport};
+use internvl_convert::convert::{convert, summarize_fallbacks, ConvertError, ConvertOptions, ConvertReport, PartStats};
 use internvl_convert::policy::{parse_type, TypeChoice, ALLOWED};
 use internvl_convert::progress::Progress;
 use internvl_convert::synth::{synth, Preset, SynthError};
@@ -108,42 +109,50 @@ fn human_bytes(b: u64) -> String {
 }
 
 fn print_report(r: &ConvertReport) {
+    // Write errors (a closed pipe) are ignored: the conversion itself succeeded.
+    let mut out = std::io::stdout().lock();
+    let _ = write_report(&mut out, r);
+}
+
+fn write_report(out: &mut impl Write, r: &ConvertReport) -> std::io::Result<()> {
     for (path, size) in &r.outputs {
-        println!("wrote {} ({}, {size} bytes)", path.display(), human_bytes(*size));
+        writeln!(out, "wrote {} ({}, {size} bytes)", path.display(), human_bytes(*size))?;
     }
-    println!("recipe: {}", r.recipe);
-    println!("{:<10} {:>8} {:>14} {:>12} {:>7}", "part", "tensors", "params", "bytes", "bpw");
-    let mut total = internvl_convert::convert::PartStats::default();
+    writeln!(out, "recipe: {}", r.recipe)?;
+    writeln!(out, "{:<10} {:>8} {:>14} {:>12} {:>7}", "part", "tensors", "params", "bytes", "bpw")?;
+    let mut total = PartStats::default();
     for (part, s) in &r.parts {
-        println!(
+        writeln!(
+            out,
             "{:<10} {:>8} {:>14} {:>12} {:>7.3}",
             format!("{part:?}").to_lowercase(),
             s.tensors,
             s.params,
             human_bytes(s.bytes),
             s.bits_per_weight()
-        );
+        )?;
         total.tensors += s.tensors;
         total.params += s.params;
         total.bytes += s.bytes;
     }
-    println!(
+    writeln!(
+        out,
         "{:<10} {:>8} {:>14} {:>12} {:>7.3}",
         "total",
         total.tensors,
         total.params,
         human_bytes(total.bytes),
         total.bits_per_weight()
-    );
+    )?;
     if r.fallbacks.is_empty() {
-        println!("fallbacks: none");
+        writeln!(out, "fallbacks: none")?;
     } else {
-        println!("fallbacks ({} tensors whose rows do not fit the requested type's blocks):", r.fallbacks.len());
+        writeln!(out, "fallbacks ({} tensors whose rows do not fit the requested type's blocks):", r.fallbacks.len())?;
         for line in summarize_fallbacks(&r.fallbacks) {
-            println!("  {line}");
+            writeln!(out, "  {line}")?;
         }
     }
-    println!("time: {:.1} s", r.seconds);
+    writeln!(out, "time: {:.1} s", r.seconds)
 }
 
 fn main() -> ExitCode {
@@ -182,13 +191,14 @@ fn main() -> ExitCode {
             let mut progress = Progress::new(!quiet);
             match synth(&preset.hparams(), seed, &output, shards, &tokenizer_from, &mut progress, &stop) {
                 Ok(r) => {
-                    println!(
-                        "wrote {} ({} tensors, {} parameters, {} of BF16 weights in {} file(s)) in {:.1} s",
+                    let _ = writeln!(
+                        std::io::stdout().lock(),
+                        "wrote {} ({} tensors, {} parameters, {} of BF16 weights in {} safetensors file(s)) in {:.1} s",
                         output.display(),
                         r.n_tensors,
                         r.n_params,
                         human_bytes(r.bytes),
-                        r.files.len(),
+                        shards,
                         r.seconds
                     );
                     ExitCode::SUCCESS

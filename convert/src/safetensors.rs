@@ -624,7 +624,7 @@ mod tests {
         std::fs::write(&idx, r#"{"metadata":{},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}}"#).unwrap();
         let ck = Checkpoint::open_dir(d).unwrap();
         assert_eq!(ck.read_f32(ck.get("b").unwrap()).unwrap(), vec![3.0]);
-        std::fs::write(&idx, r#"{"weight_map":{"a":"s2.safetensors","b":"s2.safetensors"}}"#).unwrap();
+        std::fs::write(&idx, r#"{"weight_map":{"a":"s2.safetensors","b":"s1.safetensors"}}"#).unwrap();
         assert!(Checkpoint::open_dir(d).unwrap_err().to_string().contains("index says"));
         std::fs::write(&idx, r#"{"weight_map":{"a":"../s1.safetensors"}}"#).unwrap();
         assert!(Checkpoint::open_dir(d).unwrap_err().to_string().contains("plain file name"));

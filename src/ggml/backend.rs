@@ -123,6 +123,10 @@ impl Buffer {
     /// Wraps host memory as a CPU buffer without copying (weights used in place from the mmap).
     /// `owner` keeps the memory alive; `data` must point into it.
     pub fn cpu_from_host(owner: Arc<dyn Send + Sync>, data: &[u8]) -> Result<Self> {
+        // ggml asserts 32-byte alignment of host buffers; a mapped GGUF's data section always has it.
+        if data.as_ptr() as usize % 32 != 0 {
+            return Err(GgmlError::Alloc { what: "a CPU buffer over memory that is not 32-byte aligned".into() });
+        }
         // SAFETY: data is valid for data.len() bytes as long as `owner` lives, and the Buffer holds owner.
         // ggml only reads weights (the buffer usage is set to WEIGHTS).
         let p = unsafe { sys::ggml_backend_cpu_buffer_from_ptr(data.as_ptr() as *mut _, data.len()) };

@@ -459,6 +459,28 @@ impl Context {
         self.wrap(p, "concat")
     }
 
+    /// Repeats `a` to shape `ne` (each dim of `ne` a multiple of a's).
+    pub fn repeat<'a>(&'a self, a: Tensor<'a>, ne: [usize; 4]) -> Result<Tensor<'a>> {
+        let x = a.ne();
+        if (0..4).any(|i| ne[i] == 0 || ne[i] as i64 % x[i] != 0) {
+            return Err(shape("repeat", format!("{} to {ne:?}", a.desc())));
+        }
+        self.reserve(1)?;
+        // SAFETY: a can be repeated to ne (checked).
+        let p = unsafe { sys::ggml_repeat_4d(self.raw(), a.raw(), ne[0] as i64, ne[1] as i64, ne[2] as i64, ne[3] as i64) };
+        self.wrap(p, "repeat")
+    }
+
+    /// The tensor of this context called `name`.
+    pub fn tensor_by_name(&self, name: &str) -> Result<Tensor<'_>> {
+        let c = CString::new(name).map_err(|_| GgmlError::Tensor { name: name.into(), detail: "name contains NUL".into() })?;
+        // SAFETY: valid context and NUL-terminated name; NULL means not found.
+        let p = unsafe { sys::ggml_get_tensor(self.raw(), c.as_ptr()) };
+        NonNull::new(p)
+            .map(|ptr| Tensor { ptr, _ctx: PhantomData })
+            .ok_or_else(|| GgmlError::Tensor { name: name.into(), detail: "no such tensor in the context".into() })
+    }
+
     /// A new compute graph (its size always covers every tensor this context can hold).
     pub fn new_graph(&self) -> Result<Graph<'_>> {
         if self.graphs.get() == 0 {
@@ -496,6 +518,10 @@ pub struct Tensor<'a> {
 }
 
 impl<'a> Tensor<'a> {
+    /// A handle to a tensor known to live in `ctx` (used by the weight store).
+    pub(crate) fn from_raw(ptr: NonNull<sys::ggml_tensor>, _ctx: &'a Context) -> Self {
+        Tensor { ptr, _ctx: PhantomData }
+    }
     pub(crate) fn raw(&self) -> *mut sys::ggml_tensor {
         self.ptr.as_ptr()
     }

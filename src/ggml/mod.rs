@@ -8,11 +8,13 @@
 pub mod backend;
 pub mod context;
 pub mod quant;
+pub mod store;
 pub mod sys;
 
 pub use backend::{Backend, BackendKind, Buffer, Sched, Threadpool};
 pub use context::{Context, Graph, Tensor};
 pub use quant::{dequantize, quantize};
+pub use store::WeightStore;
 
 use std::ffi::CStr;
 

@@ -17,9 +17,9 @@ pub enum GgufError {
     // ---- header ----
     #[error("file ends while reading {what} at offset {offset}: needs {needed} bytes, file is {file_len} bytes")]
     Truncated { what: String, offset: usize, needed: usize, file_len: usize },
-    #[error("not a GGUF file: magic is {found:02x?}, expected \"GGUF\"")]
+    #[error("not a GGUF file: magic is \"{}\", expected \"GGUF\"", found.escape_ascii())]
     BadMagic { found: [u8; 4] },
-    #[error("unsupported GGUF version {version} (this reader supports versions 2 and 3)")]
+    #[error("unsupported GGUF version {version} (supported: 2 and 3; a big-endian file shows a huge version)")]
     UnsupportedVersion { version: u32 },
     #[error("{what} count {count} at offset {offset} is impossible: the file has room for at most {max}")]
     CountTooLarge { what: &'static str, count: u64, offset: usize, max: u64 },
@@ -69,8 +69,8 @@ pub enum GgufError {
     RowNotBlockMultiple { tensor: String, ty: &'static str, ne0: usize, block: usize },
     #[error("tensor '{tensor}': data offset {offset} is not a multiple of the alignment {alignment}")]
     MisalignedOffset { tensor: String, offset: u64, alignment: usize },
-    #[error("tensor '{tensor}': data [{start}, {start} + {size}) lies past the end of the {file_len}-byte file")]
-    TensorPastEnd { tensor: String, start: u64, size: usize, file_len: usize },
+    #[error("tensor '{tensor}': {size} bytes at data offset {offset} (data section at file offset {data_offset}) run past the end of the {file_len}-byte file")]
+    TensorPastEnd { tensor: String, offset: u64, size: usize, data_offset: usize, file_len: usize },
     #[error("tensors '{first}' and '{second}' overlap: '{first}' ends at data offset {first_end}, '{second}' starts at {second_start}")]
     TensorOverlap { first: String, second: String, first_end: usize, second_start: usize },
 

@@ -37,9 +37,10 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    /// Number of elements. Validated at open (and in the writer) to fit in an i64.
+    /// Number of elements (validated at open and in the writer to fit in an i64; saturates for a
+    /// hand-made `TensorInfo` that would overflow).
     pub fn n_elements(&self) -> usize {
-        self.ne.iter().product()
+        self.ne.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n)).unwrap_or(usize::MAX)
     }
 }
 
@@ -230,11 +231,8 @@ impl GgufFile {
     /// The bytes of tensor `t` (zero-copy). Every tensor of this file was range-checked at open; a
     /// `TensorInfo` that does not come from this file and lies outside it gives an empty slice.
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
-        let range = self
-            .header
-            .data_offset
-            .checked_add(t.offset)
-            .and_then(|start| Some(start..start.checked_add(t.size)?));
+        let range =
+            self.header.data_offset.checked_add(t.offset).and_then(|start| Some(start..start.checked_add(t.size)?));
         range.and_then(|r| self.storage.bytes().get(r)).unwrap_or(&[])
     }
 
@@ -297,7 +295,12 @@ impl<'a> Cursor<'a> {
         let file_len = self.buf.len();
         let s = self.take(N, what)?;
         // `take` returned exactly N bytes; the fallback is unreachable but keeps this panic-free.
-        <[u8; N]>::try_from(s).map_err(|_| GgufError::Truncated { what: "fixed-size field".into(), offset, needed: N, file_len })
+        <[u8; N]>::try_from(s).map_err(|_| GgufError::Truncated {
+            what: "fixed-size field".into(),
+            offset,
+            needed: N,
+            file_len,
+        })
     }
 
     fn u32(&mut self, what: impl FnOnce() -> String) -> Result<u32> {
@@ -374,7 +377,8 @@ fn read_array(cur: &mut Cursor<'_>, key: &str) -> Result<Value> {
     let available = cur.remaining();
     // A string element takes at least its 8-byte length; every other element its fixed size.
     let min_elem = elem.fixed_size().unwrap_or(8);
-    let past_end = || GgufError::ArrayPastEnd { key: key.to_string(), elem_type: elem.name(), count, offset, available };
+    let past_end =
+        || GgufError::ArrayPastEnd { key: key.to_string(), elem_type: elem.name(), count, offset, available };
     let n = usize::try_from(count).map_err(|_| past_end())?;
     let min_bytes = n.checked_mul(min_elem).filter(|&b| b <= available).ok_or_else(past_end)?;
 
@@ -487,8 +491,7 @@ fn parse(buf: &[u8]) -> Result<Header> {
     let kv_count_offset = cur.pos;
     let kv_count = cur.u64(|| "metadata kv count".to_string())?;
     let n_kv = check_count("metadata kv", kv_count, kv_count_offset, cur.remaining(), MIN_KV_BYTES)?;
-    let n_tensors =
-        check_count("tensor", tensor_count, tensor_count_offset, cur.remaining(), MIN_TENSOR_INFO_BYTES)?;
+    let n_tensors = check_count("tensor", tensor_count, tensor_count_offset, cur.remaining(), MIN_TENSOR_INFO_BYTES)?;
 
     let mut kvs: Vec<(String, Value)> = Vec::with_capacity(n_kv);
     let mut kv_index = HashMap::with_capacity(n_kv);
@@ -525,7 +528,8 @@ fn parse(buf: &[u8]) -> Result<Header> {
     };
 
     // Re-check the tensor count against what is left after the metadata.
-    let n_tensors = check_count("tensor", n_tensors as u64, tensor_count_offset, cur.remaining(), MIN_TENSOR_INFO_BYTES)?;
+    let n_tensors =
+        check_count("tensor", n_tensors as u64, tensor_count_offset, cur.remaining(), MIN_TENSOR_INFO_BYTES)?;
     let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors);
     let mut tensor_index = HashMap::with_capacity(n_tensors);
     let mut raw_offsets: Vec<u64> = Vec::with_capacity(n_tensors);
@@ -545,8 +549,8 @@ fn parse(buf: &[u8]) -> Result<Header> {
             raw_ne.push(n);
         }
         let type_id = cur.u32(|| format!("type of tensor '{name}'"))?;
-        let ty = GgmlType::from_u32(type_id)
-            .ok_or_else(|| GgufError::UnknownGgmlType { tensor: name.clone(), type_id })?;
+        let ty =
+            GgmlType::from_u32(type_id).ok_or_else(|| GgufError::UnknownGgmlType { tensor: name.clone(), type_id })?;
         let ne: Vec<usize> = match raw_ne.iter().map(|&n| usize::try_from(n).ok()).collect::<Option<_>>() {
             Some(ne) => ne,
             None => return Err(GgufError::ShapeOverflow { tensor: name, ne: raw_ne, ty: ty.name().to_string() }),
@@ -578,8 +582,9 @@ fn parse(buf: &[u8]) -> Result<Header> {
         if !in_file {
             return Err(GgufError::TensorPastEnd {
                 tensor: t.name.clone(),
-                start: start.unwrap_or(u64::MAX),
+                offset: raw,
                 size: t.size,
+                data_offset,
                 file_len: buf.len(),
             });
         }

@@ -127,10 +127,11 @@ impl GgmlType {
     /// Bytes of one row of `ne0` elements; `None` when `ne0` is not a whole number of blocks or overflows.
     pub fn row_size(self, ne0: usize) -> Option<usize> {
         let block = self.block_size();
-        if ne0 % block != 0 {
+        let (blocks, partial) = (ne0 / block, ne0 % block);
+        if partial != 0 {
             return None;
         }
-        (ne0 / block).checked_mul(self.type_size())
+        blocks.checked_mul(self.type_size())
     }
 
     /// Bytes of a contiguous tensor with dimensions `ne` (ggml order, `ne[0]` innermost); `None` when
@@ -154,7 +155,7 @@ impl GgmlType {
             Q5_0 => ("q5_0", 32, 22),
             Q5_1 => ("q5_1", 32, 24),
             Q8_0 => ("q8_0", 32, 34),
-            Q8_1 => ("q8_1", 32, 40),
+            Q8_1 => ("q8_1", 32, 36), // 2 x f16 + 32 x i8 (the Python gguf table still says 40)
             Q2_K => ("q2_K", QK_K, 84),
             Q3_K => ("q3_K", QK_K, 110),
             Q4_K => ("q4_K", QK_K, 144),

@@ -12,6 +12,7 @@ use std::path::Path;
 use ::image::{DynamicImage, ImageReader, RgbImage};
 
 use super::error::{Error, Result};
+use super::truncation;
 
 /// Resource limits for decoding untrusted input.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +114,9 @@ fn decode(bytes: &[u8], origin: &str, limits: &Limits) -> Result<RgbImage> {
 
     // Pass 2: decode with the allocation cap.
     let mut r = reader(bytes, origin)?;
+    if let Some(format) = r.format() {
+        truncation::check(format, bytes).map_err(|detail| Error::Corrupt { origin: origin.into(), detail })?;
+    }
     r.limits(decoder_limits(limits));
     let decoder = r.into_decoder().map_err(|e| map_image_error(e, origin))?;
     let image = DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(e, origin))?;

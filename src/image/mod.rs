@@ -31,6 +31,7 @@ mod error;
 mod grid_order;
 mod resize;
 mod tiling;
+mod truncation;
 pub mod video;
 
 pub use self::decode::{from_raw, load_bytes, load_path, Limits, PixelFormat, RawImage};

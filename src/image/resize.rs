@@ -7,8 +7,14 @@
 //!   weights `filter((x + xmin - center + 0.5) * (1 / filterscale))` normalised by their sum, then
 //!   turned into 22-bit fixed point with round-half-away-from-zero;
 //! - the accumulator starts at `1 << 21` and the result is `acc >> 22` clamped to 0..=255;
-//! - horizontal pass first into an 8-bit intermediate holding only the source rows the vertical pass
-//!   reads, then the vertical pass; a pass is skipped when its dimension is unchanged.
+//! - two passes through an 8-bit intermediate; a pass is skipped when its dimension is unchanged;
+//! - the pass order. Classic Pillow (and spec §7.2) always runs the horizontal pass first, into an
+//!   intermediate holding only the source rows the vertical pass reads. Pillow 13 (PR #9549, "if
+//!   height is scaled down significantly more than width, resize vertically first") runs the
+//!   vertical pass first when `out_h < in_h` and `in_h - out_h > 2 * (in_w - out_w)`. We found that
+//!   rule by probing Pillow 13.0.0 (several thousand random and boundary sizes, no exception) and
+//!   the fixtures `tests/fixtures/images/resize_*` pin it. The order changes the 8-bit rounding of
+//!   the intermediate, so it matters for bit-exactness (tall images, e.g. a 500×2400 photo).
 //!
 //! Rows are independent within a pass, so both passes run in parallel over output rows (rayon).
 use ::image::RgbImage;
@@ -114,7 +120,10 @@ pub fn resize_bicubic(src: &RgbImage, width: u32, height: u32) -> Result<RgbImag
         return Ok(src.clone());
     }
     let src_buf: &[u8] = src.as_raw();
-    let out = if need_h {
+    let out = if need_h && need_v && vertical_first(in_w, in_h, width, height) {
+        let tmp = vertical(src_buf, in_w as usize, 0, &Kernel::new(in_h, height), height as usize);
+        horizontal(&tmp, in_w as usize, 0..height as usize, &Kernel::new(in_w, width), width as usize)
+    } else if need_h {
         let vert = need_v.then(|| Kernel::new(in_h, height));
         // Source rows the vertical pass reads (Pillow's ybox_first..ybox_last).
         let rows = match &vert {
@@ -140,6 +149,12 @@ pub fn resize_bicubic(src: &RgbImage, width: u32, height: u32) -> Result<RgbImag
         to_width: width,
         to_height: height,
     })
+}
+
+/// Pillow 13's pass-order rule (module docs): vertical first when the height shrinks by more than
+/// twice as many pixels as the width does.
+fn vertical_first(in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> bool {
+    out_h < in_h && i64::from(in_h) - i64::from(out_h) > 2 * (i64::from(in_w) - i64::from(out_w))
 }
 
 /// Horizontal pass over source rows `rows`, producing `rows.len()` rows of `out_w` pixels.

@@ -60,7 +60,9 @@ def main() -> int:
             errors.append(f"{kv['key']}: type {got_type} != {kv['type']}")
             continue
         if kv["type"] == "array":
-            got_elem = TYPE_NAMES.get(field.types[-1]) if len(field.types) > 1 else None
+            # parts = [key len, key, value type, element type, count, ...]; `field.types` lacks the element
+            # type of an empty array, the raw part has it.
+            got_elem = TYPE_NAMES.get(GGUFValueType(int(field.parts[3][0])))
             if got_elem != kv["elem_type"]:
                 errors.append(f"{kv['key']}: element type {got_elem} != {kv['elem_type']}")
                 continue

@@ -13,6 +13,7 @@ manifest.json describing them. See tests/reference/README.md.
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -271,6 +272,15 @@ def load_model(ckpt: str, config, dtype):
     return model, n_orig, len(state)
 
 
+def synth_command(args):
+    """The converter command that makes the checkpoint, when --preset/--seed name a synthetic one (its sha256 in
+    the manifest tells whether a regenerated checkpoint is the same)."""
+    if args.preset not in ("tiny", "full") or args.seed is None:
+        return None
+    return (f"cargo run --release -p internvl-convert -- synth --preset {args.preset} --seed {args.seed} "
+            f"-o {shlex.quote(args.ckpt)} --tokenizer-from /work/shared/model/InternVL2-1B")
+
+
 def checkpoint_provenance(ckpt: str, args) -> dict:
     from safetensors import safe_open
 
@@ -373,7 +383,8 @@ def main():
 
     # Stage 2: projector output (CLS drop + pixel shuffle v2 + mlp1), flattened over tiles.
     t1 = time.time()
-    feats = inner.get_image_features(pixel_values=pix, return_dict=True).pooler_output
+    image_out = inner.get_image_features(pixel_values=pix, return_dict=True)
+    feats = image_out.pooler_output
     proj = feats.reshape(-1, feats.shape[-1])
     save("proj_out", proj, "get_image_features: [tiles*num_image_token, Dllm] in tile order (spec §3.7-3.9)")
     print(f"  vision+projector {time.time() - t1:.1f}s")
@@ -382,7 +393,8 @@ def main():
     captured = {}
     hook = inner.language_model.norm.register_forward_hook(lambda m, i, o: captured.__setitem__("h", o))
     t1 = time.time()
-    out = model(input_ids=ids_t, pixel_values=pix, use_cache=not args.save_minimal,
+    # The forward takes the image features just computed (what it would compute itself from pixel_values).
+    out = model(input_ids=ids_t, mm_encoder_outputs={"image": image_out}, use_cache=not args.save_minimal,
                 logits_to_keep=1 if args.save_minimal else 0)
     hook.remove()
     print(f"  prefill {time.time() - t1:.1f}s")
@@ -430,6 +442,7 @@ def main():
         "magic": MAGIC,
         "version": VERSION,
         "regenerate": "python3 " + " ".join(shlex.quote(a) for a in sys.argv),
+        "regenerate_checkpoint": synth_command(args),
         "checkpoint": checkpoint_provenance(args.ckpt, args),
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
@@ -464,9 +477,12 @@ def main():
         "arrays": arrays,
         "layout": "raw little-endian float32, C order, shapes in PyTorch order",
     }
+    text = json.dumps(manifest, indent=1, ensure_ascii=False)
+    # Keep number lists (ids, subset ids, shapes, top-5) on one line each.
+    text = re.sub(r"\[\s*([-+0-9.eE,\s]+?)\s*\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
     with open(os.path.join(args.out, "manifest.json"), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+        f.write(text + "\n")
     total = sum(os.path.getsize(os.path.join(args.out, a["file"])) for a in arrays.values())
     print(f"  done in {time.time() - t0:.1f}s; {len(arrays)} arrays, {total / 1e6:.2f} MB in {args.out}")
 

@@ -2,7 +2,8 @@
 """Independent cross-check of the goldens: InternVL2-1B written directly from the spec in plain PyTorch.
 
 Reads the checkpoint with its ORIGINAL names (spec §2.1; no renaming, no transformers), recomputes every stage
-that make_goldens.py saved (same tiles, same token ids from its manifest) and prints max |diff| per stage.
+that make_goldens.py saved (same tiles, same token ids from its manifest) and prints max |diff|, relative
+difference (max |diff| / max |golden|) and 1 - cosine per stage.
 Exit status 1 if any stage differs by more than --tol relative to the stage's max |value|, or if the greedy ids
 differ.
 
@@ -214,9 +215,10 @@ def main():
         rel = float(d.max()) / scale if scale > 0 else float(d.max())
         m32 = mine.detach().to(torch.float32).numpy()
         identical = np.array_equal(m32.view(np.uint32), common.read_f32(args.goldens, man, name).view(np.uint32))
+        cos = float((m * gold).sum() / max(np.linalg.norm(m) * np.linalg.norm(gold), 1e-300))
         passed = rel <= args.tol
         ok &= passed
-        rows.append((name, list(gold.shape), float(d.max()), float(d.mean()), scale, rel, identical, passed))
+        rows.append((name, list(gold.shape), float(d.max()), float(d.mean()), scale, rel, cos, identical, passed))
 
     vit = vision_forward(W, vc, pix)
     if "vit_out" in man["arrays"]:
@@ -257,9 +259,9 @@ def main():
         print(f"greedy top-5 ids: {'identical' if top5_ok else 'DIFFER'}")
 
     print(f"{'stage':22s} {'shape':16s} {'max|diff|':>10s} {'mean|diff|':>10s} {'max|gold|':>9s} "
-          f"{'rel':>9s}  bit-identical")
-    for name, shape, mx, mean, scale, rel, ident, passed in rows:
-        print(f"{name:22s} {str(shape):16s} {mx:10.3e} {mean:10.3e} {scale:9.3g} {rel:9.2e}  "
+          f"{'rel':>9s} {'1-cosine':>9s}  bit-identical")
+    for name, shape, mx, mean, scale, rel, cos, ident, passed in rows:
+        print(f"{name:22s} {str(shape):16s} {mx:10.3e} {mean:10.3e} {scale:9.3g} {rel:9.2e} {1 - cos:9.2e}  "
               f"{'yes' if ident else 'no '}{'' if passed else '  FAIL'}")
     ok &= greedy_ok
     print("PASS" if ok else "FAIL")

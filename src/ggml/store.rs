@@ -1,0 +1,66 @@
+//! Weights: tensor metadata in one context, data used in place from the mapped GGUF file(s).
+
+use std::collections::HashMap;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use super::backend::Buffer;
+use super::context::{Context, Tensor};
+use super::sys;
+use super::{GgmlError, Result};
+use crate::gguf::{GgufFile, TensorInfo};
+
+/// All weight tensors of a model. Built once, then only read (by graphs on any thread).
+pub struct WeightStore {
+    ctx: Context,
+    map: HashMap<String, NonNull<sys::ggml_tensor>>,
+    _bufs: Vec<Buffer>,
+    bytes: usize,
+}
+
+// SAFETY: after `WeightStore::new` returns, neither the context nor any tensor in it is modified: the store
+// hands out tensors only to this crate's graph builders, which read them. ggml's CPU kernels read weight
+// data concurrently without synchronization, which is safe for immutable data.
+unsafe impl Send for WeightStore {}
+// SAFETY: see above; shared access is read-only.
+unsafe impl Sync for WeightStore {}
+
+impl WeightStore {
+    /// Creates a tensor for each `(file, info)` and places it, without copying, at its offset in a CPU
+    /// buffer over that file's data section. The infos must come from the file (validated at open).
+    pub fn from_mapped(files: &[(Arc<GgufFile>, Vec<TensorInfo>)]) -> Result<Self> {
+        let n: usize = files.iter().map(|(_, t)| t.len()).sum();
+        let ctx = Context::new(n + 1, 0)?;
+        let mut map = HashMap::with_capacity(n);
+        let mut bufs = Vec::with_capacity(files.len());
+        let mut bytes = 0;
+        for (file, infos) in files {
+            let owner: Arc<dyn Send + Sync> = file.clone();
+            let buf = Buffer::cpu_from_host(owner, file.data_section())?;
+            for info in infos {
+                let t = ctx.new_tensor(info.ty, &info.ne)?.set_name(&info.name);
+                if t.nbytes() != info.size {
+                    return Err(GgmlError::Tensor {
+                        name: info.name.clone(),
+                        detail: format!("ggml computes {} bytes, the file says {}", t.nbytes(), info.size),
+                    });
+                }
+                buf.place(t, info.offset)?;
+                bytes += info.size;
+                map.insert(info.name.clone(), NonNull::new(t.raw()).ok_or_else(|| GgmlError::Alloc { what: info.name.clone() })?);
+            }
+            bufs.push(buf);
+        }
+        Ok(WeightStore { ctx, map, _bufs: bufs, bytes })
+    }
+
+    /// The tensor called `name`, valid as long as the store is borrowed.
+    pub(crate) fn get(&self, name: &str) -> Option<Tensor<'_>> {
+        self.map.get(name).map(|p| Tensor::from_raw(*p, &self.ctx))
+    }
+
+    /// Total bytes of weight data (mapped, not copied).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}

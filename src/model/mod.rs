@@ -1,0 +1,178 @@
+//! The model: weights mapped from GGUF and checked against `names::tensor_specs`, and the graphs of the
+//! three parts (vision tower, projector, Qwen2) built on the safe ggml layer.
+
+pub mod config;
+pub mod kv_cache;
+pub mod qwen2;
+pub mod vision;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::ggml::{GgmlError, Tensor, WeightStore};
+use crate::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
+use crate::hparams::Hparams;
+use crate::names::{self, Role, TensorSpec};
+
+pub use config::ModelMeta;
+
+/// Everything that can be wrong with a model file, named precisely.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Gguf { path: String, source: GgufError },
+    #[error("missing metadata key '{0}'")]
+    MissingKey(&'static str),
+    #[error("metadata key '{key}': {detail}")]
+    BadKey { key: &'static str, detail: String },
+    #[error("the model is not runnable: {0}")]
+    Unsupported(String),
+    #[error("missing tensor '{0}'")]
+    MissingTensor(String),
+    #[error("tensor '{name}' has shape {found:?}, expected {expected:?}")]
+    TensorShape { name: String, found: Vec<usize>, expected: Vec<usize> },
+    #[error("tensor '{name}' has type {found}, which is not allowed for it ({allowed})")]
+    TensorType { name: String, found: String, allowed: String },
+    #[error("input: {0}")]
+    Input(String),
+    #[error(transparent)]
+    Ggml(#[from] GgmlError),
+}
+
+/// Types the runtime accepts for quantizable matrices (what the converter writes).
+const MATRIX_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q6_K,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::IQ4_NL,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+];
+
+fn allowed_types(role: Role) -> &'static [GgmlType] {
+    match role {
+        Role::Matrix | Role::TokenEmbd | Role::Output => MATRIX_TYPES,
+        // Added/multiplied element-wise and normalizations: f32 keeps them exact.
+        Role::Norm | Role::Bias | Role::LayerScale | Role::ClassEmbd | Role::PosEmbd => &[GgmlType::F32],
+        Role::PatchEmbd => &[GgmlType::F16, GgmlType::F32],
+    }
+}
+
+fn squeeze(ne: &[usize]) -> Vec<usize> {
+    let v: Vec<usize> = ne.iter().copied().filter(|&d| d != 1).collect();
+    if v.is_empty() {
+        vec![1]
+    } else {
+        v
+    }
+}
+
+/// A loaded model: hyperparameters, metadata and weights. Shared read-only by any number of sessions.
+pub struct Model {
+    pub hp: Hparams,
+    pub meta: ModelMeta,
+    pub(crate) weights: WeightStore,
+    /// True when the vision qkv is stored split (llama.cpp mmproj) rather than fused.
+    pub(crate) split_qkv: bool,
+    /// The text embedding table's type and raw rows (for host-side lookups of input embeddings).
+    token_embd: (GgmlType, Arc<GgufFile>, TensorInfo),
+}
+
+impl Model {
+    /// Loads our single-file GGUF, or a llama.cpp pair (`paths` = [text, mmproj]). Every required key and
+    /// tensor, with its shape and type, is checked before anything is handed to ggml.
+    pub fn load(paths: &[&Path]) -> Result<Model, ModelError> {
+        if paths.is_empty() || paths.len() > 2 {
+            return Err(ModelError::Input(format!("expected 1 or 2 GGUF files, got {}", paths.len())));
+        }
+        let mut files = Vec::new();
+        for p in paths {
+            let f = GgufFile::open(p).map_err(|e| ModelError::Gguf { path: p.display().to_string(), source: e })?;
+            files.push(Arc::new(f));
+        }
+        Self::from_files(files)
+    }
+
+    pub fn from_files(files: Vec<Arc<GgufFile>>) -> Result<Model, ModelError> {
+        let refs: Vec<&GgufFile> = files.iter().map(|f| f.as_ref()).collect();
+        let hp = config::hparams_from_gguf(&refs)?;
+        let meta = config::meta_from_gguf(&refs)?;
+
+        // Where each tensor lives.
+        let mut index: HashMap<&str, (usize, &TensorInfo)> = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            for t in f.tensors() {
+                index.insert(t.name.as_str(), (i, t));
+            }
+        }
+        let specs = names::tensor_specs(&hp);
+        let mut chosen: Vec<Vec<TensorInfo>> = vec![Vec::new(); files.len()];
+        let mut split_qkv = false;
+        let mut check = |spec: &TensorSpec, name: &str, expected: &[usize]| -> Result<(), ModelError> {
+            let (fi, info) = index.get(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+            if squeeze(&info.ne) != squeeze(expected) {
+                return Err(ModelError::TensorShape { name: name.into(), found: info.ne.clone(), expected: expected.to_vec() });
+            }
+            let allowed = allowed_types(spec.role);
+            if !allowed.contains(&info.ty) {
+                let list: Vec<&str> = allowed.iter().map(|t| t.name()).collect();
+                return Err(ModelError::TensorType { name: name.into(), found: info.ty.name().into(), allowed: list.join(", ") });
+            }
+            chosen[*fi].push((*info).clone());
+            Ok(())
+        };
+        for spec in &specs {
+            if spec.gguf_name.contains(".attn_qkv.") && !index.contains_key(spec.gguf_name.as_str()) {
+                // llama.cpp's mmproj splits the fused qkv into q, k, v of a third each.
+                split_qkv = true;
+                let mut ne = spec.ne.clone();
+                let last = ne.len() - 1;
+                ne[last] /= 3;
+                for part in ["attn_q", "attn_k", "attn_v"] {
+                    check(spec, &spec.gguf_name.replace("attn_qkv", part), &ne)?;
+                }
+            } else {
+                check(spec, &spec.gguf_name, &spec.ne)?;
+            }
+        }
+        let te = index.get(names::token_embd().as_str()).ok_or_else(|| ModelError::MissingTensor(names::token_embd()))?;
+        let token_embd = (te.1.ty, files[te.0].clone(), te.1.clone());
+        let weights = WeightStore::from_mapped(&files.iter().cloned().zip(chosen).collect::<Vec<_>>())?;
+        Ok(Model { hp, meta, weights, split_qkv, token_embd })
+    }
+
+    /// A weight tensor (validated at load, so a miss is an internal error).
+    pub(crate) fn w(&self, name: &str) -> Result<Tensor<'_>, ModelError> {
+        self.weights.get(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+    }
+
+    /// Bytes of weights (mapped in place).
+    pub fn weight_bytes(&self) -> usize {
+        self.weights.bytes()
+    }
+
+    /// The input embedding of each token id, looked up on the host (one row of the possibly quantized
+    /// table each), into `out` (`ids.len() * n_embd`).
+    pub fn token_embeddings(&self, ids: &[u32], out: &mut Vec<f32>) -> Result<(), ModelError> {
+        let (ty, file, info) = &self.token_embd;
+        let n_embd = self.hp.llm.n_embd;
+        let row = ty.row_size(n_embd).ok_or_else(|| ModelError::Unsupported("token_embd row size".into()))?;
+        let data = file.tensor_data(info);
+        for &id in ids {
+            let id = id as usize;
+            if id >= self.hp.llm.n_vocab {
+                return Err(ModelError::Input(format!("token id {id} is outside the vocabulary of {}", self.hp.llm.n_vocab)));
+            }
+            let bytes = data.get(id * row..(id + 1) * row).ok_or_else(|| ModelError::Input(format!("token id {id} past the table")))?;
+            out.extend(crate::ggml::dequantize(*ty, bytes, n_embd)?);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! InternViT-300M, pixel shuffle v2 and the mlp1 projector (spec §3), as one ggml graph over T tiles.
+//!
+//! Shapes in comments are ggml order: `[D, N, T]` is D channels (fastest), N tokens, T tiles.
+
+use crate::ggml::{Context, Tensor};
+use crate::hparams::Hparams;
+use crate::names;
+
+use super::{Model, ModelError};
+
+/// The graph's named outputs.
+pub struct VisionGraph<'a> {
+    /// Input: patches `[C*P*P, n_patches, T]`, see `patchify`.
+    pub inp_patches: Tensor<'a>,
+    /// Input: the CLS token repeated per tile `[D, 1, T]` (set from the class embedding).
+    pub vit_out: Tensor<'a>,
+    /// Projector output `[n_embd_llm, T*256]`: the rows that replace `<IMG_CONTEXT>` tokens, in order.
+    pub proj_out: Tensor<'a>,
+}
+
+/// Rearranges normalized CHW tiles `[T, C, S, S]` into per-patch vectors `[T, n_patches, C*P*P]`
+/// (patch p = row*grid + col, vector in (c, ky, kx) order: the Conv2d weight's flattening, spec §3.2).
+/// The stride-P, kernel-P convolution is then a single matrix product.
+pub fn patchify(hp: &Hparams, tiles: &[f32]) -> Result<Vec<f32>, ModelError> {
+    let v = &hp.vision;
+    let (s, p, c, g) = (v.image_size, v.patch_size, v.n_channels, v.grid());
+    let per_tile = c * s * s;
+    if tiles.is_empty() || tiles.len() % per_tile != 0 {
+        return Err(ModelError::Input(format!("{} values are not whole {c}x{s}x{s} tiles", tiles.len())));
+    }
+    let n_tiles = tiles.len() / per_tile;
+    let k = c * p * p;
+    let mut out = vec![0f32; tiles.len()];
+    for t in 0..n_tiles {
+        let tile = &tiles[t * per_tile..(t + 1) * per_tile];
+        let dst = &mut out[t * per_tile..(t + 1) * per_tile];
+        for row in 0..g {
+            for col in 0..g {
+                let base = (row * g + col) * k;
+                for ch in 0..c {
+                    for ky in 0..p {
+                        let src = ch * s * s + (row * p + ky) * s + col * p;
+                        let d = base + ch * p * p + ky * p;
+                        dst[d..d + p].copy_from_slice(&tile[src..src + p]);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// LayerNorm with affine weight and bias (spec §3.5: eps 1e-6 in the ViT, §3.9: 1e-5 in the projector).
+fn layer_norm<'a>(ctx: &'a Context, x: Tensor<'a>, w: Tensor<'a>, b: Tensor<'a>, eps: f32) -> Result<Tensor<'a>, ModelError> {
+    let y = ctx.norm(x, eps)?;
+    let y = ctx.mul(y, w)?;
+    Ok(ctx.add(y, b)?)
+}
+
+/// Builds the vision graph for `n_tiles` tiles.
+pub fn build<'a>(ctx: &'a Context, m: &'a Model, n_tiles: usize, keep_vit_out: bool) -> Result<VisionGraph<'a>, ModelError> {
+    let hp = &m.hp;
+    let v = &hp.vision;
+    let (d, n_head, hd) = (v.n_embd, v.n_head, v.head_dim());
+    let n_patch = v.n_patches();
+    let n_tok = n_patch + 1;
+    let k = v.n_channels * v.patch_size * v.patch_size;
+    let t = n_tiles;
+
+    let inp = ctx.new_f32(&[k, n_patch, t])?.set_name("inp_patches").set_input();
+    // Patch embedding: conv weight [P, P, C, D] viewed as [C*P*P, D]; one matmul for all patches.
+    let w_patch = m.w(&names::v_patch_embd_w())?;
+    let w_patch = ctx.reshape(w_patch, &[k, d])?;
+    let x = ctx.mul_mat(w_patch, inp)?; // [D, n_patch, T]
+    let x = ctx.add(x, m.w(&names::v_patch_embd_b())?)?;
+    // CLS first, then the patches (spec §3.3; llama.cpp puts CLS last, which shifts every position).
+    let cls = ctx.reshape(m.w(&names::v_class_embd())?, &[d, 1, 1])?;
+    let cls = ctx.repeat(cls, [d, 1, t, 1])?;
+    let x = ctx.concat(cls, x, 1)?; // [D, 1+n_patch, T]
+    // Position embeddings: pos[0] to CLS, pos[1+p] to patch p; at 448 the bicubic resampling is the
+    // identity (spec §3.4), so it is skipped.
+    let pos = ctx.reshape(m.w(&names::v_pos_embd())?, &[d, n_tok])?;
+    let mut x = ctx.add(x, pos)?.set_name("vit_embd");
+
+    let scale = 1.0 / (hd as f32).sqrt();
+    for l in 0..v.n_layer {
+        let wl = |what: &str, suffix: &str| m.w(&names::v_blk(l, what, suffix));
+        let h = layer_norm(ctx, x, wl("ln1", "weight")?, wl("ln1", "bias")?, v.ln_eps)?;
+        // q, k, v each [hd, n_head, n_tok, T] -> permuted to [hd, n_tok, n_head, T] for attention.
+        let (q, kk, vv) = if m.split_qkv {
+            let q = ctx.linear(h, wl("attn_q", "weight")?, Some(wl("attn_q", "bias")?))?;
+            let kk = ctx.linear(h, wl("attn_k", "weight")?, Some(wl("attn_k", "bias")?))?;
+            let vv = ctx.linear(h, wl("attn_v", "weight")?, Some(wl("attn_v", "bias")?))?;
+            let r = |x| ctx.reshape(x, &[hd, n_head, n_tok, t]);
+            (r(q)?, r(kk)?, r(vv)?)
+        } else {
+            // Fused rows: Q | K | V blocks of D, each head h owning rows h*hd..(h+1)*hd (spec §2.1).
+            let qkv = ctx.linear(h, wl("attn_qkv", "weight")?, Some(wl("attn_qkv", "bias")?))?; // [3D, n_tok, T]
+            let row = 3 * d * 4;
+            let nb = [hd * 4, row, row * n_tok];
+            let view = |i: usize| ctx.view(qkv, &[hd, n_head, n_tok, t], &nb, i * d * 4);
+            (view(0)?, view(1)?, view(2)?)
+        };
+        let q = ctx.permute(q, [0, 2, 1, 3])?;
+        let kk = ctx.permute(kk, [0, 2, 1, 3])?;
+        let vv = ctx.permute(vv, [0, 2, 1, 3])?;
+        // Bidirectional softmax((q·scale)·kᵀ)·v over all tokens, no mask (spec §3.5).
+        let a = ctx.flash_attn_ext(q, kk, vv, None, scale)?; // [hd, n_head, n_tok, T]
+        let a = ctx.reshape(a, &[d, n_tok, t])?; // heads concatenated in head order
+        let a = ctx.linear(a, wl("attn_out", "weight")?, Some(wl("attn_out", "bias")?))?;
+        x = ctx.add(x, ctx.mul(a, wl("ls1", "weight")?)?)?;
+
+        let h = layer_norm(ctx, x, wl("ln2", "weight")?, wl("ln2", "bias")?, v.ln_eps)?;
+        let h = ctx.linear(h, wl("ffn_up", "weight")?, Some(wl("ffn_up", "bias")?))?;
+        let h = ctx.gelu_erf(h)?; // exact erf GELU (spec §1.1)
+        let h = ctx.linear(h, wl("ffn_down", "weight")?, Some(wl("ffn_down", "bias")?))?;
+        x = ctx.add(x, ctx.mul(h, wl("ls2", "weight")?)?)?.set_name(&format!("vit_l{l}"));
+    }
+    let vit_out = if keep_vit_out { ctx.cont(x)?.set_name("vit_out").set_output() } else { x };
+
+    // Drop CLS: [D, n_patch, T], a grid A[row][col] with col fastest.
+    let g = v.grid();
+    let patches = ctx.view(x, &[d, n_patch, t], &[d * 4, d * 4 * n_tok], d * 4)?;
+    let patches = ctx.cont(patches)?;
+    // Pixel shuffle v2 (spec §3.8): token (i, j) = A[2i][2j] ‖ A[2i][2j+1] ‖ A[2i+1][2j] ‖ A[2i+1][2j+1].
+    // [D, g, g*T] -> [2D, g/2, 2, g/2*T]: pairs of columns merge into 2D channels (dx*D + ch), and each
+    // row index r = 2i + dy splits into (dy, i) with the tiles folded into the outer dim.
+    let f = hp.shuffle_factor();
+    let (g2, d4) = (g / f, d * f * f);
+    let y = ctx.reshape(patches, &[d * f, g2, f, g2 * t])?;
+    // -> [2D, 2(dy), g/2(j), g/2*T(i)] so that channel = dy*2D + dx*D + ch.
+    let y = ctx.permute(y, [0, 2, 1, 3])?;
+    let y = ctx.cont(y)?;
+    let y = ctx.reshape(y, &[d4, g2 * g2 * t])?.set_name("pixel_shuffle"); // tokens i*g2 + j, tile-major
+
+    // Projector mlp1: LayerNorm(eps 1e-5), Linear, exact GELU, Linear (spec §3.9).
+    let y = layer_norm(ctx, y, m.w(&names::mm(0, "weight"))?, m.w(&names::mm(0, "bias"))?, hp.proj_ln_eps)?;
+    let y = ctx.linear(y, m.w(&names::mm(1, "weight"))?, Some(m.w(&names::mm(1, "bias"))?))?;
+    let y = ctx.gelu_erf(y)?;
+    let y = ctx.linear(y, m.w(&names::mm(3, "weight"))?, Some(m.w(&names::mm(3, "bias"))?))?;
+    let proj_out = y.set_name("proj_out").set_output();
+    Ok(VisionGraph { inp_patches: inp, vit_out, proj_out })
+}
+
+/// Upper bound of tensors a vision graph of any tile count creates (for sizing its context).
+pub fn graph_tensors(hp: &Hparams) -> usize {
+    64 + hp.vision.n_layer * 48
+}

@@ -1,0 +1,27 @@
+mod common;
+use std::sync::Arc;
+
+use internvl::model::Model;
+use internvl::session::{Session, SessionParams};
+
+#[test]
+fn tiny_model_runs_end_to_end() {
+    let path = common::tiny_gguf(42, "f32", &[]);
+    let model = Arc::new(Model::load(&[&path]).unwrap());
+    let hp = model.hp.clone();
+    let mut s = Session::new(model.clone(), SessionParams { n_ctx: 1024, ..Default::default() }).unwrap();
+    let per_tile = 3 * 448 * 448;
+    let tiles: Vec<f32> = (0..2 * per_tile).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect();
+    let v = s.encode_tiles(&tiles, true).unwrap();
+    assert_eq!(v.proj.len(), 2 * 256 * hp.llm.n_embd);
+    assert!(v.proj.iter().all(|x| x.is_finite()));
+    let mut ids = vec![151644u32, 872, 198, 151646];
+    ids.extend(std::iter::repeat(151648).take(512));
+    ids.extend([151647, 198, 151645, 151644, 77091, 198]);
+    let out = s.eval(&ids, &v.proj, true).unwrap();
+    assert_eq!(out.logits.len(), hp.llm.n_vocab);
+    assert_eq!(s.n_past(), ids.len());
+    let next = internvl::sampling::argmax(&out.logits);
+    let l2 = s.decode(next).unwrap();
+    assert!(l2.iter().all(|x| x.is_finite()));
+}
