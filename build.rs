@@ -14,10 +14,6 @@ fn main() {
     println!("cargo:rerun-if-env-changed=GGML_DIR");
     println!("cargo:rerun-if-env-changed=CUDA_PATH");
 
-    if env::var_os("CARGO_FEATURE_CUDA").is_some() {
-        check_cuda_toolkit();
-    }
-
     let include_dir = if env::var_os("CARGO_FEATURE_SYSTEM_GGML").is_some() {
         let dir = match env::var("GGML_DIR") {
             Ok(d) => PathBuf::from(d),
@@ -68,22 +64,6 @@ fn main() {
 fn fail(msg: &str) -> ! {
     eprintln!("error: {msg}");
     panic!("{msg}");
-}
-
-fn check_cuda_toolkit() {
-    let nvcc_in_path = env::var_os("PATH")
-        .map(|p| env::split_paths(&p).any(|d| d.join("nvcc").is_file()))
-        .unwrap_or(false);
-    let cuda_path = env::var_os("CUDA_PATH").map(PathBuf::from);
-    let nvcc_in_cuda_path = cuda_path.as_ref().map(|p| p.join("bin/nvcc").is_file()).unwrap_or(false);
-    let default = Path::new("/usr/local/cuda/bin/nvcc").is_file();
-    if !(nvcc_in_path || nvcc_in_cuda_path || default) {
-        fail(
-            "feature `cuda` needs the CUDA toolkit, but nvcc was not found (not in PATH, not in $CUDA_PATH/bin, \
-             not in /usr/local/cuda/bin). Install CUDA 12 (or JetPack 6 on Jetson) and set CUDA_PATH, or build \
-             without `--features cuda`.",
-        );
-    }
 }
 
 fn link_system_ggml(dir: &Path) {

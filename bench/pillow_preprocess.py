@@ -5,12 +5,17 @@ compares it with our criterion results.
     cargo bench -p internvl --bench preprocess        # writes target/criterion/...
     python3 bench/pillow_preprocess.py               # prints reference times and ours/theirs ratios
 
+Single-threaded comparison (both sides on one core):
+    RAYON_NUM_THREADS=1 cargo bench -p internvl --bench preprocess
+    python3 bench/pillow_preprocess.py --threads 1
+
 Stages, matched to benches/preprocess.rs:
   decode      Image.open(f).convert('RGB') (forces the load)
   tiles_f32   dynamic_preprocess(max_num=12, use_thumbnail=True) + build_transform per tile + torch.stack
   end_to_end  both
 If torchvision is missing, the transform falls back to numpy (uint8/255, (x-mean)/std, HWC->CHW) and
-says so. Torch keeps its default intra-op threads (all cores), as our rayon pool does.
+says so. By default torch keeps its intra-op threads (all cores), as our rayon pool does; `--threads N`
+sets torch's thread count (pair it with RAYON_NUM_THREADS=N for our side).
 """
 import json
 import os
@@ -110,6 +115,9 @@ def criterion_ms(group, name):
 
 
 def main():
+    if "--threads" in sys.argv:
+        import torch
+        torch.set_num_threads(int(sys.argv[sys.argv.index("--threads") + 1]))
     stack, label = make_transform()
 
     def decode():

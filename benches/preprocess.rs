@@ -21,7 +21,9 @@ fn preprocess(c: &mut Criterion) {
     let mut g = c.benchmark_group("preprocess");
     g.throughput(Throughput::Elements(13));
     g.bench_function("decode_image1", |b| b.iter(|| ivl::load_path(&path, &limits).unwrap()));
-    g.bench_function("tiles_f32_image1", |b| b.iter(|| ivl::preprocess(&rgb, &params).unwrap()));
+    g.bench_function("tiles_f32_image1", |b| {
+        b.iter(|| ivl::preprocess(&rgb, &params).unwrap())
+    });
     g.bench_function("end_to_end_image1", |b| {
         b.iter(|| ivl::preprocess(&ivl::load_path(&path, &limits).unwrap(), &params).unwrap())
     });
@@ -29,9 +31,13 @@ fn preprocess(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("resize");
     g.throughput(Throughput::Elements(1792 * 1344));
-    g.bench_function("image1_to_1792x1344", |b| b.iter(|| ivl::resize_bicubic(&rgb, 1792, 1344).unwrap()));
+    g.bench_function("image1_to_1792x1344", |b| {
+        b.iter(|| ivl::resize_bicubic(&rgb, 1792, 1344).unwrap())
+    });
     g.throughput(Throughput::Elements(448 * 448));
-    g.bench_function("image1_to_448x448", |b| b.iter(|| ivl::resize_bicubic(&rgb, 448, 448).unwrap()));
+    g.bench_function("image1_to_448x448", |b| {
+        b.iter(|| ivl::resize_bicubic(&rgb, 448, 448).unwrap())
+    });
     g.finish();
 }
 

@@ -6,6 +6,7 @@
 //! cache; `sampling` picks tokens; `image` (tiling, Pillow-exact bicubic), `tokenizer` and `chat` build the
 //! exact inputs.
 pub mod chat;
+pub mod engine;
 pub mod ggml;
 pub mod gguf;
 pub mod hparams;

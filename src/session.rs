@@ -94,7 +94,9 @@ impl Session {
         }
         let backend = Backend::cpu(params.n_threads)?;
         let threadpool = Threadpool::new(params.n_threads)?;
-        backend.set_threadpool(&threadpool);
+        if std::env::var_os("INTERNVL_NO_THREADPOOL").is_none() {
+            backend.set_threadpool(&threadpool);
+        }
         let kv = KvCache::new(&model.hp.llm, params.n_ctx, params.kv_type, &backend)?;
         let graph = vision::graph_tensors(&model.hp).max(qwen2::graph_tensors(&model.hp));
         let sched = Sched::new(&[&backend], graph)?;

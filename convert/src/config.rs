@@ -279,7 +279,7 @@ pub fn read_model_config(dir: &Path) -> Result<ModelConfig, ConfigError> {
     let pre = read_json(&pre_path)?;
     let image_mean = three_floats(&pre, &pre_path, "image_mean")?;
     let image_std = three_floats(&pre, &pre_path, "image_std")?;
-    if image_std.iter().any(|&s| !(s > 0.0)) {
+    if image_std.iter().any(|&s| s.is_nan() || s <= 0.0) {
         return Err(ConfigError::Other { path: pre_path, reason: format!("image_std {image_std:?} must be positive") });
     }
     if let Some(size) = pre.get("size").and_then(Value::as_u64) {

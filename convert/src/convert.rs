@@ -371,6 +371,16 @@ pub fn convert(
     if opts.split && mmproj_path == opts.output {
         return Err(ConvertError::Output { path: mmproj_path, reason: "the mmproj and text outputs are the same file".into() });
     }
+    // Refuse destinations that would end badly only after all the work.
+    let sources: Vec<PathBuf> = ck.paths().iter().filter_map(|p| p.canonicalize().ok()).collect();
+    for out in std::iter::once(&opts.output).chain(opts.split.then_some(&mmproj_path)) {
+        if out.is_dir() {
+            return Err(ConvertError::Output { path: out.clone(), reason: "is a directory; give a file name".into() });
+        }
+        if out.canonicalize().is_ok_and(|c| sources.contains(&c)) {
+            return Err(ConvertError::Output { path: out.clone(), reason: "would overwrite the source weights".into() });
+        }
+    }
     let mut main_w = GgufWriter::create(&opts.output)?;
     let mut mmproj_w = if opts.split { Some(GgufWriter::create(&mmproj_path)?) } else { None };
 

@@ -7,7 +7,7 @@
 //! Exit status: 0 success, 1 error (the message says what), 2 bad command line, 130 interrupted
 //! (SIGINT/SIGTERM; no output is left behind).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -155,6 +155,12 @@ fn write_report(out: &mut impl Write, r: &ConvertReport) -> std::io::Result<()> 
     writeln!(out, "time: {:.1} s", r.seconds)
 }
 
+/// Prints an error; first ends a progress bar line on a terminal.
+fn report_error(quiet: bool, msg: &str) {
+    let nl = if !quiet && std::io::stderr().is_terminal() { "\n" } else { "" };
+    eprintln!("{nl}{msg}");
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = signal::install() {
@@ -178,11 +184,11 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(ConvertError::Interrupted) => {
-                    eprintln!("\ninterrupted: no output written");
+                    report_error(quiet, "interrupted: no output written");
                     ExitCode::from(130)
                 }
                 Err(e) => {
-                    eprintln!("\nerror: {e}");
+                    report_error(quiet, &format!("error: {e}"));
                     ExitCode::FAILURE
                 }
             }
@@ -204,11 +210,11 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(SynthError::Interrupted) => {
-                    eprintln!("\ninterrupted");
+                    report_error(quiet, "interrupted");
                     ExitCode::from(130)
                 }
                 Err(e) => {
-                    eprintln!("\nerror: {e}");
+                    report_error(quiet, &format!("error: {e}"));
                     ExitCode::FAILURE
                 }
             }

@@ -353,8 +353,9 @@ impl Checkpoint {
     ) -> Result<(), StError> {
         let n = t.n_elements();
         let range_err = || StError::Range { tensor: t.name.clone(), first, count, n };
-        if first.checked_add(count).map_or(true, |end| end > n) {
-            return Err(range_err());
+        match first.checked_add(count) {
+            Some(end) if end <= n => {}
+            _ => return Err(range_err()),
         }
         if !t.dtype.is_float_source() {
             return Err(StError::UnsupportedDtype { tensor: t.name.clone(), dtype: t.dtype.name().into() });

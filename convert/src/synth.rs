@@ -12,6 +12,7 @@
 //! uniform in [0.1, 1). Deterministic from the seed: chunk `c` of tensor `t` draws from its own stream
 //! `Rng::for_stream(seed, t << 32 | c)`, so the bytes do not depend on threads or sharding.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -145,7 +146,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
     move |source| SynthError::Io { path: path.to_path_buf(), source }
 }
 
-/// Writes a synthetic checkpoint for `hp` into `out_dir` (created; must be new or empty).
+/// Writes a synthetic checkpoint for `hp` into `out_dir` (created; must be new or empty). On failure or
+/// interruption the directory is left as it was found (removed if it was created, emptied otherwise).
 pub fn synth(
     hp: &Hparams,
     seed: u64,
@@ -155,7 +157,6 @@ pub fn synth(
     progress: &mut Progress,
     should_stop: &dyn Fn() -> bool,
 ) -> Result<SynthReport, SynthError> {
-    let t0 = Instant::now();
     let specs = tensor_specs(hp);
     if shards == 0 || shards > specs.len() {
         return Err(SynthError::Shards { shards, n_tensors: specs.len() });
@@ -169,7 +170,8 @@ pub fn synth(
             return Err(SynthError::MissingSource { path: files_from.join(f) });
         }
     }
-    if out_dir.exists() {
+    let existed = out_dir.exists();
+    if existed {
         let mut entries = std::fs::read_dir(out_dir).map_err(io(out_dir))?;
         if entries.next().is_some() {
             return Err(SynthError::NotEmpty(out_dir.to_path_buf()));
@@ -177,6 +179,30 @@ pub fn synth(
     } else {
         std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
     }
+    let result = write_checkpoint(hp, &specs, seed, out_dir, shards, files_from, progress, should_stop);
+    if result.is_err() {
+        // Best effort: the error being returned matters more than a cleanup failure.
+        let _ = std::fs::remove_dir_all(out_dir);
+        if existed {
+            let _ = std::fs::create_dir(out_dir);
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_checkpoint(
+    hp: &Hparams,
+    specs: &[TensorSpec],
+    seed: u64,
+    out_dir: &Path,
+    shards: usize,
+    files_from: &Path,
+    progress: &mut Progress,
+    should_stop: &dyn Fn() -> bool,
+) -> Result<SynthReport, SynthError> {
+    let t0 = Instant::now();
+    let base_cfg_path = files_from.join("config.json");
 
     // JSON and tokenizer files first: small, and a failure here leaves no weights behind.
     let base_text = std::fs::read_to_string(&base_cfg_path).map_err(io(&base_cfg_path))?;
@@ -192,10 +218,12 @@ pub fn synth(
     for f in COPIED_FILES {
         let dst = out_dir.join(f);
         std::fs::copy(files_from.join(f), &dst).map_err(io(&dst))?;
+        // fs::copy keeps the source's mode; the shared originals are read-only, the copies need not be.
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o644)).map_err(io(&dst))?;
         files.push(dst);
     }
 
-    let groups = shard_groups(&specs, shards);
+    let groups = shard_groups(specs, shards);
     let total_bytes: u64 = specs.iter().map(|s| 2 * s.n_elements() as u64).sum();
     progress.start("synth", total_bytes);
     let mut done = 0u64;
@@ -276,6 +304,22 @@ mod tests {
         let few = &specs[..3];
         let g = shard_groups(few, 3);
         assert_eq!(g, vec![0..1, 1..2, 2..3]);
+    }
+
+    #[test]
+    fn interrupted_or_refused_synth_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("ck");
+        let files = crate::test_model_files_dir();
+        let r = synth(&Hparams::tiny(), 0, &out, 1, &files, &mut Progress::hidden(), &|| true);
+        assert!(matches!(r, Err(SynthError::Interrupted)), "{r:?}");
+        assert!(!out.exists());
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("x"), "").unwrap();
+        let r = synth(&Hparams::tiny(), 0, &out, 1, &files, &mut Progress::hidden(), &|| false);
+        assert!(matches!(r, Err(SynthError::NotEmpty(_))), "{r:?}");
+        let r = synth(&Hparams::tiny(), 0, &tmp.path().join("n"), 0, &files, &mut Progress::hidden(), &|| false);
+        assert!(matches!(r, Err(SynthError::Shards { .. })), "{r:?}");
     }
 
     #[test]

@@ -235,6 +235,19 @@ fn unwritable_output() {
 }
 
 #[test]
+fn output_that_is_a_directory_or_the_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = copy_input(tmp.path());
+    for (out, needle) in [(tmp.path().to_path_buf(), "is a directory"), (input.join("model.safetensors"), "overwrite the source")] {
+        let o = Command::new(bin()).arg("convert").arg(&input).arg("-o").arg(&out).arg("-q").output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+    }
+    assert_eq!(listing(&input), listing(micro_checkpoint()));
+}
+
+#[test]
 fn full_disk_leaves_nothing() {
     // A full disk, simulated without root or a mount: RLIMIT_FSIZE makes every write past 1 MiB fail
     // (EFBIG, with SIGXFSZ ignored), which takes the same error path as ENOSPC in the GGUF writer.

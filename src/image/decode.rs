@@ -54,13 +54,20 @@ pub fn load_bytes(bytes: &[u8], limits: &Limits) -> Result<RgbImage> {
     let origin = "<memory>";
     let len = bytes.len() as u64;
     if len > limits.max_file_bytes {
-        return Err(Error::FileTooLarge { origin: origin.into(), len, limit: limits.max_file_bytes });
+        return Err(Error::FileTooLarge {
+            origin: origin.into(),
+            len,
+            limit: limits.max_file_bytes,
+        });
     }
     decode(bytes, origin, limits)
 }
 
 pub(super) fn read_file(path: &Path, limits: &Limits) -> Result<Vec<u8>> {
-    let io_err = |source| Error::Io { path: path.to_path_buf(), source };
+    let io_err = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let len = std::fs::metadata(path).map_err(io_err)?.len();
     if len > limits.max_file_bytes {
         return Err(Error::FileTooLarge {
@@ -76,10 +83,16 @@ pub(super) fn read_file(path: &Path, limits: &Limits) -> Result<Vec<u8>> {
 pub(super) fn reader<'a>(bytes: &'a [u8], origin: &str) -> Result<ImageReader<Cursor<&'a [u8]>>> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| Error::Corrupt { origin: origin.into(), detail: e.to_string() })?;
+        .map_err(|e| Error::Corrupt {
+            origin: origin.into(),
+            detail: e.to_string(),
+        })?;
     match reader.format() {
         Some(_) => Ok(reader),
-        None => Err(Error::UnsupportedFormat { origin: origin.into(), detail: "unrecognised signature".into() }),
+        None => Err(Error::UnsupportedFormat {
+            origin: origin.into(),
+            detail: "unrecognised signature".into(),
+        }),
     }
 }
 
@@ -87,11 +100,21 @@ pub(super) fn reader<'a>(bytes: &'a [u8], origin: &str) -> Result<ImageReader<Cu
 pub(super) fn check_dimensions(width: u32, height: u32, origin: &str, limits: &Limits) -> Result<()> {
     let (w, h) = (u64::from(width), u64::from(height));
     if w == 0 || h == 0 {
-        return Err(Error::ZeroSize { origin: origin.into(), width: w, height: h });
+        return Err(Error::ZeroSize {
+            origin: origin.into(),
+            width: w,
+            height: h,
+        });
     }
     let pixels = w * h; // u32 * u32 cannot overflow u64
     if pixels > limits.max_pixels {
-        return Err(Error::TooManyPixels { origin: origin.into(), width: w, height: h, pixels, limit: limits.max_pixels });
+        return Err(Error::TooManyPixels {
+            origin: origin.into(),
+            width: w,
+            height: h,
+            pixels,
+            limit: limits.max_pixels,
+        });
     }
     Ok(())
 }
@@ -115,7 +138,10 @@ fn decode(bytes: &[u8], origin: &str, limits: &Limits) -> Result<RgbImage> {
     // Pass 2: decode with the allocation cap.
     let mut r = reader(bytes, origin)?;
     if let Some(format) = r.format() {
-        truncation::check(format, bytes).map_err(|detail| Error::Corrupt { origin: origin.into(), detail })?;
+        truncation::check(format, bytes).map_err(|detail| Error::Corrupt {
+            origin: origin.into(),
+            detail,
+        })?;
     }
     r.limits(decoder_limits(limits));
     let decoder = r.into_decoder().map_err(|e| map_image_error(e, origin))?;
@@ -146,12 +172,14 @@ pub(super) fn to_rgb_like_pillow(image: DynamicImage, png_gray16: bool, origin: 
         DynamicImage::ImageLuma16(img) => img.pixels().flat_map(|p| [clip16(p.0[0]); 3]).collect(),
         DynamicImage::ImageLumaA16(img) if png_gray16 => img.pixels().flat_map(|p| [clip16(p.0[0]); 3]).collect(),
         DynamicImage::ImageLumaA16(img) => img.pixels().flat_map(|p| [high(p.0[0]); 3]).collect(),
-        DynamicImage::ImageRgb16(img) => {
-            img.pixels().flat_map(|p| [high(p.0[0]), high(p.0[1]), high(p.0[2])]).collect()
-        }
-        DynamicImage::ImageRgba16(img) => {
-            img.pixels().flat_map(|p| [high(p.0[0]), high(p.0[1]), high(p.0[2])]).collect()
-        }
+        DynamicImage::ImageRgb16(img) => img
+            .pixels()
+            .flat_map(|p| [high(p.0[0]), high(p.0[1]), high(p.0[2])])
+            .collect(),
+        DynamicImage::ImageRgba16(img) => img
+            .pixels()
+            .flat_map(|p| [high(p.0[0]), high(p.0[1]), high(p.0[2])])
+            .collect(),
         other => {
             return Err(Error::UnsupportedPixelType {
                 origin: origin.into(),
@@ -181,13 +209,31 @@ pub(super) fn map_image_error(e: ::image::ImageError, origin: &str) -> Error {
     let origin = origin.to_string();
     match e {
         E::Unsupported(u) => match u.kind() {
-            UnsupportedErrorKind::Color(c) => Error::UnsupportedPixelType { origin, pixel_type: format!("{c:?}") },
-            _ => Error::UnsupportedFormat { origin, detail: u.to_string() },
+            UnsupportedErrorKind::Color(c) => Error::UnsupportedPixelType {
+                origin,
+                pixel_type: format!("{c:?}"),
+            },
+            _ => Error::UnsupportedFormat {
+                origin,
+                detail: u.to_string(),
+            },
         },
-        E::Limits(l) => Error::DecoderLimit { origin, detail: l.to_string() },
-        E::Decoding(d) => Error::Corrupt { origin, detail: d.to_string() },
-        E::IoError(io) => Error::Corrupt { origin, detail: io.to_string() },
-        other => Error::Corrupt { origin, detail: other.to_string() },
+        E::Limits(l) => Error::DecoderLimit {
+            origin,
+            detail: l.to_string(),
+        },
+        E::Decoding(d) => Error::Corrupt {
+            origin,
+            detail: d.to_string(),
+        },
+        E::IoError(io) => Error::Corrupt {
+            origin,
+            detail: io.to_string(),
+        },
+        other => Error::Corrupt {
+            origin,
+            detail: other.to_string(),
+        },
     }
 }
 
@@ -240,18 +286,43 @@ pub struct RawImage<'a> {
 /// Errors: [`Error::ZeroSize`], [`Error::RawStride`] (stride < width × bytes per pixel),
 /// [`Error::RawBufferTooShort`].
 pub fn from_raw(raw: RawImage<'_>) -> Result<RgbImage> {
-    let RawImage { data, width, height, stride, format } = raw;
+    let RawImage {
+        data,
+        width,
+        height,
+        stride,
+        format,
+    } = raw;
     if width == 0 || height == 0 {
-        return Err(Error::ZeroSize { origin: "raw image".into(), width: width.into(), height: height.into() });
+        return Err(Error::ZeroSize {
+            origin: "raw image".into(),
+            width: width.into(),
+            height: height.into(),
+        });
     }
     let bpp = format.bytes_per_pixel();
     let row_bytes = u64::from(width) * bpp as u64;
     if (stride as u64) < row_bytes {
-        return Err(Error::RawStride { width, height, format, bpp, stride, min_stride: row_bytes });
+        return Err(Error::RawStride {
+            width,
+            height,
+            format,
+            bpp,
+            stride,
+            min_stride: row_bytes,
+        });
     }
-    let needed = (stride as u64).saturating_mul(u64::from(height) - 1).saturating_add(row_bytes);
+    let needed = (stride as u64)
+        .saturating_mul(u64::from(height) - 1)
+        .saturating_add(row_bytes);
     if (data.len() as u64) < needed {
-        return Err(Error::RawBufferTooShort { width, height, stride, len: data.len(), needed });
+        return Err(Error::RawBufferTooShort {
+            width,
+            height,
+            stride,
+            len: data.len(),
+            needed,
+        });
     }
     // Both fit in usize now: they are at most data.len().
     let row_bytes = row_bytes as usize;
@@ -264,7 +335,7 @@ pub fn from_raw(raw: RawImage<'_>) -> Result<RgbImage> {
             out.extend_from_slice(&[px[r], px[g], px[b]]);
         }
     }
-    RgbImage::from_raw(width, height, out).ok_or_else(|| Error::RawBufferTooShort {
+    RgbImage::from_raw(width, height, out).ok_or(Error::RawBufferTooShort {
         width,
         height,
         stride,

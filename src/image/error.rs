@@ -31,7 +31,13 @@ pub enum Error {
     /// The header announces more pixels than [`crate::image::Limits::max_pixels`]; refused before
     /// any pixel buffer is allocated (decompression-bomb guard).
     #[error("{origin}: image is {width}x{height} = {pixels} pixels, over the limit of {limit} pixels")]
-    TooManyPixels { origin: String, width: u64, height: u64, pixels: u64, limit: u64 },
+    TooManyPixels {
+        origin: String,
+        width: u64,
+        height: u64,
+        pixels: u64,
+        limit: u64,
+    },
     /// A decoder-internal allocation limit was hit.
     #[error("{origin}: decoder memory limit exceeded: {detail}")]
     DecoderLimit { origin: String, detail: String },
@@ -40,10 +46,23 @@ pub enum Error {
     ZeroSize { origin: String, width: u64, height: u64 },
     /// A raw buffer's stride is shorter than one row of pixels.
     #[error("raw image {width}x{height} {format:?}: stride {stride} is less than width*{bpp} = {min_stride} bytes")]
-    RawStride { width: u32, height: u32, format: crate::image::PixelFormat, bpp: usize, stride: usize, min_stride: u64 },
+    RawStride {
+        width: u32,
+        height: u32,
+        format: crate::image::PixelFormat,
+        bpp: usize,
+        stride: usize,
+        min_stride: u64,
+    },
     /// A raw buffer is shorter than its width, height and stride require.
     #[error("raw image {width}x{height} stride {stride}: buffer has {len} bytes, needs {needed}")]
-    RawBufferTooShort { width: u32, height: u32, stride: usize, len: usize, needed: u64 },
+    RawBufferTooShort {
+        width: u32,
+        height: u32,
+        stride: usize,
+        len: usize,
+        needed: u64,
+    },
     /// `max_tiles` outside `1..=MAX_TILES`.
     #[error("max_tiles must be in 1..={limit}, got {max_tiles}")]
     MaxTilesOutOfRange { max_tiles: u32, limit: u32 },
@@ -55,10 +74,20 @@ pub enum Error {
     ImageSizeOutOfRange { image_size: u32, limit: u32 },
     /// A resize to or from an empty image.
     #[error("cannot resize {from_width}x{from_height} to {to_width}x{to_height}: empty image")]
-    EmptyResize { from_width: u32, from_height: u32, to_width: u32, to_height: u32 },
+    EmptyResize {
+        from_width: u32,
+        from_height: u32,
+        to_width: u32,
+        to_height: u32,
+    },
     /// Tiles of different sizes were given to one batch.
     #[error("tile {index} is {width}x{height}, expected {expected}x{expected}")]
-    TileSize { index: usize, width: u32, height: u32, expected: u32 },
+    TileSize {
+        index: usize,
+        width: u32,
+        height: u32,
+        expected: u32,
+    },
     /// `num_segments` is zero.
     #[error("video: num_segments must be at least 1")]
     ZeroSegments,

@@ -49,7 +49,10 @@ struct PySet {
 
 impl PySet {
     fn new() -> Self {
-        PySet { table: vec![None; SET_MINSIZE], fill: 0 }
+        PySet {
+            table: vec![None; SET_MINSIZE],
+            fill: 0,
+        }
     }
 
     fn mask(&self) -> usize {
@@ -63,8 +66,8 @@ impl PySet {
         let mut i = (hash as usize) & mask;
         loop {
             let probes = if i + LINEAR_PROBES <= mask { LINEAR_PROBES } else { 0 };
-            for slot in i..=i + probes {
-                match table[slot] {
+            for (slot, entry) in table.iter().enumerate().skip(i).take(probes + 1) {
+                match *entry {
                     None => return slot,
                     Some((k, h)) if h == hash && k == key => return slot,
                     Some(_) => {}
@@ -87,7 +90,11 @@ impl PySet {
             return;
         }
         // set_table_resize(so, used > 50000 ? used*2 : used*4); `used == fill` without deletions.
-        let min_used = if self.fill > 50_000 { self.fill * 2 } else { self.fill * 4 };
+        let min_used = if self.fill > 50_000 {
+            self.fill * 2
+        } else {
+            self.fill * 4
+        };
         let mut new_size = SET_MINSIZE;
         while new_size <= min_used {
             new_size <<= 1;

@@ -38,8 +38,8 @@ pub use self::decode::{from_raw, load_bytes, load_path, Limits, PixelFormat, Raw
 pub use self::error::{Error, Result};
 pub use self::resize::resize_bicubic;
 pub use self::tiling::{
-    candidate_grids, choose_grid, normalize_lut, preprocess, tile_u8, Tiles, TilingParams, IMAGENET_MEAN,
-    IMAGENET_STD, MAX_IMAGE_SIZE, MAX_TILES,
+    candidate_grids, choose_grid, normalize_lut, preprocess, tile_u8, Tiles, TilingParams, IMAGENET_MEAN, IMAGENET_STD,
+    MAX_IMAGE_SIZE, MAX_TILES,
 };
 /// An 8-bit RGB image (the `image` crate's buffer type), the currency of this module.
 pub use ::image::RgbImage;

@@ -90,11 +90,19 @@ impl Kernel {
             for (k, wx) in k_out.iter_mut().zip(&w).take(len) {
                 let v = if ww != 0.0 { wx / ww } else { *wx };
                 let fixed = v * f64::from(1u32 << PRECISION_BITS);
-                *k = if v < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
+                *k = if v < 0.0 {
+                    (fixed - 0.5) as i32
+                } else {
+                    (fixed + 0.5) as i32
+                };
             }
             windows.push((xmin, len));
         }
-        Kernel { windows, weights, ksize }
+        Kernel {
+            windows,
+            weights,
+            ksize,
+        }
     }
 
     /// Source window start and the weights for output index `o`.
@@ -102,6 +110,27 @@ impl Kernel {
     fn taps(&self, o: usize) -> (usize, &[i32]) {
         let (start, len) = self.windows[o];
         (start, &self.weights[o * self.ksize..o * self.ksize + len])
+    }
+
+    /// The same taps as exactly `ksize` weights per output, windows shifted left at the right edge
+    /// and padded with zero weights (which add exactly 0, so results are unchanged). A fixed trip
+    /// count lets the horizontal loop unroll. `None` when the source is narrower than `ksize`.
+    fn fixed_width(&self, in_size: usize) -> Option<(Vec<usize>, Vec<i32>)> {
+        let ks = self.ksize;
+        if in_size < ks {
+            return None;
+        }
+        let mut starts = Vec::with_capacity(self.windows.len());
+        let mut weights = vec![0i32; self.windows.len() * ks];
+        for (o, out) in weights.chunks_exact_mut(ks).enumerate() {
+            let (start, ws) = self.taps(o);
+            // start + len <= in_size, so the shifted window still holds every tap.
+            let fixed_start = start.min(in_size - ks);
+            let shift = start - fixed_start;
+            out[shift..shift + ws.len()].copy_from_slice(ws);
+            starts.push(fixed_start);
+        }
+        Some((starts, weights))
     }
 }
 
@@ -112,7 +141,12 @@ impl Kernel {
 pub fn resize_bicubic(src: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
     let (in_w, in_h) = src.dimensions();
     if in_w == 0 || in_h == 0 || width == 0 || height == 0 {
-        return Err(Error::EmptyResize { from_width: in_w, from_height: in_h, to_width: width, to_height: height });
+        return Err(Error::EmptyResize {
+            from_width: in_w,
+            from_height: in_h,
+            to_width: width,
+            to_height: height,
+        });
     }
     let need_h = width != in_w;
     let need_v = height != in_h;
@@ -122,7 +156,13 @@ pub fn resize_bicubic(src: &RgbImage, width: u32, height: u32) -> Result<RgbImag
     let src_buf: &[u8] = src.as_raw();
     let out = if need_h && need_v && vertical_first(in_w, in_h, width, height) {
         let tmp = vertical(src_buf, in_w as usize, 0, &Kernel::new(in_h, height), height as usize);
-        horizontal(&tmp, in_w as usize, 0..height as usize, &Kernel::new(in_w, width), width as usize)
+        horizontal(
+            &tmp,
+            in_w as usize,
+            0..height as usize,
+            &Kernel::new(in_w, width),
+            width as usize,
+        )
     } else if need_h {
         let vert = need_v.then(|| Kernel::new(in_h, height));
         // Source rows the vertical pass reads (Pillow's ybox_first..ybox_last).
@@ -159,6 +199,56 @@ fn vertical_first(in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> bool {
 
 /// Horizontal pass over source rows `rows`, producing `rows.len()` rows of `out_w` pixels.
 fn horizontal(src: &[u8], in_w: usize, rows: std::ops::Range<usize>, k: &Kernel, out_w: usize) -> Vec<u8> {
+    // Fixed tap counts for the common filter widths (upscaling: 5; downscaling by up to 4x: 7..=17).
+    macro_rules! fixed {
+        ($($n:literal)*) => {
+            match k.ksize {
+                $($n => if let Some((starts, weights)) = k.fixed_width(in_w) {
+                    return horizontal_fixed::<$n>(src, in_w, rows, &starts, &weights, out_w);
+                },)*
+                _ => {}
+            }
+        };
+    }
+    fixed!(5 7 9 11 13 15 17);
+    horizontal_any(src, in_w, rows, k, out_w)
+}
+
+/// [`horizontal`] with exactly `KS` taps per output pixel (see [`Kernel::fixed_width`]).
+fn horizontal_fixed<const KS: usize>(
+    src: &[u8],
+    in_w: usize,
+    rows: std::ops::Range<usize>,
+    starts: &[usize],
+    weights: &[i32],
+    out_w: usize,
+) -> Vec<u8> {
+    let in_row = in_w * CH;
+    let out_row = out_w * CH;
+    let mut out = vec![0u8; rows.len() * out_row];
+    let first = rows.start;
+    out.par_chunks_mut(out_row).enumerate().for_each(|(r, orow)| {
+        let y = first + r;
+        let srow = &src[y * in_row..(y + 1) * in_row];
+        for ((opx, &start), ws) in orow.chunks_exact_mut(CH).zip(starts).zip(weights.chunks_exact(KS)) {
+            let px = &srow[start * CH..(start + KS) * CH];
+            let (mut s0, mut s1, mut s2) = (HALF, HALF, HALF);
+            for t in 0..KS {
+                let w = ws[t];
+                s0 += i32::from(px[t * CH]) * w;
+                s1 += i32::from(px[t * CH + 1]) * w;
+                s2 += i32::from(px[t * CH + 2]) * w;
+            }
+            opx[0] = clip8(s0);
+            opx[1] = clip8(s1);
+            opx[2] = clip8(s2);
+        }
+    });
+    out
+}
+
+/// [`horizontal`] for any tap count.
+fn horizontal_any(src: &[u8], in_w: usize, rows: std::ops::Range<usize>, k: &Kernel, out_w: usize) -> Vec<u8> {
     let in_row = in_w * CH;
     let out_row = out_w * CH;
     let mut out = vec![0u8; rows.len() * out_row];
@@ -215,7 +305,15 @@ mod tests {
 
     #[test]
     fn kernel_windows_stay_inside_source() {
-        for (i, o) in [(1, 448), (1000, 448), (747, 1344), (4000, 1), (3, 2), (448, 449), (97, 1)] {
+        for (i, o) in [
+            (1, 448),
+            (1000, 448),
+            (747, 1344),
+            (4000, 1),
+            (3, 2),
+            (448, 449),
+            (97, 1),
+        ] {
             let k = Kernel::new(i, o);
             for &(s, l) in &k.windows {
                 assert!(s + l <= i as usize, "in {i} out {o}: window {s}+{l}");
@@ -232,6 +330,21 @@ mod tests {
             let (_, ws) = k.taps(o);
             let sum: i64 = ws.iter().map(|&w| i64::from(w)).sum();
             assert!((sum - (1 << 22)).abs() <= ws.len() as i64, "output {o}: sum {sum}");
+        }
+    }
+
+    #[test]
+    fn fixed_width_taps_give_the_same_pixels() {
+        // Pseudo-random source; compare the unrolled path with the generic one.
+        let (w, h) = (97usize, 5usize);
+        let src: Vec<u8> = (0..w * h * CH)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+            .collect();
+        for out_w in [40, 60, 90, 200, 1000] {
+            let k = Kernel::new(w as u32, out_w);
+            let any = horizontal_any(&src, w, 0..h, &k, out_w as usize);
+            assert_eq!(horizontal(&src, w, 0..h, &k, out_w as usize), any, "out_w {out_w}");
+            assert!(k.fixed_width(w).is_some());
         }
     }
 

@@ -32,7 +32,12 @@ pub struct TilingParams {
 
 impl Default for TilingParams {
     fn default() -> Self {
-        TilingParams { image_size: 448, min_tiles: 1, max_tiles: 12, use_thumbnail: true }
+        TilingParams {
+            image_size: 448,
+            min_tiles: 1,
+            max_tiles: 12,
+            use_thumbnail: true,
+        }
     }
 }
 
@@ -40,19 +45,33 @@ impl TilingParams {
     /// The parameters `load_video` uses per frame: `max_num=1`, so one plain resize to
     /// `image_size²` and no thumbnail (spec §7.3).
     pub fn video_frame(image_size: u32) -> Self {
-        TilingParams { image_size, min_tiles: 1, max_tiles: 1, use_thumbnail: true }
+        TilingParams {
+            image_size,
+            min_tiles: 1,
+            max_tiles: 1,
+            use_thumbnail: true,
+        }
     }
 
     /// Checks the ranges documented on the fields.
     pub fn validate(&self) -> Result<()> {
         if self.max_tiles == 0 || self.max_tiles > MAX_TILES {
-            return Err(Error::MaxTilesOutOfRange { max_tiles: self.max_tiles, limit: MAX_TILES });
+            return Err(Error::MaxTilesOutOfRange {
+                max_tiles: self.max_tiles,
+                limit: MAX_TILES,
+            });
         }
         if self.min_tiles == 0 || self.min_tiles > self.max_tiles {
-            return Err(Error::MinTilesOutOfRange { min_tiles: self.min_tiles, max_tiles: self.max_tiles });
+            return Err(Error::MinTilesOutOfRange {
+                min_tiles: self.min_tiles,
+                max_tiles: self.max_tiles,
+            });
         }
         if self.image_size == 0 || self.image_size > MAX_IMAGE_SIZE {
-            return Err(Error::ImageSizeOutOfRange { image_size: self.image_size, limit: MAX_IMAGE_SIZE });
+            return Err(Error::ImageSizeOutOfRange {
+                image_size: self.image_size,
+                limit: MAX_IMAGE_SIZE,
+            });
         }
         Ok(())
     }
@@ -62,7 +81,13 @@ impl TilingParams {
 /// stable-sorted by tile count; see the `grid_order` module). For `(1, 12)`:
 /// `(1,1),(1,2),(2,1),(3,1),(1,3),(2,2),(4,1),(1,4),…,(1,12),(6,2),(2,6)`.
 pub fn candidate_grids(min_tiles: u32, max_tiles: u32) -> Result<Vec<(u32, u32)>> {
-    TilingParams { image_size: 448, min_tiles, max_tiles, use_thumbnail: true }.validate()?;
+    TilingParams {
+        image_size: 448,
+        min_tiles,
+        max_tiles,
+        use_thumbnail: true,
+    }
+    .validate()?;
     Ok(grid_order::candidate_grids(min_tiles, max_tiles))
 }
 
@@ -73,9 +98,18 @@ pub fn candidate_grids(min_tiles: u32, max_tiles: u32) -> Result<Vec<(u32, u32)>
 pub fn choose_grid(width: u32, height: u32, params: &TilingParams) -> Result<(u32, u32)> {
     params.validate()?;
     if width == 0 || height == 0 {
-        return Err(Error::ZeroSize { origin: "image".into(), width: width.into(), height: height.into() });
+        return Err(Error::ZeroSize {
+            origin: "image".into(),
+            width: width.into(),
+            height: height.into(),
+        });
     }
-    Ok(closest(width, height, params, &grid_order::candidate_grids(params.min_tiles, params.max_tiles)))
+    Ok(closest(
+        width,
+        height,
+        params,
+        &grid_order::candidate_grids(params.min_tiles, params.max_tiles),
+    ))
 }
 
 fn closest(width: u32, height: u32, params: &TilingParams, grids: &[(u32, u32)]) -> (u32, u32) {
@@ -115,7 +149,11 @@ impl Layout {
             || resize_bicubic(image, s * cols, s * rows),
             || want_thumb.then(|| resize_bicubic(image, s, s)).transpose(),
         );
-        Ok(Layout { grid, resized: resized?, thumbnail: thumbnail? })
+        Ok(Layout {
+            grid,
+            resized: resized?,
+            thumbnail: thumbnail?,
+        })
     }
 
     fn count(&self) -> usize {
@@ -193,11 +231,18 @@ pub fn preprocess(image: &RgbImage, params: &TilingParams) -> Result<Tiles> {
     let s = params.image_size;
     let n = layout.count();
     let data = normalize_tiles(n, s, |k| layout.source(k, s));
-    Ok(Tiles { n, data, grid: layout.grid, orig_size: image.dimensions(), image_size: s })
+    Ok(Tiles {
+        n,
+        data,
+        grid: layout.grid,
+        orig_size: image.dimensions(),
+        image_size: s,
+    })
 }
 
-/// Writes `n` CHW planes sets; `source(k)` gives the image and corner of tile `k`, which must contain
-/// the `s`×`s` square (true for every caller: crops of an exact multiple of `s`, or `s`×`s` images).
+/// Writes `n` normalised CHW tiles; `source(k)` gives the image and corner of tile `k`, which must
+/// contain the `s`×`s` square (true for every caller: crops of an exact multiple of `s`, or `s`×`s`
+/// images). Parallel over tiles; each source row is read once and scattered to the three planes.
 pub(super) fn normalize_tiles<'a, F>(n: usize, s: u32, source: F) -> Vec<f32>
 where
     F: Fn(usize) -> (&'a RgbImage, u32, u32) + Sync,
@@ -206,17 +251,23 @@ where
     let s = s as usize;
     let plane = s * s;
     let mut data = vec![0f32; n * 3 * plane];
-    data.par_chunks_mut(plane).enumerate().for_each(|(p, out)| {
-        let (k, c) = (p / 3, p % 3);
+    data.par_chunks_mut(3 * plane).enumerate().for_each(|(k, tile)| {
         let (img, x0, y0) = source(k);
-        let table = &lut[c];
         let stride = img.width() as usize * 3;
         let raw = img.as_raw();
-        for (y, orow) in out.chunks_exact_mut(s).enumerate() {
+        let (r_plane, rest) = tile.split_at_mut(plane);
+        let (g_plane, b_plane) = rest.split_at_mut(plane);
+        let rows = r_plane
+            .chunks_exact_mut(s)
+            .zip(g_plane.chunks_exact_mut(s))
+            .zip(b_plane.chunks_exact_mut(s));
+        for (y, ((r, g), b)) in rows.enumerate() {
             let start = (y0 as usize + y) * stride + x0 as usize * 3;
-            let row = &raw[start..start + s * 3];
-            for (o, px) in orow.iter_mut().zip(row.chunks_exact(3)) {
-                *o = table[usize::from(px[c])];
+            let src = &raw[start..start + s * 3];
+            for (x, px) in src.chunks_exact(3).enumerate() {
+                r[x] = lut[0][usize::from(px[0])];
+                g[x] = lut[1][usize::from(px[1])];
+                b[x] = lut[2][usize::from(px[2])];
             }
         }
     });
@@ -240,9 +291,41 @@ mod tests {
     #[test]
     fn default_candidate_order_is_the_spec_list() {
         let spec = [
-            (1, 1), (1, 2), (2, 1), (3, 1), (1, 3), (2, 2), (4, 1), (1, 4), (5, 1), (1, 5), (1, 6), (6, 1),
-            (3, 2), (2, 3), (7, 1), (1, 7), (4, 2), (2, 4), (1, 8), (8, 1), (1, 9), (3, 3), (9, 1), (2, 5),
-            (5, 2), (10, 1), (1, 10), (11, 1), (1, 11), (12, 1), (3, 4), (4, 3), (1, 12), (6, 2), (2, 6),
+            (1, 1),
+            (1, 2),
+            (2, 1),
+            (3, 1),
+            (1, 3),
+            (2, 2),
+            (4, 1),
+            (1, 4),
+            (5, 1),
+            (1, 5),
+            (1, 6),
+            (6, 1),
+            (3, 2),
+            (2, 3),
+            (7, 1),
+            (1, 7),
+            (4, 2),
+            (2, 4),
+            (1, 8),
+            (8, 1),
+            (1, 9),
+            (3, 3),
+            (9, 1),
+            (2, 5),
+            (5, 2),
+            (10, 1),
+            (1, 10),
+            (11, 1),
+            (1, 11),
+            (12, 1),
+            (3, 4),
+            (4, 3),
+            (1, 12),
+            (6, 2),
+            (2, 6),
         ];
         assert_eq!(candidate_grids(1, 12).unwrap(), spec);
     }

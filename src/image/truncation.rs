@@ -28,7 +28,10 @@ fn check_riff(bytes: &[u8]) -> Result<(), String> {
     };
     let want = size + 8;
     if (bytes.len() as u64) < want {
-        return Err(format!("truncated: RIFF header announces {want} bytes, the data has {}", bytes.len()));
+        return Err(format!(
+            "truncated: RIFF header announces {want} bytes, the data has {}",
+            bytes.len()
+        ));
     }
     Ok(())
 }
@@ -118,7 +121,10 @@ mod tests {
         let data = [0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD3, 0x56];
         let eoi = [0xFF, EOI];
         assert_eq!(check_jpeg(&jpeg(&[&[0xFF, SOI], &app, &sos, &data, &eoi])), Ok(()));
-        assert_eq!(check_jpeg(&jpeg(&[&[0xFF, SOI], &app, &sos, &data, &eoi, b"trailing video"])), Ok(()));
+        assert_eq!(
+            check_jpeg(&jpeg(&[&[0xFF, SOI], &app, &sos, &data, &eoi, b"trailing video"])),
+            Ok(())
+        );
         assert!(check_jpeg(&jpeg(&[&[0xFF, SOI], &app, &sos, &data])).is_err());
         assert!(check_jpeg(&jpeg(&[&[0xFF, SOI], &app[..5]])).is_err());
         assert!(check_jpeg(b"not a jpeg").is_err());

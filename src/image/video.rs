@@ -38,16 +38,29 @@ pub fn frame_indices(
         return Err(Error::ZeroSegments);
     }
     if num_frames < num_segments {
-        return Err(Error::TooFewFrames { num_frames, num_segments });
+        return Err(Error::TooFewFrames {
+            num_frames,
+            num_segments,
+        });
     }
     if !(fps.is_finite() && fps > 0.0) {
         return Err(Error::BadFps { fps });
     }
     let (start, end) = match bound {
         Some((s, e)) if !(s.is_finite() && e.is_finite()) => {
-            return Err(Error::BadBound { start: s, end: e, reason: "is not finite" })
+            return Err(Error::BadBound {
+                start: s,
+                end: e,
+                reason: "is not finite",
+            })
         }
-        Some((s, e)) if s > e => return Err(Error::BadBound { start: s, end: e, reason: "starts after it ends" }),
+        Some((s, e)) if s > e => {
+            return Err(Error::BadBound {
+                start: s,
+                end: e,
+                reason: "starts after it ends",
+            })
+        }
         Some(b) => b,
         None => (-100_000.0, 100_000.0),
     };
@@ -56,7 +69,11 @@ pub fn frame_indices(
     let start_idx = (start * fps).round_ties_even().max(0.0);
     let end_idx = (end * fps).round_ties_even().min(max_frame);
     if end_idx < start_idx {
-        return Err(Error::BadBound { start, end, reason: "selects no frame of the video" });
+        return Err(Error::BadBound {
+            start,
+            end,
+            reason: "selects no frame of the video",
+        });
     }
     let seg = (end_idx - start_idx) / num_segments as f64;
     Ok((0..num_segments)
@@ -93,7 +110,11 @@ pub fn gif_frames(bytes: &[u8], limits: &Limits) -> Result<Frames> {
     let origin = "<memory>";
     let len = bytes.len() as u64;
     if len > limits.max_file_bytes {
-        return Err(Error::FileTooLarge { origin: origin.into(), len, limit: limits.max_file_bytes });
+        return Err(Error::FileTooLarge {
+            origin: origin.into(),
+            len,
+            limit: limits.max_file_bytes,
+        });
     }
     decode_gif(bytes, origin, limits)
 }
@@ -102,13 +123,18 @@ fn decode_gif(bytes: &[u8], origin: &str, limits: &Limits) -> Result<Frames> {
     let mut decoder = GifDecoder::new(Cursor::new(bytes)).map_err(|e| map_image_error(e, origin))?;
     let (w, h) = decoder.dimensions();
     check_dimensions(w, h, origin, limits)?;
-    decoder.set_limits(decoder_limits(limits)).map_err(|e| map_image_error(e, origin))?;
+    decoder
+        .set_limits(decoder_limits(limits))
+        .map_err(|e| map_image_error(e, origin))?;
     let per_frame = u64::from(w) * u64::from(h);
     let mut frames = Vec::new();
     let mut total_ms = 0f64;
     for frame in decoder.into_frames() {
         if per_frame.saturating_mul(frames.len() as u64 + 1) > limits.max_total_pixels {
-            return Err(Error::TooManyTotalPixels { origin: origin.into(), limit: limits.max_total_pixels });
+            return Err(Error::TooManyTotalPixels {
+                origin: origin.into(),
+                limit: limits.max_total_pixels,
+            });
         }
         let frame = frame.map_err(|e| map_image_error(e, origin))?;
         let (numer, denom) = frame.delay().numer_denom_ms();
@@ -118,8 +144,10 @@ fn decode_gif(bytes: &[u8], origin: &str, limits: &Limits) -> Result<Frames> {
         let rgba = frame.into_buffer();
         let (fw, fh) = rgba.dimensions();
         let rgb: Vec<u8> = rgba.pixels().flat_map(|p| [p.0[0], p.0[1], p.0[2]]).collect();
-        let rgb = RgbImage::from_raw(fw, fh, rgb)
-            .ok_or_else(|| Error::Corrupt { origin: origin.into(), detail: "frame buffer size mismatch".into() })?;
+        let rgb = RgbImage::from_raw(fw, fh, rgb).ok_or_else(|| Error::Corrupt {
+            origin: origin.into(),
+            detail: "frame buffer size mismatch".into(),
+        })?;
         frames.push(rgb);
     }
     if frames.is_empty() {
@@ -136,7 +164,10 @@ const FRAME_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif", 
 /// zero padding: `frame_0009.png` before `frame_0010.png`). Hidden files, sub-directories and
 /// other extensions are skipped.
 pub fn frame_dir_paths(dir: &Path) -> Result<Vec<PathBuf>> {
-    let io_err = |source| Error::Io { path: dir.to_path_buf(), source };
+    let io_err = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err)? {
         let entry = entry.map_err(io_err)?;
@@ -153,7 +184,9 @@ pub fn frame_dir_paths(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     paths.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     if paths.is_empty() {
-        return Err(Error::NoFrames { origin: dir.display().to_string() });
+        return Err(Error::NoFrames {
+            origin: dir.display().to_string(),
+        });
     }
     Ok(paths)
 }
@@ -172,11 +205,16 @@ pub fn sample_frame_dir(
     let mut total = 0u64;
     let mut frames = Vec::with_capacity(indices.len());
     for i in indices {
-        let path = paths.get(i).ok_or_else(|| Error::NoFrames { origin: dir.display().to_string() })?;
+        let path = paths.get(i).ok_or_else(|| Error::NoFrames {
+            origin: dir.display().to_string(),
+        })?;
         let frame = load_path(path, limits)?;
         total = total.saturating_add(u64::from(frame.width()) * u64::from(frame.height()));
         if total > limits.max_total_pixels {
-            return Err(Error::TooManyTotalPixels { origin: dir.display().to_string(), limit: limits.max_total_pixels });
+            return Err(Error::TooManyTotalPixels {
+                origin: dir.display().to_string(),
+                limit: limits.max_total_pixels,
+            });
         }
         frames.push(frame);
     }
@@ -208,6 +246,9 @@ mod tests {
     #[test]
     fn red_panda_indices() {
         let fps = 895_000.0 / 29_833.0;
-        assert_eq!(frame_indices(895, fps, 8, None).unwrap(), [55, 167, 279, 390, 502, 614, 725, 837]);
+        assert_eq!(
+            frame_indices(895, fps, 8, None).unwrap(),
+            [55, 167, 279, 390, 502, 614, 725, 837]
+        );
     }
 }
