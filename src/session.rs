@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ggml::{Backend, Context, Sched, Threadpool};
+use crate::ggml::{Backend, BackendKind, Context, Sched, Threadpool};
 use crate::model::kv_cache::{KvCache, KvType};
 use crate::model::{qwen2, vision, Model, ModelError};
 
@@ -81,6 +81,8 @@ pub struct Session {
     // threadpool it uses.
     sched: Sched,
     kv: KvCache,
+    /// The GPU backend when the model's weights are on a GPU (graphs run there, the CPU takes the rest).
+    gpu: Option<Backend>,
     backend: Backend,
     _threadpool: Threadpool,
     params: SessionParams,
@@ -97,10 +99,14 @@ impl Session {
         if std::env::var_os("INTERNVL_NO_THREADPOOL").is_none() {
             backend.set_threadpool(&threadpool);
         }
-        let kv = KvCache::new(&model.hp.llm, params.n_ctx, params.kv_type, &backend)?;
+        let gpu = if model.device == BackendKind::Gpu { Some(Backend::gpu()?) } else { None };
+        let kv = KvCache::new(&model.hp.llm, params.n_ctx, params.kv_type, gpu.as_ref().unwrap_or(&backend))?;
         let graph = vision::graph_tensors(&model.hp).max(qwen2::graph_tensors(&model.hp));
-        let sched = Sched::new(&[&backend], graph)?;
-        Ok(Session { model, sched, kv, backend, _threadpool: threadpool, params, stats: Stats::default() })
+        let sched = match &gpu {
+            Some(g) => Sched::new(&[g, &backend], graph)?,
+            None => Sched::new(&[&backend], graph)?,
+        };
+        Ok(Session { model, sched, kv, gpu, backend, _threadpool: threadpool, params, stats: Stats::default() })
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -248,8 +254,11 @@ impl Session {
         Ok((logits, hidden))
     }
 
-    /// The backend's name (for reports).
-    pub fn backend_name(&self) -> &str {
-        self.backend.name()
+    /// Where the graphs run (for `--timings`): "CPU", or the GPU's name with the CPU taking what it lacks.
+    pub fn backend_name(&self) -> String {
+        match &self.gpu {
+            Some(g) => format!("{} (+CPU for unsupported ops)", g.name()),
+            None => self.backend.name().to_string(),
+        }
     }
 }

@@ -25,3 +25,16 @@ fn tiny_model_runs_end_to_end() {
     let l2 = s.decode(next).unwrap();
     assert!(l2.iter().all(|x| x.is_finite()));
 }
+
+#[test]
+fn device_choice_without_a_gpu() {
+    use internvl::model::Device;
+    let path = common::tiny_gguf(42, "f32", &[]);
+    // This build has no GPU backend: auto falls back to the CPU, an explicit GPU request is a clear error.
+    let m = Model::load_on(&[&path], Device::Auto).unwrap();
+    assert_eq!(m.device, internvl::ggml::BackendKind::Cpu);
+    let err = Model::load_on(&[&path], Device::Gpu).err().expect("no GPU here").to_string();
+    assert!(err.contains("GPU"), "{err}");
+    assert_eq!(Device::parse("cuda"), Some(Device::Gpu));
+    assert_eq!(Device::parse("tpu"), None);
+}

@@ -645,6 +645,21 @@ impl<'a> Tensor<'a> {
         let bytes: Vec<u8> = data.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
         self.set_bytes(&bytes)
     }
+    /// The bytes of a tensor that lives in host memory (a CPU buffer), without copying.
+    pub fn host_bytes(&self) -> super::Result<&'a [u8]> {
+        if !self.has_data() || !self.is_contiguous() {
+            return Err(GgmlError::Tensor { name: self.name(), detail: "not an allocated contiguous tensor".into() });
+        }
+        // SAFETY: the tensor has a buffer; is it host memory? ggml_backend_buffer_is_host tells.
+        let host = unsafe { sys::ggml_backend_buffer_is_host(self.get().buffer) };
+        if !host {
+            return Err(GgmlError::Tensor { name: self.name(), detail: "lives in device memory".into() });
+        }
+        // SAFETY: host memory of nbytes bytes, owned by a buffer that lives as long as the tensor's context
+        // ('a): weight stores keep their buffers with their context.
+        Ok(unsafe { std::slice::from_raw_parts(self.get().data as *const u8, self.nbytes()) })
+    }
+
     /// Reads an f32 tensor (contiguous) into a Vec.
     pub fn get_f32(&self) -> super::Result<Vec<f32>> {
         if self.ty() != GgmlType::F32 || !self.is_contiguous() {

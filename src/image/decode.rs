@@ -9,7 +9,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use ::image::{DynamicImage, ImageReader, RgbImage};
+use ::image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
 use super::error::{Error, Result};
 use super::truncation;
@@ -128,14 +128,6 @@ pub(super) fn decoder_limits(limits: &Limits) -> ::image::Limits {
 }
 
 fn decode(bytes: &[u8], origin: &str, limits: &Limits) -> Result<RgbImage> {
-    // Pass 1: header only, no limits, so that an oversized image reports TooManyPixels rather than
-    // whichever allocation check a decoder runs first.
-    let mut probe = reader(bytes, origin)?;
-    probe.no_limits();
-    let (width, height) = probe.into_dimensions().map_err(|e| map_image_error(e, origin))?;
-    check_dimensions(width, height, origin, limits)?;
-
-    // Pass 2: decode with the allocation cap.
     let mut r = reader(bytes, origin)?;
     if let Some(format) = r.format() {
         truncation::check(format, bytes).map_err(|detail| Error::Corrupt {
@@ -143,8 +135,13 @@ fn decode(bytes: &[u8], origin: &str, limits: &Limits) -> Result<RgbImage> {
             detail,
         })?;
     }
+    // The decoder reads only the header here (its own buffers are capped by `decoder_limits`; its
+    // `set_limits` checks no allocation yet), so the pixel check below runs before the image
+    // buffer is allocated by `from_decoder`.
     r.limits(decoder_limits(limits));
     let decoder = r.into_decoder().map_err(|e| map_image_error(e, origin))?;
+    let (width, height) = decoder.dimensions();
+    check_dimensions(width, height, origin, limits)?;
     let image = DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(e, origin))?;
     let gray16 = is_png_gray16(bytes);
     to_rgb_like_pillow(image, gray16, origin)

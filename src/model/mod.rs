@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::ggml::{GgmlError, Tensor, WeightStore};
+use crate::ggml::{Backend, BackendKind, GgmlError, Tensor, WeightStore};
 use crate::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
 use crate::hparams::Hparams;
 use crate::names::{self, Role, TensorSpec};
@@ -74,6 +74,28 @@ fn squeeze(ne: &[usize]) -> Vec<usize> {
     }
 }
 
+/// Where the weights live and the graphs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// The GPU when this build has a GPU backend and a device is found, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// A GPU through ggml's backend registry (CUDA with `--features cuda`); ops it lacks run on the CPU.
+    Gpu,
+}
+
+impl Device {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Some(Device::Auto),
+            "cpu" => Some(Device::Cpu),
+            "cuda" | "gpu" => Some(Device::Gpu),
+            _ => None,
+        }
+    }
+}
+
 /// A loaded model: hyperparameters, metadata and weights. Shared read-only by any number of sessions.
 pub struct Model {
     pub hp: Hparams,
@@ -81,6 +103,8 @@ pub struct Model {
     pub(crate) weights: WeightStore,
     /// True when the vision qkv is stored split (llama.cpp mmproj) rather than fused.
     pub(crate) split_qkv: bool,
+    /// Where the weights are: CPU (mapped in place) or GPU (copied once).
+    pub device: BackendKind,
     /// The text embedding table's type and raw rows (for host-side lookups of input embeddings).
     token_embd: (GgmlType, Arc<GgufFile>, TensorInfo),
 }
@@ -89,6 +113,11 @@ impl Model {
     /// Loads our single-file GGUF, or a llama.cpp pair (`paths` = [text, mmproj]). Every required key and
     /// tensor, with its shape and type, is checked before anything is handed to ggml.
     pub fn load(paths: &[&Path]) -> Result<Model, ModelError> {
+        Self::load_on(paths, Device::Cpu)
+    }
+
+    /// Like `load`, on a chosen device. On a GPU the weights are copied into device memory once.
+    pub fn load_on(paths: &[&Path], device: Device) -> Result<Model, ModelError> {
         if paths.is_empty() || paths.len() > 2 {
             return Err(ModelError::Input(format!("expected 1 or 2 GGUF files, got {}", paths.len())));
         }
@@ -97,7 +126,18 @@ impl Model {
             let f = GgufFile::open(p).map_err(|e| ModelError::Gguf { path: p.display().to_string(), source: e })?;
             files.push(Arc::new(f));
         }
-        Self::from_files(files)
+        let mut model = Self::from_files(files)?;
+        let gpu = match device {
+            Device::Cpu => None,
+            Device::Gpu => Some(Backend::gpu()?),
+            Device::Auto => Backend::gpu().ok(),
+        };
+        if let Some(gpu) = gpu {
+            // The buffer outlives the backend object used to allocate it (it belongs to the device).
+            model.weights = model.weights.copy_to(&gpu)?;
+            model.device = BackendKind::Gpu;
+        }
+        Ok(model)
     }
 
     pub fn from_files(files: Vec<Arc<GgufFile>>) -> Result<Model, ModelError> {
@@ -145,7 +185,7 @@ impl Model {
         let te = index.get(names::token_embd().as_str()).ok_or_else(|| ModelError::MissingTensor(names::token_embd()))?;
         let token_embd = (te.1.ty, files[te.0].clone(), te.1.clone());
         let weights = WeightStore::from_mapped(&files.iter().cloned().zip(chosen).collect::<Vec<_>>())?;
-        Ok(Model { hp, meta, weights, split_qkv, token_embd })
+        Ok(Model { hp, meta, weights, split_qkv, device: BackendKind::Cpu, token_embd })
     }
 
     /// A weight tensor (validated at load, so a miss is an internal error).

@@ -101,11 +101,23 @@ pub fn build<'a>(ctx: &'a Context, m: &'a Model, n_tiles: usize, keep_vit_out: b
             let view = |i: usize| ctx.view(qkv, &[hd, n_head, n_tok, t], &nb, i * d * 4);
             (view(0)?, view(1)?, view(2)?)
         };
-        let q = ctx.permute(q, [0, 2, 1, 3])?;
-        let kk = ctx.permute(kk, [0, 2, 1, 3])?;
-        let vv = ctx.permute(vv, [0, 2, 1, 3])?;
         // Bidirectional softmax((q·scale)·kᵀ)·v over all tokens, no mask (spec §3.5).
-        let a = ctx.flash_attn_ext(q, kk, vv, None, scale)?; // [hd, n_head, n_tok, T]
+        let a = if use_flash_attn() {
+            let q = ctx.permute(q, [0, 2, 1, 3])?;
+            let kk = ctx.permute(kk, [0, 2, 1, 3])?;
+            let vv = ctx.permute(vv, [0, 2, 1, 3])?;
+            ctx.flash_attn_ext(q, kk, vv, None, scale)? // [hd, n_head, n_tok, T]
+        } else {
+            // Two matrix products (tiled GEMM kernels) instead of ggml's row-by-row CPU flash attention,
+            // which is several times slower at 1025 tokens.
+            let q = ctx.permute(q, [0, 2, 1, 3])?; // [hd, n_tok, n_head, T]
+            let kk = ctx.permute(kk, [0, 2, 1, 3])?;
+            let kq = ctx.mul_mat(kk, q)?; // [n_tok(k), n_tok(q), n_head, T]
+            let kq = ctx.soft_max_ext(kq, None, scale)?;
+            let vt = ctx.cont(ctx.permute(vv, [1, 2, 0, 3])?)?; // [n_tok, hd, n_head, T]
+            let kqv = ctx.mul_mat(vt, kq)?; // [hd, n_tok(q), n_head, T]
+            ctx.cont(ctx.permute(kqv, [0, 2, 1, 3])?)? // [hd, n_head, n_tok, T]
+        };
         let a = ctx.reshape(a, &[d, n_tok, t])?; // heads concatenated in head order
         let a = ctx.linear(a, wl("attn_out", "weight")?, Some(wl("attn_out", "bias")?))?;
         x = ctx.add(x, ctx.mul(a, wl("ls1", "weight")?)?)?;
@@ -140,6 +152,12 @@ pub fn build<'a>(ctx: &'a Context, m: &'a Model, n_tiles: usize, keep_vit_out: b
     let y = ctx.linear(y, m.w(&names::mm(3, "weight"))?, Some(m.w(&names::mm(3, "bias"))?))?;
     let proj_out = y.set_name("proj_out").set_output();
     Ok(VisionGraph { inp_patches: inp, vit_out, proj_out })
+}
+
+/// Flash attention for the ViT only when asked (`INTERNVL_VIT_FLASH_ATTN=1`): on the CPU the matmul path
+/// is faster; a GPU backend may prefer flash attention.
+fn use_flash_attn() -> bool {
+    std::env::var_os("INTERNVL_VIT_FLASH_ATTN").is_some()
 }
 
 /// Upper bound of tensors a vision graph of any tile count creates (for sizing its context).

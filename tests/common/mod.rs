@@ -22,8 +22,14 @@ fn target_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("target dir")
 }
 
+/// The converter binary. `INTERNVL_CONVERTER` overrides it: under qemu-user (scripts/aarch64-test.sh) the
+/// kernel cannot exec the aarch64 converter next to the test binary, so the script points this at a wrapper
+/// that runs it through qemu. The cached test models are keyed on this file's mtime.
 pub fn converter() -> PathBuf {
-    let p = target_dir().join("internvl-convert");
+    let p = match std::env::var_os("INTERNVL_CONVERTER") {
+        Some(p) => PathBuf::from(p),
+        None => target_dir().join("internvl-convert"),
+    };
     assert!(
         p.is_file(),
         "{} is missing: run the tests with `cargo test --release --workspace` (it builds the converter)",
