@@ -18,6 +18,7 @@ written. Outputs: result.json, proj_{i}.f32, logits_{i}.f32 (raw little-endian f
 """
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -39,7 +40,7 @@ def load(hf_dir, variant):
         kw["device_map"] = "cpu"
     elif spec["bnb"] == "llm":
         kw["quantization_config"] = BitsAndBytesConfig(
-            load_in_8bit=True, llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"])
+            load_in_8bit=True, llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"])
         kw["device_map"] = "cpu"
     t0 = time.perf_counter()
     model, info = InternVLForConditionalGeneration.from_pretrained(hf_dir, output_loading_info=True, **kw)
@@ -111,6 +112,8 @@ def main():
     ap.add_argument("--threads", type=int, required=True)
     args = ap.parse_args()
 
+    # bitsandbytes logs "inputs will be cast from bfloat16 to float16" at every int8 matmul; the report says it.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     inputs = bc.read_json(args.inputs)
@@ -122,6 +125,12 @@ def main():
 
     model, load_s, dtype = load(args.hf_dir, args.variant)
     linears = describe_linears(model)
+    # Refuse to report a variant that is not what its name says (e.g. a skip pattern that matched nothing).
+    want_int8 = {"all": {"vision", "projector", "llm"}, "llm": {"llm"}, None: set()}[bc.VARIANTS[args.variant]["bnb"]]
+    for part, kinds in linears.items():
+        if (part in want_int8) != ("int8" in kinds and len(kinds) == 1):
+            raise SystemExit(f"{args.variant}: {part} Linear layers are {kinds}, expected "
+                             f"{'all int8' if part in want_int8 else 'no int8'}")
     weight_bytes = model.get_memory_footprint()
 
     # Warm-up (the per-prompt figures exclude it), as eval_dump does: one tile, a few text tokens, one step.

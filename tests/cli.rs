@@ -31,6 +31,8 @@ fn run(args: &[&str], stdin: Option<&str>) -> Output {
 fn run_env(args: &[&str], stdin: Option<&str>, env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(bin());
     cmd.args(args).args(["-t", "2"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // Tests never touch the network: a missing --hf model must fail at once, not be downloaded.
+    cmd.env("HF_HUB_OFFLINE", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }

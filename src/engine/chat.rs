@@ -19,7 +19,7 @@ use crate::session::{Session, SessionParams};
 use crate::tokenizer::StreamDecoder;
 
 use super::error::{EngineError, Result};
-use super::image::{EmbeddingCache, Image, ImageKey};
+use super::image::{EmbeddingCache, Image, ImageKey, SharedEmbeddingCache};
 use super::model::Model;
 
 /// Settings of a conversation.
@@ -257,6 +257,8 @@ pub struct Chat {
     /// One tag per KV-cache row; always as long as `session.n_past()`.
     cached: Vec<Tag>,
     embeddings: EmbeddingCache,
+    /// A cache shared with other chats (looked up after `embeddings`), see [`Chat::share_image_cache`].
+    shared_images: Option<SharedEmbeddingCache>,
 }
 
 impl Chat {
@@ -267,7 +269,7 @@ impl Chat {
         let session = Session::new(model.inner().clone(), params.session.clone())?;
         let system = params.system.clone().unwrap_or_else(|| model.default_system().to_owned());
         let embeddings = EmbeddingCache::new(params.image_cache_bytes);
-        Ok(Chat { model, session, params, system, turns: Vec::new(), cached: Vec::new(), embeddings })
+        Ok(Chat { model, session, params, system, turns: Vec::new(), cached: Vec::new(), embeddings, shared_images: None })
     }
 
     pub fn model(&self) -> &Model {
@@ -317,6 +319,12 @@ impl Chat {
     /// Images whose embeddings are cached.
     pub fn cached_images(&self) -> usize {
         self.embeddings.len()
+    }
+
+    /// Also looks image embeddings up in (and adds new ones to) `cache`, which other chats share: a
+    /// server's sessions then encode an image once, whichever session sees it first.
+    pub fn share_image_cache(&mut self, cache: SharedEmbeddingCache) {
+        self.shared_images = Some(cache);
     }
 
     /// Forgets the history. The KV cache and image embeddings stay, so a new conversation that
@@ -442,7 +450,8 @@ impl Chat {
             if !needed || by_key.contains_key(&image.key()) || to_encode.iter().any(|im: &&Image| im.key() == image.key()) {
                 continue;
             }
-            match self.embeddings.get(image.key()) {
+            let shared = || self.shared_images.as_ref().and_then(|c| c.get(image.key()));
+            match self.embeddings.get(image.key()).or_else(shared) {
                 Some(r) => {
                     stats.tiles_cached += image.n_tiles();
                     by_key.insert(image.key(), r);
@@ -457,6 +466,9 @@ impl Chat {
                 return Ok(self.cancelled_reply(stats, start));
             };
             self.embeddings.insert(image.key(), r.clone());
+            if let Some(c) = &self.shared_images {
+                c.insert(image.key(), r.clone());
+            }
             by_key.insert(image.key(), r);
         }
 

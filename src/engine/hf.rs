@@ -26,7 +26,7 @@ pub enum HfError {
     #[error("no Hugging Face cache directory: set HF_HOME or HOME")]
     NoCacheDir,
     #[error(
-        "{repo} is not in the Hugging Face cache (looked for {path}), and this build cannot download. \
+        "{repo} is not in the Hugging Face cache (looked for {path}), and it was not downloaded (HF_HUB_OFFLINE is set, or this build has no `hf` feature). \
          Get it with `huggingface-cli download {repo}` (or `git clone https://huggingface.co/{repo}`), \
          then convert by hand: `internvl-convert convert CHECKPOINT_DIR -o model.gguf --type {ty}` \
          and run `internvl-run -m model.gguf ...`"
@@ -44,6 +44,12 @@ pub enum HfError {
     NoConverter { exe: PathBuf, dir: PathBuf, ty: String },
     #[error("internvl-convert ({converter}) failed on {dir} ({status}): {stderr}")]
     ConvertFailed { converter: PathBuf, dir: PathBuf, status: String, stderr: String },
+    #[error(
+        "downloading {repo} failed: {detail}. Offline? Download it elsewhere with `huggingface-cli download {repo}` \
+         into the Hugging Face cache, or convert a checkpoint directory by hand: \
+         `internvl-convert convert CHECKPOINT_DIR -o model.gguf --type {ty}`"
+    )]
+    Download { repo: String, detail: String, ty: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -133,6 +139,35 @@ pub fn find_snapshot(repo: &str, cache: &Path, ty: &str) -> Result<Snapshot> {
     Ok(Snapshot { dir, revision })
 }
 
+/// Downloads are attempted only in builds with the `hf` feature and when `HF_HUB_OFFLINE` is not set to
+/// a true value (the Hugging Face convention; with it, a missing model fails at once).
+fn download_allowed() -> bool {
+    let offline = std::env::var("HF_HUB_OFFLINE").map(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes" | "ON" | "on")).unwrap_or(false);
+    cfg!(feature = "hf") && !offline
+}
+
+/// Fetches the checkpoint's files into the Hugging Face cache layout (`models--OWNER--NAME/...`).
+#[cfg(feature = "hf")]
+fn download(repo: &str, hub: &Path, ty: &str) -> Result<()> {
+    let err = |detail: String| HfError::Download { repo: repo.to_owned(), detail, ty: ty.to_owned() };
+    let api = hf_hub::api::sync::ApiBuilder::new().with_cache_dir(hub.to_path_buf()).build().map_err(|e| err(e.to_string()))?;
+    let model = api.model(repo.to_owned());
+    let info = model.info().map_err(|e| err(e.to_string()))?;
+    let names: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
+    let wanted = |n: &str| {
+        n.ends_with(".json") || n.ends_with(".safetensors") || n == "merges.txt" || n.ends_with(".py") || n.ends_with(".txt")
+    };
+    for name in names.iter().filter(|n| wanted(n)) {
+        model.get(name).map_err(|e| err(format!("{name}: {e}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "hf"))]
+fn download(repo: &str, _hub: &Path, ty: &str) -> Result<()> {
+    Err(HfError::Download { repo: repo.to_owned(), detail: "this build has no `hf` feature".into(), ty: ty.to_owned() })
+}
+
 /// The converter: `internvl-convert` beside `exe`, else on `PATH`.
 pub fn find_converter(exe: &Path) -> Option<PathBuf> {
     let name = format!("internvl-convert{}", std::env::consts::EXE_SUFFIX);
@@ -142,14 +177,23 @@ pub fn find_converter(exe: &Path) -> Option<PathBuf> {
 
 /// Resolves `repo` to a GGUF of weight type `ty`: the cached conversion if present, else converts
 /// the cached checkpoint with the converter found beside `exe`. `notice` gets one-line progress
-/// messages. Fails at once, without touching the network, when the checkpoint is not cached.
+/// messages. When the checkpoint is not cached it is downloaded (feature `hf`), unless `HF_HUB_OFFLINE=1`,
+/// in which case it fails at once, naming what is missing and how to convert by hand.
 pub fn resolve(repo: &str, ty: &str, exe: &Path, notice: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     if !TYPES.contains(&ty) {
         return Err(HfError::BadType(ty.to_owned()));
     }
     let (owner, name) = parse_repo(repo)?;
     let hub = hub_cache_dir().ok_or(HfError::NoCacheDir)?;
-    let snap = find_snapshot(repo, &hub, ty)?;
+    let snap = match find_snapshot(repo, &hub, ty) {
+        Ok(s) => s,
+        Err(HfError::NotCached { .. } | HfError::Incomplete { .. }) if download_allowed() => {
+            notice(&format!("{repo} is not in the Hugging Face cache: downloading into {}", hub.display()));
+            download(repo, &hub, ty)?;
+            find_snapshot(repo, &hub, ty)?
+        }
+        Err(e) => return Err(e),
+    };
     let out_dir = gguf_cache_dir().ok_or(HfError::NoCacheDir)?.join(format!("{owner}--{name}"));
     let out = out_dir.join(format!("{}-{ty}.gguf", snap.revision));
     if out.is_file() {

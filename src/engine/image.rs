@@ -225,6 +225,40 @@ impl EmbeddingCache {
     }
 }
 
+/// An [`EmbeddingCache`] shared by several chats (a server's sessions, see
+/// [`Chat::share_image_cache`](super::Chat::share_image_cache)), so that an image sent again in another
+/// request, to another session, is not encoded again. Cheap to clone (one `Arc`); rows are `Arc`s, so a
+/// chat's own cache and the shared one hold the same memory, not two copies.
+#[derive(Debug, Clone)]
+pub struct SharedEmbeddingCache(Arc<std::sync::Mutex<EmbeddingCache>>);
+
+impl SharedEmbeddingCache {
+    pub fn new(budget_bytes: usize) -> Self {
+        SharedEmbeddingCache(Arc::new(std::sync::Mutex::new(EmbeddingCache::new(budget_bytes))))
+    }
+
+    /// The cache; a panic of another holder does not make it unusable (it only holds finished rows).
+    fn lock(&self) -> std::sync::MutexGuard<'_, EmbeddingCache> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn get(&self, key: ImageKey) -> Option<Arc<Vec<f32>>> {
+        self.lock().get(key)
+    }
+    pub fn insert(&self, key: ImageKey, rows: Arc<Vec<f32>>) {
+        self.lock().insert(key, rows)
+    }
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

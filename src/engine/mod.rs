@@ -40,7 +40,7 @@ pub use self::chat::{
     CancelFlag, Chat, ChatParams, Event, FinishReason, Flow, GenerateParams, ImageLayout, Message, Reply, TurnRecord, TurnStats,
 };
 pub use self::error::{EngineError, Result};
-pub use self::image::{EmbeddingCache, Image, ImageKey, ImageSource};
+pub use self::image::{EmbeddingCache, Image, ImageKey, ImageSource, SharedEmbeddingCache};
 pub use self::model::{LoadParams, Model};
 pub use self::transcript::Transcript;
 pub use crate::image::TilingParams;

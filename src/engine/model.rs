@@ -44,12 +44,18 @@ impl Model {
     /// Loads a GGUF (ours, or a llama.cpp text GGUF with `params.mmproj`). Every key and tensor is
     /// checked before use; the tokenizer comes from the file or from `params.tokenizer_dir`.
     pub fn load(path: impl AsRef<Path>, params: &LoadParams) -> Result<Model> {
+        Self::load_on(path, params, model::Device::Cpu)
+    }
+
+    /// Like [`load`](Self::load), with the weights on `device` (`Auto` takes the GPU when this
+    /// build has a GPU backend and one is found, else the CPU).
+    pub fn load_on(path: impl AsRef<Path>, params: &LoadParams, device: model::Device) -> Result<Model> {
         let path = path.as_ref();
         let mut paths: Vec<&Path> = vec![path];
         if let Some(m) = &params.mmproj {
             paths.push(m);
         }
-        let inner = model::Model::load(&paths)?;
+        let inner = model::Model::load_on(&paths, device)?;
         let tokenizer = match (&params.tokenizer_dir, &inner.meta.tokenizer_json) {
             (Some(dir), _) => Tokenizer::from_dir(dir)?,
             (None, Some(json)) => Tokenizer::from_json(json)?,

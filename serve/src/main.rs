@@ -1,0 +1,234 @@
+//! `internvl-serve -m model.gguf --host 127.0.0.1 --port 8080`: see docs/server.md.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use internvl::engine::{ChatParams, KvType, LoadParams, Model, SessionParams, SharedEmbeddingCache};
+use internvl_serve::api::RequestLimits;
+use internvl_serve::images::ImagePolicy;
+use internvl_serve::pool::{Pool, PoolConfig};
+use internvl_serve::{router, AppState, Config};
+
+/// An OpenAI-compatible HTTP server for InternVL2-1B: POST /v1/chat/completions (text and images,
+/// streaming), GET /v1/models, GET /health.
+#[derive(Debug, Parser)]
+#[command(name = "internvl-serve", version)]
+struct Args {
+    /// The model GGUF (ours, or a llama.cpp text GGUF with --mmproj).
+    #[arg(short = 'm', long, value_name = "FILE")]
+    model: PathBuf,
+    /// The vision GGUF of a llama.cpp pair.
+    #[arg(long, value_name = "FILE")]
+    mmproj: Option<PathBuf>,
+    /// Tokenizer files (vocab.json, merges.txt, ...) for GGUFs without a tokenizer.
+    #[arg(long, value_name = "DIR")]
+    tokenizer: Option<PathBuf>,
+    /// The model name /v1/models lists (default: the file name without extension).
+    #[arg(long, value_name = "NAME")]
+    model_id: Option<String>,
+
+    /// Address to listen on. Anything but loopback exposes the server to the network: use --api-key.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free port; the chosen address is printed on stdout).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// API key clients must send as `Authorization: Bearer KEY` (/health stays open).
+    #[arg(long, value_name = "KEY", env = "INTERNVL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+
+    /// Sessions: requests evaluated at the same time (each has its own KV cache of --ctx-size).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    parallel: usize,
+    /// Requests that may wait for a free session; more are refused with 503.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    queue: usize,
+    /// Seconds a request may wait for a session before it is refused with 503.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    queue_timeout: f64,
+    /// Seconds a request may run once it has a session (504 after that).
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    timeout: f64,
+
+    /// Context size of each session in tokens (one image takes 256 tokens per tile).
+    #[arg(short = 'c', long = "ctx-size", value_name = "N", default_value_t = 4096)]
+    ctx_size: usize,
+    /// CPU threads per session (default: physical cores / --parallel, at least 1).
+    #[arg(short = 't', long, value_name = "N")]
+    threads: Option<usize>,
+    /// Prompt tokens evaluated per step of the prefill.
+    #[arg(short = 'b', long = "batch-size", value_name = "N", default_value_t = 512)]
+    batch_size: usize,
+    /// Tiles encoded per vision graph.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    vision_batch: usize,
+    /// KV cache type: f32, f16, q8_0, q4_0.
+    #[arg(long, value_name = "TYPE", default_value = "f16", value_parser = parse_kv)]
+    kv_type: KvType,
+    /// Largest number of 448x448 tiles per image (default: the model's, 12).
+    #[arg(long, value_name = "N")]
+    max_tiles: Option<u32>,
+    /// When a conversation does not fit the context, drop its oldest turns instead of failing.
+    #[arg(long)]
+    truncate_history: bool,
+    /// Budget of the image-embedding cache shared by all sessions, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    image_cache_mb: usize,
+
+    /// Largest request body in bytes (images inline as base64 count).
+    #[arg(long, value_name = "BYTES", default_value_t = 20 << 20)]
+    max_body_bytes: usize,
+    /// Largest image (width * height), checked before decoding.
+    #[arg(long, value_name = "N", default_value_t = 25_000_000)]
+    max_image_pixels: u64,
+    /// Most images in one request.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    max_images: usize,
+    /// Largest max_tokens a request may ask for; also the value when it asks for none.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_tokens: usize,
+    /// Temperature for requests that give none (0: greedy, the model's reference decoding).
+    #[arg(long = "temp", value_name = "T", default_value_t = 0.0)]
+    temp: f32,
+
+    /// Accept image URLs that are local paths or file:// URLs (read with the server's rights).
+    #[arg(long)]
+    allow_local_files: bool,
+    /// With --allow-local-files: only files under this directory.
+    #[arg(long, value_name = "DIR", requires = "allow_local_files")]
+    local_files_root: Option<PathBuf>,
+    /// Accept http(s) image URLs (the server fetches them: only where it may reach those hosts).
+    #[arg(long)]
+    allow_remote_urls: bool,
+    /// Seconds a remote image download may take.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    remote_timeout: f64,
+
+    /// One line per request on stderr.
+    #[arg(short = 'v', long)]
+    verbose: bool,
+}
+
+fn parse_kv(s: &str) -> Result<KvType, String> {
+    KvType::parse(s).ok_or_else(|| format!("unknown KV cache type {s:?} (f32, f16, q8_0, q4_0)"))
+}
+
+fn seconds(name: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a non-negative number of seconds, got {v}"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("internvl-serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let queue_timeout = seconds("queue-timeout", args.queue_timeout)?;
+    let timeout = seconds("timeout", args.timeout)?;
+    let remote_timeout = seconds("remote-timeout", args.remote_timeout)?;
+    if args.max_tokens == 0 {
+        return Err("--max-tokens must be at least 1".into());
+    }
+    let load = LoadParams { mmproj: args.mmproj.clone(), tokenizer_dir: args.tokenizer.clone() };
+    let model = Model::load(&args.model, &load).map_err(|e| e.to_string())?;
+
+    let parallel = args.parallel.max(1);
+    let threads = args.threads.unwrap_or_else(|| (internvl::session::physical_cores() / parallel).max(1));
+    let mut tiling = model.tiling();
+    if let Some(n) = args.max_tiles {
+        tiling.max_tiles = n;
+        tiling.min_tiles = tiling.min_tiles.min(n);
+        tiling.validate().map_err(|e| format!("--max-tiles {n}: {e}"))?;
+    }
+    let chat = ChatParams {
+        session: SessionParams {
+            n_ctx: args.ctx_size,
+            kv_type: args.kv_type,
+            n_threads: threads,
+            n_batch: args.batch_size,
+            vision_batch: args.vision_batch,
+        },
+        tiling: Some(tiling),
+        truncate_history: args.truncate_history,
+        // The shared cache holds the embeddings; each session keeps only its latest image.
+        image_cache_bytes: 0,
+        ..ChatParams::default()
+    };
+    let images = SharedEmbeddingCache::new(args.image_cache_mb << 20);
+    let pool_cfg = PoolConfig { sessions: parallel, max_queue: args.queue, queue_timeout };
+    let pool = Pool::new(model, chat, images, pool_cfg).map_err(|e| e.to_string())?;
+
+    let model_id = args.model_id.clone().unwrap_or_else(|| {
+        args.model.file_stem().map_or_else(|| "internvl".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let cfg = Config {
+        model_id,
+        limits: RequestLimits { max_tokens: args.max_tokens, default_temperature: args.temp, max_images: args.max_images },
+        images: ImagePolicy {
+            allow_local_files: args.allow_local_files,
+            local_root: args.local_files_root.clone(),
+            allow_remote_urls: args.allow_remote_urls,
+            remote_timeout,
+            // An encoded image cannot be larger than the body that carries it.
+            max_image_bytes: args.max_body_bytes as u64,
+            max_pixels: args.max_image_pixels,
+            tiling,
+        },
+        max_body_bytes: args.max_body_bytes,
+        timeout,
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        log_requests: args.verbose,
+    };
+    let app = router(AppState::new(cfg, pool));
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("tokio runtime: {e}"))?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+        let addr: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
+        // Tests and scripts read this line to learn the port.
+        println!("internvl-serve: listening on http://{addr}");
+        eprintln!(
+            "internvl-serve: {} session(s) x {} thread(s), context {}, queue {}, api key {}",
+            parallel,
+            threads,
+            args.ctx_size,
+            args.queue,
+            if args.api_key.is_some() { "required" } else { "off" }
+        );
+        axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.map_err(|e| format!("server: {e}"))
+    })
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, finish what is running.
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("internvl-serve: shutting down");
+}
