@@ -136,6 +136,10 @@ def main():
                     help="comma-separated subset of: " + ", ".join(bc.VARIANTS))
     ap.add_argument("--images", default=None, help="comma-separated images (default: shared/media/image1,2.jpg)")
     ap.add_argument("--kv-type", default="f16", help="our KV cache type (default f16, the runtime's default)")
+    ap.add_argument("--synthetic", default="auto", choices=["auto", "yes", "no"],
+                    help="say the weights are random (yes) or trained (no); auto guesses from the final norm")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the report from the raw outputs in --work of an earlier run (no model runs)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build first")
     ap.add_argument("--name", default="bnb_comparison", help="report file stem in --out (default bnb_comparison)")
     args = ap.parse_args()
@@ -158,7 +162,10 @@ def main():
     work = os.path.abspath(args.work or os.path.join("/tmp/bnb-compare", os.path.basename(ckpt.rstrip("/"))))
     os.makedirs(work, exist_ok=True)
     started = time.time()
+    loadavg_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
+    if args.report_only:
+        return write_report(args, work, variants)
     if not args.no_build:
         cargo_build(bc.ROOT)
     converter = os.path.join(bc.ROOT, "target", "release", "internvl-convert")
@@ -209,8 +216,25 @@ def main():
                 p["teacher"] = r["greedy"]
             bc.write_json(inputs_path, inputs)
 
-    summary = bnb_report.summarize(inputs, runs_dir, variants, failures, ggufs)
-    summary["meta"] = bnb_report.environment(ckpt, threads, args, work, time.time() - started)
+    meta = bnb_report.environment(ckpt, threads, args, work, time.time() - started)
+    meta["loadavg_start"] = loadavg_start
+    meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    bc.write_json(os.path.join(work, "run.json"), {"meta": meta, "failures": failures, "ggufs": ggufs})
+    write_report(args, work, variants)
+
+
+def write_report(args, work, variants):
+    """Metrics from the raw outputs in work/runs, then the markdown, the plot and work/summary.json."""
+    run_path = os.path.join(work, "run.json")
+    if not os.path.exists(run_path):
+        raise SystemExit(f"{run_path} missing: run the comparison first")
+    run = bc.read_json(run_path)
+    inputs = bc.read_json(os.path.join(work, "inputs", "inputs.json"))
+    runs_dir = os.path.join(work, "runs")
+    done = [v for v in variants if os.path.exists(os.path.join(runs_dir, v, bc.RESULT_FILE))
+            and v not in run["failures"]]
+    summary = bnb_report.summarize(inputs, runs_dir, done, run["failures"], run["ggufs"])
+    summary["meta"] = run["meta"]
     bc.write_json(os.path.join(work, "summary.json"), summary)
     os.makedirs(args.out, exist_ok=True)
     md_path = os.path.join(args.out, args.name + ".md")
@@ -218,8 +242,7 @@ def main():
     bnb_report.plot(summary, png_path)
     with open(md_path, "w", encoding="utf-8") as f:
         f.write(bnb_report.markdown(summary, inputs, os.path.basename(png_path)))
-    print(f"wrote {md_path}, {png_path} and {os.path.join(work, 'summary.json')} "
-          f"({time.time() - started:.0f}s in all)")
+    print(f"wrote {md_path}, {png_path} and {os.path.join(work, 'summary.json')}")
 
 
 if __name__ == "__main__":

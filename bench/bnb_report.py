@@ -13,6 +13,7 @@ Every metric is against the f32 reference (transformers, float32), on the same i
   decode time; a warm-up before the first prompt is not counted).
 """
 
+import json
 import os
 import platform
 import subprocess
@@ -142,7 +143,7 @@ def environment(ckpt, threads, args, work, total_s):
     with safe_open(bc.ref_common.checkpoint_files(ckpt)[0], framework="pt") as f:
         st_meta = f.metadata() or {}
     return {
-        "ckpt": ckpt, "ckpt_metadata": st_meta, "threads": threads, "cpu": cpu, "cpu_flags": flags,
+        "ckpt": ckpt, "ckpt_metadata": st_meta, "weights": weights_kind(ckpt, args.synthetic), "threads": threads, "cpu": cpu, "cpu_flags": flags,
         "logical_cpus": os.cpu_count(), "mem_bytes": mem, "python": platform.python_version(),
         "torch": torch.__version__, "transformers": transformers.__version__, "bitsandbytes": bnb_version,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -152,6 +153,26 @@ def environment(ckpt, threads, args, work, total_s):
         "command": "python3 bench/bnb_compare.py --ckpt " + ckpt + " --out " + args.out
                    + ("" if args.prompts == len(bc.PROMPTS) else f" --prompts {args.prompts}"),
     }
+
+
+def weights_kind(ckpt, override):
+    """Whether the checkpoint holds random weights: `internvl-convert synth` draws every RMSNorm weight from
+    1 + N(0, 0.02), which no trained Qwen2 final norm looks like. --synthetic yes/no overrides the guess."""
+    from safetensors import safe_open
+
+    name = "language_model.model.norm.weight"
+    stat = None
+    for path in bc.ref_common.checkpoint_files(ckpt):
+        with safe_open(path, framework="pt") as f:
+            if name in f.keys():
+                w = f.get_tensor(name).float()
+                stat = (float(w.mean()), float(w.std()))
+                break
+    if override in ("yes", "no"):
+        return {"synthetic": override == "yes", "how": "--synthetic " + override, "final_norm_mean_std": stat}
+    synthetic = stat is not None and abs(stat[0] - 1.0) < 0.01 and stat[1] < 0.05
+    how = ("final RMSNorm weight mean {:.4f}, std {:.4f}".format(*stat) if stat else f"{name} not found")
+    return {"synthetic": synthetic, "how": how, "final_norm_mean_std": stat}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -177,15 +198,15 @@ def plot(summary, path):
         ("decode_tok_s", "decode tok/s", False),
     ]
     fig, axes = plt.subplots(2, 4, figsize=(20, 8.5))
-    labels = [v for v in order]
     for ax, (key, title, log) in zip(axes.ravel(), panels):
+        accuracy = key.startswith("kl") or key == "top1"
         vals = []
         for v in order:
             x = rows[v][key]
             if key.endswith("_bytes"):
                 x = x / 1e6
-            vals.append(x)
-        shown = [max(x, 1e-12) for x in vals] if log else vals
+            # The reference against itself is 0 / 1 by definition: no bar (a log axis cannot show 0).
+            vals.append(float("nan") if accuracy and v == bc.REFERENCE else x)
         cols = []
         for v in order:
             c = colors[rows[v]["kind"]]
@@ -194,23 +215,36 @@ def plot(summary, path):
             if v == bc.REFERENCE:
                 c = "#2ca02c"
             cols.append(c)
+        shown = [0 if np.isnan(x) else (max(x, 1e-15) if log else x) for x in vals]
         bars = ax.barh(range(len(order)), shown, color=cols)
         ax.set_yticks(range(len(order)))
-        ax.set_yticklabels(labels if ax in axes[:, 0] else [""] * len(order), fontsize=9)
+        ax.set_yticklabels(order if ax in axes[:, 0] else [""] * len(order), fontsize=9)
         ax.invert_yaxis()
         ax.set_title(title, fontsize=10)
+        finite = [x for x in vals if not np.isnan(x)]
         if log:
             ax.set_xscale("log")
-        for b, x in zip(bars, vals):
-            txt = f"{x:.2g}" if log or abs(x) < 10 else f"{x:.0f}"
-            if key == "top1":
+            pos = [x for x in finite if x > 0]
+            if pos:
+                ax.set_xlim(min(pos) / 3, max(pos) * 30)
+        elif finite:
+            ax.set_xlim(0, max(finite) * 1.22)
+        for i, (b, x) in enumerate(zip(bars, vals)):
+            if np.isnan(x):
+                txt = "reference"
+            elif key == "top1":
                 txt = f"{x:.3f}"
-            ax.text(b.get_width(), b.get_y() + b.get_height() / 2, " " + txt, va="center", fontsize=8)
+            else:
+                txt = f"{x:.2g}" if log or abs(x) < 10 else f"{x:.0f}"
+            at = ax.get_xlim()[0] if np.isnan(x) or (log and x <= 0) else b.get_width()
+            ax.text(at, i, " " + txt, va="center", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
     meta = summary.get("meta", {})
     fig.suptitle(f"InternVL2-1B 8-bit comparison vs the f32 reference ({os.path.basename(meta.get('ckpt', ''))}; "
                  f"{meta.get('threads')} threads, {meta.get('cpu', '')}); green: f32 reference, grey: transformers, "
-                 f"red: bitsandbytes, blue: ours", fontsize=11)
+                 f"red: bitsandbytes, blue: ours"
+                 + ("\nBUSY MACHINE during this run: the speed panels are noise" if busy_note(meta) else ""),
+                 fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -239,8 +273,8 @@ def table(summary):
             f"| {r['label']} | {r['vision_cos_min']:.6f} / {r['vision_cos_mean']:.6f} | {r['kl_mean']:.3g} | "
             f"{r['kl_p99']:.3g} | {r['top1']:.3f} | {r['dp_mean']:+.2g} ({r['dp_abs_mean']:.2g}) | "
             f"{r['greedy_exact']}/{n_prompts} ({r['greedy_prefix_mean']:.1f}) | {_mb(r['weight_bytes'])}{file_mb} | "
-            f"{_mb(r['peak_rss_bytes'])} | {r['load_s']:.2f} | {r['vision_ms_per_tile']:.0f} | "
-            f"{r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} |")
+            f"{_mb(r['peak_rss_bytes'])} | {r['load_s']:.2f} | {r['vision_ms_per_tile']:,.0f} | "
+            f"{_num(r['prefill_tok_s'])} | {_num(r['decode_tok_s'])} |")
     return "\n".join(lines)
 
 
@@ -254,9 +288,13 @@ def _sections(summary, inputs, png_name):
     rows = summary["rows"]
     out = ["# InternVL2-1B at 8 bits: ours vs bitsandbytes LLM.int8()", ""]
     out += [f"Regenerate (one command, {meta['total_s'] / 60:.0f} min here): `{meta['command']}`", ""]
-    out += ["> **Random weights.** " + random_weights_note(meta), ""]
+    out += ["> **" + ("Random weights." if meta["weights"]["synthetic"] else "Weights.") + "** "
+            + random_weights_note(meta), ""]
+    busy = busy_note(meta)
+    if busy:
+        out += ["> **Busy machine.** " + busy, ""]
     out += [table(summary), "", f"![comparison plot]({png_name})", ""]
-    out += ["## Where ours q8_0 stands against bitsandbytes int8", ""] + verdict(rows) + [""]
+    out += ["## Where ours q8_0 stands against bitsandbytes int8", ""] + verdict(rows, meta) + [""]
     out += ["## Setup", ""] + setup(meta, inputs, rows) + [""]
     out += ["## Definitions", ""] + definitions(meta) + [""]
     if summary["failures"]:
@@ -267,11 +305,13 @@ def _sections(summary, inputs, png_name):
 
 
 def random_weights_note(meta):
-    md = meta.get("ckpt_metadata", {})
-    if md.get("preset") or md.get("seed"):
-        what = f"This run used a synthetic checkpoint (random weights, preset {md.get('preset')}, seed {md.get('seed')})."
+    w = meta["weights"]
+    if w["synthetic"]:
+        what = (f"This run used a synthetic checkpoint with random weights ({w['how']}: the N(1, 0.02) init of "
+                "`internvl-convert synth`).")
     else:
-        what = "If this run used a synthetic checkpoint (random weights), read this:"
+        what = (f"This run used a checkpoint that does not look synthetic ({w['how']}), so the accuracy figures "
+                "are those of real weights. For runs on a synthetic checkpoint:")
     return (what + " Random weights have none of the outlier features (a few activation dimensions of very large "
             "magnitude) that trained LLMs develop and that LLM.int8() was designed for: its mixed-precision "
             "decomposition keeps those columns in 16-bit, and here it has (almost) nothing to keep. The accuracy "
@@ -280,18 +320,165 @@ def random_weights_note(meta):
             "on the weights' values. Run the same command on the real checkpoint to get the real accuracy gap.")
 
 
-def verdict(rows):
-    return ["(verdict pending)"]
+OURS = "ours-q8_0"
+BNB = ("bnb-int8-all", "bnb-int8-llm")
+
+
+def _num(x):
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _ratio(a, b):
+    return a / b if b else float("inf")
+
+
+def busy_note(meta):
+    """A warning when the load average says other work shared the cores during the run."""
+    loads = [float(x) for x in (meta["loadavg_start"].split()[:1] + meta["loadavg_end"].split()[:1])]
+    limit = (meta["logical_cpus"] or 1) + 0.5
+    if max(loads) <= limit:
+        return None
+    return (f"The 1-minute load average was {loads[0]:.1f} at the start and {loads[1]:.1f} at the end of this run on "
+            f"{meta['logical_cpus']} logical CPUs: other processes shared the cores, so the speed columns (and the "
+            "speed statements below) are noise, not a measurement. Accuracy and memory do not depend on it. Rerun "
+            "on a quiet machine for timings.")
+
+
+def verdict(rows, meta):
+    """Plain statements of where ours q8_0 stands against each bnb variant, with the reason where it loses."""
+    native_bf16 = any(f in meta.get("cpu_flags", "") for f in ("avx512_bf16", "amx"))
+    if OURS not in rows:
+        return ["`ours-q8_0` did not run, so there is nothing to state."]
+    o = rows[OURS]
+    out = []
+    bf16 = rows.get("ref-bf16")
+    head = rows.get("ours-q8_0-f16head")
+    for b in BNB:
+        if b not in rows:
+            out.append(f"- `{b}` did not run (see *Variants that failed*).")
+            continue
+        r = rows[b]
+        out += [f"**vs {r['label']}**", ""]
+        # Accuracy.
+        better = o["kl_mean"] < r["kl_mean"]
+        line = (f"- KL divergence: ours {o['kl_mean']:.3g} mean / {o['kl_p99']:.3g} p99 against {r['kl_mean']:.3g} / "
+                f"{r['kl_p99']:.3g}: ours is {'lower' if better else 'HIGHER'} "
+                f"({_ratio(max(o['kl_mean'], r['kl_mean']), min(o['kl_mean'], r['kl_mean'])):.2f}x on the mean); top-1 "
+                f"agreement {o['top1']:.3f} vs {r['top1']:.3f}. ")
+        if better:
+            line += ("Why: q8_0 stores one f16 scale per 32 weights where LLM.int8() stores one per output row "
+                     "(896 to 4864 weights), and ggml quantizes the activations in blocks of 32 where bitsandbytes "
+                     "quantizes a whole token row with one scale (columns above the 6.0 threshold kept in fp16)")
+            if bf16:
+                line += (f"; bitsandbytes also runs everything else in bfloat16 as the model card asks, and the "
+                         f"bf16 reference alone is at KL {bf16['kl_mean']:.3g} "
+                         f"({100 * _ratio(bf16['kl_mean'], r['kl_mean']):.0f}% of this bnb figure)")
+            line += "."
+        else:
+            line += ("Why: ours also quantizes the token embedding and the output head (lm_head, 151655 x 896, a fifth "
+                     "of the LLM's weights) to q8_0, which bitsandbytes leaves in bfloat16")
+            if head:
+                line += (f" (with those two at f16, the diagnostic row, ours is at {head['kl_mean']:.3g}: "
+                         f"{'lower' if head['kl_mean'] < r['kl_mean'] else 'still higher'} than bnb)")
+            line += ("; and ggml's CPU matmul quantizes the activations to q8_0 before every quantized matrix "
+                     "product, where LLM.int8() keeps outlier columns above 6.0 in fp16.")
+        out.append(line)
+        # Memory.
+        smaller = o["peak_rss_bytes"] < r["peak_rss_bytes"]
+        line = (f"- Memory: peak RSS {_mb(o['peak_rss_bytes'])} MB vs {_mb(r['peak_rss_bytes'])} MB, weights "
+                f"{_mb(o['weight_bytes'])} MB vs {_mb(r['weight_bytes'])} MB: ours is "
+                f"{'smaller' if smaller else 'LARGER'} "
+                f"({_ratio(max(o['peak_rss_bytes'], r['peak_rss_bytes']), min(o['peak_rss_bytes'], r['peak_rss_bytes'])):.1f}x in peak RSS). ")
+        if smaller:
+            line += ("Why: no Python/PyTorch runtime, the weights are mapped from the GGUF file instead of "
+                     "loaded, converted and quantized in memory, and the embedding and lm_head are 8-bit "
+                     "instead of bf16 (bitsandbytes skips the output head).")
+        else:
+            line += ("Why: ours maps the whole GGUF file and the peak counts every page of it that was touched, "
+                     "plus the KV cache and the graph buffers sized for the largest batch.")
+        out.append(line)
+        # Speed.
+        parts = []
+        slower = []
+        for key, name, higher_better in (("vision_ms_per_tile", "vision ms/tile", False),
+                                         ("prefill_tok_s", "prefill tok/s", True),
+                                         ("decode_tok_s", "decode tok/s", True)):
+            ours_better = (o[key] > r[key]) if higher_better else (o[key] < r[key])
+            x = _ratio(o[key], r[key]) if higher_better else _ratio(r[key], o[key])
+            parts.append(f"{name} {_num(o[key])} vs {_num(r[key])} ({x:.2f}x{'' if ours_better else ', ours SLOWER'})")
+            if not ours_better:
+                slower.append(name)
+        line = "- Speed: " + "; ".join(parts) + ". "
+        reasons = {
+            "vision ms/tile": ("the ViT's 1025-token matrix products are large GEMMs, where bitsandbytes' "
+                               "torch._int_mm (PyTorch's int8 GEMM on its AVX-512 path) is at its best and ggml "
+                               "computes q8_0 x q8_0 block dot products after quantizing the activations"),
+            "prefill tok/s": ("prefill is the same large-GEMM case as vision (several hundred tokens per product), "
+                              "PyTorch's int8 GEMM against ggml's q8_0 block dot products"),
+            "decode tok/s": ("decode multiplies one token row per step, which is bound by reading the weights; ours "
+                             "reads fewer bytes (q8_0 lm_head instead of bf16), so a loss here points at per-step "
+                             "overhead (graph build and scheduling per token) rather than at the kernels"),
+        }
+        if not slower:
+            line += ("Why: ggml's q8_0 kernels multiply the 8-bit weights directly, while LLM.int8() on the CPU "
+                     "quantizes each activation row, searches it for outlier columns, runs torch._int_mm, "
+                     "rescales and adds the fp16 outlier product as separate PyTorch operations, and every other "
+                     "operation (attention, norms, the bf16 lm_head" + ("" if native_bf16 else
+                     ", on a CPU without native bf16 arithmetic") + ") runs through PyTorch in bfloat16 with "
+                     "per-call Python overhead.")
+        else:
+            line += "Ours is SLOWER at " + ", ".join(slower) + ". Likely why (not measured here): " + "; ".join(
+                f"{n}: {reasons[n]}" for n in slower) + "."
+        out.append(line)
+        out.append(f"- Load: {o['load_s']:.2f} s vs {r['load_s']:.2f} s; ours maps the file and checks it, "
+                   "bitsandbytes reads the bf16 weights and quantizes them while loading. Ours pays for reading "
+                   f"the weights at first use instead: the untimed warm-up (one tile, 8 tokens, one step) took "
+                   f"{o['warmup_s']:.1f} s vs {r['warmup_s']:.1f} s.")
+        out.append("")
+    return out
 
 
 def setup(meta, inputs, rows):
-    return [f"- machine: {meta['cpu']}, {meta['logical_cpus']} logical CPUs ({meta['cpu_flags']}), "
-            f"{meta['mem_bytes'] / 2**30:.0f} GiB; every system ran with {meta['threads']} threads, one variant at a "
-            f"time, each in its own process.",
-            f"- versions: torch {meta['torch']}, transformers {meta['transformers']}, bitsandbytes "
-            f"{meta['bitsandbytes']}, python {meta['python']}; ours at git {meta['git']}"
-            f"{' (with uncommitted changes)' if meta['git_dirty'] else ''}."]
+    prompts = inputs["prompts"]
+    n_pos = next(iter(rows.values()))["n_positions"] if rows else 0
+    lines = [
+        f"- machine: {meta['cpu']}, {meta['logical_cpus']} logical CPUs ({meta['cpu_flags']}; torch CPU capability "
+        f"{meta['torch_cpu_capability']}), {meta['mem_bytes'] / 2**30:.0f} GiB; every system ran with "
+        f"{meta['threads']} threads, one variant at a time, each in its own process; load average "
+        f"{meta['loadavg_start']} at the start, {meta['loadavg_end']} at the end.",
+        f"- versions: torch {meta['torch']}, transformers {meta['transformers']}, bitsandbytes "
+        f"{meta['bitsandbytes']}, python {meta['python']}; ours at git {meta['git']}"
+        f"{' (with uncommitted changes)' if meta['git_dirty'] else ''}; pinned in bench/requirements-bnb.txt.",
+        f"- checkpoint: `{meta['ckpt']}` (safetensors metadata {json.dumps(meta['ckpt_metadata'])}).",
+        f"- inputs: {len(prompts)} prompts, {inputs['pixel_shape'][0]} tiles of 448x448, pixel sha256 "
+        f"{inputs['pixel_sha256'][:16]}..., {n_pos} scored positions in all; greedy {meta['gen_tokens']} tokens:",
+    ]
+    for p in prompts:
+        lines.append(f"  - `{p['name']}`: {p['image']} ({p['tile_spec']}: {len(p['tiles'])} tile(s)), "
+                     f"\"{p['question']}\", {len(p['ids'])} prompt tokens, scored from position {p['score_from']}")
+    lines += [
+        "- the same float32 pixel tensor and token ids go to every system (bench/bnb_common.py writes them once; "
+        "examples/eval_dump.rs and bench/bnb_hf_worker.py read them).",
+        "- transformers: its own `InternVLForConditionalGeneration` (InternVL2's remote code does not run on "
+        "transformers 5) built from the checkpoint with the renaming of spec §2.2 (tests/reference/make_goldens.py), "
+        "SDPA attention. bitsandbytes: `BitsAndBytesConfig(load_in_8bit=True)` with `dtype=torch.bfloat16` as the "
+        "model card's `load_in_8bit=True, torch_dtype=torch.bfloat16`; threshold 6.0; transformers keeps `lm_head` "
+        "in bf16 on its own; the LLM-only variant adds `llm_int8_skip_modules=[model.vision_tower, "
+        "model.multi_modal_projector, lm_head]`. bitsandbytes casts the bf16 activations to fp16 to quantize them.",
+        f"- ours: `internvl-convert convert` per variant (flags in the list below), KV cache {meta['kv_type']} "
+        "(the runtime's default), CPU backend.",
+    ]
+    for v, r in rows.items():
+        what = (" ".join(r["convert_flags"]) if "convert_flags" in r else
+                ", ".join(f"{k}: {'/'.join(f'{n} {t}' for t, n in d.items())}" for k, d in r.get("linears", {}).items()))
+        lines.append(f"  - `{v}`: {what}")
+    return lines
 
 
 def definitions(meta):
-    return [__doc__.split("\n", 2)[2].strip()]
+    return [__doc__.split("\n", 2)[2].strip(),
+            "",
+            "The teacher-forced logits of ours come from the runtime itself: after the greedy run the KV cache is cut "
+            "back to `</img>` and the sequence is fed one token at a time through `Session::decode`, so every scored "
+            "distribution is the runtime's own lm_head output. The `ours f32, f32 KV` row checks the harness: its KL "
+            "against the reference is float32 noise."]

@@ -5,6 +5,7 @@
 #
 #   bash scripts/aarch64-test.sh                 # build, then run the default test list
 #   bash scripts/aarch64-test.sh tokenizer chat  # build, then run only these tests (names in tests/)
+#   bash scripts/aarch64-test.sh model_goldens -- --nocapture   # arguments after -- go to the test binaries
 #   AARCH64_ALL=1 bash scripts/aarch64-test.sh   # run every test of the workspace (slow under qemu)
 #
 # Everything is passed through environment variables set here, so plain `cargo build` on the host is
@@ -42,8 +43,13 @@ if [ ${#missing[@]} -gt 0 ]; then
         SUDO=sudo
     fi
     echo "installing: ${missing[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    apt_log=$(mktemp)
+    if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+            $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$apt_log" 2>&1; then
+        cat "$apt_log" >&2
+        die "apt-get install ${missing[*]} failed"
+    fi
+    rm -f "$apt_log"
     QEMU=$(command -v qemu-aarch64 || command -v qemu-aarch64-static || true)
     [ -n "$QEMU" ] || die "qemu-aarch64 not found after installing qemu-user"
 fi
@@ -82,12 +88,17 @@ T_BUILD=$(( $(now) - T0 ))
 file_info=$(file -b "$OUT_DIR/internvl-convert" 2>/dev/null || echo "?")
 echo "built in ${T_BUILD}s; internvl-convert: ${file_info%%,*}"
 
+# Test names before `--`, test-binary arguments after it.
+TESTS=()
+BIN_ARGS=()
+while [ $# -gt 0 ]; do
+    if [ "$1" = -- ]; then shift; BIN_ARGS=("$@"); break; fi
+    TESTS+=("$1"); shift
+done
 if [ "${AARCH64_ALL:-0}" = 1 ]; then
     TEST_ARGS=(--workspace)
     TESTS=(all)
-elif [ $# -gt 0 ]; then
-    TESTS=("$@")
-else
+elif [ ${#TESTS[@]} -eq 0 ]; then
     TESTS=("${DEFAULT_TESTS[@]}")
 fi
 if [ "${TESTS[0]}" != all ]; then
@@ -129,7 +140,7 @@ for t in "${TESTS[@]}"; do
     step "cargo test --release --target $TARGET ${args[*]}   (under qemu)"
     T0=$(now)
     set +e
-    cargo test --release --target "$TARGET" "${args[@]}" 2>&1 | tee "$LOG_DIR/$t.log"
+    cargo test --release --target "$TARGET" "${args[@]}" -- "${BIN_ARGS[@]}" 2>&1 | tee "$LOG_DIR/$t.log"
     rc=${PIPESTATUS[0]}
     set -e
     secs=$(( $(now) - T0 ))

@@ -337,26 +337,31 @@ fn guard(name: &str, body: impl FnOnce() -> Result<(), Failure>) -> ivl_status {
     }
 }
 
-/// Like [`guard`] for a session: refuses a poisoned session and poisons it when `body` panics.
+/// A session handle as a reference (NULL gives `None`).
 ///
 /// # Safety
 /// `session` is NULL or a pointer from `ivl_session_new` not yet freed, not used by another thread.
-unsafe fn guard_session(
+unsafe fn session_mut<'a>(session: *mut ivl_session) -> Option<&'a mut ivl_session> {
+    // SAFETY: NULL or a live session used by this thread only (contract).
+    unsafe { session.as_mut() }
+}
+
+/// Like [`guard`] for a session: refuses NULL and a poisoned session, and poisons it when `body`
+/// panics (its state may be half-updated).
+fn guard_session(
     name: &str,
-    session: *mut ivl_session,
+    session: Option<&mut ivl_session>,
     body: impl FnOnce(&mut ivl_session) -> Result<(), Failure>,
 ) -> ivl_status {
-    if session.is_null() {
+    let Some(s) = session else {
         return guard(name, || Err(Failure::arg("session is NULL")));
-    }
-    // SAFETY: non-NULL and, by the caller's contract, a live session used by this thread only.
-    let s = unsafe { &mut *session };
+    };
     if s.poisoned {
         return guard(name, || {
             Err(Failure { status: IVL_STATUS_INTERNAL, message: "the session failed internally earlier; free it".into() })
         });
     }
-    let status = guard(name, || body(s));
+    let status = guard(name, || body(&mut *s));
     if status == IVL_STATUS_INTERNAL {
         s.poisoned = true;
     }
@@ -519,8 +524,7 @@ pub extern "C" fn ivl_version() -> *const c_char {
 /// next failing call on this thread; successful calls leave it unchanged.
 #[no_mangle]
 pub extern "C" fn ivl_last_error() -> *const c_char {
-    // `with` cannot fail here: the key has no destructor-order issue during normal calls. If the
-    // thread is being torn down, return a static empty string instead.
+    // `try_with` fails only while the thread is being torn down: return a static empty string then.
     LAST_ERROR.try_with(|e| e.borrow().as_ptr()).unwrap_or(c"".as_ptr())
 }
 
@@ -727,16 +731,15 @@ pub unsafe extern "C" fn ivl_session_free(session: *mut ivl_session) {
 /// `session` is NULL or a live session used by this thread only; `path` is NULL or NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn ivl_session_add_image_file(session: *mut ivl_session, path: *const c_char) -> ivl_status {
-    // SAFETY: forwarded contract.
-    unsafe {
-        guard_session("ivl_session_add_image_file", session, |s| {
-            // SAFETY: path is NULL or NUL-terminated (contract).
-            let path = unsafe { path_arg(path, "path") }?;
-            let image = Image::open(&path, &s.chat.tiling())?;
-            s.pending.push(image);
-            Ok(())
-        })
-    }
+    // SAFETY: NULL or a live session used by this thread only (contract).
+    let session = unsafe { session_mut(session) };
+    guard_session("ivl_session_add_image_file", session, |s| {
+        // SAFETY: path is NULL or NUL-terminated (contract).
+        let path = unsafe { path_arg(path, "path") }?;
+        let image = Image::open(&path, &s.chat.tiling())?;
+        s.pending.push(image);
+        Ok(())
+    })
 }
 
 /// Attaches raw pixels (a camera frame) to the next prompt. The pixels are copied: the buffer may
@@ -756,44 +759,43 @@ pub unsafe extern "C" fn ivl_session_add_image_rgb(
     stride: usize,
     format: ivl_pixel_format,
 ) -> ivl_status {
-    // SAFETY: forwarded contract.
-    unsafe {
-        guard_session("ivl_session_add_image_rgb", session, |s| {
-            if data.is_null() {
-                return Err(Failure::arg("data is NULL"));
-            }
-            let format = pixel_format_arg(format)?;
-            if width == 0 || height == 0 {
-                return Err(Failure::arg(format!("image size {width}x{height} is empty")));
-            }
-            let bpp = format.bytes_per_pixel() as u64;
-            let row = u64::from(width) * bpp;
-            if (stride as u64) < row {
-                return Err(Failure::arg(format!(
-                    "stride {stride} is less than width {width} x {bpp} bytes per pixel = {row} bytes"
-                )));
-            }
-            let pixels = u64::from(width) * u64::from(height);
-            let limit = Limits::default().max_pixels;
-            if pixels > limit {
-                return Err(Failure {
-                    status: IVL_STATUS_INVALID_IMAGE,
-                    message: format!("image {width}x{height} has {pixels} pixels, over the limit of {limit}"),
-                });
-            }
-            let len = (stride as u64)
-                .checked_mul(u64::from(height) - 1)
-                .and_then(|n| n.checked_add(row))
-                .filter(|&n| n <= isize::MAX as u64)
-                .ok_or_else(|| Failure::arg(format!("stride {stride} x height {height} overflows the address space")))?;
-            // SAFETY: data is non-NULL and readable for `len` bytes (contract); len <= isize::MAX.
-            let bytes = unsafe { std::slice::from_raw_parts(data, len as usize) };
-            let rgb = crate::image::from_raw(RawImage { data: bytes, width, height, stride, format })?;
-            let image = Image::from_rgb(rgb, &s.chat.tiling())?;
-            s.pending.push(image);
-            Ok(())
-        })
-    }
+    // SAFETY: NULL or a live session used by this thread only (contract).
+    let session = unsafe { session_mut(session) };
+    guard_session("ivl_session_add_image_rgb", session, |s| {
+        if data.is_null() {
+            return Err(Failure::arg("data is NULL"));
+        }
+        let format = pixel_format_arg(format)?;
+        if width == 0 || height == 0 {
+            return Err(Failure::arg(format!("image size {width}x{height} is empty")));
+        }
+        let bpp = format.bytes_per_pixel() as u64;
+        let row = u64::from(width) * bpp;
+        if (stride as u64) < row {
+            return Err(Failure::arg(format!(
+                "stride {stride} is less than width {width} x {bpp} bytes per pixel = {row} bytes"
+            )));
+        }
+        let pixels = u64::from(width) * u64::from(height);
+        let limit = Limits::default().max_pixels;
+        if pixels > limit {
+            return Err(Failure {
+                status: IVL_STATUS_INVALID_IMAGE,
+                message: format!("image {width}x{height} has {pixels} pixels, over the limit of {limit}"),
+            });
+        }
+        let len = (stride as u64)
+            .checked_mul(u64::from(height) - 1)
+            .and_then(|n| n.checked_add(row))
+            .filter(|&n| n <= isize::MAX as u64)
+            .ok_or_else(|| Failure::arg(format!("stride {stride} x height {height} overflows the address space")))?;
+        // SAFETY: data is non-NULL and readable for `len` bytes (contract); len <= isize::MAX.
+        let bytes = unsafe { std::slice::from_raw_parts(data, len as usize) };
+        let rgb = crate::image::from_raw(RawImage { data: bytes, width, height, stride, format })?;
+        let image = Image::from_rgb(rgb, &s.chat.tiling())?;
+        s.pending.push(image);
+        Ok(())
+    })
 }
 
 /// Asks a question about the images added since the last prompt (none is fine). The text may
@@ -804,16 +806,15 @@ pub unsafe extern "C" fn ivl_session_add_image_rgb(
 /// `session` is NULL or a live session used by this thread only; `text` is NULL or NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn ivl_session_prompt(session: *mut ivl_session, text: *const c_char) -> ivl_status {
-    // SAFETY: forwarded contract.
-    unsafe {
-        guard_session("ivl_session_prompt", session, |s| {
-            // SAFETY: text is NULL or NUL-terminated (contract).
-            let text = unsafe { utf8_arg(text, "text") }?;
-            s.chat.ask(Message::text(text).with_images(s.pending.iter().cloned()))?;
-            s.pending.clear();
-            Ok(())
-        })
-    }
+    // SAFETY: NULL or a live session used by this thread only (contract).
+    let session = unsafe { session_mut(session) };
+    guard_session("ivl_session_prompt", session, |s| {
+        // SAFETY: text is NULL or NUL-terminated (contract).
+        let text = unsafe { utf8_arg(text, "text") }?;
+        s.chat.ask(Message::text(text).with_images(s.pending.iter().cloned()))?;
+        s.pending.clear();
+        Ok(())
+    })
 }
 
 /// Default generation parameters: greedy, at most 1024 new tokens, special tokens skipped.
@@ -849,103 +850,102 @@ pub unsafe extern "C" fn ivl_session_generate(
     user_data: *mut c_void,
     out_reply: *mut ivl_reply,
 ) -> ivl_status {
-    // SAFETY: forwarded contract.
-    unsafe {
-        guard_session("ivl_session_generate", session, |s| {
-            // SAFETY: params is NULL or points to an initialized struct (contract).
-            let p = if params.is_null() { ivl_generate_default_params() } else { unsafe { *params } };
-            let gen = sampling_arg(&p)?;
-            let mut piece_buf: Vec<u8> = Vec::new();
-            let result = s.chat.generate(&gen, |event| {
-                let (Event::Token(piece), Some(cb)) = (event, callback) else {
-                    return Flow::Continue;
-                };
-                piece_buf.clear();
-                piece_buf.extend_from_slice(piece.as_bytes());
-                piece_buf.push(0);
-                // SAFETY: the callback is valid (contract); the piece is NUL-terminated, `len`
-                // bytes long and lives for the call.
-                let rc = unsafe { cb(piece_buf.as_ptr().cast(), piece.len(), user_data) };
-                if rc == 0 {
-                    Flow::Continue
-                } else {
-                    Flow::Stop
-                }
-            });
-            let reply = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    s.chat.withdraw();
-                    return Err(e.into());
-                }
+    // SAFETY: NULL or a live session used by this thread only (contract).
+    let session = unsafe { session_mut(session) };
+    guard_session("ivl_session_generate", session, |s| {
+        // SAFETY: params is NULL or points to an initialized struct (contract).
+        let p = if params.is_null() { ivl_generate_default_params() } else { unsafe { *params } };
+        let gen = sampling_arg(&p)?;
+        let mut piece_buf: Vec<u8> = Vec::new();
+        let result = s.chat.generate(&gen, |event| {
+            let (Event::Token(piece), Some(cb)) = (event, callback) else {
+                return Flow::Continue;
             };
-            if reply.finish == FinishReason::Cancelled {
-                // Cancelled before decoding: the question is still open; withdraw it so that the
-                // next prompt can be asked.
+            piece_buf.clear();
+            piece_buf.extend_from_slice(piece.as_bytes());
+            piece_buf.push(0);
+            // SAFETY: the callback is valid (contract); the piece is NUL-terminated, `len`
+            // bytes long and lives for the call.
+            let rc = unsafe { cb(piece_buf.as_ptr().cast(), piece.len(), user_data) };
+            if rc == 0 {
+                Flow::Continue
+            } else {
+                Flow::Stop
+            }
+        });
+        let reply = match result {
+            Ok(r) => r,
+            Err(e) => {
                 s.chat.withdraw();
+                return Err(e.into());
             }
-            // Boxes from the text with the special tokens kept (the tags), else from bare lists.
-            let tagged = s.chat.model().tokenizer().decode(&reply.token_ids, false).map_err(EngineError::from)?;
-            let mut boxes = grounding::parse(clean_answer(&tagged));
-            if boxes.is_empty() {
-                boxes = grounding::parse_bare(&reply.text);
-            }
-            let size = s.chat.turns().last().and_then(|t| t.images.first()).map(Image::size);
-            let mut labels = Vec::with_capacity(boxes.len());
-            let mut out_boxes = Vec::with_capacity(boxes.len());
-            for b in &boxes {
-                let label = match &b.label {
-                    Some(l) => {
-                        let c = CString::new(l.replace('\0', "")).unwrap_or_default();
-                        let ptr = c.as_ptr();
-                        labels.push(c);
-                        ptr
-                    }
-                    None => std::ptr::null(),
-                };
-                let px = size.map(|(w, h)| b.to_pixels(w, h));
-                out_boxes.push(ivl_box {
-                    label,
-                    x1: b.x1,
-                    y1: b.y1,
-                    x2: b.x2,
-                    y2: b.y2,
-                    px1: px.as_ref().map_or(0.0, |p| p.x1),
-                    py1: px.as_ref().map_or(0.0, |p| p.y1),
-                    px2: px.as_ref().map_or(0.0, |p| p.x2),
-                    py2: px.as_ref().map_or(0.0, |p| p.y2),
-                });
-            }
-            let mut text = reply.text.into_bytes();
-            let text_len = text.len();
-            text.push(0);
-            s.reply_text = text;
-            s.boxes = out_boxes;
-            // The CStrings' heap buffers do not move when the Vec holding them is moved.
-            s.labels = labels;
-            let st = &reply.stats;
-            let out = ivl_reply {
-                text: s.reply_text.as_ptr().cast(),
-                text_len,
-                finish: match reply.finish {
-                    FinishReason::Stop => ivl_finish_reason::IVL_FINISH_STOP,
-                    FinishReason::Length => ivl_finish_reason::IVL_FINISH_LENGTH,
-                    FinishReason::ContextFull => ivl_finish_reason::IVL_FINISH_CONTEXT_FULL,
-                    FinishReason::Cancelled => ivl_finish_reason::IVL_FINISH_CANCELLED,
-                },
-                prompt_tokens: saturating_u32(st.prompt_tokens),
-                image_tokens: saturating_u32(st.image_tokens),
-                reused_tokens: saturating_u32(st.reused_tokens),
-                generated_tokens: saturating_u32(st.generated_tokens),
-                tiles_encoded: saturating_u32(st.tiles_encoded),
-                time_to_first_token_ms: ms(st.time_to_first_token),
-                total_ms: ms(st.total),
+        };
+        if reply.finish == FinishReason::Cancelled {
+            // Cancelled before decoding: the question is still open; withdraw it so that the
+            // next prompt can be asked.
+            s.chat.withdraw();
+        }
+        // Boxes from the text with the special tokens kept (the tags), else from bare lists.
+        let tagged = s.chat.model().tokenizer().decode(&reply.token_ids, false).map_err(EngineError::from)?;
+        let mut boxes = grounding::parse(clean_answer(&tagged));
+        if boxes.is_empty() {
+            boxes = grounding::parse_bare(&reply.text);
+        }
+        let size = s.chat.turns().last().and_then(|t| t.images.first()).map(Image::size);
+        let mut labels = Vec::with_capacity(boxes.len());
+        let mut out_boxes = Vec::with_capacity(boxes.len());
+        for b in &boxes {
+            let label = match &b.label {
+                Some(l) => {
+                    let c = CString::new(l.replace('\0', "")).unwrap_or_default();
+                    let ptr = c.as_ptr();
+                    labels.push(c);
+                    ptr
+                }
+                None => std::ptr::null(),
             };
-            // SAFETY: NULL or writable (contract).
-            unsafe { write_out(out_reply, out) };
-            Ok(())
-        })
-    }
+            let px = size.map(|(w, h)| b.to_pixels(w, h));
+            out_boxes.push(ivl_box {
+                label,
+                x1: b.x1,
+                y1: b.y1,
+                x2: b.x2,
+                y2: b.y2,
+                px1: px.as_ref().map_or(0.0, |p| p.x1),
+                py1: px.as_ref().map_or(0.0, |p| p.y1),
+                px2: px.as_ref().map_or(0.0, |p| p.x2),
+                py2: px.as_ref().map_or(0.0, |p| p.y2),
+            });
+        }
+        let mut text = reply.text.into_bytes();
+        let text_len = text.len();
+        text.push(0);
+        s.reply_text = text;
+        s.boxes = out_boxes;
+        // The CStrings' heap buffers do not move when the Vec holding them is moved.
+        s.labels = labels;
+        let st = &reply.stats;
+        let out = ivl_reply {
+            text: s.reply_text.as_ptr().cast(),
+            text_len,
+            finish: match reply.finish {
+                FinishReason::Stop => ivl_finish_reason::IVL_FINISH_STOP,
+                FinishReason::Length => ivl_finish_reason::IVL_FINISH_LENGTH,
+                FinishReason::ContextFull => ivl_finish_reason::IVL_FINISH_CONTEXT_FULL,
+                FinishReason::Cancelled => ivl_finish_reason::IVL_FINISH_CANCELLED,
+            },
+            prompt_tokens: saturating_u32(st.prompt_tokens),
+            image_tokens: saturating_u32(st.image_tokens),
+            reused_tokens: saturating_u32(st.reused_tokens),
+            generated_tokens: saturating_u32(st.generated_tokens),
+            tiles_encoded: saturating_u32(st.tiles_encoded),
+            time_to_first_token_ms: ms(st.time_to_first_token),
+            total_ms: ms(st.total),
+        };
+        // SAFETY: NULL or writable (contract).
+        unsafe { write_out(out_reply, out) };
+        Ok(())
+    })
 }
 
 /// The grounding boxes of the last answer (none before the first one). `*out_boxes` points to
@@ -961,21 +961,20 @@ pub unsafe extern "C" fn ivl_session_boxes(
     out_boxes: *mut *const ivl_box,
     out_count: *mut usize,
 ) -> ivl_status {
-    // SAFETY: forwarded contract.
-    unsafe {
-        guard_session("ivl_session_boxes", session, |s| {
-            if out_boxes.is_null() || out_count.is_null() {
-                return Err(Failure::arg("out_boxes or out_count is NULL"));
-            }
-            let ptr = if s.boxes.is_empty() { std::ptr::null() } else { s.boxes.as_ptr() };
-            // SAFETY: both non-NULL (checked) and writable (contract).
-            unsafe {
-                write_out(out_boxes, ptr);
-                write_out(out_count, s.boxes.len());
-            }
-            Ok(())
-        })
-    }
+    // SAFETY: NULL or a live session used by this thread only (contract).
+    let session = unsafe { session_mut(session) };
+    guard_session("ivl_session_boxes", session, |s| {
+        if out_boxes.is_null() || out_count.is_null() {
+            return Err(Failure::arg("out_boxes or out_count is NULL"));
+        }
+        let ptr = if s.boxes.is_empty() { std::ptr::null() } else { s.boxes.as_ptr() };
+        // SAFETY: both non-NULL (checked) and writable (contract).
+        unsafe {
+            write_out(out_boxes, ptr);
+            write_out(out_count, s.boxes.len());
+        }
+        Ok(())
+    })
 }
 
 /// Starts a new conversation: forgets the history, the attached images and the last reply. The
@@ -986,17 +985,16 @@ pub unsafe extern "C" fn ivl_session_boxes(
 /// `session` is NULL or a live session used by this thread only.
 #[no_mangle]
 pub unsafe extern "C" fn ivl_session_reset(session: *mut ivl_session) -> ivl_status {
-    // SAFETY: forwarded contract.
-    unsafe {
-        guard_session("ivl_session_reset", session, |s| {
-            s.chat.reset();
-            s.pending.clear();
-            s.reply_text = vec![0];
-            s.boxes.clear();
-            s.labels.clear();
-            Ok(())
-        })
-    }
+    // SAFETY: NULL or a live session used by this thread only (contract).
+    let session = unsafe { session_mut(session) };
+    guard_session("ivl_session_reset", session, |s| {
+        s.chat.reset();
+        s.pending.clear();
+        s.reply_text = vec![0];
+        s.boxes.clear();
+        s.labels.clear();
+        Ok(())
+    })
 }
 
 #[cfg(test)]

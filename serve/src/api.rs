@@ -108,7 +108,9 @@ impl Request {
 
 /// Parses and checks a request body.
 pub fn parse(body: &[u8], limits: &RequestLimits) -> Result<Request, ApiError> {
-    let req: ChatRequest = serde_json::from_slice(body).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    // The error names the field that is wrong (`messages[0].content: invalid type ...`).
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let req: ChatRequest = serde_path_to_error::deserialize(de).map_err(|e| ApiError::BadJson(e.to_string()))?;
     check(req, limits)
 }
 
@@ -376,5 +378,7 @@ mod tests {
         assert!(e.to_string().contains("line 1"), "{e}");
         let e = parse(b"{}", &limits()).unwrap_err();
         assert!(e.to_string().contains("messages"), "{e}");
+        let e = parse(br#"{"messages": [{"role": 5}]}"#, &limits()).unwrap_err();
+        assert!(e.to_string().contains("messages[0].role: invalid type"), "{e}");
     }
 }

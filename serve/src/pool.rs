@@ -6,7 +6,8 @@
 //! keeps its KV cache between requests, so a request whose prompt starts like the previous one of
 //! that session (same system message, same first image: a robot asking several questions about one
 //! frame) only prefills what differs; [`Pool::acquire`] therefore prefers the idle session that last
-//! saw the request's first image. Image embeddings are shared by all sessions
+//! saw the request's first image, and sends text-only requests to sessions that hold no image. Image
+//! embeddings are shared by all sessions
 //! ([`SharedEmbeddingCache`]), so an image is encoded once whichever session gets it.
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -110,9 +111,15 @@ impl Pool {
         };
         let slot = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let pick = prefer
-                .and_then(|k| idle.iter().position(|s| s.first_image == Some(k)))
-                .or_else(|| idle.iter().enumerate().min_by_key(|(_, s)| s.last_used).map(|(i, _)| i));
+            let lru = |keep: &dyn Fn(&Slot) -> bool| {
+                idle.iter().enumerate().filter(|(_, s)| keep(s)).min_by_key(|(_, s)| s.last_used).map(|(i, _)| i)
+            };
+            let pick = match prefer {
+                // The session that holds this image's rows, else the least recently used one.
+                Some(k) => idle.iter().position(|s| s.first_image == Some(k)).or_else(|| lru(&|_| true)),
+                // A text-only request goes where it evicts no image, if it can.
+                None => lru(&|s| s.first_image.is_none()).or_else(|| lru(&|_| true)),
+            };
             pick.map(|i| idle.swap_remove(i))
         };
         // Permits and idle sessions are equal in number; a missing session means one was lost.

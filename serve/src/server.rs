@@ -418,9 +418,9 @@ fn stream_response(
             }
         }
     });
-    sse(events).into_response()
+    sse(events)
 }
 
-fn sse<S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static>(events: S) -> Sse<S> {
-    Sse::new(events).keep_alive(KeepAlive::default())
+fn sse<S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static>(events: S) -> Response {
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }

@@ -70,10 +70,10 @@ struct Cli {
     /// An image file (JPEG, PNG, WebP, BMP, GIF, TIFF). Repeat for several images.
     #[arg(long = "image", value_name = "FILE")]
     images: Vec<PathBuf>,
-    /// A video as a directory of frame images (sorted by name) or an animated GIF; --frames of
-    /// them are sampled evenly, one 448x448 tile each. MP4 and other containers need the `video`
-    /// feature (future work): extract frames with ffmpeg first.
-    #[arg(long, value_name = "DIR|GIF", conflicts_with = "images")]
+    /// A video: a directory of frame images (sorted by name), an animated GIF, or a video file
+    /// (MP4, MKV, WebM, ...; builds with the `video` feature, on the system FFmpeg); --frames of
+    /// them are sampled evenly, one 448x448 tile each.
+    #[arg(long, value_name = "DIR|GIF|FILE", conflicts_with = "images")]
     video: Option<PathBuf>,
     /// Frames sampled from --video.
     #[arg(long, value_name = "N", default_value_t = 8)]

@@ -58,6 +58,10 @@ pub enum EngineError {
     UnsavableImage { turn: usize, index: usize },
     #[error("video {path}: {detail}")]
     Video { path: PathBuf, detail: String },
+    /// A video file that FFmpeg could not read (the `video` feature).
+    #[cfg(feature = "video")]
+    #[error(transparent)]
+    VideoFile(#[from] crate::image::ffmpeg::Error),
     #[error("invalid parameter: {0}")]
     Param(String),
 }

@@ -27,6 +27,8 @@ pub enum ImageSource {
     File(PathBuf),
     /// Frame `index` (of all frames, before sampling) of an animated GIF.
     GifFrame { path: PathBuf, index: usize },
+    /// Frame `index` (in decoding order, before sampling) of a video file (the `video` feature).
+    VideoFrame { path: PathBuf, index: usize },
     /// Pixels handed over by the caller.
     Memory,
 }
@@ -62,8 +64,9 @@ impl Image {
     }
 
     /// `n_frames` frames of a video for the video prompt (spec §5.3, §7.3): each one tile of
-    /// `image_size²`. `path` is a directory of frame images (sorted by name) or an animated GIF.
-    /// Container formats (MP4, ...) need the `video` feature, which does not exist yet.
+    /// `image_size²`. `path` is a directory of frame images (sorted by name), an animated GIF, or
+    /// with the `video` feature any video file FFmpeg reads (MP4, MKV, WebM, ...; frames picked as
+    /// decord would, spec §7.3).
     pub fn video_frames(path: &Path, n_frames: usize, image_size: u32) -> Result<Vec<Image>> {
         let tiling = TilingParams::video_frame(image_size);
         let limits = Limits::default();
@@ -79,18 +82,24 @@ impl Image {
                 })
                 .collect();
         }
-        let is_gif = std::fs::File::open(path)
-            .and_then(|mut f| {
-                let mut magic = [0u8; 6];
-                std::io::Read::read_exact(&mut f, &mut magic).map(|_| magic)
-            })
-            .map(|m| &m[..] == b"GIF89a" || &m[..] == b"GIF87a")
-            .map_err(|e| EngineError::Io { path: path.to_path_buf(), source: e })?;
+        let is_gif = is_gif(path)?;
+        #[cfg(feature = "video")]
+        if !is_gif {
+            let s = img::ffmpeg::sample(path, n_frames, None, &limits)?;
+            return s
+                .indices
+                .into_iter()
+                .zip(s.frames)
+                .map(|(index, frame)| Self::new(frame, &tiling, ImageSource::VideoFrame { path: path.to_path_buf(), index }))
+                .collect();
+        }
+        #[cfg(not(feature = "video"))]
         if !is_gif {
             return Err(EngineError::Video {
                 path: path.to_path_buf(),
-                detail: "not a directory of frames or an animated GIF; MP4 and other containers need the `video` \
-                         feature (future work): extract frames first, e.g. `ffmpeg -i in.mp4 frames/%05d.png`, and pass the directory"
+                detail: "not a directory of frames or an animated GIF; MP4 and other containers need a build with the \
+                         `video` feature (system FFmpeg libraries), or extract frames first, e.g. \
+                         `ffmpeg -i in.mp4 frames/%05d.png`, and pass the directory"
                     .into(),
             });
         }
@@ -116,6 +125,23 @@ impl Image {
             detail: format!("frame {index} requested, the GIF has {n}"),
         })?;
         Self::new(frame, tiling, ImageSource::GifFrame { path: path.to_path_buf(), index })
+    }
+
+    /// Frame `index` of a video file as [`Image::video_frames`] records it ([`ImageSource::VideoFrame`]).
+    #[cfg(feature = "video")]
+    pub fn video_file_frame(path: &Path, index: usize, tiling: &TilingParams) -> Result<Image> {
+        let mut frames = img::ffmpeg::read_frames(path, &[index], &Limits::default())?;
+        let frame = frames.pop().ok_or_else(|| EngineError::Video { path: path.to_path_buf(), detail: format!("frame {index} missing") })?;
+        Self::new(frame, tiling, ImageSource::VideoFrame { path: path.to_path_buf(), index })
+    }
+
+    /// Frame `index` of an animated GIF or (with the `video` feature) a video file.
+    pub fn frame_of(path: &Path, index: usize, tiling: &TilingParams) -> Result<Image> {
+        #[cfg(feature = "video")]
+        if !is_gif(path)? {
+            return Self::video_file_frame(path, index, tiling);
+        }
+        Self::gif_frame(path, index, tiling)
     }
 
     pub fn key(&self) -> ImageKey {
@@ -151,6 +177,17 @@ impl Image {
         }
         Ok(tiles)
     }
+}
+
+/// True when the file starts with a GIF signature.
+fn is_gif(path: &Path) -> Result<bool> {
+    std::fs::File::open(path)
+        .and_then(|mut f| {
+            let mut magic = [0u8; 6];
+            std::io::Read::read_exact(&mut f, &mut magic).map(|_| magic)
+        })
+        .map(|m| &m[..] == b"GIF89a" || &m[..] == b"GIF87a")
+        .map_err(|e| EngineError::Io { path: path.to_path_buf(), source: e })
 }
 
 /// SipHash (std's fixed-key hasher) twice with different salts: 128 bits, so that accidental

@@ -46,7 +46,7 @@ pub struct TranscriptTurn {
 pub struct TranscriptImage {
     /// Absolute when written by `save`; a relative path is taken relative to the transcript file.
     pub path: PathBuf,
-    /// For a GIF video frame: the frame's index in the file.
+    /// For a video frame from a GIF or (the `video` feature) a video file: the frame's index in the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gif_frame: Option<usize>,
 }
@@ -60,7 +60,7 @@ impl Transcript {
             for (ii, im) in t.images.iter().enumerate() {
                 let (path, gif_frame) = match im.source() {
                     ImageSource::File(p) => (p.clone(), None),
-                    ImageSource::GifFrame { path, index } => (path.clone(), Some(*index)),
+                    ImageSource::GifFrame { path, index } | ImageSource::VideoFrame { path, index } => (path.clone(), Some(*index)),
                     ImageSource::Memory => return Err(EngineError::UnsavableImage { turn: ti, index: ii }),
                 };
                 let path = std::fs::canonicalize(&path).unwrap_or(path);
@@ -103,7 +103,7 @@ impl Transcript {
                 let tl = if t.video { &frame_tiling } else { &tiling };
                 let image = match im.gif_frame {
                     None => Image::open(&path, tl)?,
-                    Some(index) => Image::gif_frame(&path, index, tl)?,
+                    Some(index) => Image::frame_of(&path, index, tl)?,
                 };
                 images.push(image);
             }

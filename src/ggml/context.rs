@@ -355,7 +355,7 @@ impl Context {
             return Err(shape("reshape", format!("{} dimensions", ne.len())));
         }
         let n: i64 = ne.iter().map(|&x| x as i64).product();
-        if !a.is_contiguous() || n != a.nelements() || ne.iter().any(|&x| x == 0) {
+        if !a.is_contiguous() || n != a.nelements() || ne.contains(&0) {
             return Err(shape("reshape", format!("{} to {ne:?}", a.desc())));
         }
         if ne[0] % a.ty().block_size() != 0 {
@@ -420,7 +420,7 @@ impl Context {
     /// A strided view of `a`: dims `ne`, byte strides `nb` for dims 1.., starting `offset` bytes in.
     /// The whole extent must lie inside `a`'s data.
     pub fn view<'a>(&'a self, a: Tensor<'a>, ne: &[usize], nb: &[usize], offset: usize) -> Result<Tensor<'a>> {
-        if ne.is_empty() || ne.len() > 4 || nb.len() + 1 != ne.len() || ne.iter().any(|&x| x == 0) {
+        if ne.is_empty() || ne.len() > 4 || nb.len() + 1 != ne.len() || ne.contains(&0) {
             return Err(shape("view", format!("ne {ne:?} nb {nb:?}")));
         }
         // Last byte touched: offset + row bytes of the first dim + sum (ne[i]-1)*nb[i].
@@ -540,7 +540,7 @@ impl<'a> Tensor<'a> {
     pub fn ty(&self) -> GgmlType {
         // Tensors are only created through this module with known types, and ggml's ops produce
         // f32/f16/i32 results.
-        GgmlType::from_u32(self.get().type_ as u32).unwrap_or(GgmlType::F32)
+        GgmlType::from_u32(self.get().type_).unwrap_or(GgmlType::F32)
     }
     pub fn nelements(&self) -> i64 {
         self.ne().iter().product()

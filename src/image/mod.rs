@@ -33,6 +33,8 @@ mod resize;
 mod tiling;
 mod truncation;
 pub mod video;
+#[cfg(feature = "video")]
+pub mod ffmpeg;
 
 pub use self::decode::{from_raw, load_bytes, load_path, Limits, PixelFormat, RawImage};
 pub use self::error::{Error, Result};

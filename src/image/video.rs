@@ -1,6 +1,6 @@
 //! Video inputs (spec §7.3, HF README `get_index` / `load_video`): which frames to sample, and two
 //! frame sources that need no extra dependency, an animated GIF and a directory of image files.
-//! (Container/codec decoding such as MP4 is not here.)
+//! Containers such as MP4, MKV and WebM are decoded by `super::ffmpeg` (the `video` feature).
 //!
 //! Each sampled frame then goes through `dynamic_preprocess(max_num=1)`: one plain bicubic resize
 //! to `image_size²` (aspect not kept) and no thumbnail; see [`preprocess_frames`].

@@ -1,0 +1,124 @@
+//! A GGUF that is truncated or does not match the model is refused with a clear error before any graph is
+//! built (ggml asserts abort the process; these checks run first).
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use internvl::gguf::{GgmlType, GgufFile, GgufWriter, Value};
+use internvl::model::{Model, ModelError};
+
+/// Rewrites `src` into `dst`, letting `edit_kv` drop or change keys and `edit_tensor` change a tensor's
+/// declared shape or type (None drops it; the data is adapted to the declared size).
+fn rewrite(
+    src: &Path,
+    dst: &Path,
+    edit_kv: impl Fn(&str, &Value) -> Option<Value>,
+    edit_tensor: impl Fn(&str, &[usize], GgmlType) -> Option<(Vec<usize>, GgmlType)>,
+) {
+    let f = GgufFile::open(src).unwrap();
+    let mut w = GgufWriter::create(dst).unwrap();
+    for (k, v) in f.kvs() {
+        if k == "general.alignment" {
+            continue;
+        }
+        if let Some(v) = edit_kv(k, v) {
+            w.add_kv(k, v).unwrap();
+        }
+    }
+    let mut plan = Vec::new();
+    for t in f.tensors() {
+        if let Some((ne, ty)) = edit_tensor(&t.name, &t.ne, t.ty) {
+            w.add_tensor(&t.name, &ne, ty).unwrap();
+            plan.push((t.clone(), ty.nbytes(&ne).unwrap()));
+        }
+    }
+    for (t, size) in plan {
+        let mut data = f.tensor_data(&t).to_vec();
+        data.resize(size, 0);
+        w.write_tensor_data(&t.name, &data).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+fn load_err(p: &Path) -> (ModelError, String) {
+    match Model::load(&[p]) {
+        Ok(_) => panic!("{} loaded", p.display()),
+        Err(e) => {
+            let s = e.to_string();
+            (e, s)
+        }
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = common::repo().join("target/tmp/model_load_errors");
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+#[test]
+fn truncated_file_is_refused() {
+    let src = common::tiny_gguf(42, "q8_0", &[]);
+    let bytes = std::fs::read(&src).unwrap();
+    // The end of the last tensor's data (after it, only alignment padding, which may be missing).
+    let f = GgufFile::open(&src).unwrap();
+    let data_end = f.data_offset() + f.tensors().iter().map(|t| t.offset + t.size).max().unwrap();
+    for cut in [10, 4096, bytes.len() / 2, data_end - 1] {
+        let p = tmp(&format!("cut{cut}.gguf"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let (e, s) = load_err(&p);
+        assert!(matches!(e, ModelError::Gguf { .. }), "cut at {cut}: {s}");
+        assert!(s.contains(&p.display().to_string()), "names the file: {s}");
+    }
+}
+
+#[test]
+fn wrong_shape_missing_tensor_missing_key_and_bad_type_are_refused() {
+    let src = common::tiny_gguf(42, "f32", &[]);
+
+    let p = tmp("shape.gguf");
+    rewrite(&src, &p, |_, v| Some(v.clone()), |n, ne, ty| {
+        if n == "blk.1.attn_k.weight" {
+            Some((vec![ne[0], ne[1] * 2], ty))
+        } else {
+            Some((ne.to_vec(), ty))
+        }
+    });
+    let (e, s) = load_err(&p);
+    assert!(matches!(e, ModelError::TensorShape { .. }), "{s}");
+    assert!(s.contains("blk.1.attn_k.weight"), "{s}");
+
+    let p = tmp("missing_tensor.gguf");
+    rewrite(&src, &p, |_, v| Some(v.clone()), |n, ne, ty| (n != "v.blk.0.ls2.weight").then(|| (ne.to_vec(), ty)));
+    let (e, s) = load_err(&p);
+    assert!(matches!(e, ModelError::MissingTensor(ref n) if n == "v.blk.0.ls2.weight"), "{s}");
+
+    let p = tmp("missing_key.gguf");
+    rewrite(&src, &p, |k, v| (k != "qwen2.attention.head_count_kv").then(|| v.clone()), |_, ne, ty| Some((ne.to_vec(), ty)));
+    let (e, s) = load_err(&p);
+    assert!(matches!(e, ModelError::MissingKey("qwen2.attention.head_count_kv")), "{s}");
+
+    let p = tmp("bad_key_type.gguf");
+    rewrite(&src, &p, |k, v| Some(if k == "qwen2.block_count" { Value::Str("two".into()) } else { v.clone() }), |_, ne, ty| {
+        Some((ne.to_vec(), ty))
+    });
+    let (e, s) = load_err(&p);
+    assert!(matches!(e, ModelError::BadKey { key: "qwen2.block_count", .. }), "{s}");
+
+    // A norm stored as f16 would be added/multiplied with mismatched types: refused by name.
+    let p = tmp("bad_type.gguf");
+    rewrite(&src, &p, |_, v| Some(v.clone()), |n, ne, ty| {
+        Some((ne.to_vec(), if n == "output_norm.weight" { GgmlType::F16 } else { ty }))
+    });
+    let (e, s) = load_err(&p);
+    assert!(matches!(e, ModelError::TensorType { .. }), "{s}");
+    assert!(s.contains("output_norm.weight") && s.contains("f16"), "{s}");
+
+    // Dimensions the graphs cannot run (heads not dividing the width) are refused before ggml sees them.
+    let p = tmp("bad_heads.gguf");
+    rewrite(&src, &p, |k, v| Some(if k == "qwen2.attention.head_count" { Value::U32(5) } else { v.clone() }), |_, ne, ty| {
+        Some((ne.to_vec(), ty))
+    });
+    let (e, s) = load_err(&p);
+    assert!(matches!(e, ModelError::Unsupported(_)), "{s}");
+}
