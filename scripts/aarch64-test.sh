@@ -78,6 +78,9 @@ export CMAKE_SYSTEM_PROCESSOR=aarch64
 # bindgen (ours in build.rs, and llama-cpp-sys-2's) parses the ggml headers as the target sees them.
 export "BINDGEN_EXTRA_CLANG_ARGS_$TARGET_ENV=--target=aarch64-linux-gnu --sysroot=$SYSROOT -I$SYSROOT/include"
 export CARGO_TARGET_DIR=$TARGET_DIR
+case "${RUSTFLAGS:-}" in
+    *target-cpu=native*) die "RUSTFLAGS has target-cpu=native, which means the x86 host's CPU here; unset it for the cross build" ;;
+esac
 cd "$ROOT"
 
 # --- 3. build ----------------------------------------------------------------------------------------

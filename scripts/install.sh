@@ -26,8 +26,10 @@ INCLUDEDIR=${INCLUDEDIR:-$PREFIX/include}
 DESTDIR=${DESTDIR:-}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BUILD_DIR=$TARGET_DIR/release
-# What the static archive needs from the system: ggml is C++ (libstdc++), Rust's std the rest.
-# Keep in sync with STATIC_SYSTEM_LIBS in tests/capi.rs.
+# What the static archive needs from the system: ggml is C++ (libstdc++), Rust's std the rest. This is
+# rustc's `native-static-libs` for the default features on Linux (tests/capi.rs links with the same
+# list); a build here asks rustc for the list of the features actually built (video adds FFmpeg, cuda
+# the CUDA libraries).
 LIBS_PRIVATE="-lstdc++ -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"
 
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
@@ -35,9 +37,19 @@ die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 case $PREFIX in /*) ;; *) die "PREFIX must be an absolute path, got '$PREFIX'" ;; esac
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
-    # --lib builds the lib target with all its crate types: libinternvl.so and libinternvl.a.
+    # --lib builds the lib target with all its crate types: libinternvl.so and libinternvl.a. `cargo rustc`
+    # passes --print native-static-libs to the last rustc call only, which prints the system libraries the
+    # archive needs.
+    LOG=$(mktemp)
+    trap 'rm -f "$LOG"' EXIT
     # shellcheck disable=SC2086
-    (cd "$ROOT" && cargo build --release --lib ${CARGO_FLAGS:-})
+    (cd "$ROOT" && cargo rustc --release -p internvl --lib ${CARGO_FLAGS:-} -- --print native-static-libs) 2>&1 | tee "$LOG"
+    NATIVE=$(sed -n 's/.*note: native-static-libs: //p' "$LOG" | tail -n 1)
+    if [[ -n $NATIVE ]]; then
+        LIBS_PRIVATE=$NATIVE
+    else
+        printf 'install.sh: rustc did not print native-static-libs; using the default list\n' >&2
+    fi
 fi
 
 for f in "$BUILD_DIR/libinternvl.so" "$BUILD_DIR/libinternvl.a" "$ROOT/include/internvl.h"; do

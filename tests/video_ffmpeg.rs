@@ -36,6 +36,11 @@ fn mean(img: &RgbImage) -> f64 {
     img.as_raw().iter().map(|&v| f64::from(v)).sum::<f64>() / img.as_raw().len() as f64
 }
 
+fn channel_mean(img: &RgbImage, c: usize) -> f64 {
+    let n = u64::from(img.width()) * u64::from(img.height());
+    img.pixels().map(|p| f64::from(p.0[c])).sum::<f64>() / n as f64
+}
+
 fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
     assert_eq!(a.dimensions(), b.dimensions());
     let sum: u64 = a.as_raw().iter().zip(b.as_raw()).map(|(&x, &y)| u64::from(x.abs_diff(y))).sum();
@@ -67,6 +72,10 @@ fn red_panda_eight_frames() {
         assert_eq!(f.dimensions(), (360, 640), "frame {i}");
         let m = mean(f);
         assert!((10.0..245.0).contains(&m), "frame {i} mean {m}: blank?");
+        // Orange fur on green grass: blue is clearly the weakest channel (measured R≈114..138,
+        // B≈97..109); a BGR/RGB swap or a grey conversion would fail this.
+        let (r, b) = (channel_mean(f, 0), channel_mean(f, 2));
+        assert!(r > b + 8.0, "frame {i}: mean R {r:.1}, mean B {b:.1}");
     }
     // Frames are distinct pictures (the panda moves), not one frame repeated.
     for w in s.frames.windows(2) {
@@ -115,7 +124,9 @@ fn matroska_without_nb_frames() {
     assert_eq!(info.container_frames, None, "Matroska has no nb_frames");
     assert_eq!(info.num_frames, 895);
     assert!(info.container.contains("matroska"), "{}", info.container);
-    assert!((info.fps - 30.0).abs() < 0.1, "fps {}", info.fps);
+    // Matroska keeps millisecond timestamps (33 ms steps), so FFmpeg's average is 1000/33 ≈ 30.3
+    // here, not 30.0003; decord reads the same value. The indices do not depend on it.
+    assert!((info.fps - 30.0).abs() < 0.5, "fps {}", info.fps);
     let idx = video::frame_indices(info.num_frames, info.fps, 8, None).unwrap();
     assert_eq!(idx, RED_PANDA_INDICES);
     let a = ffmpeg::read_frames(&mkv, &[55, 502], &Limits::default()).expect("mkv frames");
@@ -209,8 +220,8 @@ fn bad_inputs_give_clear_errors() {
 }
 
 /// red-panda.mp4 cut to 30%: its index (moov, at the front) still announces 895 frames but the
-/// data stops; that must be an error (or, had the demuxer stopped early, fewer frames), never
-/// 8 frames read past the end.
+/// data stops inside a packet. decord would count the packets before the cut and sample from
+/// them; we refuse the file (FFmpeg flags the cut packet corrupt).
 #[test]
 fn truncated_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -219,17 +230,21 @@ fn truncated_file_is_an_error() {
     std::fs::write(&cut, &bytes[..bytes.len() * 3 / 10]).unwrap();
     match ffmpeg::probe(&cut, &Limits::default()) {
         Err(e @ Error::Read { .. }) => {
-            println!("{e}");
+            println!("probe: {e}");
             assert!(e.to_string().contains("truncated"), "{e}");
         }
-        Ok(info) => {
-            assert!(info.num_frames < 895, "{info:?}");
-            // Then sampling past the end must fail.
-            assert!(ffmpeg::read_frames(&cut, &[894], &Limits::default()).is_err());
-        }
-        Err(e) => panic!("unexpected error kind: {e}"),
+        other => panic!("expected a Read error, got {other:?}"),
     }
-    assert!(ffmpeg::sample(&cut, 8, None, &Limits::default()).is_err());
+    match ffmpeg::sample(&cut, 8, None, &Limits::default()) {
+        Err(e) => println!("sample: {e}"),
+        Ok(s) => panic!("8 frames from a truncated file: {:?}", s.indices),
+    }
+    // Frames before the cut still decode; asking for one past it fails.
+    assert_eq!(ffmpeg::read_frames(&cut, &[0, 100], &Limits::default()).expect("early frames").len(), 2);
+    match ffmpeg::read_frames(&cut, &[894], &Limits::default()) {
+        Err(e @ (Error::Read { .. } | Error::Decode { .. } | Error::MissingFrame { .. })) => println!("read_frames: {e}"),
+        other => panic!("expected an error, got {:?}", other.map(|f| f.len())),
+    }
 
     // Cut inside the header: not readable at all.
     let head = dir.path().join("head.mp4");
@@ -314,6 +329,6 @@ fn cli_video_prompt_is_2156_tokens() {
     let reference = reference_prompts();
     assert_eq!(reference["video_8_frames"]["n_tokens"].as_u64(), Some(2156));
     let tok = Tokenizer::from_dir(&common::shared().join("model/InternVL2-1B")).expect("tokenizer");
-    let ids = build_prompt_ids(&tok, &Conversation::single(&video_question(8, QUESTION)), &[1; 8], 256).expect("prompt");
+    let ids = build_prompt_ids(&tok, &Conversation::single(video_question(8, QUESTION)), &[1; 8], 256).expect("prompt");
     assert_eq!(ids.ids.len(), 2156);
 }

@@ -28,6 +28,7 @@ impl StopMatcher {
             return String::new();
         }
         self.held.push_str(piece);
+        // Slicing below only ever happens at char boundaries (`find` and `char_indices` give them).
         let first = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min();
         if let Some(at) = first {
             self.stopped = true;

@@ -48,7 +48,10 @@ pub struct Outcome {
 /// Runs `job` on the leased session; the lease goes back to the pool when this returns (or unwinds).
 pub fn run(mut lease: Lease, job: Job, tx: UnboundedSender<Msg>) {
     let session = lease.session_id();
-    match generate(&mut lease, job, &tx) {
+    let result = generate(&mut lease, job, &tx);
+    // The session is free before the client hears the end: its next request finds it idle.
+    drop(lease);
+    match result {
         Ok(Some(mut out)) => {
             out.session = session;
             let _ = tx.send(Msg::Done(out));

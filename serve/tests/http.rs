@@ -224,6 +224,11 @@ fn a_prompt_over_the_context_is_a_400_and_the_server_keeps_serving() {
     let r = post(&url, &ask(&long, 4));
     assert_eq!((r.status, error_code(&r)), (400, "context_length_exceeded"), "{}", r.body);
     assert!(r.body["error"]["message"].as_str().unwrap().contains("context holds 96"), "{}", r.body);
+    // Streamed, the refusal comes before any event: a plain JSON 400 too.
+    let mut body = ask(&long, 4);
+    body["stream"] = json!(true);
+    let r = post(&url, &body);
+    assert_eq!((r.status, error_code(&r)), (400, "context_length_exceeded"), "{}", r.body);
     // An image alone is 256 tokens per tile.
     let r = post(&url, &ask_image("x", &data_url(&test_image(32, 32, 5)), 4));
     assert_eq!((r.status, error_code(&r)), (400, "context_length_exceeded"), "{}", r.body);

@@ -49,11 +49,46 @@ fn load() {
     let rss_before = s.rss_kib();
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
+    // Several rounds (LOAD_ROUNDS) show whether memory keeps growing or levels off.
+    let rounds = env_or("LOAD_ROUNDS", 1);
+    let mut results: Vec<(Vec<Duration>, Vec<String>)> = Vec::new();
+    let mut rss_rounds = Vec::new();
+    for _ in 0..rounds {
+        results.extend(round(clients, secs, max_tokens, &url, &frame));
+        rss_rounds.push(s.rss_kib());
+    }
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let rss_after = s.rss_kib();
+    let mut lat: Vec<Duration> = results.iter().flat_map(|r| r.0.iter().copied()).collect();
+    lat.sort();
+    let errors: Vec<&String> = results.iter().flat_map(|r| r.1.iter()).collect();
+    let health = get(&s.url("/health"), None).body;
+    let secs = secs * rounds;
+    println!("load: {clients} clients x {secs} s, {sessions} sessions, max_tokens {max_tokens}, tiny model");
+    println!("served {} requests ({:.1}/s), errors {}", lat.len(), lat.len() as f64 / secs as f64, errors.len());
+    if !errors.is_empty() {
+        println!("first errors: {:?}", &errors[..errors.len().min(5)]);
+    }
+    println!(
+        "latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        percentile(&lat, 0.5).as_secs_f64() * 1e3,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3,
+        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    println!("server RSS at start {rss_start:?} KiB, after warm-up (before load) {rss_before:?} KiB, after load {rss_after:?} KiB (after each round: {rss_rounds:?})");
+    println!("image cache: {}", health["image_cache"]);
+    println!("loadavg before: {}loadavg after:  {}", load_before, load_after);
+    assert!(!lat.is_empty(), "nothing was served");
+    assert!(errors.is_empty(), "errors under load: {errors:?}");
+    assert!(s.log().lines().all(|l| !l.contains(" 500 ")), "server errors:\n{}", s.log());
+}
+
+/// One round: `clients` threads sending requests back to back for `secs` seconds.
+fn round(clients: usize, secs: u64, max_tokens: usize, url: &str, frame: &str) -> Vec<(Vec<Duration>, Vec<String>)> {
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let results: Vec<(Vec<Duration>, Vec<String>)> = std::thread::scope(|sc| {
+    std::thread::scope(|sc| {
         let handles: Vec<_> = (0..clients)
             .map(|c| {
-                let (url, frame) = (&url, &frame);
                 sc.spawn(move || {
                     let mut lat = Vec::new();
                     let mut errors = Vec::new();
@@ -78,28 +113,5 @@ fn load() {
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("client")).collect()
-    });
-    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let rss_after = s.rss_kib();
-    let mut lat: Vec<Duration> = results.iter().flat_map(|r| r.0.iter().copied()).collect();
-    lat.sort();
-    let errors: Vec<&String> = results.iter().flat_map(|r| r.1.iter()).collect();
-    let health = get(&s.url("/health"), None).body;
-    println!("load: {clients} clients x {secs} s, {sessions} sessions, max_tokens {max_tokens}, tiny model");
-    println!("served {} requests ({:.1}/s), errors {}", lat.len(), lat.len() as f64 / secs as f64, errors.len());
-    if !errors.is_empty() {
-        println!("first errors: {:?}", &errors[..errors.len().min(5)]);
-    }
-    println!(
-        "latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-        percentile(&lat, 0.5).as_secs_f64() * 1e3,
-        percentile(&lat, 0.99).as_secs_f64() * 1e3,
-        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3
-    );
-    println!("server RSS at start {rss_start:?} KiB, after warm-up (before load) {rss_before:?} KiB, after load {rss_after:?} KiB");
-    println!("image cache: {}", health["image_cache"]);
-    println!("loadavg before: {}loadavg after:  {}", load_before, load_after);
-    assert!(!lat.is_empty(), "nothing was served");
-    assert!(errors.is_empty(), "errors under load: {errors:?}");
-    assert!(s.log().lines().all(|l| !l.contains(" 500 ")), "server errors:\n{}", s.log());
+    })
 }

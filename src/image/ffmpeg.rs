@@ -29,7 +29,8 @@
 //! let idx = video::frame_indices(info.num_frames, info.fps, 8, None)?;
 //! let frames = ffmpeg::read_frames(path, &idx, &Limits::default())?;
 //! let tiles = video::preprocess_frames(&frames, 448)?; // 8 x one 448² tile
-//! # Ok::<(), internvl::image::ffmpeg::Error>(())
+//! // Or in one call: ffmpeg::sample(path, 8, None, &Limits::default())?.frames
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -231,7 +232,7 @@ pub fn read_frames(path: &Path, indices: &[usize], limits: &Limits) -> Result<Ve
         match read_packet(path, &mut input, &mut packet, packets)? {
             false => break,
             true if packet.stream() != index => continue,
-            true => {}
+            true => check_packet(path, &packet, packets)?,
         }
         packets += 1;
         decoder
@@ -370,10 +371,24 @@ fn count_packets(path: &Path, input: &mut ff::format::context::Input, index: usi
     let mut n = 0usize;
     while read_packet(path, input, &mut packet, n)? {
         if packet.stream() == index {
+            check_packet(path, &packet, n)?;
             n += 1;
         }
     }
     Ok(n)
+}
+
+/// A packet the demuxer could only read in part (FFmpeg flags a short read as corrupt: the file
+/// ends inside it) or knows to be damaged is an error, not a frame.
+fn check_packet(path: &Path, packet: &ff::Packet, packets: usize) -> Result<()> {
+    if packet.is_corrupt() {
+        return Err(Error::Read {
+            path: path.to_path_buf(),
+            packets,
+            detail: format!("packet {packets} of the stream is cut short or damaged ({} bytes read)", packet.size()),
+        });
+    }
+    Ok(())
 }
 
 /// YUV (or whatever the decoder gives) → packed RGB24, reusing the swscale context while the
