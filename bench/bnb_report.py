@@ -435,6 +435,17 @@ def verdict(rows, meta):
                    f"the weights at first use instead: the untimed warm-up (one tile, 8 tokens, one step) took "
                    f"{o['warmup_s']:.1f} s vs {r['warmup_s']:.1f} s.")
         out.append("")
+    vf16, head = rows.get("ours-q8_0-vf16"), rows.get("ours-q8_0-f16head")
+    if vf16 or head:
+        line = f"**Where ours' own 8-bit error comes from** (ours q8_0: KL {o['kl_mean']:.3g}):"
+        if vf16:
+            line += (f" with the vision part at f16 it is {vf16['kl_mean']:.3g} "
+                     f"({100 * (1 - _ratio(vf16['kl_mean'], o['kl_mean'])):.0f}% less; vision cosine "
+                     f"{o['vision_cos_min']:.6f} -> {vf16['vision_cos_min']:.6f});")
+        if head:
+            line += (f" with the token embedding and lm_head at f16 (what bitsandbytes leaves unquantized) it is "
+                     f"{head['kl_mean']:.3g}.")
+        out += [line, ""]
     return out
 
 
@@ -449,7 +460,8 @@ def setup(meta, inputs, rows):
         f"- versions: torch {meta['torch']}, transformers {meta['transformers']}, bitsandbytes "
         f"{meta['bitsandbytes']}, python {meta['python']}; ours at git {meta['git']}"
         f"{' (with uncommitted changes)' if meta['git_dirty'] else ''}; pinned in bench/requirements-bnb.txt.",
-        f"- checkpoint: `{meta['ckpt']}` (safetensors metadata {json.dumps(meta['ckpt_metadata'])}).",
+        f"- checkpoint: `{meta['ckpt']}` ({'random weights' if meta['weights']['synthetic'] else 'not synthetic'}: "
+        f"{meta['weights']['how']}).",
         f"- inputs: {len(prompts)} prompts, {inputs['pixel_shape'][0]} tiles of 448x448, pixel sha256 "
         f"{inputs['pixel_sha256'][:16]}..., {n_pos} scored positions in all; greedy {meta['gen_tokens']} tokens:",
     ]
@@ -465,11 +477,13 @@ def setup(meta, inputs, rows):
         "model card's `load_in_8bit=True, torch_dtype=torch.bfloat16`; threshold 6.0; transformers keeps `lm_head` "
         "in bf16 on its own; the LLM-only variant adds `llm_int8_skip_modules=[model.vision_tower, "
         "model.multi_modal_projector, lm_head]`. bitsandbytes casts the bf16 activations to fp16 to quantize them.",
-        f"- ours: `internvl-convert convert` per variant (flags in the list below), KV cache {meta['kv_type']} "
-        "(the runtime's default), CPU backend.",
+        f"- ours: `internvl-convert convert` per variant, KV cache {meta['kv_type']} (the runtime's default) unless "
+        "said, CPU backend.",
+        "- what each variant quantizes (transformers: Linear layers per part and their type; ours: converter flags):",
     ]
     for v, r in rows.items():
-        what = (" ".join(r["convert_flags"]) if "convert_flags" in r else
+        kv = bc.VARIANTS.get(v, {}).get("kv")
+        what = (" ".join(r["convert_flags"]) + (f", KV cache {kv}" if kv else "") if "convert_flags" in r else
                 ", ".join(f"{k}: {'/'.join(f'{n} {t}' for t, n in d.items())}" for k, d in r.get("linears", {}).items()))
         lines.append(f"  - `{v}`: {what}")
     return lines
