@@ -16,19 +16,8 @@
 use internvl::gguf::GgmlType;
 use internvl::names::{Part, Role, TensorSpec};
 
-/// The types `--type` and the overrides accept.
-pub const ALLOWED: [GgmlType; 10] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q8_0,
-    GgmlType::Q6_K,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::IQ4_NL,
-];
+/// The types `--type` and the overrides accept (the runtime's list of what the converter writes).
+pub const ALLOWED: [GgmlType; 10] = internvl::model::CONVERT_TYPES;
 
 /// Parses a type name of `ALLOWED` (case-insensitive: "q6_k" and "Q6_K" both work).
 pub fn parse_type(s: &str) -> Result<GgmlType, String> {

@@ -40,8 +40,9 @@ pub enum ModelError {
     Ggml(#[from] GgmlError),
 }
 
-/// Types the runtime accepts for quantizable matrices (what the converter writes).
-const MATRIX_TYPES: &[GgmlType] = &[
+/// The matrix types `internvl-convert` writes (`--type` and its per-part overrides). The one list: the
+/// converter's `policy::ALLOWED` is this constant.
+pub const CONVERT_TYPES: [GgmlType; 10] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -52,13 +53,24 @@ const MATRIX_TYPES: &[GgmlType] = &[
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::IQ4_NL,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
 ];
+
+/// Types the runtime accepts for quantizable matrices: what the converter writes, plus the K-quants a file
+/// made elsewhere (llama.cpp's quantizer) may hold.
+static MATRIX_TYPES: [GgmlType; 12] = {
+    let mut t = [GgmlType::Q4_K; 12];
+    let mut i = 0;
+    while i < CONVERT_TYPES.len() {
+        t[i] = CONVERT_TYPES[i];
+        i += 1;
+    }
+    t[11] = GgmlType::Q5_K;
+    t
+};
 
 fn allowed_types(role: Role) -> &'static [GgmlType] {
     match role {
-        Role::Matrix | Role::TokenEmbd | Role::Output => MATRIX_TYPES,
+        Role::Matrix | Role::TokenEmbd | Role::Output => &MATRIX_TYPES,
         // Added/multiplied element-wise and normalizations: f32 keeps them exact.
         Role::Norm | Role::Bias | Role::LayerScale | Role::ClassEmbd | Role::PosEmbd => &[GgmlType::F32],
         Role::PatchEmbd => &[GgmlType::F16, GgmlType::F32],
