@@ -57,8 +57,9 @@ fn main() {
         .generate_comments(false)
         .generate()
         .unwrap_or_else(|e| fail(&format!("bindgen over the ggml headers failed: {e}")));
-    bindings.write_to_file(out.join("ggml_bindings.rs")).expect("write bindings");
-
+    bindings
+        .write_to_file(out.join("ggml_bindings.rs"))
+        .expect("write bindings");
 }
 
 fn fail(msg: &str) -> ! {

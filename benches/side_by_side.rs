@@ -50,10 +50,16 @@ fn child_ours(path: &str, threads: usize) -> String {
     let t0 = Instant::now();
     let model = Arc::new(Model::load(&[std::path::Path::new(path)]).expect("load"));
     let load_s = t0.elapsed().as_secs_f64();
-    let params = SessionParams { n_ctx: N_PROMPT + N_DECODE + 16, n_threads: threads, ..Default::default() };
+    let params = SessionParams {
+        n_ctx: N_PROMPT + N_DECODE + 16,
+        n_threads: threads,
+        ..Default::default()
+    };
     let mut s = Session::new(model.clone(), params).expect("session");
     let per_tile = 3 * 448 * 448;
-    let tile: Vec<f32> = (0..per_tile).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+    let tile: Vec<f32> = (0..per_tile)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+        .collect();
     s.encode_tiles(&tile, false).expect("warm-up");
     let t = Instant::now();
     let reps = 2;
@@ -79,7 +85,10 @@ fn child_ours(path: &str, threads: usize) -> String {
 
 fn run_child(kind: &str, path: &str) -> Option<serde_json::Value> {
     let exe = std::env::current_exe().ok()?;
-    let out = Command::new(exe).env("INTERNVL_BENCH_CHILD", format!("{kind}:{path}")).output().ok()?;
+    let out = Command::new(exe)
+        .env("INTERNVL_BENCH_CHILD", format!("{kind}:{path}"))
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().rev().find(|l| l.starts_with('{'))?;
     if !out.status.success() {

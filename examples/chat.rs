@@ -20,11 +20,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = Model::load(model_path, &LoadParams::default())?;
     let mut chat = model.chat(ChatParams::default())?;
     let image = Image::open(Path::new(image_path), &chat.tiling())?;
-    println!("image: {}x{}, {} tiles", image.size().0, image.size().1, image.n_tiles());
+    println!(
+        "image: {}x{}, {} tiles",
+        image.size().0,
+        image.size().1,
+        image.n_tiles()
+    );
 
     // A flag another thread (a UI, a signal handler) could set to stop generation.
     let cancel = CancelFlag::new();
-    let gen = GenerateParams { max_new_tokens: 128, cancel: Some(cancel.clone()), ..Default::default() };
+    let gen = GenerateParams {
+        max_new_tokens: 128,
+        cancel: Some(cancel.clone()),
+        ..Default::default()
+    };
     let mut stream = |e: Event<'_>| {
         match e {
             Event::Token(t) => {
@@ -40,7 +49,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("> {q1}");
     let r1 = chat.send(Message::text(q1).with_image(image), &gen, &mut stream)?;
-    println!("\n[{} prompt tokens, {} tiles encoded, {} tokens generated, {:?}]", r1.stats.prompt_tokens, r1.stats.tiles_encoded, r1.stats.generated_tokens, r1.finish);
+    println!(
+        "\n[{} prompt tokens, {} tiles encoded, {} tokens generated, {:?}]",
+        r1.stats.prompt_tokens, r1.stats.tiles_encoded, r1.stats.generated_tokens, r1.finish
+    );
 
     println!("> {q2}");
     let r2 = chat.send(Message::text(q2), &gen, &mut stream)?;

@@ -25,7 +25,9 @@ fn main() {
     let mut offset = 0usize;
     let mut blobs = Vec::new();
     for s in &specs {
-        let t = file.tensor(&s.gguf_name).unwrap_or_else(|| panic!("missing {}", s.gguf_name));
+        let t = file
+            .tensor(&s.gguf_name)
+            .unwrap_or_else(|| panic!("missing {}", s.gguf_name));
         let v = dequantize(t.ty, file.tensor_data(t), t.n_elements()).unwrap();
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         header.insert(
@@ -51,5 +53,9 @@ fn main() {
             std::fs::copy(e.path(), out.join(&n)).unwrap();
         }
     }
-    println!("wrote {} ({} tensors, {offset} bytes of f32)", out.display(), specs.len());
+    println!(
+        "wrote {} ({} tensors, {offset} bytes of f32)",
+        out.display(),
+        specs.len()
+    );
 }

@@ -61,7 +61,9 @@ fn parse_args() -> Res<Args> {
                 kv = KvType::parse(&v).ok_or_else(|| format!("--kv-type {v}: expected f32, f16, q8_0 or q4_0"))?
             }
             "-h" | "--help" => {
-                println!("usage: eval_dump --model M.gguf --inputs DIR/inputs.json --out OUT [--threads N] [--kv-type f16]");
+                println!(
+                    "usage: eval_dump --model M.gguf --inputs DIR/inputs.json --out OUT [--threads N] [--kv-type f16]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other} (see --help)").into()),
@@ -88,7 +90,11 @@ struct Prompt {
 fn u32_list(v: &Value, what: &str) -> Res<Vec<u32>> {
     let arr = v.as_array().ok_or_else(|| format!("{what}: expected a list"))?;
     arr.iter()
-        .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()).ok_or_else(|| format!("{what}: {x} is not a u32").into()))
+        .map(|x| {
+            x.as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .ok_or_else(|| format!("{what}: {x} is not a u32").into())
+        })
         .collect()
 }
 
@@ -99,20 +105,39 @@ fn read_inputs(path: &Path) -> Res<(Vec<f32>, [usize; 4], usize, Vec<Prompt>)> {
         return Err(format!("{}: not an {MAGIC} v{VERSION} file", path.display()).into());
     }
     let shape = u32_list(&m["pixel_shape"], "pixel_shape")?;
-    let [t, c, h, w] = shape.as_slice() else { return Err("pixel_shape must have 4 dimensions".into()) };
+    let [t, c, h, w] = shape.as_slice() else {
+        return Err("pixel_shape must have 4 dimensions".into());
+    };
     let shape = [*t as usize, *c as usize, *h as usize, *w as usize];
     let pix_name = m["pixels"].as_str().ok_or("pixels: expected a file name")?;
     let pix_path = path.parent().unwrap_or(Path::new(".")).join(pix_name);
     let bytes = std::fs::read(&pix_path).map_err(|e| format!("{}: {e}", pix_path.display()))?;
     let n: usize = shape.iter().product();
     if bytes.len() != n * 4 {
-        return Err(format!("{}: {} bytes, pixel_shape {shape:?} needs {}", pix_path.display(), bytes.len(), n * 4).into());
+        return Err(format!(
+            "{}: {} bytes, pixel_shape {shape:?} needs {}",
+            pix_path.display(),
+            bytes.len(),
+            n * 4
+        )
+        .into());
     }
-    let pixels: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let pixels: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     let gen = m["gen_tokens"].as_u64().ok_or("gen_tokens: expected a number")? as usize;
     let mut prompts = Vec::new();
-    for (i, p) in m["prompts"].as_array().ok_or("prompts: expected a list")?.iter().enumerate() {
-        let tiles: Vec<usize> = u32_list(&p["tiles"], "tiles")?.into_iter().map(|x| x as usize).collect();
+    for (i, p) in m["prompts"]
+        .as_array()
+        .ok_or("prompts: expected a list")?
+        .iter()
+        .enumerate()
+    {
+        let tiles: Vec<usize> = u32_list(&p["tiles"], "tiles")?
+            .into_iter()
+            .map(|x| x as usize)
+            .collect();
         if let Some(bad) = tiles.iter().find(|&&x| x >= shape[0]) {
             return Err(format!("prompt {i}: tile {bad} outside the {} pixel tiles", shape[0]).into());
         }
@@ -121,14 +146,24 @@ fn read_inputs(path: &Path) -> Res<(Vec<f32>, [usize; 4], usize, Vec<Prompt>)> {
         if score_from >= ids.len() {
             return Err(format!("prompt {i}: score_from {score_from} is past the {} ids", ids.len()).into());
         }
-        let teacher = if p["teacher"].is_null() { None } else { Some(u32_list(&p["teacher"], "teacher")?) };
+        let teacher = if p["teacher"].is_null() {
+            None
+        } else {
+            Some(u32_list(&p["teacher"], "teacher")?)
+        };
         if let Some(t) = &teacher {
             if t.len() != gen {
                 return Err(format!("prompt {i}: {} teacher ids, gen_tokens is {gen}", t.len()).into());
             }
         }
         let name = p["name"].as_str().unwrap_or("").to_string();
-        prompts.push(Prompt { name, tiles, ids, score_from, teacher });
+        prompts.push(Prompt {
+            name,
+            tiles,
+            ids,
+            score_from,
+            teacher,
+        });
     }
     Ok((pixels, shape, gen, prompts))
 }
@@ -145,7 +180,9 @@ fn write_f32(path: &Path, data: &[f32]) -> Res<()> {
 
 /// Peak resident set size of this process (VmHWM), in bytes; 0 where /proc is missing.
 fn peak_rss() -> u64 {
-    let Ok(s) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
     s.lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
@@ -164,7 +201,12 @@ fn main() -> Res<()> {
     let t0 = Instant::now();
     let model = Arc::new(Model::load(&[args.model.as_path()])?);
     let n_ctx = prompts.iter().map(|p| p.ids.len() + gen).max().unwrap_or(0) + 8;
-    let params = SessionParams { n_ctx, kv_type: args.kv, n_threads: args.threads, ..Default::default() };
+    let params = SessionParams {
+        n_ctx,
+        kv_type: args.kv,
+        n_threads: args.threads,
+        ..Default::default()
+    };
     let mut s = Session::new(model.clone(), params)?;
     let load_s = t0.elapsed().as_secs_f64();
     let ctx_id = model.meta.img_context_id;

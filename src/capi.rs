@@ -214,7 +214,8 @@ pub struct ivl_box {
 /// characters) at `piece`, followed by a NUL. The piece is valid only during the call. Return 0 to
 /// continue, non-zero to stop (the reply then ends with `IVL_FINISH_CANCELLED`). It runs on the
 /// thread that called `ivl_session_generate` and must not unwind (no C++ exception may leave it).
-pub type ivl_token_callback = Option<unsafe extern "C" fn(piece: *const c_char, len: usize, user_data: *mut c_void) -> i32>;
+pub type ivl_token_callback =
+    Option<unsafe extern "C" fn(piece: *const c_char, len: usize, user_data: *mut c_void) -> i32>;
 
 // ---------------------------------------------------------------------------------------------
 // Handles
@@ -252,13 +253,19 @@ struct Failure {
 
 impl Failure {
     fn arg(message: impl Into<String>) -> Self {
-        Failure { status: IVL_STATUS_INVALID_ARGUMENT, message: message.into() }
+        Failure {
+            status: IVL_STATUS_INVALID_ARGUMENT,
+            message: message.into(),
+        }
     }
 }
 
 impl From<EngineError> for Failure {
     fn from(e: EngineError) -> Self {
-        Failure { status: status_of(&e), message: e.to_string() }
+        Failure {
+            status: status_of(&e),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -272,7 +279,10 @@ fn status_of_model(e: &ModelError) -> ivl_status {
     use crate::ggml::GgmlError;
     use crate::gguf::GgufError;
     match e {
-        ModelError::Gguf { source: GgufError::Io { .. }, .. } => IVL_STATUS_IO,
+        ModelError::Gguf {
+            source: GgufError::Io { .. },
+            ..
+        } => IVL_STATUS_IO,
         ModelError::Input(_) => IVL_STATUS_INVALID_ARGUMENT,
         ModelError::Ggml(GgmlError::Backend(_)) => IVL_STATUS_DEVICE,
         ModelError::Ggml(_) => IVL_STATUS_COMPUTE,
@@ -331,7 +341,10 @@ fn guard(name: &str, body: impl FnOnce() -> Result<(), Failure>) -> ivl_status {
             f.status
         }
         Err(payload) => {
-            set_last_error(format!("{name}: internal error (a bug, please report it): {}", panic_message(payload.as_ref())));
+            set_last_error(format!(
+                "{name}: internal error (a bug, please report it): {}",
+                panic_message(payload.as_ref())
+            ));
             IVL_STATUS_INTERNAL
         }
     }
@@ -358,7 +371,10 @@ fn guard_session(
     };
     if s.poisoned {
         return guard(name, || {
-            Err(Failure { status: IVL_STATUS_INTERNAL, message: "the session failed internally earlier; free it".into() })
+            Err(Failure {
+                status: IVL_STATUS_INTERNAL,
+                message: "the session failed internally earlier; free it".into(),
+            })
         });
     }
     let status = guard(name, || body(&mut *s));
@@ -378,7 +394,8 @@ unsafe fn utf8_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str, Failure>
     }
     // SAFETY: non-NULL and NUL-terminated by the caller's contract.
     let c = unsafe { CStr::from_ptr(p) };
-    c.to_str().map_err(|e| Failure::arg(format!("{what} is not UTF-8 ({e})")))
+    c.to_str()
+        .map_err(|e| Failure::arg(format!("{what} is not UTF-8 ({e})")))
 }
 
 /// A C string argument as a path (any bytes on Unix, UTF-8 elsewhere).
@@ -401,7 +418,9 @@ unsafe fn path_arg(p: *const c_char, what: &str) -> Result<PathBuf, Failure> {
     }
     #[cfg(not(unix))]
     {
-        c.to_str().map(PathBuf::from).map_err(|e| Failure::arg(format!("{what} is not UTF-8 ({e})")))
+        c.to_str()
+            .map(PathBuf::from)
+            .map_err(|e| Failure::arg(format!("{what} is not UTF-8 ({e})")))
     }
 }
 
@@ -444,7 +463,9 @@ fn device_arg(d: ivl_device) -> Result<Device, Failure> {
         IVL_DEVICE_AUTO => Ok(Device::Auto),
         IVL_DEVICE_CPU => Ok(Device::Cpu),
         IVL_DEVICE_GPU => Ok(Device::Gpu),
-        _ => Err(Failure::arg(format!("device {d} is not one of IVL_DEVICE_AUTO (0), IVL_DEVICE_CPU (1), IVL_DEVICE_GPU (2)"))),
+        _ => Err(Failure::arg(format!(
+            "device {d} is not one of IVL_DEVICE_AUTO (0), IVL_DEVICE_CPU (1), IVL_DEVICE_GPU (2)"
+        ))),
     }
 }
 
@@ -454,7 +475,9 @@ fn kv_arg(k: ivl_kv_type) -> Result<KvType, Failure> {
         IVL_KV_F32 => Ok(KvType::F32),
         IVL_KV_Q8_0 => Ok(KvType::Q8_0),
         IVL_KV_Q4_0 => Ok(KvType::Q4_0),
-        _ => Err(Failure::arg(format!("kv_type {k} is not one of IVL_KV_F16 (0), IVL_KV_F32 (1), IVL_KV_Q8_0 (2), IVL_KV_Q4_0 (3)"))),
+        _ => Err(Failure::arg(format!(
+            "kv_type {k} is not one of IVL_KV_F16 (0), IVL_KV_F32 (1), IVL_KV_Q8_0 (2), IVL_KV_Q4_0 (3)"
+        ))),
     }
 }
 
@@ -582,7 +605,11 @@ pub unsafe extern "C" fn ivl_model_load(
         // SAFETY: contract above.
         let path = unsafe { path_arg(path, "path") }?;
         // SAFETY: params is NULL or points to an initialized struct (contract).
-        let p = if params.is_null() { ivl_model_default_params() } else { unsafe { *params } };
+        let p = if params.is_null() {
+            ivl_model_default_params()
+        } else {
+            unsafe { *params }
+        };
         let n_threads = threads_arg(p.n_threads, "n_threads")?;
         let device = device_arg(p.device)?;
         // SAFETY: the string fields are NULL or NUL-terminated (contract).
@@ -590,7 +617,11 @@ pub unsafe extern "C" fn ivl_model_load(
         // SAFETY: as above.
         let tokenizer_dir = unsafe { opt_path_arg(p.tokenizer_dir, "tokenizer_dir") }?;
         let model = Model::load_on(&path, &LoadParams { mmproj, tokenizer_dir }, device)?;
-        let n_threads = if n_threads == 0 { crate::session::physical_cores() } else { n_threads as usize };
+        let n_threads = if n_threads == 0 {
+            crate::session::physical_cores()
+        } else {
+            n_threads as usize
+        };
         let handle = Box::into_raw(Box::new(ivl_model { model, n_threads }));
         // SAFETY: out_model is non-NULL (checked) and writable (contract).
         unsafe { write_out(out_model, handle) };
@@ -657,10 +688,17 @@ pub unsafe extern "C" fn ivl_session_new(
         // SAFETY: non-NULL live model (contract); only read.
         let m = unsafe { &*model };
         // SAFETY: params is NULL or points to an initialized struct (contract).
-        let p = if params.is_null() { ivl_session_default_params() } else { unsafe { *params } };
+        let p = if params.is_null() {
+            ivl_session_default_params()
+        } else {
+            unsafe { *params }
+        };
         let hp = m.model.hparams();
         if p.n_ctx == 0 || p.n_ctx as usize > hp.llm.n_ctx_train {
-            return Err(Failure::arg(format!("n_ctx is {}, must be in 1..={}", p.n_ctx, hp.llm.n_ctx_train)));
+            return Err(Failure::arg(format!(
+                "n_ctx is {}, must be in 1..={}",
+                p.n_ctx, hp.llm.n_ctx_train
+            )));
         }
         if p.n_batch == 0 {
             return Err(Failure::arg("n_batch is 0, must be at least 1"));
@@ -672,7 +710,11 @@ pub unsafe extern "C" fn ivl_session_new(
         let tiling = match p.max_tiles {
             0 => None,
             n => {
-                let t = crate::image::TilingParams { max_tiles: n, min_tiles: 1, ..m.model.tiling() };
+                let t = crate::image::TilingParams {
+                    max_tiles: n,
+                    min_tiles: 1,
+                    ..m.model.tiling()
+                };
                 t.validate()?;
                 Some(t)
             }
@@ -791,7 +833,13 @@ pub unsafe extern "C" fn ivl_session_add_image_rgb(
             .ok_or_else(|| Failure::arg(format!("stride {stride} x height {height} overflows the address space")))?;
         // SAFETY: data is non-NULL and readable for `len` bytes (contract); len <= isize::MAX.
         let bytes = unsafe { std::slice::from_raw_parts(data, len as usize) };
-        let rgb = crate::image::from_raw(RawImage { data: bytes, width, height, stride, format })?;
+        let rgb = crate::image::from_raw(RawImage {
+            data: bytes,
+            width,
+            height,
+            stride,
+            format,
+        })?;
         let image = Image::from_rgb(rgb, &s.chat.tiling())?;
         s.pending.push(image);
         Ok(())
@@ -854,7 +902,11 @@ pub unsafe extern "C" fn ivl_session_generate(
     let session = unsafe { session_mut(session) };
     guard_session("ivl_session_generate", session, |s| {
         // SAFETY: params is NULL or points to an initialized struct (contract).
-        let p = if params.is_null() { ivl_generate_default_params() } else { unsafe { *params } };
+        let p = if params.is_null() {
+            ivl_generate_default_params()
+        } else {
+            unsafe { *params }
+        };
         let gen = sampling_arg(&p)?;
         let mut piece_buf: Vec<u8> = Vec::new();
         let result = s.chat.generate(&gen, |event| {
@@ -886,7 +938,12 @@ pub unsafe extern "C" fn ivl_session_generate(
             s.chat.withdraw();
         }
         // Boxes from the text with the special tokens kept (the tags), else from bare lists.
-        let tagged = s.chat.model().tokenizer().decode(&reply.token_ids, false).map_err(EngineError::from)?;
+        let tagged = s
+            .chat
+            .model()
+            .tokenizer()
+            .decode(&reply.token_ids, false)
+            .map_err(EngineError::from)?;
         let mut boxes = grounding::parse(clean_answer(&tagged));
         if boxes.is_empty() {
             boxes = grounding::parse_bare(&reply.text);
@@ -967,7 +1024,11 @@ pub unsafe extern "C" fn ivl_session_boxes(
         if out_boxes.is_null() || out_count.is_null() {
             return Err(Failure::arg("out_boxes or out_count is NULL"));
         }
-        let ptr = if s.boxes.is_empty() { std::ptr::null() } else { s.boxes.as_ptr() };
+        let ptr = if s.boxes.is_empty() {
+            std::ptr::null()
+        } else {
+            s.boxes.as_ptr()
+        };
         // SAFETY: both non-NULL (checked) and writable (contract).
         unsafe {
             write_out(out_boxes, ptr);
@@ -1034,7 +1095,10 @@ mod tests {
         // Success leaves the message alone; another thread has its own.
         assert_eq!(guard("ivl_ok", || Ok(())), IVL_STATUS_OK);
         // SAFETY: as above.
-        assert!(unsafe { CStr::from_ptr(ivl_last_error()) }.to_str().unwrap().contains("boom"));
+        assert!(unsafe { CStr::from_ptr(ivl_last_error()) }
+            .to_str()
+            .unwrap()
+            .contains("boom"));
         let other = std::thread::spawn(|| {
             // SAFETY: as above.
             unsafe { CStr::from_ptr(ivl_last_error()) }.to_str().unwrap().to_owned()
@@ -1053,12 +1117,24 @@ mod tests {
         let ok = ivl_generate_default_params();
         assert!(sampling_arg(&ok).is_ok());
         for bad in [
-            ivl_generate_params { max_new_tokens: 0, ..ok },
-            ivl_generate_params { temperature: f32::NAN, ..ok },
-            ivl_generate_params { temperature: -1.0, ..ok },
+            ivl_generate_params {
+                max_new_tokens: 0,
+                ..ok
+            },
+            ivl_generate_params {
+                temperature: f32::NAN,
+                ..ok
+            },
+            ivl_generate_params {
+                temperature: -1.0,
+                ..ok
+            },
             ivl_generate_params { top_p: 0.0, ..ok },
             ivl_generate_params { min_p: 2.0, ..ok },
-            ivl_generate_params { repetition_penalty: 0.0, ..ok },
+            ivl_generate_params {
+                repetition_penalty: 0.0,
+                ..ok
+            },
         ] {
             assert!(sampling_arg(&bad).is_err(), "{bad:?}");
         }

@@ -127,7 +127,14 @@ pub struct TensorSpec {
 impl TensorSpec {
     fn new(hf: String, hf_shape: &[usize], gguf: String, part: Part, role: Role) -> Self {
         let ne = hf_shape.iter().rev().copied().collect();
-        TensorSpec { hf_name: hf, hf_shape: hf_shape.to_vec(), gguf_name: gguf, ne, part, role }
+        TensorSpec {
+            hf_name: hf,
+            hf_shape: hf_shape.to_vec(),
+            gguf_name: gguf,
+            ne,
+            part,
+            role,
+        }
     }
     pub fn n_elements(&self) -> usize {
         self.hf_shape.iter().product()
@@ -135,20 +142,40 @@ impl TensorSpec {
 }
 
 // Vision tensor names (ours and llama.cpp's mmproj).
-pub fn v_class_embd() -> String { "v.class_embd".into() }
-pub fn v_patch_embd_w() -> String { "v.patch_embd.weight".into() }
-pub fn v_patch_embd_b() -> String { "v.patch_embd.bias".into() }
-pub fn v_pos_embd() -> String { "v.position_embd.weight".into() }
+pub fn v_class_embd() -> String {
+    "v.class_embd".into()
+}
+pub fn v_patch_embd_w() -> String {
+    "v.patch_embd.weight".into()
+}
+pub fn v_patch_embd_b() -> String {
+    "v.patch_embd.bias".into()
+}
+pub fn v_pos_embd() -> String {
+    "v.position_embd.weight".into()
+}
 /// `v.blk.{l}.{what}.{suffix}`, e.g. `v_blk(3, "attn_qkv", "weight")`.
-pub fn v_blk(l: usize, what: &str, suffix: &str) -> String { format!("v.blk.{l}.{what}.{suffix}") }
+pub fn v_blk(l: usize, what: &str, suffix: &str) -> String {
+    format!("v.blk.{l}.{what}.{suffix}")
+}
 /// Projector `mm.model.mlp.{idx}.{suffix}`, idx 0 (LayerNorm), 1 and 3 (Linear).
-pub fn mm(idx: usize, suffix: &str) -> String { format!("mm.model.mlp.{idx}.{suffix}") }
+pub fn mm(idx: usize, suffix: &str) -> String {
+    format!("mm.model.mlp.{idx}.{suffix}")
+}
 // Text tensor names (llama.cpp qwen2).
-pub fn token_embd() -> String { "token_embd.weight".into() }
-pub fn output_norm() -> String { "output_norm.weight".into() }
-pub fn output() -> String { "output.weight".into() }
+pub fn token_embd() -> String {
+    "token_embd.weight".into()
+}
+pub fn output_norm() -> String {
+    "output_norm.weight".into()
+}
+pub fn output() -> String {
+    "output.weight".into()
+}
 /// `blk.{l}.{what}.{suffix}`, e.g. `blk(0, "attn_q", "bias")`.
-pub fn blk(l: usize, what: &str, suffix: &str) -> String { format!("blk.{l}.{what}.{suffix}") }
+pub fn blk(l: usize, what: &str, suffix: &str) -> String {
+    format!("blk.{l}.{what}.{suffix}")
+}
 
 /// Every tensor of the model for these hyperparameters, in checkpoint order (vision, projector, LLM).
 ///
@@ -163,7 +190,13 @@ pub fn tensor_specs(hp: &Hparams) -> Vec<TensorSpec> {
     let n_pos = v.n_patches() + 1;
     let mut s = Vec::with_capacity(16 + 14 * v.n_layer + 12 * t.n_layer);
     let vm = "vision_model";
-    s.push(TensorSpec::new(format!("{vm}.embeddings.class_embedding"), &[1, 1, d], v_class_embd(), Vision, ClassEmbd));
+    s.push(TensorSpec::new(
+        format!("{vm}.embeddings.class_embedding"),
+        &[1, 1, d],
+        v_class_embd(),
+        Vision,
+        ClassEmbd,
+    ));
     s.push(TensorSpec::new(
         format!("{vm}.embeddings.patch_embedding.weight"),
         &[d, v.n_channels, v.patch_size, v.patch_size],
@@ -171,12 +204,30 @@ pub fn tensor_specs(hp: &Hparams) -> Vec<TensorSpec> {
         Vision,
         PatchEmbd,
     ));
-    s.push(TensorSpec::new(format!("{vm}.embeddings.patch_embedding.bias"), &[d], v_patch_embd_b(), Vision, Bias));
-    s.push(TensorSpec::new(format!("{vm}.embeddings.position_embedding"), &[1, n_pos, d], v_pos_embd(), Vision, PosEmbd));
+    s.push(TensorSpec::new(
+        format!("{vm}.embeddings.patch_embedding.bias"),
+        &[d],
+        v_patch_embd_b(),
+        Vision,
+        Bias,
+    ));
+    s.push(TensorSpec::new(
+        format!("{vm}.embeddings.position_embedding"),
+        &[1, n_pos, d],
+        v_pos_embd(),
+        Vision,
+        PosEmbd,
+    ));
     for l in 0..v.n_layer {
         let p = format!("{vm}.encoder.layers.{l}");
         let mut add = |hf: &str, shape: &[usize], what: &str, suffix: &str, role: Role| {
-            s.push(TensorSpec::new(format!("{p}.{hf}"), shape, v_blk(l, what, suffix), Vision, role));
+            s.push(TensorSpec::new(
+                format!("{p}.{hf}"),
+                shape,
+                v_blk(l, what, suffix),
+                Vision,
+                role,
+            ));
         };
         add("norm1.weight", &[d], "ln1", "weight", Norm);
         add("norm1.bias", &[d], "ln1", "bias", Norm);
@@ -194,21 +245,69 @@ pub fn tensor_specs(hp: &Hparams) -> Vec<TensorSpec> {
         add("ls2", &[d], "ls2", "weight", LayerScale);
     }
     let pin = hp.projector_in();
-    s.push(TensorSpec::new("mlp1.0.weight".into(), &[pin], mm(0, "weight"), Projector, Norm));
-    s.push(TensorSpec::new("mlp1.0.bias".into(), &[pin], mm(0, "bias"), Projector, Norm));
-    s.push(TensorSpec::new("mlp1.1.weight".into(), &[t.n_embd, pin], mm(1, "weight"), Projector, Matrix));
-    s.push(TensorSpec::new("mlp1.1.bias".into(), &[t.n_embd], mm(1, "bias"), Projector, Bias));
-    s.push(TensorSpec::new("mlp1.3.weight".into(), &[t.n_embd, t.n_embd], mm(3, "weight"), Projector, Matrix));
-    s.push(TensorSpec::new("mlp1.3.bias".into(), &[t.n_embd], mm(3, "bias"), Projector, Bias));
+    s.push(TensorSpec::new(
+        "mlp1.0.weight".into(),
+        &[pin],
+        mm(0, "weight"),
+        Projector,
+        Norm,
+    ));
+    s.push(TensorSpec::new(
+        "mlp1.0.bias".into(),
+        &[pin],
+        mm(0, "bias"),
+        Projector,
+        Norm,
+    ));
+    s.push(TensorSpec::new(
+        "mlp1.1.weight".into(),
+        &[t.n_embd, pin],
+        mm(1, "weight"),
+        Projector,
+        Matrix,
+    ));
+    s.push(TensorSpec::new(
+        "mlp1.1.bias".into(),
+        &[t.n_embd],
+        mm(1, "bias"),
+        Projector,
+        Bias,
+    ));
+    s.push(TensorSpec::new(
+        "mlp1.3.weight".into(),
+        &[t.n_embd, t.n_embd],
+        mm(3, "weight"),
+        Projector,
+        Matrix,
+    ));
+    s.push(TensorSpec::new(
+        "mlp1.3.bias".into(),
+        &[t.n_embd],
+        mm(3, "bias"),
+        Projector,
+        Bias,
+    ));
 
     let lm = "language_model.model";
     let e = t.n_embd;
     let kv = t.n_embd_kv();
-    s.push(TensorSpec::new(format!("{lm}.embed_tokens.weight"), &[t.n_vocab, e], token_embd(), Llm, TokenEmbd));
+    s.push(TensorSpec::new(
+        format!("{lm}.embed_tokens.weight"),
+        &[t.n_vocab, e],
+        token_embd(),
+        Llm,
+        TokenEmbd,
+    ));
     for l in 0..t.n_layer {
         let p = format!("{lm}.layers.{l}");
         let mut add = |hf: &str, shape: &[usize], what: &str, suffix: &str, role: Role| {
-            s.push(TensorSpec::new(format!("{p}.{hf}"), shape, blk(l, what, suffix), Llm, role));
+            s.push(TensorSpec::new(
+                format!("{p}.{hf}"),
+                shape,
+                blk(l, what, suffix),
+                Llm,
+                role,
+            ));
         };
         add("input_layernorm.weight", &[e], "attn_norm", "weight", Norm);
         add("self_attn.q_proj.weight", &[e, e], "attn_q", "weight", Matrix);
@@ -223,7 +322,19 @@ pub fn tensor_specs(hp: &Hparams) -> Vec<TensorSpec> {
         add("mlp.up_proj.weight", &[t.n_ff, e], "ffn_up", "weight", Matrix);
         add("mlp.down_proj.weight", &[e, t.n_ff], "ffn_down", "weight", Matrix);
     }
-    s.push(TensorSpec::new(format!("{lm}.norm.weight"), &[e], output_norm(), Llm, Norm));
-    s.push(TensorSpec::new("language_model.lm_head.weight".into(), &[t.n_vocab, e], output(), Llm, Output));
+    s.push(TensorSpec::new(
+        format!("{lm}.norm.weight"),
+        &[e],
+        output_norm(),
+        Llm,
+        Norm,
+    ));
+    s.push(TensorSpec::new(
+        "language_model.lm_head.weight".into(),
+        &[t.n_vocab, e],
+        output(),
+        Llm,
+        Output,
+    ));
     s
 }

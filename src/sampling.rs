@@ -18,7 +18,14 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -52,7 +59,11 @@ impl Sampler {
             for &t in history {
                 if seen.insert(t) {
                     if let Some(x) = l.get_mut(t as usize) {
-                        *x = if *x > 0.0 { *x / self.p.repetition_penalty } else { *x * self.p.repetition_penalty };
+                        *x = if *x > 0.0 {
+                            *x / self.p.repetition_penalty
+                        } else {
+                            *x * self.p.repetition_penalty
+                        };
                     }
                 }
             }
@@ -60,7 +71,11 @@ impl Sampler {
         if self.p.temperature <= 0.0 {
             return argmax(&l);
         }
-        let mut cand: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, &x)| (i as u32, x / self.p.temperature)).collect();
+        let mut cand: Vec<(u32, f32)> = l
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (i as u32, x / self.p.temperature))
+            .collect();
         cand.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
         if self.p.top_k > 0 && self.p.top_k < cand.len() {
             cand.truncate(self.p.top_k);
@@ -119,17 +134,36 @@ mod tests {
         let mut g = Sampler::new(SamplingParams::default());
         assert_eq!(g.sample(&logits, &[]), 1);
         // The repetition penalty can flip the choice.
-        let mut r = Sampler::new(SamplingParams { repetition_penalty: 1.5, ..Default::default() });
+        let mut r = Sampler::new(SamplingParams {
+            repetition_penalty: 1.5,
+            ..Default::default()
+        });
         assert_eq!(r.sample(&logits, &[1]), 2);
         // Same seed, same draws; top_k 2 never picks outside the two best.
-        let p = SamplingParams { temperature: 1.0, top_k: 2, seed: 7, ..Default::default() };
-        let a: Vec<u32> = { let mut s = Sampler::new(p.clone()); (0..50).map(|_| s.sample(&logits, &[])).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(p); (0..50).map(|_| s.sample(&logits, &[])).collect() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            seed: 7,
+            ..Default::default()
+        };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(p.clone());
+            (0..50).map(|_| s.sample(&logits, &[])).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(p);
+            (0..50).map(|_| s.sample(&logits, &[])).collect()
+        };
         assert_eq!(a, b);
         assert!(a.iter().all(|&t| t == 1 || t == 2));
         assert!(a.contains(&1) && a.contains(&2));
         // top_p 0.5 keeps only the best token here.
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.3, seed: 1, ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.3,
+            seed: 1,
+            ..Default::default()
+        });
         assert!((0..20).all(|_| s.sample(&logits, &[]) == 1));
     }
 }

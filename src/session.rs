@@ -24,14 +24,22 @@ pub struct SessionParams {
 
 impl Default for SessionParams {
     fn default() -> Self {
-        SessionParams { n_ctx: 4096, kv_type: KvType::F16, n_threads: physical_cores(), n_batch: 512, vision_batch: 4 }
+        SessionParams {
+            n_ctx: 4096,
+            kv_type: KvType::F16,
+            n_threads: physical_cores(),
+            n_batch: 512,
+            vision_batch: 4,
+        }
     }
 }
 
 /// Physical cores (hyper-threads share execution units, and ggml's kernels saturate them).
 pub fn physical_cores() -> usize {
     let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return logical };
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
     let mut cores = std::collections::HashSet::new();
     let mut phys = String::new();
     for line in info.lines() {
@@ -99,14 +107,32 @@ impl Session {
         if std::env::var_os("INTERNVL_NO_THREADPOOL").is_none() {
             backend.set_threadpool(&threadpool);
         }
-        let gpu = if model.device == BackendKind::Gpu { Some(Backend::gpu()?) } else { None };
-        let kv = KvCache::new(&model.hp.llm, params.n_ctx, params.kv_type, gpu.as_ref().unwrap_or(&backend))?;
+        let gpu = if model.device == BackendKind::Gpu {
+            Some(Backend::gpu()?)
+        } else {
+            None
+        };
+        let kv = KvCache::new(
+            &model.hp.llm,
+            params.n_ctx,
+            params.kv_type,
+            gpu.as_ref().unwrap_or(&backend),
+        )?;
         let graph = vision::graph_tensors(&model.hp).max(qwen2::graph_tensors(&model.hp));
         let sched = match &gpu {
             Some(g) => Sched::new(&[g, &backend], graph)?,
             None => Sched::new(&[&backend], graph)?,
         };
-        Ok(Session { model, sched, kv, gpu, backend, _threadpool: threadpool, params, stats: Stats::default() })
+        Ok(Session {
+            model,
+            sched,
+            kv,
+            gpu,
+            backend,
+            _threadpool: threadpool,
+            params,
+            stats: Stats::default(),
+        })
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -151,7 +177,8 @@ impl Session {
                 graph.build_forward(g.vit_out)?;
             }
             self.sched.alloc(&graph)?;
-            g.inp_patches.set_f32(&patches[first * per_tile..(first + t) * per_tile])?;
+            g.inp_patches
+                .set_f32(&patches[first * per_tile..(first + t) * per_tile])?;
             self.sched.compute(&graph)?;
             proj.extend(g.proj_out.get_f32()?);
             if let Some(v) = vit.as_mut() {
@@ -190,7 +217,11 @@ impl Session {
         }
         let start = Instant::now();
         let mut img_cursor = 0;
-        let mut hidden = if keep_hidden { Some(Vec::with_capacity(ids.len() * d)) } else { None };
+        let mut hidden = if keep_hidden {
+            Some(Vec::with_capacity(ids.len() * d))
+        } else {
+            None
+        };
         let mut logits = Vec::new();
         for chunk in ids.chunks(self.params.n_batch) {
             let mut embd = Vec::with_capacity(chunk.len() * d);
@@ -216,7 +247,10 @@ impl Session {
     /// One decode step: appends `id` and returns the next-token logits.
     pub fn decode(&mut self, id: u32) -> Result<Vec<f32>, ModelError> {
         if self.kv.n_past + 1 > self.kv.n_ctx() {
-            return Err(ModelError::Input(format!("the context of {} tokens is full", self.kv.n_ctx())));
+            return Err(ModelError::Input(format!(
+                "the context of {} tokens is full",
+                self.kv.n_ctx()
+            )));
         }
         let start = Instant::now();
         let mut embd = Vec::with_capacity(self.model.hp.llm.n_embd);
@@ -227,7 +261,12 @@ impl Session {
         Ok(logits)
     }
 
-    fn run_llm(&mut self, embd: &[f32], n: usize, keep_hidden: bool) -> Result<(Vec<f32>, Option<Vec<f32>>), ModelError> {
+    fn run_llm(
+        &mut self,
+        embd: &[f32],
+        n: usize,
+        keep_hidden: bool,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>), ModelError> {
         let model = self.model.clone();
         let n_past = self.kv.n_past;
         let ctx = Context::new(qwen2::graph_tensors(&model.hp), 1)?;

@@ -19,7 +19,10 @@ use internvl::capi::{self, ivl_box, ivl_generate_params, ivl_model_params, ivl_r
 /// target/release (the directory above this test binary's `deps/`).
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("target dir")
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("target dir")
 }
 
 fn repo() -> PathBuf {
@@ -27,12 +30,21 @@ fn repo() -> PathBuf {
 }
 
 fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn lib(name: &str) -> PathBuf {
     let p = target_dir().join(name);
-    assert!(p.is_file(), "{} is missing: build with `cargo test --release` (the crate is lib + cdylib + staticlib)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: build with `cargo test --release` (the crate is lib + cdylib + staticlib)",
+        p.display()
+    );
     p
 }
 
@@ -44,7 +56,16 @@ enum Link {
 
 /// Libraries the static archive needs from the system (ggml is C++; Rust's std needs the rest): rustc's
 /// `native-static-libs` for the default features on Linux, as in scripts/install.sh.
-const STATIC_SYSTEM_LIBS: &[&str] = &["-lstdc++", "-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"];
+const STATIC_SYSTEM_LIBS: &[&str] = &[
+    "-lstdc++",
+    "-lgcc_s",
+    "-lutil",
+    "-lrt",
+    "-lpthread",
+    "-lm",
+    "-ldl",
+    "-lc",
+];
 
 /// The system libraries for a static link of this build: the `video` feature adds FFmpeg's.
 fn static_system_libs() -> Vec<String> {
@@ -74,8 +95,12 @@ fn static_link_supported() -> bool {
 /// Compiles and links one example with warnings as errors; returns the executable.
 fn build(source: &str, link: Link, dir: &Path) -> PathBuf {
     let cxx = source.ends_with(".cpp");
-    let compiler = std::env::var(if cxx { "CXX" } else { "CC" }).unwrap_or_else(|_| (if cxx { "c++" } else { "cc" }).into());
-    let stem = Path::new(source).file_stem().and_then(|s| s.to_str()).expect("source name");
+    let compiler =
+        std::env::var(if cxx { "CXX" } else { "CC" }).unwrap_or_else(|_| (if cxx { "c++" } else { "cc" }).into());
+    let stem = Path::new(source)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("source name");
     let exe = dir.join(format!("{stem}-{link:?}").to_lowercase());
     let mut cmd = Command::new(&compiler);
     cmd.arg(if cxx { "-std=c++17" } else { "-std=c11" })
@@ -92,12 +117,19 @@ fn build(source: &str, link: Link, dir: &Path) -> PathBuf {
         Link::Dynamic => {
             let so = lib("libinternvl.so");
             let dir = so.parent().expect("lib dir");
-            cmd.arg("-L").arg(dir).arg("-linternvl").arg(format!("-Wl,-rpath,{}", dir.display()));
+            cmd.arg("-L")
+                .arg(dir)
+                .arg("-linternvl")
+                .arg(format!("-Wl,-rpath,{}", dir.display()));
         }
     }
     cmd.args(["-lm", "-pthread"]);
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {compiler}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     exe
 }
 
@@ -108,7 +140,11 @@ fn run_bounded(cmd: &mut Command, limit: Duration, dir: &Path) -> Output {
     let (out_path, err_path) = (dir.join(format!("out-{tag}")), dir.join(format!("err-{tag}")));
     let stdout = std::fs::File::create(&out_path).expect("stdout file");
     let stderr = std::fs::File::create(&err_path).expect("stderr file");
-    let mut child = cmd.stdout(stdout).stderr(stderr).spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut child = cmd
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
@@ -117,11 +153,18 @@ fn run_bounded(cmd: &mut Command, limit: Duration, dir: &Path) -> Output {
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{cmd:?} ran longer than {limit:?}:\n{}", std::fs::read_to_string(&err_path).unwrap_or_default());
+            panic!(
+                "{cmd:?} ran longer than {limit:?}:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    Output { status, stdout: std::fs::read(&out_path).expect("stdout"), stderr: std::fs::read(&err_path).expect("stderr") }
+    Output {
+        status,
+        stdout: std::fs::read(&out_path).expect("stdout"),
+        stderr: std::fs::read(&err_path).expect("stderr"),
+    }
 }
 
 fn text(b: &[u8]) -> String {
@@ -135,7 +178,9 @@ fn model() -> PathBuf {
 /// A small deterministic PNG (96x64 gradient) to describe.
 fn test_image(dir: &Path) -> PathBuf {
     let p = dir.join("frame.png");
-    let img = image::RgbImage::from_fn(96, 64, |x, y| image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) % 256) as u8]));
+    let img = image::RgbImage::from_fn(96, 64, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) % 256) as u8])
+    });
     img.save(&p).expect("write png");
     p
 }
@@ -145,11 +190,17 @@ fn test_image(dir: &Path) -> PathBuf {
 /// Function names declared in the header (identifiers followed by `(` on non-comment lines).
 fn header_functions(header: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    for line in header.lines().map(str::trim_start).filter(|l| !l.starts_with("//") && !l.starts_with('*') && !l.starts_with("/*")) {
+    for line in header
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| !l.starts_with("//") && !l.starts_with('*') && !l.starts_with("/*"))
+    {
         let mut rest = line;
         while let Some(i) = rest.find("ivl_") {
             let tail = &rest[i..];
-            let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
             let preceded_ok = i == 0 || !rest[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
             if preceded_ok && tail[end..].starts_with('(') {
                 out.insert(tail[..end].to_string());
@@ -165,11 +216,16 @@ fn rust_exports(src: &str) -> BTreeSet<String> {
     let lines: Vec<&str> = src.lines().map(str::trim).collect();
     let mut out = BTreeSet::new();
     for (i, l) in lines.iter().enumerate() {
-        let Some(pos) = l.find("extern \"C\" fn ") else { continue };
+        let Some(pos) = l.find("extern \"C\" fn ") else {
+            continue;
+        };
         if !l.starts_with("pub ") || i == 0 || lines[i - 1] != "#[no_mangle]" {
             continue;
         }
-        let name: String = l[pos + 14..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let name: String = l[pos + 14..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
         out.insert(name);
     }
     out
@@ -184,7 +240,10 @@ fn header_declares_exactly_the_exported_functions() {
     let declared = header_functions(&header());
     let src = std::fs::read_to_string(repo().join("src/capi.rs")).expect("src/capi.rs");
     let exported = rust_exports(&src);
-    assert!(exported.len() >= 15, "too few exports found in src/capi.rs: {exported:?}");
+    assert!(
+        exported.len() >= 15,
+        "too few exports found in src/capi.rs: {exported:?}"
+    );
     assert_eq!(
         declared, exported,
         "include/internvl.h is stale: regenerate it with `cbindgen --config cbindgen.toml --output include/internvl.h src/capi.rs`"
@@ -196,15 +255,29 @@ fn header_declares_exactly_the_exported_functions() {
         let body = &body[..body.find("\n}\n").unwrap_or(body.len())];
         let guarded = body.contains("guard(") || body.contains("guard_session(") || body.contains("catch_unwind(");
         let trivial = !body.contains("unsafe {") && !body.contains('?');
-        assert!(guarded || trivial, "{name} neither runs under the panic boundary nor is trivial");
+        assert!(
+            guarded || trivial,
+            "{name} neither runs under the panic boundary nor is trivial"
+        );
     }
     if have("nm") {
         let so = lib("libinternvl.so");
-        let out = Command::new("nm").args(["-D", "--defined-only"]).arg(&so).output().expect("nm");
-        let symbols: BTreeSet<String> =
-            text(&out.stdout).lines().filter_map(|l| l.split_whitespace().last()).map(str::to_string).collect();
+        let out = Command::new("nm")
+            .args(["-D", "--defined-only"])
+            .arg(&so)
+            .output()
+            .expect("nm");
+        let symbols: BTreeSet<String> = text(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().last())
+            .map(str::to_string)
+            .collect();
         for f in &declared {
-            assert!(symbols.contains(f), "{f} is declared in the header but not exported by {}", so.display());
+            assert!(
+                symbols.contains(f),
+                "{f} is declared in the header but not exported by {}",
+                so.display()
+            );
         }
     } else {
         eprintln!("note: nm not found; the .so's symbol table was not checked");
@@ -220,7 +293,11 @@ fn header_constants_match_the_rust_values() {
             .map(str::trim)
             .find(|l| l.starts_with(&format!("#define {name} ")) || l.starts_with(&format!("{name} = ")))
             .unwrap_or_else(|| panic!("{name} is not in the header"));
-        let v = line.trim_start_matches("#define ").trim_start_matches(name).trim_start_matches(" = ").trim_end_matches(',');
+        let v = line
+            .trim_start_matches("#define ")
+            .trim_start_matches(name)
+            .trim_start_matches(" = ")
+            .trim_end_matches(',');
         v.trim().parse().unwrap_or_else(|_| panic!("cannot parse {line}"))
     };
     let consts: &[(&str, u32)] = &[
@@ -270,7 +347,9 @@ fn structs_have_the_same_layout_in_c_and_rust() {
     ];
     let mut c = String::from("#include <stdio.h>\n#include <stddef.h>\n#include \"internvl.h\"\nint main(void) {\n");
     for (ty, field) in fields {
-        c.push_str(&format!("    printf(\"%zu %zu\\n\", sizeof({ty}), offsetof({ty}, {field}));\n"));
+        c.push_str(&format!(
+            "    printf(\"%zu %zu\\n\", sizeof({ty}), offsetof({ty}, {field}));\n"
+        ));
     }
     c.push_str("    return 0;\n}\n");
     std::fs::write(&src, c).expect("write layout.c");
@@ -289,20 +368,37 @@ fn structs_have_the_same_layout_in_c_and_rust() {
     let c_layout: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
     use std::mem::{offset_of, size_of};
     let rust_layout = [
-        format!("{} {}", size_of::<ivl_model_params>(), offset_of!(ivl_model_params, tokenizer_dir)),
-        format!("{} {}", size_of::<ivl_session_params>(), offset_of!(ivl_session_params, system_prompt)),
-        format!("{} {}", size_of::<ivl_generate_params>(), offset_of!(ivl_generate_params, keep_special)),
+        format!(
+            "{} {}",
+            size_of::<ivl_model_params>(),
+            offset_of!(ivl_model_params, tokenizer_dir)
+        ),
+        format!(
+            "{} {}",
+            size_of::<ivl_session_params>(),
+            offset_of!(ivl_session_params, system_prompt)
+        ),
+        format!(
+            "{} {}",
+            size_of::<ivl_generate_params>(),
+            offset_of!(ivl_generate_params, keep_special)
+        ),
         format!("{} {}", size_of::<ivl_reply>(), offset_of!(ivl_reply, total_ms)),
         format!("{} {}", size_of::<ivl_reply>(), offset_of!(ivl_reply, finish)),
         format!("{} {}", size_of::<ivl_box>(), offset_of!(ivl_box, py2)),
     ];
-    assert_eq!(c_layout, rust_layout, "struct layouts differ between include/internvl.h and src/capi.rs: regenerate the header");
+    assert_eq!(
+        c_layout, rust_layout,
+        "struct layouts differ between include/internvl.h and src/capi.rs: regenerate the header"
+    );
 }
 
 #[test]
 fn header_is_what_cbindgen_generates() {
     if !have("cbindgen") {
-        eprintln!("note: cbindgen is not on PATH; skipping the byte-for-byte header check (the other header tests still run)");
+        eprintln!(
+            "note: cbindgen is not on PATH; skipping the byte-for-byte header check (the other header tests still run)"
+        );
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -331,37 +427,73 @@ fn c_example_links_statically_and_dynamically_and_matches_the_rust_api() {
     let image = test_image(dir.path());
     let question = "What is in the picture?";
     let mut answers = Vec::new();
-    let links = if static_link_supported() { vec![Link::Static, Link::Dynamic] } else { vec![Link::Dynamic] };
+    let links = if static_link_supported() {
+        vec![Link::Static, Link::Dynamic]
+    } else {
+        vec![Link::Dynamic]
+    };
     for &link in &links {
         let exe = build("examples/c/describe.c", link, dir.path());
         let out = run_bounded(
-            Command::new(&exe).args(["-n", "6", "-t", "1", "-c", "1024", "-m", "1"]).arg(&model).arg(&image).arg(question),
+            Command::new(&exe)
+                .args(["-n", "6", "-t", "1", "-c", "1024", "-m", "1"])
+                .arg(&model)
+                .arg(&image)
+                .arg(question),
             Duration::from_secs(300),
             dir.path(),
         );
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
         assert!(out.status.success(), "{link:?} describe failed:\n{stderr}");
         let n_img = internvl::hparams::Hparams::tiny().num_image_token();
-        assert!(stderr.contains(&format!("({n_img} image)")), "{link:?}: one tile of image tokens expected:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("({n_img} image)")),
+            "{link:?}: one tile of image tokens expected:\n{stderr}"
+        );
         assert!(stderr.contains("6 generated"), "{link:?}: 6 tokens expected:\n{stderr}");
         answers.push(stdout);
     }
-    assert!(answers.iter().all(|a| a == &answers[0]), "static and dynamic builds answer differently: {answers:?}");
+    assert!(
+        answers.iter().all(|a| a == &answers[0]),
+        "static and dynamic builds answer differently: {answers:?}"
+    );
 
     // The same question through the Rust API gives the same answer.
-    use internvl::engine::{ChatParams, GenerateParams, Image, LoadParams, Message, Model, SessionParams, TilingParams};
+    use internvl::engine::{
+        ChatParams, GenerateParams, Image, LoadParams, Message, Model, SessionParams, TilingParams,
+    };
     let m = Model::load(&model, &LoadParams::default()).expect("load");
     let params = ChatParams {
-        session: SessionParams { n_ctx: 1024, n_threads: 1, ..Default::default() },
-        tiling: Some(TilingParams { max_tiles: 1, min_tiles: 1, ..m.tiling() }),
+        session: SessionParams {
+            n_ctx: 1024,
+            n_threads: 1,
+            ..Default::default()
+        },
+        tiling: Some(TilingParams {
+            max_tiles: 1,
+            min_tiles: 1,
+            ..m.tiling()
+        }),
         ..Default::default()
     };
     let mut chat = m.chat(params).expect("chat");
     let img = Image::open(&image, &chat.tiling()).expect("image");
-    let gen = GenerateParams { max_new_tokens: 6, ..Default::default() };
-    let reply = chat.send(Message::text(question).with_image(img), &gen, |_| internvl::engine::Flow::Continue).expect("send");
+    let gen = GenerateParams {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    let reply = chat
+        .send(Message::text(question).with_image(img), &gen, |_| {
+            internvl::engine::Flow::Continue
+        })
+        .expect("send");
     assert!(!reply.text.is_empty());
-    assert!(answers[0].contains(&reply.text), "C answer {:?} does not contain the Rust answer {:?}", answers[0], reply.text);
+    assert!(
+        answers[0].contains(&reply.text),
+        "C answer {:?} does not contain the Rust answer {:?}",
+        answers[0],
+        reply.text
+    );
 }
 
 #[test]
@@ -376,7 +508,10 @@ fn camera_loop_streams_an_answer_per_frame() {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "camera_loop failed:\n{stderr}");
     for f in 0..3 {
-        assert!(stdout.contains(&format!("frame {f}: ")), "no answer for frame {f}:\n{stdout}");
+        assert!(
+            stdout.contains(&format!("frame {f}: ")),
+            "no answer for frame {f}:\n{stdout}"
+        );
         assert!(stderr.contains(&format!("frame {f}: 4 tokens")), "frame {f}:\n{stderr}");
     }
     // From the second frame on, the system prompt's KV rows are reused.
@@ -385,21 +520,44 @@ fn camera_loop_streams_an_answer_per_frame() {
         .filter_map(|l| l.split(", ").nth(1)?.strip_suffix(" reused")?.parse().ok())
         .collect();
     assert_eq!(reused.len(), 3, "{stderr}");
-    assert!(reused[0] == 0 && reused[1] > 0 && reused[1] == reused[2], "reused tokens per frame: {reused:?}");
+    assert!(
+        reused[0] == 0 && reused[1] > 0 && reused[1] == reused[2],
+        "reused tokens per frame: {reused:?}"
+    );
 }
 
 #[test]
 fn four_threads_sharing_one_model_answer_as_one_thread_does() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let exe = build("examples/cpp/threads.cpp", if static_link_supported() { Link::Static } else { Link::Dynamic }, dir.path());
-    let out = run_bounded(Command::new(&exe).args(["-j", "4", "-n", "6"]).arg(model()), Duration::from_secs(300), dir.path());
+    let exe = build(
+        "examples/cpp/threads.cpp",
+        if static_link_supported() {
+            Link::Static
+        } else {
+            Link::Dynamic
+        },
+        dir.path(),
+    );
+    let out = run_bounded(
+        Command::new(&exe).args(["-j", "4", "-n", "6"]).arg(model()),
+        Duration::from_secs(300),
+        dir.path(),
+    );
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "threads failed ({:?}):\n{stdout}\n{}", out.status.code(), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "threads failed ({:?}):\n{stdout}\n{}",
+        out.status.code(),
+        text(&out.stderr)
+    );
     let same = stdout.lines().filter(|l| l.contains(": same: ")).count();
     assert_eq!(same, 4, "{stdout}");
     // The cameras see different frames and questions: the comparison is not between identical runs.
     let answers: BTreeSet<&str> = stdout.lines().filter_map(|l| l.split(": same: ").nth(1)).collect();
-    assert!(answers.len() > 1, "all four answers are identical, the check would be weak: {stdout}");
+    assert!(
+        answers.len() > 1,
+        "all four answers are identical, the check would be weak: {stdout}"
+    );
 }
 
 #[test]
@@ -415,16 +573,29 @@ fn bad_input_returns_errors_and_the_process_survives() {
     let head = {
         use std::io::Read;
         let mut v = Vec::new();
-        std::fs::File::open(&model).expect("model").take(1 << 20).read_to_end(&mut v).expect("read");
+        std::fs::File::open(&model)
+            .expect("model")
+            .take(1 << 20)
+            .read_to_end(&mut v)
+            .expect("read");
         v
     };
     std::fs::write(&truncated, head).expect("write truncated");
     let image = test_image(dir.path());
 
     let exe = build("tests/c/bad_input.c", Link::Dynamic, dir.path());
-    let out = run_bounded(Command::new(&exe).arg(&model).arg(&corrupt).arg(&truncated).arg(&image), Duration::from_secs(300), dir.path());
+    let out = run_bounded(
+        Command::new(&exe).arg(&model).arg(&corrupt).arg(&truncated).arg(&image),
+        Duration::from_secs(300),
+        dir.path(),
+    );
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "bad_input reported failures ({:?}):\n{stdout}\n{}", out.status.code(), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bad_input reported failures ({:?}):\n{stdout}\n{}",
+        out.status.code(),
+        text(&out.stderr)
+    );
     assert!(stdout.contains("0 failure(s)"), "{stdout}");
     let checks = stdout.lines().filter(|l| l.starts_with("ok ")).count();
     assert!(checks >= 60, "only {checks} checks ran:\n{stdout}");
@@ -441,7 +612,11 @@ fn c_example_is_clean_under_valgrind() {
     let image = test_image(dir.path());
     let out = run_bounded(
         Command::new("valgrind")
-            .args(["--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite"])
+            .args([
+                "--error-exitcode=99",
+                "--leak-check=full",
+                "--errors-for-leak-kinds=definite",
+            ])
             .arg(&exe)
             .args(["-n", "3", "-t", "1", "-c", "512", "-m", "1"])
             .arg(model())
@@ -450,10 +625,16 @@ fn c_example_is_clean_under_valgrind() {
         dir.path(),
     );
     let stderr = text(&out.stderr);
-    let summary: Vec<&str> =
-        stderr.lines().filter(|l| l.contains("ERROR SUMMARY") || l.contains("definitely lost") || l.contains("in use at exit")).collect();
+    let summary: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("ERROR SUMMARY") || l.contains("definitely lost") || l.contains("in use at exit"))
+        .collect();
     eprintln!("valgrind:\n{}", summary.join("\n"));
-    assert!(out.status.success(), "valgrind found errors (exit {:?}):\n{stderr}", out.status.code());
+    assert!(
+        out.status.success(),
+        "valgrind found errors (exit {:?}):\n{stderr}",
+        out.status.code()
+    );
     assert!(stderr.contains("ERROR SUMMARY: 0 errors"), "{stderr}");
     assert!(
         stderr.contains("definitely lost: 0 bytes") || stderr.contains("All heap blocks were freed"),
@@ -479,17 +660,32 @@ fn install_script_writes_a_working_pkg_config_file() {
         .output()
         .expect("install.sh");
     assert!(out.status.success(), "install.sh failed:\n{}", text(&out.stderr));
-    for f in ["include/internvl.h", "lib/libinternvl.so", "lib/libinternvl.a", "lib/pkgconfig/internvl.pc", "lib/pkgconfig/internvl-static.pc"] {
+    for f in [
+        "include/internvl.h",
+        "lib/libinternvl.so",
+        "lib/libinternvl.a",
+        "lib/pkgconfig/internvl.pc",
+        "lib/pkgconfig/internvl-static.pc",
+    ] {
         assert!(prefix.join(f).is_file(), "{f} not installed");
     }
     let pc_dir = prefix.join("lib/pkgconfig");
     let flags = |pkg: &str| -> Vec<String> {
-        let out = Command::new("pkg-config").args(["--cflags", "--libs", pkg]).env("PKG_CONFIG_PATH", &pc_dir).output().expect("pkg-config");
+        let out = Command::new("pkg-config")
+            .args(["--cflags", "--libs", pkg])
+            .env("PKG_CONFIG_PATH", &pc_dir)
+            .output()
+            .expect("pkg-config");
         assert!(out.status.success(), "pkg-config {pkg}: {}", text(&out.stderr));
         text(&out.stdout).split_whitespace().map(str::to_string).collect()
     };
     let dynamic = flags("internvl");
-    assert!(dynamic.iter().any(|f| f == &format!("-I{}", prefix.join("include").display())), "{dynamic:?}");
+    assert!(
+        dynamic
+            .iter()
+            .any(|f| f == &format!("-I{}", prefix.join("include").display())),
+        "{dynamic:?}"
+    );
     assert!(dynamic.iter().any(|f| f == "-linternvl"), "{dynamic:?}");
     let stat = flags("internvl-static");
     assert!(stat.iter().any(|f| f.ends_with("/lib/libinternvl.a")), "{stat:?}");
@@ -505,14 +701,21 @@ fn install_script_writes_a_working_pkg_config_file() {
     for (name, pc_flags, rpath) in variants {
         let exe = dir.path().join(format!("describe-pc-{name}"));
         let mut cmd = Command::new(&cc);
-        cmd.arg("-std=c11").arg(repo().join("examples/c/describe.c")).arg("-o").arg(&exe).args(&pc_flags);
+        cmd.arg("-std=c11")
+            .arg(repo().join("examples/c/describe.c"))
+            .arg("-o")
+            .arg(&exe)
+            .args(&pc_flags);
         if rpath {
             cmd.arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()));
         }
         let out = cmd.output().expect("cc");
         assert!(out.status.success(), "{cmd:?}:\n{}", text(&out.stderr));
         let out = run_bounded(
-            Command::new(&exe).args(["-n", "2", "-t", "1", "-c", "512", "-m", "1"]).arg(model()).arg(&image),
+            Command::new(&exe)
+                .args(["-n", "2", "-t", "1", "-c", "512", "-m", "1"])
+                .arg(model())
+                .arg(&image),
             Duration::from_secs(300),
             dir.path(),
         );

@@ -1,6 +1,6 @@
 //! The safe ggml layer: a small graph against a plain Rust f32 computation, and shape errors that would be
 //! ggml aborts if they reached ggml.
-use internvl::ggml::{quantize, dequantize, Backend, Context, GgmlError, Sched};
+use internvl::ggml::{dequantize, quantize, Backend, Context, GgmlError, Sched};
 use internvl::gguf::GgmlType;
 
 /// Deterministic values in [-1, 1).
@@ -92,7 +92,10 @@ fn shape_errors_are_errors_not_aborts() {
     assert!(matches!(ctx.reshape(a, &[5, 5]), Err(GgmlError::Shape { .. })));
     assert!(matches!(ctx.view(a, &[8, 5], &[32], 0), Err(GgmlError::Shape { .. })));
     assert!(matches!(ctx.permute(a, [0, 0, 1, 2]), Err(GgmlError::Shape { .. })));
-    assert!(ctx.new_tensor(GgmlType::Q8_0, &[31, 2]).is_err(), "row not a multiple of 32");
+    assert!(
+        ctx.new_tensor(GgmlType::Q8_0, &[31, 2]).is_err(),
+        "row not a multiple of 32"
+    );
     assert!(ctx.new_f32(&[0]).is_err());
     assert!(ctx.new_f32(&[1, 1, 1, 1, 1]).is_err());
     // Reading an unallocated tensor is an error, not a NULL dereference.
@@ -113,7 +116,12 @@ fn context_capacity_is_enforced() {
 fn quantize_roundtrip_error_is_ggml_like() {
     let n_per_row = 256;
     let src: Vec<f32> = vals(n_per_row * 64, 7).iter().map(|v| v * 0.05).collect();
-    for (ty, max_rel_rms) in [(GgmlType::F16, 1e-3), (GgmlType::Q8_0, 0.006), (GgmlType::Q4_0, 0.12), (GgmlType::Q6_K, 0.02)] {
+    for (ty, max_rel_rms) in [
+        (GgmlType::F16, 1e-3),
+        (GgmlType::Q8_0, 0.006),
+        (GgmlType::Q4_0, 0.12),
+        (GgmlType::Q6_K, 0.02),
+    ] {
         let q = quantize(ty, &src, n_per_row).unwrap();
         assert_eq!(q.len(), ty.row_size(n_per_row).unwrap() * 64);
         let back = dequantize(ty, &q, src.len()).unwrap();
@@ -122,7 +130,10 @@ fn quantize_roundtrip_error_is_ggml_like() {
         let rel = (num / den).sqrt();
         assert!(rel < max_rel_rms, "{}: relative RMS {rel}", ty.name());
     }
-    assert!(quantize(GgmlType::Q4_0, &src[..100], 100).is_err(), "100 is not a multiple of 32");
+    assert!(
+        quantize(GgmlType::Q4_0, &src[..100], 100).is_err(),
+        "100 is not a multiple of 32"
+    );
     assert!(dequantize(GgmlType::Q8_0, &[0u8; 5], 32).is_err());
 }
 

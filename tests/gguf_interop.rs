@@ -43,14 +43,25 @@ fn fixture_kvs() -> Vec<(&'static str, Value)> {
         ("fixture.f64", Value::F64(-1.0 / 3.0)),
         ("fixture.arr_u8", Value::Array(Array::U8((0..10).collect()))),
         ("fixture.arr_i16", Value::Array(Array::I16(vec![-3, 0, 3]))),
-        ("fixture.arr_i32", Value::Array(Array::I32((0..11).map(|k| k * 1000 - 5000).collect()))),
+        (
+            "fixture.arr_i32",
+            Value::Array(Array::I32((0..11).map(|k| k * 1000 - 5000).collect())),
+        ),
         ("fixture.arr_u64", Value::Array(Array::U64(vec![0, 1, u64::MAX]))),
-        ("fixture.arr_f32", Value::Array(Array::F32((0..6).map(|k| k as f32 * 0.5 - 1.0).collect()))),
+        (
+            "fixture.arr_f32",
+            Value::Array(Array::F32((0..6).map(|k| k as f32 * 0.5 - 1.0).collect())),
+        ),
         ("fixture.arr_f64", Value::Array(Array::F64(vec![0.1, -2.5]))),
         ("fixture.arr_bool", Value::Array(Array::Bool(vec![true, false, true]))),
         (
             "fixture.arr_str",
-            Value::Array(Array::Str(vec!["alpha".into(), "beta".into(), String::new(), "\u{3b3}\u{3b4}".into()])),
+            Value::Array(Array::Str(vec![
+                "alpha".into(),
+                "beta".into(),
+                String::new(),
+                "\u{3b3}\u{3b4}".into(),
+            ])),
         ),
     ]
 }
@@ -84,15 +95,27 @@ fn q8_0_bytes(n_blocks: usize) -> Vec<u8> {
 /// (name, ne, type, bytes) of the fixture's tensors.
 fn fixture_tensors() -> Vec<(&'static str, Vec<usize>, GgmlType, Vec<u8>)> {
     vec![
-        ("t.f32", vec![3, 5, 7], GgmlType::F32, f32_bytes((0..105).map(|i| (i % 23) as f32 * 0.25 - 2.0))),
+        (
+            "t.f32",
+            vec![3, 5, 7],
+            GgmlType::F32,
+            f32_bytes((0..105).map(|i| (i % 23) as f32 * 0.25 - 2.0)),
+        ),
         (
             "t.f16",
             vec![9, 2],
             GgmlType::F16,
-            (0..18).flat_map(|i| f16::from_f32((i % 11) as f32 * 0.125 - 0.5).to_le_bytes()).collect(),
+            (0..18)
+                .flat_map(|i| f16::from_f32((i % 11) as f32 * 0.125 - 0.5).to_le_bytes())
+                .collect(),
         ),
         ("t.q8_0", vec![64, 3], GgmlType::Q8_0, q8_0_bytes(6)),
-        ("t.f32_4d", vec![2, 3, 1, 2], GgmlType::F32, f32_bytes((0..12).map(|i| i as f32 * 1.5 - 4.0))),
+        (
+            "t.f32_4d",
+            vec![2, 3, 1, 2],
+            GgmlType::F32,
+            f32_bytes((0..12).map(|i| i as f32 * 1.5 - 4.0)),
+        ),
     ]
 }
 
@@ -101,7 +124,10 @@ fn reads_the_python_written_fixture() {
     let path = manifest_dir().join("tests/fixtures/py_written.gguf");
     let f = GgufFile::open(&path).unwrap();
     let version = f.get_u32("fixture.version").unwrap();
-    assert_eq!(version, FIXTURE_VERSION, "stale fixture: regenerate with `python3 tests/py/make_gguf_fixture.py`");
+    assert_eq!(
+        version, FIXTURE_VERSION,
+        "stale fixture: regenerate with `python3 tests/py/make_gguf_fixture.py`"
+    );
     assert_eq!(f.version(), 3);
     assert_eq!(f.alignment(), 32);
     let got: Vec<(&str, Value)> = f.kvs().map(|(k, v)| (k, v.clone())).collect();
@@ -178,7 +204,10 @@ fn ours_kvs() -> Vec<(&'static str, Value)> {
         ("t.a_f32", Value::Array(Array::F32(vec![0.485, 0.456, 0.406]))),
         ("t.a_f64", Value::Array(Array::F64(vec![2.5]))),
         ("t.a_bool", Value::Array(Array::Bool(vec![false, true]))),
-        ("t.a_str", Value::Array(Array::Str(vec!["<|im_start|>".into(), "".into(), "Ġthe".into()]))),
+        (
+            "t.a_str",
+            Value::Array(Array::Str(vec!["<|im_start|>".into(), "".into(), "Ġthe".into()])),
+        ),
         ("t.a_empty", Value::Array(Array::F32(vec![]))),
     ]
 }
@@ -238,7 +267,14 @@ fn write_ours(dir: &Path) -> Written {
     w.finish().unwrap();
     let mut all_kvs = vec![("general.alignment", Value::U32(alignment as u32))];
     all_kvs.extend(kvs);
-    Written { path, kvs: all_kvs, tensors, alignment, header_size, offsets }
+    Written {
+        path,
+        kvs: all_kvs,
+        tensors,
+        alignment,
+        header_size,
+        offsets,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -277,7 +313,11 @@ fn value_json(v: &Value) -> serde_json::Value {
 }
 
 fn python_has_gguf() -> bool {
-    Command::new("python3").args(["-c", "import gguf"]).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("python3")
+        .args(["-c", "import gguf"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 #[test]
@@ -311,11 +351,19 @@ fn python_gguf_reads_our_file() {
     let expect_path = dir.path().join("expect.json");
     std::fs::write(&expect_path, serde_json::to_vec_pretty(&expect).unwrap()).unwrap();
     let script = manifest_dir().join("tests/py/check_gguf.py");
-    let out = Command::new("python3").arg(&script).arg(&w.path).arg(&expect_path).output().unwrap();
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&w.path)
+        .arg(&expect_path)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("check_gguf.py: {stdout}");
-    assert!(out.status.success(), "Python gguf disagrees with our file:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "Python gguf disagrees with our file:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.starts_with("OK"), "{stdout}");
 }
 
@@ -334,7 +382,10 @@ fn ggml_gguf_init_from_file_reads_our_file() {
     let w = write_ours(dir.path());
     let fname = CString::new(w.path.to_string_lossy().as_bytes()).unwrap();
     let mut data_ctx: *mut sys::ggml_context = std::ptr::null_mut();
-    let params = sys::gguf_init_params { no_alloc: false, ctx: &mut data_ctx };
+    let params = sys::gguf_init_params {
+        no_alloc: false,
+        ctx: &mut data_ctx,
+    };
     // SAFETY: `fname` is a valid C string; `params.ctx` points to a live local that ggml fills in. ggml
     // returns NULL (and logs) on a file it rejects; it does not abort on bad files.
     let ctx = unsafe { sys::gguf_init_from_file(fname.as_ptr(), params) };
@@ -433,7 +484,10 @@ fn ggml_rejects_what_we_reject_for_misalignment() {
     let bad = dir.path().join("bad.gguf");
     std::fs::write(&bad, &bytes).unwrap();
     let fname = CString::new(bad.to_string_lossy().as_bytes()).unwrap();
-    let params = sys::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+    let params = sys::gguf_init_params {
+        no_alloc: true,
+        ctx: std::ptr::null_mut(),
+    };
     // SAFETY: valid C string; no context requested; ggml returns NULL on a rejected file.
     let ctx = unsafe { sys::gguf_init_from_file(fname.as_ptr(), params) };
     if !ctx.is_null() {
@@ -449,7 +503,11 @@ fn type_table_matches_ggml() {
         // SAFETY: ids from our table are valid ggml type ids (< GGML_TYPE_COUNT), for which these functions
         // only read ggml's static type_traits table.
         let (block, size, name) = unsafe {
-            (sys::ggml_blck_size(ty.id()), sys::ggml_type_size(ty.id()), cstr_to_string(sys::ggml_type_name(ty.id())))
+            (
+                sys::ggml_blck_size(ty.id()),
+                sys::ggml_type_size(ty.id()),
+                cstr_to_string(sys::ggml_type_name(ty.id())),
+            )
         };
         assert_eq!(block, ty.block_size() as i64, "{ty} block size");
         assert_eq!(size, ty.type_size(), "{ty} type size");

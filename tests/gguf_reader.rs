@@ -47,7 +47,10 @@ fn all_value_kvs() -> Vec<(&'static str, Value)> {
         ("t.a_f32", Value::Array(Array::F32(vec![0.5, -0.25, 1e30]))),
         ("t.a_f64", Value::Array(Array::F64(vec![1e-300, -2.0]))),
         ("t.a_bool", Value::Array(Array::Bool(vec![true, false, false]))),
-        ("t.a_str", Value::Array(Array::Str(vec!["a".into(), String::new(), "ü".into()]))),
+        (
+            "t.a_str",
+            Value::Array(Array::Str(vec!["a".into(), String::new(), "ü".into()])),
+        ),
         ("t.a_empty", Value::Array(Array::F32(vec![]))),
     ]
 }
@@ -111,12 +114,20 @@ fn check_round_trip(f: &GgufFile, alignment: usize, file_len: u64) {
         // ggml's layout: tensors back to back in declared order, each padded to the alignment.
         assert_eq!(t.offset, expected_offset, "{name}");
         expected_offset = (t.offset + t.size).div_ceil(alignment) * alignment;
-        assert_eq!(f.tensor_data(t), pseudo_bytes(t.size, i as u64).as_slice(), "{name} data");
+        assert_eq!(
+            f.tensor_data(t),
+            pseudo_bytes(t.size, i as u64).as_slice(),
+            "{name} data"
+        );
         assert_eq!(f.tensor(name), Some(t));
         let in_section = &f.data_section()[t.offset..t.offset + t.size];
         assert_eq!(in_section, f.tensor_data(t));
     }
-    assert_eq!(f.data_offset() as u64 + expected_offset as u64, file_len, "last tensor padded too");
+    assert_eq!(
+        f.data_offset() as u64 + expected_offset as u64,
+        file_len,
+        "last tensor padded too"
+    );
     assert!(f.tensor("missing").is_none());
 }
 
@@ -158,7 +169,10 @@ fn typed_getters() {
     assert_eq!(f.get_f32_array("t.a_empty").unwrap(), Vec::<f32>::new());
 
     let err = f.get_u32("no.such.key").unwrap_err();
-    assert!(matches!(&err, GgufError::MissingKey { key } if key == "no.such.key"), "{err}");
+    assert!(
+        matches!(&err, GgufError::MissingKey { key } if key == "no.such.key"),
+        "{err}"
+    );
     for (key, getter_err) in [
         ("t.i8", f.get_u32("t.i8").unwrap_err()),   // negative does not fit
         ("t.u64", f.get_u32("t.u64").unwrap_err()), // too large
@@ -171,7 +185,10 @@ fn typed_getters() {
         ("t.a_i32", f.get_u32_array("t.a_i32").unwrap_err()), // negative element
         ("t.a_u32", f.get_f32_array("t.a_u32").unwrap_err()),
     ] {
-        assert!(matches!(&getter_err, GgufError::WrongType { key: k, .. } if k == key), "{getter_err}");
+        assert!(
+            matches!(&getter_err, GgufError::WrongType { key: k, .. } if k == key),
+            "{getter_err}"
+        );
         assert!(getter_err.to_string().contains(key), "{getter_err}");
     }
 }
@@ -278,7 +295,9 @@ fn malformed_files_give_distinct_errors() {
         &|e| matches!(e, E::Truncated { what, offset: 0, .. } if what == "magic"),
     );
     // One kv: the key "general.name" occupies bytes 32..44, its 26-byte value string starts at byte 56.
-    let one_kv = Raw::header(3, 0, 1).kv_str("general.name", "a long enough value string").bytes();
+    let one_kv = Raw::header(3, 0, 1)
+        .kv_str("general.name", "a long enough value string")
+        .bytes();
     assert!(GgufFile::from_bytes(one_kv.clone()).is_ok());
     case(
         "truncated inside a kv key",
@@ -291,10 +310,22 @@ fn malformed_files_give_distinct_errors() {
         &|e| matches!(e, E::StringPastEnd { what, offset: 56, len: 26, available: 4 } if what.contains("general.name")),
     );
     case("truncated after the header", valid[..30].to_vec(), &|e| {
-        matches!(e, E::CountTooLarge { what: "metadata kv", count: 2, max: 0, .. })
+        matches!(
+            e,
+            E::CountTooLarge {
+                what: "metadata kv",
+                count: 2,
+                max: 0,
+                ..
+            }
+        )
     });
     // One 4-d tensor: name at 24..34, n_dims 34..38, dims 38..70 (dimension 3 at 62..70).
-    let one_tensor = Raw::header(3, 1, 0).tensor("t0", &[2, 2, 2, 2], 0, 0).pad(32).data(64).bytes();
+    let one_tensor = Raw::header(3, 1, 0)
+        .tensor("t0", &[2, 2, 2, 2], 0, 0)
+        .pad(32)
+        .data(64)
+        .bytes();
     assert!(GgufFile::from_bytes(one_tensor.clone()).is_ok());
     case(
         "truncated inside tensor infos",
@@ -309,11 +340,19 @@ fn malformed_files_give_distinct_errors() {
 
     let mut bad_magic = valid.clone();
     bad_magic[3] = b'X';
-    case("bad magic", bad_magic, &|e| matches!(e, E::BadMagic { found } if found == b"GGUX"));
+    case(
+        "bad magic",
+        bad_magic,
+        &|e| matches!(e, E::BadMagic { found } if found == b"GGUX"),
+    );
     for version in [0u32, 1, 4, 0x0300_0000] {
         let mut v = valid.clone();
         v[4..8].copy_from_slice(&version.to_le_bytes());
-        case("unknown version", v, &|e| matches!(e, E::UnsupportedVersion { version: got } if *got == version));
+        case(
+            "unknown version",
+            v,
+            &|e| matches!(e, E::UnsupportedVersion { version: got } if *got == version),
+        );
     }
 
     case(
@@ -334,7 +373,9 @@ fn malformed_files_give_distinct_errors() {
     );
     let mut r = Raw::header(3, 0, 1);
     r.u64(u64::MAX).u8(b'k').u64(0);
-    case("key length u64::MAX", r.bytes(), &|e| matches!(e, E::StringPastEnd { len: u64::MAX, .. }));
+    case("key length u64::MAX", r.bytes(), &|e| {
+        matches!(e, E::StringPastEnd { len: u64::MAX, .. })
+    });
 
     let mut r = Raw::header(3, 1, 0);
     r.tensor("t0", &[4], 0, 0).pad(32).data(15);
@@ -345,7 +386,9 @@ fn malformed_files_give_distinct_errors() {
     );
     let mut r = Raw::header(3, 1, 0);
     r.tensor("t0", &[4], 0, u64::MAX - 31).pad(32).data(16);
-    case("tensor offset near u64::MAX", r.bytes(), &|e| matches!(e, E::TensorPastEnd { .. }));
+    case("tensor offset near u64::MAX", r.bytes(), &|e| {
+        matches!(e, E::TensorPastEnd { .. })
+    });
 
     let mut r = Raw::header(3, 2, 0);
     r.tensor("t0", &[4], 0, 0).tensor("t1", &[8], 0, 16).pad(32).data(64);
@@ -367,25 +410,56 @@ fn malformed_files_give_distinct_errors() {
 
     let mut r = Raw::header(3, 2, 0);
     r.tensor("t0", &[4], 0, 0).tensor("t0", &[8], 0, 32).pad(32).data(64);
-    case("duplicate tensor names", r.bytes(), &|e| matches!(e, E::DuplicateTensor { name } if name == "t0"));
+    case(
+        "duplicate tensor names",
+        r.bytes(),
+        &|e| matches!(e, E::DuplicateTensor { name } if name == "t0"),
+    );
 
     let mut r = Raw::header(3, 0, 2);
     r.kv_u32("a.u32", 1).kv_u32("a.u32", 2);
-    case("duplicate keys", r.bytes(), &|e| matches!(e, E::DuplicateKey { key } if key == "a.u32"));
+    case(
+        "duplicate keys",
+        r.bytes(),
+        &|e| matches!(e, E::DuplicateKey { key } if key == "a.u32"),
+    );
 
     let mut r = Raw::header(3, 1, 0);
     r.tensor("t0", &[4, 0], 0, 0).pad(32).data(64);
-    case("zero dim", r.bytes(), &|e| matches!(e, E::ZeroDim { tensor, dim: 1 } if tensor == "t0"));
+    case(
+        "zero dim",
+        r.bytes(),
+        &|e| matches!(e, E::ZeroDim { tensor, dim: 1 } if tensor == "t0"),
+    );
 
-    for ne in [vec![1u64 << 32, 1 << 32], vec![1 << 62, 2], vec![1 << 61, 2], vec![u64::MAX]] {
+    for ne in [
+        vec![1u64 << 32, 1 << 32],
+        vec![1 << 62, 2],
+        vec![1 << 61, 2],
+        vec![u64::MAX],
+    ] {
         let mut r = Raw::header(3, 1, 0);
         r.tensor("big", &ne, 0, 0).pad(32).data(64);
-        case("overflowing dims", r.bytes(), &|e| matches!(e, E::ShapeOverflow { tensor, .. } if tensor == "big"));
+        case(
+            "overflowing dims",
+            r.bytes(),
+            &|e| matches!(e, E::ShapeOverflow { tensor, .. } if tensor == "big"),
+        );
     }
 
     for n_dims in [0u32, 5, u32::MAX] {
         let mut r = Raw::header(3, 1, 0);
-        r.str("t0").u32(n_dims).u64(4).u64(4).u64(4).u64(4).u64(4).u32(0).u64(0).pad(32).data(64);
+        r.str("t0")
+            .u32(n_dims)
+            .u64(4)
+            .u64(4)
+            .u64(4)
+            .u64(4)
+            .u64(4)
+            .u32(0)
+            .u64(0)
+            .pad(32)
+            .data(64);
         case(
             "bad dim count",
             r.bytes(),
@@ -395,8 +469,15 @@ fn malformed_files_give_distinct_errors() {
 
     for a in [0u32, 48, 3] {
         let mut r = Raw::header(3, 1, 1);
-        r.kv_u32("general.alignment", a).tensor("t0", &[4], 0, 0).pad(64).data(64);
-        case("bad alignment value", r.bytes(), &|e| matches!(e, E::BadAlignment { value } if *value == u64::from(a)));
+        r.kv_u32("general.alignment", a)
+            .tensor("t0", &[4], 0, 0)
+            .pad(64)
+            .data(64);
+        case(
+            "bad alignment value",
+            r.bytes(),
+            &|e| matches!(e, E::BadAlignment { value } if *value == u64::from(a)),
+        );
     }
     let mut r = Raw::header(3, 0, 1);
     r.str("general.alignment").u32(10).u64(32);
@@ -416,18 +497,30 @@ fn malformed_files_give_distinct_errors() {
     // Overlap is found whatever the declaration order.
     let mut r = Raw::header(3, 2, 0);
     r.tensor("t1", &[8], 0, 32).tensor("t0", &[16], 0, 0).pad(32).data(96);
-    case("overlapping tensors, reverse order", r.bytes(), &|e| matches!(e, E::TensorOverlap { .. }));
+    case("overlapping tensors, reverse order", r.bytes(), &|e| {
+        matches!(e, E::TensorOverlap { .. })
+    });
 
     let mut r = Raw::header(3, 0, 1);
     r.str("k").u32(13).u32(0);
-    case("unknown kv type", r.bytes(), &|e| matches!(e, E::UnknownValueType { key, type_id: 13, .. } if key == "k"));
+    case(
+        "unknown kv type",
+        r.bytes(),
+        &|e| matches!(e, E::UnknownValueType { key, type_id: 13, .. } if key == "k"),
+    );
     let mut r = Raw::header(3, 0, 1);
     r.str("k").u32(9).u32(77).u64(0);
-    case("unknown array element type", r.bytes(), &|e| matches!(e, E::UnknownValueType { type_id: 77, .. }));
+    case("unknown array element type", r.bytes(), &|e| {
+        matches!(e, E::UnknownValueType { type_id: 77, .. })
+    });
 
     let mut r = Raw::header(3, 0, 1);
     r.str("k").u32(9).u32(9).u64(1).u32(4).u64(1).u32(5);
-    case("nested array", r.bytes(), &|e| matches!(e, E::NestedArray { key, .. } if key == "k"));
+    case(
+        "nested array",
+        r.bytes(),
+        &|e| matches!(e, E::NestedArray { key, .. } if key == "k"),
+    );
 
     for (elem, count) in [(4u32, 1u64 << 40), (8, 1 << 60), (12, u64::MAX), (0, 100)] {
         let mut r = Raw::header(3, 0, 1);
@@ -441,7 +534,11 @@ fn malformed_files_give_distinct_errors() {
 
     let mut r = Raw::header(3, 0, 1);
     r.str("k").u32(7).u8(2);
-    case("bool byte 2", r.bytes(), &|e| matches!(e, E::InvalidBool { key, value: 2, .. } if key == "k"));
+    case(
+        "bool byte 2",
+        r.bytes(),
+        &|e| matches!(e, E::InvalidBool { key, value: 2, .. } if key == "k"),
+    );
 
     let mut r = Raw::header(3, 0, 1);
     r.u64(2).u8(0xff).u8(0xfe).u32(4).u32(0);
@@ -453,12 +550,16 @@ fn malformed_files_give_distinct_errors() {
 
     let mut r = Raw::header(3, 1, 0);
     r.tensor("", &[4], 0, 0).pad(32).data(16);
-    case("empty tensor name", r.bytes(), &|e| matches!(e, E::EmptyTensorName { index: 0 }));
+    case("empty tensor name", r.bytes(), &|e| {
+        matches!(e, E::EmptyTensorName { index: 0 })
+    });
 
     let long = "n".repeat(64);
     let mut r = Raw::header(3, 1, 0);
     r.tensor(&long, &[4], 0, 0).pad(32).data(16);
-    case("tensor name too long for ggml", r.bytes(), &|e| matches!(e, E::TensorNameTooLong { len: 64, max: 63, .. }));
+    case("tensor name too long for ggml", r.bytes(), &|e| {
+        matches!(e, E::TensorNameTooLong { len: 64, max: 63, .. })
+    });
 
     let mut r = Raw::header(3, 1, 0);
     r.tensor("q", &[33], GgmlType::Q8_0 as u32, 0).pad(32).data(64);
@@ -469,7 +570,12 @@ fn malformed_files_give_distinct_errors() {
     );
 
     let distinct: HashSet<_> = cases.iter().map(|(_, e)| discriminant(e)).collect();
-    assert!(distinct.len() >= 20, "only {} distinct error variants over {} cases", distinct.len(), cases.len());
+    assert!(
+        distinct.len() >= 20,
+        "only {} distinct error variants over {} cases",
+        distinct.len(),
+        cases.len()
+    );
     for (label, e) in &cases {
         println!("{label:40} -> {e}");
     }
@@ -478,14 +584,23 @@ fn malformed_files_give_distinct_errors() {
 #[test]
 fn error_messages_name_what_is_wrong() {
     let mut r = Raw::header(3, 2, 0);
-    r.tensor("blk.0.attn_q.weight", &[4], 0, 0).tensor("blk.0.attn_k.weight", &[8], 0, 16).pad(32).data(64);
+    r.tensor("blk.0.attn_q.weight", &[4], 0, 0)
+        .tensor("blk.0.attn_k.weight", &[8], 0, 16)
+        .pad(32)
+        .data(64);
     let msg = parse_err(r.bytes()).to_string();
-    assert!(msg.contains("blk.0.attn_k.weight") && msg.contains("16") && msg.contains("32"), "{msg}");
+    assert!(
+        msg.contains("blk.0.attn_k.weight") && msg.contains("16") && msg.contains("32"),
+        "{msg}"
+    );
 
     let mut r = Raw::header(3, 0, 1);
     r.str("clip.vision.image_size").u32(4);
     let msg = parse_err(r.bytes()).to_string();
-    assert!(msg.contains("clip.vision.image_size") && msg.contains("offset 58"), "{msg}");
+    assert!(
+        msg.contains("clip.vision.image_size") && msg.contains("offset 58"),
+        "{msg}"
+    );
 }
 
 /// A small valid file whose last tensor ends exactly on the alignment, so that every proper prefix is
@@ -494,7 +609,8 @@ fn small_valid_file(dir: &Path) -> Vec<u8> {
     let path = dir.join("small.gguf");
     let mut w = GgufWriter::create(&path).unwrap();
     w.add_kv("general.architecture", Value::Str("qwen2".into())).unwrap();
-    w.add_kv("a.arr", Value::Array(Array::Str(vec!["x".into(), "yz".into()]))).unwrap();
+    w.add_kv("a.arr", Value::Array(Array::Str(vec!["x".into(), "yz".into()])))
+        .unwrap();
     w.add_kv("a.f", Value::Array(Array::F32(vec![1.0, 2.0]))).unwrap();
     w.add_kv("a.b", Value::Bool(false)).unwrap();
     w.add_tensor("w", &[3], GgmlType::F16).unwrap(); // 6 bytes, padded to 32
@@ -524,7 +640,11 @@ fn truncation_at_every_byte_is_an_error() {
     }
     // Truncated, StringPastEnd, ArrayPastEnd (the string array's count), TensorPastEnd at least.
     assert!(kinds.len() >= 4, "{} kinds of truncation error", kinds.len());
-    println!("{} prefixes rejected with {} distinct error kinds", bytes.len(), kinds.len());
+    println!(
+        "{} prefixes rejected with {} distinct error kinds",
+        bytes.len(),
+        kinds.len()
+    );
 
     // The same through the mmap path, at a few lengths (an empty file included).
     for len in [0, 3, 30, bytes.len() / 2, bytes.len() - 1] {
@@ -608,8 +728,10 @@ fn random_corruption_never_panics() {
 // Writer.
 
 fn dir_entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -635,7 +757,11 @@ fn failed_write_leaves_no_file_and_no_temp() {
         assert!(!dest.exists());
         // The writer is dropped here, as it would be by `?`.
     }
-    assert_eq!(dir_entries(dir.path()), Vec::<String>::new(), "no destination, no temp file");
+    assert_eq!(
+        dir_entries(dir.path()),
+        Vec::<String>::new(),
+        "no destination, no temp file"
+    );
 
     // finish() with a tensor never written also leaves nothing behind.
     let mut w = GgufWriter::create(&dest).unwrap();
@@ -643,7 +769,10 @@ fn failed_write_leaves_no_file_and_no_temp() {
     w.add_tensor("b", &[4], GgmlType::F32).unwrap();
     w.write_tensor_data("a", &[0u8; 16]).unwrap();
     let err = w.finish().unwrap_err();
-    assert!(matches!(&err, GgufError::TensorDataMissing { tensor } if tensor == "b"), "{err}");
+    assert!(
+        matches!(&err, GgufError::TensorDataMissing { tensor } if tensor == "b"),
+        "{err}"
+    );
     assert_eq!(dir_entries(dir.path()), Vec::<String>::new());
 }
 
@@ -679,20 +808,50 @@ fn writer_refuses_misuse() {
     assert!(matches!(w.add_kv("", Value::U32(2)), Err(E::EmptyKey { .. })));
     assert!(matches!(w.set_alignment(48), Err(E::BadAlignment { value: 48 })));
     assert!(matches!(w.set_alignment(0), Err(E::BadAlignment { value: 0 })));
-    assert!(matches!(w.add_kv("general.alignment", Value::U64(64)), Err(E::WrongType { .. })));
-    assert!(matches!(w.add_kv("general.alignment", Value::U32(12)), Err(E::BadAlignment { value: 12 })));
+    assert!(matches!(
+        w.add_kv("general.alignment", Value::U64(64)),
+        Err(E::WrongType { .. })
+    ));
+    assert!(matches!(
+        w.add_kv("general.alignment", Value::U32(12)),
+        Err(E::BadAlignment { value: 12 })
+    ));
     w.add_kv("general.alignment", Value::U32(64)).unwrap();
     assert_eq!(w.alignment(), 64);
 
-    assert!(matches!(w.add_tensor("z", &[4, 0], GgmlType::F32), Err(E::ZeroDim { dim: 1, .. })));
-    assert!(matches!(w.add_tensor("z", &[], GgmlType::F32), Err(E::BadDimCount { n_dims: 0, .. })));
-    assert!(matches!(w.add_tensor("z", &[1; 5], GgmlType::F32), Err(E::BadDimCount { n_dims: 5, .. })));
-    assert!(matches!(w.add_tensor("z", &[33], GgmlType::Q8_0), Err(E::RowNotBlockMultiple { .. })));
-    assert!(matches!(w.add_tensor("z", &[usize::MAX / 2, 4], GgmlType::F32), Err(E::ShapeOverflow { .. })));
-    assert!(matches!(w.add_tensor(&"x".repeat(64), &[4], GgmlType::F32), Err(E::TensorNameTooLong { .. })));
-    assert!(matches!(w.add_tensor("", &[4], GgmlType::F32), Err(E::EmptyTensorName { .. })));
+    assert!(matches!(
+        w.add_tensor("z", &[4, 0], GgmlType::F32),
+        Err(E::ZeroDim { dim: 1, .. })
+    ));
+    assert!(matches!(
+        w.add_tensor("z", &[], GgmlType::F32),
+        Err(E::BadDimCount { n_dims: 0, .. })
+    ));
+    assert!(matches!(
+        w.add_tensor("z", &[1; 5], GgmlType::F32),
+        Err(E::BadDimCount { n_dims: 5, .. })
+    ));
+    assert!(matches!(
+        w.add_tensor("z", &[33], GgmlType::Q8_0),
+        Err(E::RowNotBlockMultiple { .. })
+    ));
+    assert!(matches!(
+        w.add_tensor("z", &[usize::MAX / 2, 4], GgmlType::F32),
+        Err(E::ShapeOverflow { .. })
+    ));
+    assert!(matches!(
+        w.add_tensor(&"x".repeat(64), &[4], GgmlType::F32),
+        Err(E::TensorNameTooLong { .. })
+    ));
+    assert!(matches!(
+        w.add_tensor("", &[4], GgmlType::F32),
+        Err(E::EmptyTensorName { .. })
+    ));
     w.add_tensor("a", &[4], GgmlType::F32).unwrap();
-    assert!(matches!(w.add_tensor("a", &[4], GgmlType::F32), Err(E::DuplicateTensor { .. })));
+    assert!(matches!(
+        w.add_tensor("a", &[4], GgmlType::F32),
+        Err(E::DuplicateTensor { .. })
+    ));
     assert!(matches!(w.set_alignment(128), Err(E::AlignmentAfterTensors)));
     w.add_tensor("b", &[2, 2], GgmlType::F16).unwrap();
     assert_eq!(w.header_size() % 64, 0);
@@ -701,10 +860,19 @@ fn writer_refuses_misuse() {
     assert!(
         matches!(w.write_tensor_data("b", &[0; 8]), Err(E::TensorOrder { expected, got }) if expected == "a" && got == "b")
     );
-    assert!(matches!(w.write_tensor_data("nope", &[0; 8]), Err(E::UnknownTensor { .. })));
+    assert!(matches!(
+        w.write_tensor_data("nope", &[0; 8]),
+        Err(E::UnknownTensor { .. })
+    ));
     w.write_tensor_data("a", &[0; 16]).unwrap();
-    assert!(matches!(w.add_kv("late", Value::U8(0)), Err(E::HeaderAlreadyWritten { .. })));
-    assert!(matches!(w.add_tensor("late", &[4], GgmlType::F32), Err(E::HeaderAlreadyWritten { .. })));
+    assert!(matches!(
+        w.add_kv("late", Value::U8(0)),
+        Err(E::HeaderAlreadyWritten { .. })
+    ));
+    assert!(matches!(
+        w.add_tensor("late", &[4], GgmlType::F32),
+        Err(E::HeaderAlreadyWritten { .. })
+    ));
     assert!(matches!(w.write_tensor_data("a", &[0; 16]), Err(E::TensorOrder { .. })));
     w.write_tensor_data("b", &[0; 8]).unwrap();
     assert!(matches!(w.write_tensor_data("b", &[0; 8]), Err(E::TensorOrder { .. })));
@@ -719,7 +887,10 @@ fn writer_refuses_misuse() {
 fn writer_reports_missing_directory() {
     let dir = tempfile::tempdir().unwrap();
     let err = GgufWriter::create(&dir.path().join("no/such/dir/m.gguf")).unwrap_err();
-    assert!(matches!(&err, GgufError::Io { path, .. } if path.to_string_lossy().contains("no/such/dir")), "{err}");
+    assert!(
+        matches!(&err, GgufError::Io { path, .. } if path.to_string_lossy().contains("no/such/dir")),
+        "{err}"
+    );
 }
 
 #[test]

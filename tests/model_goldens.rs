@@ -37,18 +37,34 @@ impl Golden {
         let text = std::fs::read_to_string(dir.join("manifest.json")).expect("goldens manifest");
         let m: Value = serde_json::from_str(&text).expect("manifest JSON");
         assert_eq!(m["magic"], "internvl-goldens");
-        assert_eq!(m["version"], 1, "goldens version; regenerate with tests/reference/README.md");
+        assert_eq!(
+            m["version"], 1,
+            "goldens version; regenerate with tests/reference/README.md"
+        );
         Golden { dir, m }
     }
     fn array(&self, name: &str) -> Vec<f32> {
         let a = &self.m["arrays"][name];
         let bytes = std::fs::read(self.dir.join(a["file"].as_str().expect("file"))).expect("golden array");
-        let n: u64 = a["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().unwrap_or(0)).product();
+        let n: u64 = a["shape"]
+            .as_array()
+            .expect("shape")
+            .iter()
+            .map(|d| d.as_u64().unwrap_or(0))
+            .product();
         assert_eq!(bytes.len() as u64, n * 4, "{name}: size");
-        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
     }
     fn u32s(&self, key: &str) -> Vec<u32> {
-        self.m[key].as_array().expect(key).iter().map(|v| v.as_u64().expect("id") as u32).collect()
+        self.m[key]
+            .as_array()
+            .expect(key)
+            .iter()
+            .map(|v| v.as_u64().expect("id") as u32)
+            .collect()
     }
     fn seed(&self) -> u64 {
         self.m["checkpoint"]["seed"].as_u64().expect("seed")
@@ -64,7 +80,11 @@ impl Golden {
             out.extend(common::normalize_hwc_u8(&bytes[t * per..(t + 1) * per], size));
         }
         let bytes: Vec<u8> = out.iter().flat_map(|x| x.to_le_bytes()).collect();
-        assert_eq!(hex(&Sha256::digest(&bytes)), self.m["pixel_sha256"].as_str().expect("sha"), "pixel input differs");
+        assert_eq!(
+            hex(&Sha256::digest(&bytes)),
+            self.m["pixel_sha256"].as_str().expect("sha"),
+            "pixel input differs"
+        );
         out
     }
 }
@@ -87,7 +107,16 @@ struct Outputs {
 fn run(g: &Golden, gguf: &std::path::Path, kv: KvType, force: Option<&[u32]>) -> Outputs {
     let model = Arc::new(Model::load(&[gguf]).expect("load"));
     let n_embd = model.hp.llm.n_embd;
-    let mut s = Session::new(model.clone(), SessionParams { n_ctx: 1024, kv_type: kv, n_threads: 2, ..Default::default() }).unwrap();
+    let mut s = Session::new(
+        model.clone(),
+        SessionParams {
+            n_ctx: 1024,
+            kv_type: kv,
+            n_threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let v = s.encode_tiles(&g.pixels(), true).unwrap();
     let ids = g.u32s("ids");
     let out = s.eval(&ids, &v.proj, true).unwrap();
@@ -99,8 +128,10 @@ fn run(g: &Golden, gguf: &std::path::Path, kv: KvType, force: Option<&[u32]>) ->
     let w = file.tensor("output.weight").unwrap();
     let row = w.ty.row_size(n_embd).unwrap();
     let data = file.tensor_data(w);
-    let rows: Vec<Vec<f32>> =
-        subset.iter().map(|&i| dequantize(w.ty, &data[i as usize * row..(i as usize + 1) * row], n_embd).unwrap()).collect();
+    let rows: Vec<Vec<f32>> = subset
+        .iter()
+        .map(|&i| dequantize(w.ty, &data[i as usize * row..(i as usize + 1) * row], n_embd).unwrap())
+        .collect();
     let dot = |h: &[f32], r: &[f32]| h.iter().zip(r).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32;
     let n = ids.len();
     let mut logits_subset = Vec::with_capacity(n * subset.len());
@@ -122,7 +153,15 @@ fn run(g: &Golden, gguf: &std::path::Path, kv: KvType, force: Option<&[u32]>) ->
             cur = s.decode(next).unwrap();
         }
     }
-    Outputs { vit: v.vit.unwrap(), proj: v.proj, hidden, logits_last: out.logits, logits_subset, greedy, decode_subset }
+    Outputs {
+        vit: v.vit.unwrap(),
+        proj: v.proj,
+        hidden,
+        logits_last: out.logits,
+        logits_subset,
+        greedy,
+        decode_subset,
+    }
 }
 
 fn golden_model(g: &Golden, ty: &str) -> PathBuf {
@@ -157,7 +196,11 @@ fn f32_weights_match_reference_at_every_stage() {
         ("hidden_final", &o.hidden[..], g.array("hidden_final")),
         ("logits_last", &o.logits_last[..], g.array("logits_last")),
         ("logits_subset", &o.logits_subset[..], g.array("logits_subset")),
-        ("decode_logits_subset", &o.decode_subset[..], g.array("decode_logits_subset")),
+        (
+            "decode_logits_subset",
+            &o.decode_subset[..],
+            g.array("decode_logits_subset"),
+        ),
     ] {
         let (rel, _) = report(name, ours, &r);
         assert!(rel <= 1e-5, "{name}: max|diff| {rel:.3e} of max|ref| > 1e-5");
@@ -198,7 +241,10 @@ fn quantized_weights_logits_cosine() {
         report("proj_out", &o.proj, &g.array("proj_out"));
         report("logits_last", &o.logits_last, &g.array("logits_last"));
         let (_, c) = report("logits_subset", &o.logits_subset, &g.array("logits_subset"));
-        assert!(c >= min_cos, "{ty}: logits cosine over all positions {c:.6} < {min_cos}");
+        assert!(
+            c >= min_cos,
+            "{ty}: logits cosine over all positions {c:.6} < {min_cos}"
+        );
     }
 }
 
@@ -213,8 +259,14 @@ fn quantized_kv_cache_against_f16_kv() {
         let o = run(&g, &model, kv, Some(&base.greedy));
         let c1 = common::cosine(&o.logits_subset, &base.logits_subset);
         let c2 = common::cosine(&o.decode_subset, &base.decode_subset);
-        eprintln!("KV {kv:?}: prompt logits cosine {c1:.8}, decode logits cosine {c2:.8}, greedy {:?}", o.greedy);
-        assert!(c1 >= min_cos && c2 >= min_cos, "KV {kv:?}: cosine {c1:.6} / {c2:.6} < {min_cos}");
+        eprintln!(
+            "KV {kv:?}: prompt logits cosine {c1:.8}, decode logits cosine {c2:.8}, greedy {:?}",
+            o.greedy
+        );
+        assert!(
+            c1 >= min_cos && c2 >= min_cos,
+            "KV {kv:?}: cosine {c1:.6} / {c2:.6} < {min_cos}"
+        );
     }
 }
 
@@ -227,11 +279,23 @@ fn quantized_kv_cache_against_f16_kv() {
 #[ignore]
 fn full_size_against_reference() {
     let dir = PathBuf::from(std::env::var("INTERNVL_FULL_GOLDENS").expect("INTERNVL_FULL_GOLDENS"));
-    let g = Golden { m: serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap(), dir };
+    let g = Golden {
+        m: serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap(),
+        dir,
+    };
     let ggufs = std::env::var("INTERNVL_FULL_GGUF").expect("INTERNVL_FULL_GGUF");
     for path in ggufs.split(',') {
         let model = Arc::new(Model::load(&[std::path::Path::new(path)]).unwrap());
-        let mut s = Session::new(model, SessionParams { n_ctx: 1024, kv_type: KvType::F32, n_threads: 2, ..Default::default() }).unwrap();
+        let mut s = Session::new(
+            model,
+            SessionParams {
+                n_ctx: 1024,
+                kv_type: KvType::F32,
+                n_threads: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let v = s.encode_tiles(&g.pixels(), false).unwrap();
         let out = s.eval(&g.u32s("ids"), &v.proj, true).unwrap();
         eprintln!("--- {path}");
@@ -239,7 +303,13 @@ fn full_size_against_reference() {
         report("hidden_final", &out.hidden.unwrap(), &g.array("hidden_final"));
         let (_, c) = report("logits_last", &out.logits, &g.array("logits_last"));
         // Bounds for the types the issue names; other types are reported only.
-        let min = if path.contains("f32") { Some(0.99999) } else if path.contains("f16") { Some(0.9999) } else { None };
+        let min = if path.contains("f32") {
+            Some(0.99999)
+        } else if path.contains("f16") {
+            Some(0.9999)
+        } else {
+            None
+        };
         if let Some(min) = min {
             assert!(c >= min, "{path}: logits cosine {c:.7} < {min}");
         }

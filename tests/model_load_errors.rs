@@ -77,48 +77,99 @@ fn wrong_shape_missing_tensor_missing_key_and_bad_type_are_refused() {
     let src = common::tiny_gguf(42, "f32", &[]);
 
     let p = tmp("shape.gguf");
-    rewrite(&src, &p, |_, v| Some(v.clone()), |n, ne, ty| {
-        if n == "blk.1.attn_k.weight" {
-            Some((vec![ne[0], ne[1] * 2], ty))
-        } else {
-            Some((ne.to_vec(), ty))
-        }
-    });
+    rewrite(
+        &src,
+        &p,
+        |_, v| Some(v.clone()),
+        |n, ne, ty| {
+            if n == "blk.1.attn_k.weight" {
+                Some((vec![ne[0], ne[1] * 2], ty))
+            } else {
+                Some((ne.to_vec(), ty))
+            }
+        },
+    );
     let (e, s) = load_err(&p);
     assert!(matches!(e, ModelError::TensorShape { .. }), "{s}");
     assert!(s.contains("blk.1.attn_k.weight"), "{s}");
 
     let p = tmp("missing_tensor.gguf");
-    rewrite(&src, &p, |_, v| Some(v.clone()), |n, ne, ty| (n != "v.blk.0.ls2.weight").then(|| (ne.to_vec(), ty)));
+    rewrite(
+        &src,
+        &p,
+        |_, v| Some(v.clone()),
+        |n, ne, ty| (n != "v.blk.0.ls2.weight").then(|| (ne.to_vec(), ty)),
+    );
     let (e, s) = load_err(&p);
-    assert!(matches!(e, ModelError::MissingTensor(ref n) if n == "v.blk.0.ls2.weight"), "{s}");
+    assert!(
+        matches!(e, ModelError::MissingTensor(ref n) if n == "v.blk.0.ls2.weight"),
+        "{s}"
+    );
 
     let p = tmp("missing_key.gguf");
-    rewrite(&src, &p, |k, v| (k != "qwen2.attention.head_count_kv").then(|| v.clone()), |_, ne, ty| Some((ne.to_vec(), ty)));
+    rewrite(
+        &src,
+        &p,
+        |k, v| (k != "qwen2.attention.head_count_kv").then(|| v.clone()),
+        |_, ne, ty| Some((ne.to_vec(), ty)),
+    );
     let (e, s) = load_err(&p);
-    assert!(matches!(e, ModelError::MissingKey("qwen2.attention.head_count_kv")), "{s}");
+    assert!(
+        matches!(e, ModelError::MissingKey("qwen2.attention.head_count_kv")),
+        "{s}"
+    );
 
     let p = tmp("bad_key_type.gguf");
-    rewrite(&src, &p, |k, v| Some(if k == "qwen2.block_count" { Value::Str("two".into()) } else { v.clone() }), |_, ne, ty| {
-        Some((ne.to_vec(), ty))
-    });
+    rewrite(
+        &src,
+        &p,
+        |k, v| {
+            Some(if k == "qwen2.block_count" {
+                Value::Str("two".into())
+            } else {
+                v.clone()
+            })
+        },
+        |_, ne, ty| Some((ne.to_vec(), ty)),
+    );
     let (e, s) = load_err(&p);
-    assert!(matches!(e, ModelError::BadKey { key: "qwen2.block_count", .. }), "{s}");
+    assert!(
+        matches!(
+            e,
+            ModelError::BadKey {
+                key: "qwen2.block_count",
+                ..
+            }
+        ),
+        "{s}"
+    );
 
     // A norm stored as f16 would be added/multiplied with mismatched types: refused by name.
     let p = tmp("bad_type.gguf");
-    rewrite(&src, &p, |_, v| Some(v.clone()), |n, ne, ty| {
-        Some((ne.to_vec(), if n == "output_norm.weight" { GgmlType::F16 } else { ty }))
-    });
+    rewrite(
+        &src,
+        &p,
+        |_, v| Some(v.clone()),
+        |n, ne, ty| Some((ne.to_vec(), if n == "output_norm.weight" { GgmlType::F16 } else { ty })),
+    );
     let (e, s) = load_err(&p);
     assert!(matches!(e, ModelError::TensorType { .. }), "{s}");
     assert!(s.contains("output_norm.weight") && s.contains("f16"), "{s}");
 
     // Dimensions the graphs cannot run (heads not dividing the width) are refused before ggml sees them.
     let p = tmp("bad_heads.gguf");
-    rewrite(&src, &p, |k, v| Some(if k == "qwen2.attention.head_count" { Value::U32(5) } else { v.clone() }), |_, ne, ty| {
-        Some((ne.to_vec(), ty))
-    });
+    rewrite(
+        &src,
+        &p,
+        |k, v| {
+            Some(if k == "qwen2.attention.head_count" {
+                Value::U32(5)
+            } else {
+                v.clone()
+            })
+        },
+        |_, ne, ty| Some((ne.to_vec(), ty)),
+    );
     let (e, s) = load_err(&p);
     assert!(matches!(e, ModelError::Unsupported(_)), "{s}");
 }

@@ -9,7 +9,14 @@ fn tiny_model_runs_end_to_end() {
     let path = common::tiny_gguf(42, "f32", &[]);
     let model = Arc::new(Model::load(&[&path]).unwrap());
     let hp = model.hp.clone();
-    let mut s = Session::new(model.clone(), SessionParams { n_ctx: 1024, ..Default::default() }).unwrap();
+    let mut s = Session::new(
+        model.clone(),
+        SessionParams {
+            n_ctx: 1024,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let per_tile = 3 * 448 * 448;
     let tiles: Vec<f32> = (0..2 * per_tile).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect();
     let v = s.encode_tiles(&tiles, true).unwrap();
@@ -33,7 +40,10 @@ fn device_choice_without_a_gpu() {
     // This build has no GPU backend: auto falls back to the CPU, an explicit GPU request is a clear error.
     let m = Model::load_on(&[&path], Device::Auto).unwrap();
     assert_eq!(m.device, internvl::ggml::BackendKind::Cpu);
-    let err = Model::load_on(&[&path], Device::Gpu).err().expect("no GPU here").to_string();
+    let err = Model::load_on(&[&path], Device::Gpu)
+        .err()
+        .expect("no GPU here")
+        .to_string();
     assert!(err.contains("GPU"), "{err}");
     assert_eq!(Device::parse("cuda"), Some(Device::Gpu));
     assert_eq!(Device::parse("tpu"), None);

@@ -43,7 +43,12 @@ fn channel_mean(img: &RgbImage, c: usize) -> f64 {
 
 fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
     assert_eq!(a.dimensions(), b.dimensions());
-    let sum: u64 = a.as_raw().iter().zip(b.as_raw()).map(|(&x, &y)| u64::from(x.abs_diff(y))).sum();
+    let sum: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| u64::from(x.abs_diff(y)))
+        .sum();
     sum as f64 / a.as_raw().len() as f64
 }
 
@@ -79,7 +84,10 @@ fn red_panda_eight_frames() {
     }
     // Frames are distinct pictures (the panda moves), not one frame repeated.
     for w in s.frames.windows(2) {
-        assert!(mean_abs_diff(&w[0], &w[1]) > 0.5, "consecutive sampled frames are identical");
+        assert!(
+            mean_abs_diff(&w[0], &w[1]) > 0.5,
+            "consecutive sampled frames are identical"
+        );
     }
 
     // One 448² tile per frame, no thumbnail (spec §7.3).
@@ -100,13 +108,23 @@ fn red_panda_eight_frames() {
     let near = ffmpeg::read_frames(&path, &[54, 56], &limits).expect("read_frames");
     let d_near = mean_abs_diff(&near[0], &s.frames[0]);
     let d_far = mean_abs_diff(&again[0], &s.frames[0]);
-    assert!(d_near > 0.0 && d_near < d_far, "frame 54 vs 55: {d_near}, 837 vs 55: {d_far}");
+    assert!(
+        d_near > 0.0 && d_near < d_far,
+        "frame 54 vs 55: {d_near}, 837 vs 55: {d_far}"
+    );
     assert_ne!(near[1], s.frames[0]);
 
     // The last frame exists, the one after it does not.
-    assert_eq!(ffmpeg::read_frames(&path, &[894], &limits).expect("last frame").len(), 1);
+    assert_eq!(
+        ffmpeg::read_frames(&path, &[894], &limits).expect("last frame").len(),
+        1
+    );
     match ffmpeg::read_frames(&path, &[895], &limits) {
-        Err(Error::MissingFrame { wanted: 895, decoded: 895, .. }) => {}
+        Err(Error::MissingFrame {
+            wanted: 895,
+            decoded: 895,
+            ..
+        }) => {}
         other => panic!("expected MissingFrame, got {other:?}"),
     }
     assert!(ffmpeg::read_frames(&path, &[], &limits).expect("nothing").is_empty());
@@ -144,7 +162,9 @@ fn remux(src: &Path, dst: &Path) {
     };
     let mut octx = ff::format::output(dst).expect("open output");
     {
-        let mut ost = octx.add_stream(ff::encoder::find(ff::codec::Id::None)).expect("add stream");
+        let mut ost = octx
+            .add_stream(ff::encoder::find(ff::codec::Id::None))
+            .expect("add stream");
         ost.set_parameters(params);
     }
     octx.write_header().expect("write header");
@@ -172,7 +192,10 @@ fn bad_inputs_give_clear_errors() {
         Err(e @ Error::Io { .. }) => assert!(e.to_string().contains("nope.mp4"), "{e}"),
         other => panic!("expected Io, got {other:?}"),
     }
-    assert!(matches!(ffmpeg::read_frames(&missing, &[0], &limits), Err(Error::Io { .. })));
+    assert!(matches!(
+        ffmpeg::read_frames(&missing, &[0], &limits),
+        Err(Error::Io { .. })
+    ));
     assert!(matches!(ffmpeg::probe(dir.path(), &limits), Err(Error::Io { .. })));
 
     // Not a media file at all.
@@ -185,7 +208,9 @@ fn bad_inputs_give_clear_errors() {
 
     // A still image is refused as a video.
     let png = dir.path().join("still.png");
-    RgbImage::from_pixel(16, 8, image::Rgb([10, 200, 30])).save(&png).unwrap();
+    RgbImage::from_pixel(16, 8, image::Rgb([10, 200, 30]))
+        .save(&png)
+        .unwrap();
     match ffmpeg::probe(&png, &limits) {
         Err(e @ Error::StillImage { .. }) => println!("{e}"),
         other => panic!("expected StillImage, got {other:?}"),
@@ -200,19 +225,49 @@ fn bad_inputs_give_clear_errors() {
     }
 
     // Pixel limits: the frame size before decoding, the total of the frames asked for.
-    let small = Limits { max_pixels: 360 * 640 - 1, ..Limits::default() };
+    let small = Limits {
+        max_pixels: 360 * 640 - 1,
+        ..Limits::default()
+    };
     assert!(matches!(
         ffmpeg::probe(&red_panda(), &small),
-        Err(Error::TooManyPixels { width: 360, height: 640, .. })
+        Err(Error::TooManyPixels {
+            width: 360,
+            height: 640,
+            ..
+        })
     ));
-    assert!(matches!(ffmpeg::read_frames(&red_panda(), &[0], &small), Err(Error::TooManyPixels { .. })));
-    let total = Limits { max_total_pixels: 3 * 360 * 640, ..Limits::default() };
-    assert!(matches!(ffmpeg::read_frames(&red_panda(), &[0, 1, 2, 3], &total), Err(Error::TooManyTotalPixels { .. })));
-    assert_eq!(ffmpeg::read_frames(&red_panda(), &[0, 1, 2], &total).expect("3 frames fit").len(), 3);
+    assert!(matches!(
+        ffmpeg::read_frames(&red_panda(), &[0], &small),
+        Err(Error::TooManyPixels { .. })
+    ));
+    let total = Limits {
+        max_total_pixels: 3 * 360 * 640,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        ffmpeg::read_frames(&red_panda(), &[0, 1, 2, 3], &total),
+        Err(Error::TooManyTotalPixels { .. })
+    ));
+    assert_eq!(
+        ffmpeg::read_frames(&red_panda(), &[0, 1, 2], &total)
+            .expect("3 frames fit")
+            .len(),
+        3
+    );
 
     // More segments than frames (the reference would repeat frames).
     match ffmpeg::sample(&red_panda(), 896, None, &limits) {
-        Err(e @ Error::Sampling { source: internvl::image::Error::TooFewFrames { num_frames: 895, num_segments: 896 }, .. }) => {
+        Err(
+            e @ Error::Sampling {
+                source:
+                    internvl::image::Error::TooFewFrames {
+                        num_frames: 895,
+                        num_segments: 896,
+                    },
+                ..
+            },
+        ) => {
             println!("{e}")
         }
         other => panic!("expected TooFewFrames, got {:?}", other.map(|s| s.indices.len())),
@@ -240,9 +295,16 @@ fn truncated_file_is_an_error() {
         Ok(s) => panic!("8 frames from a truncated file: {:?}", s.indices),
     }
     // Frames before the cut still decode; asking for one past it fails.
-    assert_eq!(ffmpeg::read_frames(&cut, &[0, 100], &Limits::default()).expect("early frames").len(), 2);
+    assert_eq!(
+        ffmpeg::read_frames(&cut, &[0, 100], &Limits::default())
+            .expect("early frames")
+            .len(),
+        2
+    );
     match ffmpeg::read_frames(&cut, &[894], &Limits::default()) {
-        Err(e @ (Error::Read { .. } | Error::Decode { .. } | Error::MissingFrame { .. })) => println!("read_frames: {e}"),
+        Err(e @ (Error::Read { .. } | Error::Decode { .. } | Error::MissingFrame { .. })) => {
+            println!("read_frames: {e}")
+        }
         other => panic!("expected an error, got {:?}", other.map(|f| f.len())),
     }
 
@@ -286,7 +348,13 @@ fn engine_video_frames() {
         assert_eq!(f.n_tiles(), 1);
         assert!(f.is_video_frame());
         assert_eq!(f.size(), (360, 640));
-        assert_eq!(f.source(), &ImageSource::VideoFrame { path: path.clone(), index: i });
+        assert_eq!(
+            f.source(),
+            &ImageSource::VideoFrame {
+                path: path.clone(),
+                index: i
+            }
+        );
     }
     let again = Image::frame_of(&path, 502, &TilingParams::video_frame(448)).expect("frame_of");
     assert_eq!(again.key(), frames[4].key());
@@ -313,7 +381,11 @@ fn cli_video_prompt_is_2156_tokens() {
         .output()
         .expect("run internvl-run");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "internvl-run failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "internvl-run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: Value = stdout
         .lines()
         .find(|l| l.starts_with('{'))

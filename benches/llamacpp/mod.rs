@@ -7,7 +7,12 @@ use std::time::Instant;
 
 use llama_cpp_sys_2 as ll;
 
-unsafe extern "C" fn quiet_log(_level: ll::ggml_log_level, _text: *const std::os::raw::c_char, _data: *mut std::ffi::c_void) {}
+unsafe extern "C" fn quiet_log(
+    _level: ll::ggml_log_level,
+    _text: *const std::os::raw::c_char,
+    _data: *mut std::ffi::c_void,
+) {
+}
 
 /// Loads the text GGUF, prefills `ids` in one batch, then decodes `n_decode` greedy tokens; prints JSON.
 pub fn child(path: &str, threads: usize, ids: &[u32], n_decode: usize) -> String {

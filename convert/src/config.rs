@@ -54,7 +54,10 @@ pub struct ModelConfig {
 }
 
 fn key_err(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Key { key: key.to_string(), reason: reason.into() }
+    ConfigError::Key {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
 }
 
 fn get<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
@@ -66,7 +69,9 @@ fn get<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 fn req<'a>(v: &'a Value, path: &str) -> Result<&'a Value, ConfigError> {
-    get(v, path).filter(|x| !x.is_null()).ok_or_else(|| key_err(path, "missing"))
+    get(v, path)
+        .filter(|x| !x.is_null())
+        .ok_or_else(|| key_err(path, "missing"))
 }
 
 fn req_usize(v: &Value, path: &str) -> Result<usize, ConfigError> {
@@ -79,7 +84,9 @@ fn req_usize(v: &Value, path: &str) -> Result<usize, ConfigError> {
 
 fn req_f64(v: &Value, path: &str) -> Result<f64, ConfigError> {
     let x = req(v, path)?;
-    x.as_f64().filter(|f| f.is_finite()).ok_or_else(|| key_err(path, format!("{x} is not a number")))
+    x.as_f64()
+        .filter(|f| f.is_finite())
+        .ok_or_else(|| key_err(path, format!("{x} is not a number")))
 }
 
 fn req_str<'a>(v: &'a Value, path: &str) -> Result<&'a str, ConfigError> {
@@ -122,8 +129,18 @@ pub fn hparams_from_config_json(cfg: &Value) -> Result<Hparams, ConfigError> {
     };
     expect_flag("vision_config.qk_normalization", false, "no q_norm/k_norm", &mut diffs)?;
     expect_flag("vision_config.qkv_bias", true, "the ViT qkv has a bias", &mut diffs)?;
-    expect_flag("llm_config.tie_word_embeddings", false, "lm_head is a separate tensor", &mut diffs)?;
-    expect_flag("llm_config.use_sliding_window", false, "no sliding-window attention", &mut diffs)?;
+    expect_flag(
+        "llm_config.tie_word_embeddings",
+        false,
+        "lm_head is a separate tensor",
+        &mut diffs,
+    )?;
+    expect_flag(
+        "llm_config.use_sliding_window",
+        false,
+        "no sliding-window attention",
+        &mut diffs,
+    )?;
     // Optional keys that must not switch on something unimplemented when present.
     for (path, why) in [
         ("tie_word_embeddings", "lm_head is a separate tensor"),
@@ -139,22 +156,30 @@ pub fn hparams_from_config_json(cfg: &Value) -> Result<Hparams, ConfigError> {
         }
     }
     if let Some(x) = get(cfg, "llm_config.rope_scaling").filter(|x| !x.is_null()) {
-        diffs.push(format!("llm_config.rope_scaling is {x}; the runtime implements plain RoPE only"));
+        diffs.push(format!(
+            "llm_config.rope_scaling is {x}; the runtime implements plain RoPE only"
+        ));
     }
     if let Some(archs) = get(cfg, "llm_config.architectures").and_then(Value::as_array) {
         if !archs.iter().any(|a| a.as_str() == Some("Qwen2ForCausalLM")) {
-            diffs.push(format!("llm_config.architectures is {archs:?}; the runtime implements Qwen2ForCausalLM"));
+            diffs.push(format!(
+                "llm_config.architectures is {archs:?}; the runtime implements Qwen2ForCausalLM"
+            ));
         }
     }
     let select_layer = req(cfg, "select_layer")?
         .as_i64()
         .ok_or_else(|| key_err("select_layer", "not an integer"))?;
     if select_layer != -1 {
-        diffs.push(format!("select_layer is {select_layer}; the runtime uses the last ViT layer (-1)"));
+        diffs.push(format!(
+            "select_layer is {select_layer}; the runtime uses the last ViT layer (-1)"
+        ));
     }
     let template = req_str(cfg, "template")?;
     if template != HERMES2 {
-        diffs.push(format!("template is {template:?}; the runtime implements {HERMES2:?} only"));
+        diffs.push(format!(
+            "template is {template:?}; the runtime implements {HERMES2:?} only"
+        ));
     }
 
     let vision = VisionHparams {
@@ -190,24 +215,43 @@ pub fn hparams_from_config_json(cfg: &Value) -> Result<Hparams, ConfigError> {
 
     // Structural constraints of the graphs.
     if vision.image_size % vision.patch_size != 0 {
-        diffs.push(format!("image_size {} is not a multiple of patch_size {}", vision.image_size, vision.patch_size));
+        diffs.push(format!(
+            "image_size {} is not a multiple of patch_size {}",
+            vision.image_size, vision.patch_size
+        ));
     }
     if vision.n_embd % vision.n_head != 0 {
-        diffs.push(format!("vision hidden_size {} is not divisible by {} heads", vision.n_embd, vision.n_head));
+        diffs.push(format!(
+            "vision hidden_size {} is not divisible by {} heads",
+            vision.n_embd, vision.n_head
+        ));
     }
     if llm.n_embd % llm.n_head != 0 {
-        diffs.push(format!("llm hidden_size {} is not divisible by {} heads", llm.n_embd, llm.n_head));
+        diffs.push(format!(
+            "llm hidden_size {} is not divisible by {} heads",
+            llm.n_embd, llm.n_head
+        ));
     } else if (llm.n_embd / llm.n_head) % 2 != 0 {
-        diffs.push(format!("llm head_dim {} is odd; NEOX RoPE rotates halves", llm.n_embd / llm.n_head));
+        diffs.push(format!(
+            "llm head_dim {} is odd; NEOX RoPE rotates halves",
+            llm.n_embd / llm.n_head
+        ));
     }
     if llm.n_head % llm.n_head_kv != 0 {
-        diffs.push(format!("llm num_attention_heads {} is not a multiple of num_key_value_heads {}", llm.n_head, llm.n_head_kv));
+        diffs.push(format!(
+            "llm num_attention_heads {} is not a multiple of num_key_value_heads {}",
+            llm.n_head, llm.n_head_kv
+        ));
     }
     let inv = 1.0 / downsample_ratio;
     let factor = inv.round();
     if !(downsample_ratio > 0.0 && (inv - factor).abs() < 1e-6 && factor >= 1.0) {
-        diffs.push(format!("downsample_ratio {downsample_ratio} is not 1/n for an integer n"));
-    } else if vision.image_size % vision.patch_size == 0 && (vision.image_size / vision.patch_size) % (factor as usize) != 0 {
+        diffs.push(format!(
+            "downsample_ratio {downsample_ratio} is not 1/n for an integer n"
+        ));
+    } else if vision.image_size % vision.patch_size == 0
+        && (vision.image_size / vision.patch_size) % (factor as usize) != 0
+    {
         diffs.push(format!(
             "the {0}x{0} patch grid cannot be pixel-shuffled by {factor}",
             vision.image_size / vision.patch_size
@@ -226,21 +270,37 @@ pub fn hparams_from_config_json(cfg: &Value) -> Result<Hparams, ConfigError> {
 }
 
 fn read_json(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_str(&text).map_err(|e| ConfigError::Json { path: path.to_path_buf(), reason: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| ConfigError::Json {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 fn u32_list(v: &Value) -> Option<Vec<u32>> {
     match v {
         Value::Number(_) => v.as_u64().and_then(|n| u32::try_from(n).ok()).map(|n| vec![n]),
-        Value::Array(a) => a.iter().map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok())).collect(),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
+            .collect(),
         _ => None,
     }
 }
 
 fn three_floats(v: &Value, path: &Path, key: &str) -> Result<[f32; 3], ConfigError> {
-    let bad = || ConfigError::Other { path: path.to_path_buf(), reason: format!("{key} is not three numbers") };
-    let a = v.get(key).and_then(Value::as_array).filter(|a| a.len() == 3).ok_or_else(bad)?;
+    let bad = || ConfigError::Other {
+        path: path.to_path_buf(),
+        reason: format!("{key} is not three numbers"),
+    };
+    let a = v
+        .get(key)
+        .and_then(Value::as_array)
+        .filter(|a| a.len() == 3)
+        .ok_or_else(bad)?;
     let mut out = [0f32; 3];
     for (o, x) in out.iter_mut().zip(a) {
         *o = x.as_f64().ok_or_else(bad)? as f32;
@@ -256,11 +316,16 @@ pub fn read_model_config(dir: &Path) -> Result<ModelConfig, ConfigError> {
     let min_tiles = req_usize(&cfg, "min_dynamic_patch")? as u32;
     let max_tiles = req_usize(&cfg, "max_dynamic_patch")? as u32;
     if min_tiles > max_tiles {
-        return Err(key_err("min_dynamic_patch", format!("{min_tiles} exceeds max_dynamic_patch {max_tiles}")));
+        return Err(key_err(
+            "min_dynamic_patch",
+            format!("{min_tiles} exceeds max_dynamic_patch {max_tiles}"),
+        ));
     }
     let use_thumbnail = req_bool(&cfg, "use_thumbnail")?;
     let dynamic_image_size = req_bool(&cfg, "dynamic_image_size")?;
-    let bos_id = get(&cfg, "llm_config.bos_token_id").and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok());
+    let bos_id = get(&cfg, "llm_config.bos_token_id")
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok());
     let eos = req(&cfg, "llm_config.eos_token_id")?;
     let eos_id = u32_list(eos)
         .and_then(|l| l.first().copied())
@@ -280,13 +345,19 @@ pub fn read_model_config(dir: &Path) -> Result<ModelConfig, ConfigError> {
     let image_mean = three_floats(&pre, &pre_path, "image_mean")?;
     let image_std = three_floats(&pre, &pre_path, "image_std")?;
     if image_std.iter().any(|&s| s.is_nan() || s <= 0.0) {
-        return Err(ConfigError::Other { path: pre_path, reason: format!("image_std {image_std:?} must be positive") });
+        return Err(ConfigError::Other {
+            path: pre_path,
+            reason: format!("image_std {image_std:?} must be positive"),
+        });
     }
     if let Some(size) = pre.get("size").and_then(Value::as_u64) {
         if size as usize != hparams.vision.image_size {
             return Err(ConfigError::Other {
                 path: pre_path,
-                reason: format!("size {size} differs from vision_config.image_size {}", hparams.vision.image_size),
+                reason: format!(
+                    "size {size} differs from vision_config.image_size {}",
+                    hparams.vision.image_size
+                ),
             });
         }
     }
@@ -315,9 +386,13 @@ pub fn config_json_for(base: &Value, hp: &Hparams) -> Result<Value, ConfigError>
         let parts: Vec<&str> = path.split('.').collect();
         let (last, head) = parts.split_last().ok_or_else(|| key_err(path, "empty path"))?;
         for p in head {
-            cur = cur.get_mut(*p).ok_or_else(|| key_err(path, "missing in the base config.json"))?;
+            cur = cur
+                .get_mut(*p)
+                .ok_or_else(|| key_err(path, "missing in the base config.json"))?;
         }
-        let obj = cur.as_object_mut().ok_or_else(|| key_err(path, "parent is not an object"))?;
+        let obj = cur
+            .as_object_mut()
+            .ok_or_else(|| key_err(path, "parent is not an object"))?;
         obj.insert((*last).to_string(), x);
         Ok(())
     };
@@ -350,7 +425,11 @@ pub fn config_json_for(base: &Value, hp: &Hparams) -> Result<Value, ConfigError>
 /// f32 -> JSON number via its shortest decimal form (so 1e-6f32 is written 1e-6, not 9.99999997e-7).
 fn f32_json(x: f32) -> Value {
     let s = format!("{x:e}");
-    s.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Value::Number).unwrap_or(Value::Null)
+    s.parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 #[cfg(test)]
@@ -374,7 +453,11 @@ mod tests {
         let v = config_json_for(&real_config(), &tiny).unwrap();
         assert_eq!(hparams_from_config_json(&v).unwrap(), tiny);
         let full = config_json_for(&real_config(), &Hparams::internvl2_1b()).unwrap();
-        assert_eq!(full, real_config(), "the full preset must reproduce the real config.json");
+        assert_eq!(
+            full,
+            real_config(),
+            "the full preset must reproduce the real config.json"
+        );
     }
 
     #[test]
@@ -390,7 +473,10 @@ mod tests {
         }
         let mut v = real_config();
         v["llm_config"]["num_key_value_heads"] = 3.into();
-        assert!(hparams_from_config_json(&v).unwrap_err().to_string().contains("num_key_value_heads"));
+        assert!(hparams_from_config_json(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("num_key_value_heads"));
         let mut v = real_config();
         v["vision_config"].as_object_mut().unwrap().remove("hidden_size");
         let e = hparams_from_config_json(&v).unwrap_err().to_string();

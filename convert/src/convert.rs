@@ -129,18 +129,30 @@ struct TokenizerData {
 }
 
 fn load_tokenizer(dir: &Path, n_vocab: usize) -> Result<TokenizerData, ConvertError> {
-    let err = |source| ConvertError::Tokenizer { dir: dir.to_path_buf(), source };
+    let err = |source| ConvertError::Tokenizer {
+        dir: dir.to_path_buf(),
+        source,
+    };
     let files = SlowTokenizerFiles::load(dir).map_err(err)?;
     let vocab = tokenizer::llama_cpp_vocab(&files, Some(n_vocab)).map_err(err)?;
     let hf_json = files.to_hf_json();
     // Build it once the way the runtime will, so a tokenizer the runtime cannot load is refused now.
     let tok = tokenizer::Tokenizer::from_json(&hf_json).map_err(err)?;
-    Ok(TokenizerData { hf_json, vocab, ids: tok.ids })
+    Ok(TokenizerData {
+        hf_json,
+        vocab,
+        ids: tok.ids,
+    })
 }
 
 /// Lists at most `max` items, then how many more.
 fn list(items: &[String], max: usize) -> String {
-    let mut s = items.iter().take(max).map(|x| format!("    {x}")).collect::<Vec<_>>().join("\n");
+    let mut s = items
+        .iter()
+        .take(max)
+        .map(|x| format!("    {x}"))
+        .collect::<Vec<_>>()
+        .join("\n");
     if items.len() > max {
         s.push_str(&format!("\n    ... and {} more", items.len() - max));
     }
@@ -159,25 +171,45 @@ pub fn check_tensors(ck: &Checkpoint, specs: &[TensorSpec]) -> Result<(), Conver
                     bad.push(format!("{}: shape {:?}, expected {:?}", s.hf_name, t.shape, s.hf_shape));
                 }
                 if !t.dtype.is_float_source() {
-                    bad.push(format!("{}: dtype {}, expected BF16 (or F16/F32)", s.hf_name, t.dtype.name()));
+                    bad.push(format!(
+                        "{}: dtype {}, expected BF16 (or F16/F32)",
+                        s.hf_name,
+                        t.dtype.name()
+                    ));
                 }
             }
         }
     }
     let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.hf_name.as_str()).collect();
-    let unexpected: Vec<String> = ck.tensors().filter(|t| !known.contains(t.name.as_str())).map(|t| t.name.clone()).collect();
+    let unexpected: Vec<String> = ck
+        .tensors()
+        .filter(|t| !known.contains(t.name.as_str()))
+        .map(|t| t.name.clone())
+        .collect();
     if missing.is_empty() && unexpected.is_empty() && bad.is_empty() {
         return Ok(());
     }
     let mut msg = Vec::new();
     if !missing.is_empty() {
-        msg.push(format!("  {} missing tensor(s):\n{}", missing.len(), list(&missing, 20)));
+        msg.push(format!(
+            "  {} missing tensor(s):\n{}",
+            missing.len(),
+            list(&missing, 20)
+        ));
     }
     if !unexpected.is_empty() {
-        msg.push(format!("  {} unexpected tensor(s):\n{}", unexpected.len(), list(&unexpected, 20)));
+        msg.push(format!(
+            "  {} unexpected tensor(s):\n{}",
+            unexpected.len(),
+            list(&unexpected, 20)
+        ));
     }
     if !bad.is_empty() {
-        msg.push(format!("  {} tensor(s) with a wrong shape or dtype:\n{}", bad.len(), list(&bad, 20)));
+        msg.push(format!(
+            "  {} tensor(s) with a wrong shape or dtype:\n{}",
+            bad.len(),
+            list(&bad, 20)
+        ));
     }
     Err(ConvertError::Tensors(msg.join("\n")))
 }
@@ -307,9 +339,18 @@ fn add_tokenizer(w: &mut GgufWriter, tok: &TokenizerData, cfg: &ModelConfig) -> 
     w.add_kv(key::TOKENIZER_HF_JSON, Value::Str(tok.hf_json.clone()))?;
     w.add_kv(key::TOKENIZER_MODEL, Value::Str("gpt2".into()))?;
     w.add_kv(key::TOKENIZER_PRE, Value::Str("qwen2".into()))?;
-    w.add_kv(key::TOKENIZER_TOKENS, Value::Array(Array::Str(tok.vocab.tokens.clone())))?;
-    w.add_kv(key::TOKENIZER_TOKEN_TYPE, Value::Array(Array::I32(tok.vocab.token_type.clone())))?;
-    w.add_kv(key::TOKENIZER_MERGES, Value::Array(Array::Str(tok.vocab.merges.clone())))?;
+    w.add_kv(
+        key::TOKENIZER_TOKENS,
+        Value::Array(Array::Str(tok.vocab.tokens.clone())),
+    )?;
+    w.add_kv(
+        key::TOKENIZER_TOKEN_TYPE,
+        Value::Array(Array::I32(tok.vocab.token_type.clone())),
+    )?;
+    w.add_kv(
+        key::TOKENIZER_MERGES,
+        Value::Array(Array::Str(tok.vocab.merges.clone())),
+    )?;
     // Chat's stop token <|im_end|> (spec §5.4), so llama.cpp stops where InternVL's chat() does.
     w.add_kv(key::TOKENIZER_EOS_ID, Value::U32(tok.ids.im_end))?;
     if let Some(bos) = cfg.bos_id {
@@ -318,7 +359,10 @@ fn add_tokenizer(w: &mut GgufWriter, tok: &TokenizerData, cfg: &ModelConfig) -> 
     w.add_kv(key::TOKENIZER_PAD_ID, Value::U32(tok.ids.endoftext))?;
     // Qwen2 prepends nothing (spec §6.1).
     w.add_kv(key::TOKENIZER_ADD_BOS, Value::Bool(false))?;
-    w.add_kv(key::TOKENIZER_CHAT_TEMPLATE, Value::Str(hermes2_jinja(&cfg.system_message)))
+    w.add_kv(
+        key::TOKENIZER_CHAT_TEMPLATE,
+        Value::Str(hermes2_jinja(&cfg.system_message)),
+    )
 }
 
 fn add_provenance(w: &mut GgufWriter, sha: &str, recipe: &str) -> Result<(), GgufError> {
@@ -329,12 +373,18 @@ fn add_provenance(w: &mut GgufWriter, sha: &str, recipe: &str) -> Result<(), Ggu
 
 /// Converts a chunk of f32 rows to `ty`.
 fn encode(ty: GgmlType, src: &[f32], row_len: usize, tensor: &str) -> Result<Vec<u8>, ConvertError> {
-    internvl::ggml::quantize(ty, src, row_len).map_err(|source| ConvertError::Quantize { tensor: tensor.into(), source })
+    internvl::ggml::quantize(ty, src, row_len).map_err(|source| ConvertError::Quantize {
+        tensor: tensor.into(),
+        source,
+    })
 }
 
 /// The default mmproj path: `mmproj-<file name>` next to the text GGUF.
 pub fn default_mmproj_path(output: &Path) -> PathBuf {
-    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.gguf".into());
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model.gguf".into());
     output.with_file_name(format!("mmproj-{name}"))
 }
 
@@ -363,37 +413,61 @@ pub fn convert(
     let fallbacks: Vec<Fallback> = tensors
         .iter()
         .filter(|t| t.ty != t.requested)
-        .map(|t| Fallback { tensor: t.name.clone(), row_len: t.row_len, requested: t.requested, chosen: t.ty })
+        .map(|t| Fallback {
+            tensor: t.name.clone(),
+            row_len: t.row_len,
+            requested: t.requested,
+            chosen: t.ty,
+        })
         .collect();
 
     // Writers first: an unwritable destination fails before the long work.
     let mmproj_path = opts.mmproj.clone().unwrap_or_else(|| default_mmproj_path(&opts.output));
     if opts.split && mmproj_path == opts.output {
-        return Err(ConvertError::Output { path: mmproj_path, reason: "the mmproj and text outputs are the same file".into() });
+        return Err(ConvertError::Output {
+            path: mmproj_path,
+            reason: "the mmproj and text outputs are the same file".into(),
+        });
     }
     // Refuse destinations that would end badly only after all the work.
     let sources: Vec<PathBuf> = ck.paths().iter().filter_map(|p| p.canonicalize().ok()).collect();
     for out in std::iter::once(&opts.output).chain(opts.split.then_some(&mmproj_path)) {
         if out.is_dir() {
-            return Err(ConvertError::Output { path: out.clone(), reason: "is a directory; give a file name".into() });
+            return Err(ConvertError::Output {
+                path: out.clone(),
+                reason: "is a directory; give a file name".into(),
+            });
         }
         if out.canonicalize().is_ok_and(|c| sources.contains(&c)) {
-            return Err(ConvertError::Output { path: out.clone(), reason: "would overwrite the source weights".into() });
+            return Err(ConvertError::Output {
+                path: out.clone(),
+                reason: "would overwrite the source weights".into(),
+            });
         }
     }
     let mut main_w = GgufWriter::create(&opts.output)?;
-    let mut mmproj_w = if opts.split { Some(GgufWriter::create(&mmproj_path)?) } else { None };
+    let mut mmproj_w = if opts.split {
+        Some(GgufWriter::create(&mmproj_path)?)
+    } else {
+        None
+    };
 
     // Provenance: sha256 of the source weights in sha256sum's format, one line per file.
     let mut sha_lines = Vec::new();
     let paths: Vec<PathBuf> = ck.paths().iter().map(|p| p.to_path_buf()).collect();
-    let hash_total: u64 = paths.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    let hash_total: u64 = paths
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
     progress.start("sha256 ", hash_total);
     for p in &paths {
         let Some(hex) = sha256_file(p, should_stop)? else {
             return Err(ConvertError::Interrupted);
         };
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         sha_lines.push(format!("{hex}  {name}"));
     }
     progress.update(hash_total, "");
@@ -435,7 +509,9 @@ pub fn convert(
     let mut scratch = Vec::new();
     let mut rows_f32 = Vec::new();
     for t in &tensors {
-        let src = ck.get(&t.src).ok_or_else(|| ConvertError::Tensors(format!("  missing tensor {}", t.src)))?;
+        let src = ck
+            .get(&t.src)
+            .ok_or_else(|| ConvertError::Tensors(format!("  missing tensor {}", t.src)))?;
         let nbytes = t.ty.nbytes(&t.ne).ok_or_else(|| ConvertError::Output {
             path: opts.output.clone(),
             reason: format!("tensor {}: {:?} does not fit {}", t.name, t.ne, t.ty),
@@ -449,7 +525,13 @@ pub fn convert(
                 return Err(ConvertError::Interrupted);
             }
             let nr = rows_per_chunk.min(n_rows - r);
-            ck.read_f32_range(src, t.first + r * t.row_len, nr * t.row_len, &mut scratch, &mut rows_f32)?;
+            ck.read_f32_range(
+                src,
+                t.first + r * t.row_len,
+                nr * t.row_len,
+                &mut scratch,
+                &mut rows_f32,
+            )?;
             data.extend_from_slice(&encode(t.ty, &rows_f32, t.row_len, &t.name)?);
             r += nr;
             done += (nr * t.row_len) as u64;
@@ -508,10 +590,18 @@ pub fn summarize_fallbacks(f: &[Fallback]) -> Vec<String> {
         let folded: String = parts
             .iter()
             .enumerate()
-            .map(|(i, p)| if i > 0 && parts[i - 1] == "blk" && p.bytes().all(|b| b.is_ascii_digit()) { "*" } else { p })
+            .map(|(i, p)| {
+                if i > 0 && parts[i - 1] == "blk" && p.bytes().all(|b| b.is_ascii_digit()) {
+                    "*"
+                } else {
+                    p
+                }
+            })
             .collect::<Vec<_>>()
             .join(".");
-        *groups.entry((x.requested.name().into(), x.chosen.name().into(), folded, x.row_len)).or_default() += 1;
+        *groups
+            .entry((x.requested.name().into(), x.chosen.name().into(), folded, x.row_len))
+            .or_default() += 1;
     }
     groups
         .into_iter()
@@ -537,7 +627,10 @@ mod tests {
         assert_eq!(k.ne, vec![d, d]);
         assert_eq!((k.first, k.count, k.row_len), (d * d, d * d, d));
         let vb = t.iter().find(|x| x.name == "v.blk.0.attn_v.bias").unwrap();
-        assert_eq!((vb.first, vb.count, vb.ne.clone(), vb.ty), (2 * d, d, vec![d], GgmlType::F32));
+        assert_eq!(
+            (vb.first, vb.count, vb.ne.clone(), vb.ty),
+            (2 * d, d, vec![d], GgmlType::F32)
+        );
         assert!(!t.iter().any(|x| x.name.contains("attn_qkv")));
         let single = plan(&specs, &TypeChoice::uniform(GgmlType::Q8_0), false);
         assert_eq!(single.len(), specs.len());
@@ -553,6 +646,9 @@ mod tests {
                 chosen: GgmlType::Q8_0,
             })
             .collect();
-        assert_eq!(summarize_fallbacks(&f), vec!["blk.*.attn_q.weight x3: q6_K -> q8_0 (rows of 896)".to_string()]);
+        assert_eq!(
+            summarize_fallbacks(&f),
+            vec!["blk.*.attn_q.weight x3: q6_K -> q8_0 (rows of 896)".to_string()]
+        );
     }
 }

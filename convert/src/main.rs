@@ -20,7 +20,11 @@ use internvl_convert::synth::{synth, Preset, SynthError};
 use internvl_convert::{signal, MODEL_FILES_ENV};
 
 #[derive(Parser, Debug)]
-#[command(name = "internvl-convert", version, about = "InternVL2-1B Hugging Face checkpoint -> GGUF")]
+#[command(
+    name = "internvl-convert",
+    version,
+    about = "InternVL2-1B Hugging Face checkpoint -> GGUF"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -119,7 +123,11 @@ fn write_report(out: &mut impl Write, r: &ConvertReport) -> std::io::Result<()> 
         writeln!(out, "wrote {} ({}, {size} bytes)", path.display(), human_bytes(*size))?;
     }
     writeln!(out, "recipe: {}", r.recipe)?;
-    writeln!(out, "{:<10} {:>8} {:>14} {:>12} {:>7}", "part", "tensors", "params", "bytes", "bpw")?;
+    writeln!(
+        out,
+        "{:<10} {:>8} {:>14} {:>12} {:>7}",
+        "part", "tensors", "params", "bytes", "bpw"
+    )?;
     let mut total = PartStats::default();
     for (part, s) in &r.parts {
         writeln!(
@@ -147,7 +155,11 @@ fn write_report(out: &mut impl Write, r: &ConvertReport) -> std::io::Result<()> 
     if r.fallbacks.is_empty() {
         writeln!(out, "fallbacks: none")?;
     } else {
-        writeln!(out, "fallbacks ({} tensors whose rows do not fit the requested type's blocks):", r.fallbacks.len())?;
+        writeln!(
+            out,
+            "fallbacks ({} tensors whose rows do not fit the requested type's blocks):",
+            r.fallbacks.len()
+        )?;
         for line in summarize_fallbacks(&r.fallbacks) {
             writeln!(out, "  {line}")?;
         }
@@ -157,7 +169,11 @@ fn write_report(out: &mut impl Write, r: &ConvertReport) -> std::io::Result<()> 
 
 /// Prints an error; first ends a progress bar line on a terminal.
 fn report_error(quiet: bool, msg: &str) {
-    let nl = if !quiet && std::io::stderr().is_terminal() { "\n" } else { "" };
+    let nl = if !quiet && std::io::stderr().is_terminal() {
+        "\n"
+    } else {
+        ""
+    };
     eprintln!("{nl}{msg}");
 }
 
@@ -168,11 +184,28 @@ fn main() -> ExitCode {
     }
     let stop = signal::requested;
     match cli.cmd {
-        Cmd::Convert { input, output, ty, vision_type, llm_type, embd_type, output_type, split, mmproj, quiet } => {
+        Cmd::Convert {
+            input,
+            output,
+            ty,
+            vision_type,
+            llm_type,
+            embd_type,
+            output_type,
+            split,
+            mmproj,
+            quiet,
+        } => {
             let opts = ConvertOptions {
                 input,
                 output,
-                types: TypeChoice { base: ty, vision: vision_type, llm: llm_type, embd: embd_type, output: output_type },
+                types: TypeChoice {
+                    base: ty,
+                    vision: vision_type,
+                    llm: llm_type,
+                    embd: embd_type,
+                    output: output_type,
+                },
                 split,
                 mmproj,
             };
@@ -193,9 +226,24 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Synth { preset, seed, output, shards, tokenizer_from, quiet } => {
+        Cmd::Synth {
+            preset,
+            seed,
+            output,
+            shards,
+            tokenizer_from,
+            quiet,
+        } => {
             let mut progress = Progress::new(!quiet);
-            match synth(&preset.hparams(), seed, &output, shards, &tokenizer_from, &mut progress, &stop) {
+            match synth(
+                &preset.hparams(),
+                seed,
+                &output,
+                shards,
+                &tokenizer_from,
+                &mut progress,
+                &stop,
+            ) {
                 Ok(r) => {
                     let _ = writeln!(
                         std::io::stdout().lock(),

@@ -25,7 +25,11 @@ pub fn parse_type(s: &str) -> Result<GgmlType, String> {
         Some(t) if ALLOWED.contains(&t) => Ok(t),
         _ => Err(format!(
             "unsupported type {s:?}; choose one of {}",
-            ALLOWED.iter().map(|t| t.name().to_ascii_lowercase()).collect::<Vec<_>>().join(", ")
+            ALLOWED
+                .iter()
+                .map(|t| t.name().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -60,7 +64,13 @@ pub struct TypeChoice {
 
 impl TypeChoice {
     pub fn uniform(t: GgmlType) -> Self {
-        TypeChoice { base: t, vision: None, llm: None, embd: None, output: None }
+        TypeChoice {
+            base: t,
+            vision: None,
+            llm: None,
+            embd: None,
+            output: None,
+        }
     }
     pub fn vision_type(&self) -> GgmlType {
         self.vision.unwrap_or(self.base)
@@ -81,7 +91,11 @@ impl TypeChoice {
             "type={} vision={} llm={} embd={} output={}; f32: norms, biases, layer scales, class and position \
              embeddings; patch_embd: f16 (f32 if vision=f32); fallback when a row is not whole blocks: k-quant -> \
              q8_0 -> f16, 32-blocks -> f16",
-            self.base, self.vision_type(), self.llm_type(), self.embd_type(), self.output_type()
+            self.base,
+            self.vision_type(),
+            self.llm_type(),
+            self.embd_type(),
+            self.output_type()
         )
     }
 }
@@ -136,7 +150,10 @@ pub fn fit_row(requested: GgmlType, row_len: usize) -> GgmlType {
 pub fn decide(spec: &TensorSpec, choice: &TypeChoice) -> Decision {
     let requested = requested_type(spec.part, spec.role, choice);
     let row_len = spec.ne.first().copied().unwrap_or(1);
-    Decision { requested, chosen: fit_row(requested, row_len) }
+    Decision {
+        requested,
+        chosen: fit_row(requested, row_len),
+    }
 }
 
 #[cfg(test)]

@@ -49,7 +49,11 @@ impl Progress {
         let elapsed = self.start.elapsed().as_secs_f64();
         if self.tty {
             let now = Instant::now();
-            if self.last_draw.is_some_and(|t| now.duration_since(t) < Duration::from_millis(100)) && done < self.total {
+            if self
+                .last_draw
+                .is_some_and(|t| now.duration_since(t) < Duration::from_millis(100))
+                && done < self.total
+            {
                 return;
             }
             self.last_draw = Some(now);
@@ -58,7 +62,11 @@ impl Progress {
             let bar: String = "#".repeat(filled) + &"-".repeat(WIDTH - filled);
             let mut item = item.to_string();
             if item.len() > 40 {
-                let cut = item.char_indices().map(|(i, _)| i).find(|&i| i >= item.len() - 39).unwrap_or(0);
+                let cut = item
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .find(|&i| i >= item.len() - 39)
+                    .unwrap_or(0);
                 item = format!("…{}", &item[cut..]);
             }
             let mut err = std::io::stderr().lock();

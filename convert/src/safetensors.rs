@@ -32,23 +32,45 @@ pub enum StError {
     #[error("{path}: file is {len} bytes, too short for a safetensors header (truncated?)")]
     TooShort { path: PathBuf, len: u64 },
     #[error("{path}: header length {header_len} is absurd (file is {file_len} bytes, limit {MAX_HEADER_LEN})")]
-    HeaderLength { path: PathBuf, header_len: u64, file_len: u64 },
+    HeaderLength {
+        path: PathBuf,
+        header_len: u64,
+        file_len: u64,
+    },
     #[error("{path}: header is not valid JSON: {reason}")]
     HeaderJson { path: PathBuf, reason: String },
     #[error("{path}: tensor {tensor}: {reason}")]
-    Entry { path: PathBuf, tensor: String, reason: String },
+    Entry {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
     #[error("{path}: tensors {a} and {b} overlap in the data buffer (bytes {a_range:?} and {b_range:?})")]
-    Overlap { path: PathBuf, a: String, b: String, a_range: (u64, u64), b_range: (u64, u64) },
+    Overlap {
+        path: PathBuf,
+        a: String,
+        b: String,
+        a_range: (u64, u64),
+        b_range: (u64, u64),
+    },
     #[error("{path}: {reason}")]
     Index { path: PathBuf, reason: String },
     #[error("tensor {tensor} has dtype {dtype}; only BF16, F16 and F32 can be converted")]
     UnsupportedDtype { tensor: String, dtype: String },
     #[error("tensor {tensor}: elements {first} + {count} are outside its {n} elements")]
-    Range { tensor: String, first: usize, count: usize, n: usize },
+    Range {
+        tensor: String,
+        first: usize,
+        count: usize,
+        n: usize,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StError + '_ {
-    move |source| StError::Io { path: path.to_path_buf(), source }
+    move |source| StError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Element types of the safetensors format.
@@ -164,21 +186,33 @@ pub struct Checkpoint {
 fn parse_file(path: &Path, file: &File, file_idx: usize) -> Result<Vec<TensorInfo>, StError> {
     let file_len = file.metadata().map_err(io_err(path))?.len();
     if file_len < 8 {
-        return Err(StError::TooShort { path: path.to_path_buf(), len: file_len });
+        return Err(StError::TooShort {
+            path: path.to_path_buf(),
+            len: file_len,
+        });
     }
     let mut len_bytes = [0u8; 8];
     file.read_exact_at(&mut len_bytes, 0).map_err(io_err(path))?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > MAX_HEADER_LEN || header_len > file_len - 8 || header_len < 2 {
-        return Err(StError::HeaderLength { path: path.to_path_buf(), header_len, file_len });
+        return Err(StError::HeaderLength {
+            path: path.to_path_buf(),
+            header_len,
+            file_len,
+        });
     }
     // header_len <= 100 MiB, so the cast cannot truncate.
     let mut header = vec![0u8; header_len as usize];
     file.read_exact_at(&mut header, 8).map_err(io_err(path))?;
-    let json: Value = serde_json::from_slice(&header)
-        .map_err(|e| StError::HeaderJson { path: path.to_path_buf(), reason: e.to_string() })?;
+    let json: Value = serde_json::from_slice(&header).map_err(|e| StError::HeaderJson {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let Value::Object(map) = json else {
-        return Err(StError::HeaderJson { path: path.to_path_buf(), reason: "the header is not a JSON object".into() });
+        return Err(StError::HeaderJson {
+            path: path.to_path_buf(),
+            reason: "the header is not a JSON object".into(),
+        });
     };
     let data_start = 8 + header_len;
     let data_len = file_len - data_start;
@@ -187,13 +221,25 @@ fn parse_file(path: &Path, file: &File, file_idx: usize) -> Result<Vec<TensorInf
         if name == "__metadata__" {
             continue;
         }
-        let bad = |reason: String| StError::Entry { path: path.to_path_buf(), tensor: name.clone(), reason };
-        let dtype_s = entry.get("dtype").and_then(Value::as_str).ok_or_else(|| bad("no string \"dtype\"".into()))?;
+        let bad = |reason: String| StError::Entry {
+            path: path.to_path_buf(),
+            tensor: name.clone(),
+            reason,
+        };
+        let dtype_s = entry
+            .get("dtype")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no string \"dtype\"".into()))?;
         let dtype = Dtype::parse(dtype_s).ok_or_else(|| bad(format!("unknown dtype {dtype_s:?}")))?;
-        let shape_v = entry.get("shape").and_then(Value::as_array).ok_or_else(|| bad("no array \"shape\"".into()))?;
+        let shape_v = entry
+            .get("shape")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("no array \"shape\"".into()))?;
         let mut shape = Vec::with_capacity(shape_v.len());
         for d in shape_v {
-            let d = d.as_u64().ok_or_else(|| bad(format!("shape entry {d} is not a non-negative integer")))?;
+            let d = d
+                .as_u64()
+                .ok_or_else(|| bad(format!("shape entry {d} is not a non-negative integer")))?;
             shape.push(usize::try_from(d).map_err(|_| bad(format!("dimension {d} too large")))?);
         }
         let offs = entry
@@ -225,7 +271,14 @@ fn parse_file(path: &Path, file: &File, file_idx: usize) -> Result<Vec<TensorInf
                 end - begin
             )));
         }
-        out.push(TensorInfo { name: name.clone(), dtype, shape, file: file_idx, offset: data_start + begin, nbytes: end - begin });
+        out.push(TensorInfo {
+            name: name.clone(),
+            dtype,
+            shape,
+            file: file_idx,
+            offset: data_start + begin,
+            nbytes: end - begin,
+        });
     }
     // Overlapping ranges would let two tensors alias the same bytes: a corrupt or hostile file.
     let mut ranges: Vec<&TensorInfo> = out.iter().filter(|t| t.nbytes > 0).collect();
@@ -247,7 +300,12 @@ fn parse_file(path: &Path, file: &File, file_idx: usize) -> Result<Vec<TensorInf
 
 /// A shard name from an index must be a plain file name in the checkpoint directory.
 fn valid_shard_name(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\\') && !name.contains('\0')
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\\')
+        && !name.contains('\0')
 }
 
 impl Checkpoint {
@@ -267,16 +325,26 @@ impl Checkpoint {
     /// Opens the shards of an index and checks that the index's weight map and the shards agree.
     pub fn open_index(index: &Path) -> Result<Checkpoint, StError> {
         let text = std::fs::read_to_string(index).map_err(io_err(index))?;
-        let bad = |reason: String| StError::Index { path: index.to_path_buf(), reason };
+        let bad = |reason: String| StError::Index {
+            path: index.to_path_buf(),
+            reason,
+        };
         let json: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let map = json.get("weight_map").and_then(Value::as_object).ok_or_else(|| bad("no object \"weight_map\"".into()))?;
+        let map = json
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| bad("no object \"weight_map\"".into()))?;
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut shard_names: Vec<String> = Vec::new();
         let mut expected: HashMap<&str, &str> = HashMap::new();
         for (tensor, shard) in map {
-            let shard = shard.as_str().ok_or_else(|| bad(format!("weight_map[{tensor:?}] is not a string")))?;
+            let shard = shard
+                .as_str()
+                .ok_or_else(|| bad(format!("weight_map[{tensor:?}] is not a string")))?;
             if !valid_shard_name(shard) {
-                return Err(bad(format!("weight_map[{tensor:?}] = {shard:?} is not a plain file name")));
+                return Err(bad(format!(
+                    "weight_map[{tensor:?}] = {shard:?} is not a plain file name"
+                )));
             }
             if !shard_names.iter().any(|s| s == shard) {
                 shard_names.push(shard.to_string());
@@ -299,7 +367,9 @@ impl Checkpoint {
         }
         for (tensor, shard) in &expected {
             if !ck.tensors.contains_key(*tensor) {
-                return Err(bad(format!("the index lists tensor {tensor} in {shard}, which does not hold it")));
+                return Err(bad(format!(
+                    "the index lists tensor {tensor} in {shard}, which does not hold it"
+                )));
             }
         }
         Ok(ck)
@@ -323,7 +393,10 @@ impl Checkpoint {
                 }
                 tensors.insert(t.name.clone(), t);
             }
-            files.push(SourceFile { path: path.clone(), file });
+            files.push(SourceFile {
+                path: path.clone(),
+                file,
+            });
         }
         Ok(Checkpoint { files, tensors })
     }
@@ -352,13 +425,21 @@ impl Checkpoint {
         out: &mut Vec<f32>,
     ) -> Result<(), StError> {
         let n = t.n_elements();
-        let range_err = || StError::Range { tensor: t.name.clone(), first, count, n };
+        let range_err = || StError::Range {
+            tensor: t.name.clone(),
+            first,
+            count,
+            n,
+        };
         match first.checked_add(count) {
             Some(end) if end <= n => {}
             _ => return Err(range_err()),
         }
         if !t.dtype.is_float_source() {
-            return Err(StError::UnsupportedDtype { tensor: t.name.clone(), dtype: t.dtype.name().into() });
+            return Err(StError::UnsupportedDtype {
+                tensor: t.name.clone(),
+                dtype: t.dtype.name().into(),
+            });
         }
         let es = t.dtype.size();
         let src = self.files.get(t.file).ok_or_else(range_err)?;
@@ -383,7 +464,12 @@ impl Checkpoint {
                     *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 }
             }
-            _ => return Err(StError::UnsupportedDtype { tensor: t.name.clone(), dtype: t.dtype.name().into() }),
+            _ => {
+                return Err(StError::UnsupportedDtype {
+                    tensor: t.name.clone(),
+                    dtype: t.dtype.name().into(),
+                })
+            }
         }
         Ok(())
     }
@@ -453,13 +539,24 @@ impl BF16Writer {
         while bytes.len() % 8 != 0 {
             bytes.push(b' ');
         }
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.tmp"));
         let f = File::create(&tmp).map_err(io_err(&tmp))?;
         let mut out = BufWriter::with_capacity(1 << 20, f);
-        out.write_all(&(bytes.len() as u64).to_le_bytes()).map_err(io_err(&tmp))?;
+        out.write_all(&(bytes.len() as u64).to_le_bytes())
+            .map_err(io_err(&tmp))?;
         out.write_all(&bytes).map_err(io_err(&tmp))?;
-        Ok(BF16Writer { path: path.to_path_buf(), tmp, out: Some(out), shapes: tensors.to_vec(), next: 0, written_in_current: 0 })
+        Ok(BF16Writer {
+            path: path.to_path_buf(),
+            tmp,
+            out: Some(out),
+            shapes: tensors.to_vec(),
+            next: 0,
+            written_in_current: 0,
+        })
     }
 
     /// Appends values of the current tensor (rounded to bf16, nearest-even).
@@ -471,18 +568,30 @@ impl BF16Writer {
     /// Appends bf16 values (raw bits) of the current tensor; moves to the next tensor once this one is full.
     pub fn write_bf16_bits(&mut self, bits: &[u16]) -> Result<(), StError> {
         let Some((name, shape)) = self.shapes.get(self.next) else {
-            return Err(StError::Entry { path: self.path.clone(), tensor: String::new(), reason: "more data than tensors".into() });
+            return Err(StError::Entry {
+                path: self.path.clone(),
+                tensor: String::new(),
+                reason: "more data than tensors".into(),
+            });
         };
         let n: usize = shape.iter().product();
         if self.written_in_current + bits.len() > n {
-            return Err(StError::Entry { path: self.path.clone(), tensor: name.clone(), reason: "more data than its shape".into() });
+            return Err(StError::Entry {
+                path: self.path.clone(),
+                tensor: name.clone(),
+                reason: "more data than its shape".into(),
+            });
         }
         let mut bytes = Vec::with_capacity(bits.len() * 2);
         for &b in bits {
             bytes.extend_from_slice(&b.to_le_bytes());
         }
         let Some(out) = self.out.as_mut() else {
-            return Err(StError::Entry { path: self.path.clone(), tensor: name.clone(), reason: "writer already finished".into() });
+            return Err(StError::Entry {
+                path: self.path.clone(),
+                tensor: name.clone(),
+                reason: "writer already finished".into(),
+            });
         };
         out.write_all(&bytes).map_err(io_err(&self.tmp))?;
         self.written_in_current += bits.len();
@@ -501,10 +610,17 @@ impl BF16Writer {
     pub fn finish(mut self) -> Result<(), StError> {
         if self.next != self.shapes.len() {
             let name = self.shapes.get(self.next).map(|s| s.0.clone()).unwrap_or_default();
-            return Err(StError::Entry { path: self.path.clone(), tensor: name, reason: "data not written".into() });
+            return Err(StError::Entry {
+                path: self.path.clone(),
+                tensor: name,
+                reason: "data not written".into(),
+            });
         }
         if let Some(out) = self.out.take() {
-            let f = out.into_inner().map_err(|e| StError::Io { path: self.tmp.clone(), source: e.into_error() })?;
+            let f = out.into_inner().map_err(|e| StError::Io {
+                path: self.tmp.clone(),
+                source: e.into_error(),
+            })?;
             f.sync_all().map_err(io_err(&self.tmp))?;
         }
         std::fs::rename(&self.tmp, &self.path).map_err(io_err(&self.path))?;
@@ -600,7 +716,10 @@ mod tests {
         assert!(matches!(Checkpoint::open_dir(d), Err(StError::Overlap { .. })));
         // Unknown dtype.
         write_raw(d, r#"{"a":{"dtype":"Q4","shape":[4],"data_offsets":[0,4]}}"#, &[0; 4]);
-        assert!(Checkpoint::open_dir(d).unwrap_err().to_string().contains("unknown dtype"));
+        assert!(Checkpoint::open_dir(d)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown dtype"));
         // Not an object.
         write_raw(d, "[1, 2]", &[]);
         assert!(matches!(Checkpoint::open_dir(d), Err(StError::HeaderJson { .. })));
@@ -622,15 +741,28 @@ mod tests {
         w.write_values(&[3.0]).unwrap();
         w.finish().unwrap();
         let idx = d.join(INDEX_FILE);
-        std::fs::write(&idx, r#"{"metadata":{},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}}"#).unwrap();
+        std::fs::write(
+            &idx,
+            r#"{"metadata":{},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}}"#,
+        )
+        .unwrap();
         let ck = Checkpoint::open_dir(d).unwrap();
         assert_eq!(ck.read_f32(ck.get("b").unwrap()).unwrap(), vec![3.0]);
         std::fs::write(&idx, r#"{"weight_map":{"a":"s2.safetensors","b":"s1.safetensors"}}"#).unwrap();
         assert!(Checkpoint::open_dir(d).unwrap_err().to_string().contains("index says"));
         std::fs::write(&idx, r#"{"weight_map":{"a":"../s1.safetensors"}}"#).unwrap();
-        assert!(Checkpoint::open_dir(d).unwrap_err().to_string().contains("plain file name"));
-        std::fs::write(&idx, r#"{"weight_map":{"a":"s1.safetensors","b":"s2.safetensors","c":"s2.safetensors"}}"#)
-            .unwrap();
-        assert!(Checkpoint::open_dir(d).unwrap_err().to_string().contains("does not hold"));
+        assert!(Checkpoint::open_dir(d)
+            .unwrap_err()
+            .to_string()
+            .contains("plain file name"));
+        std::fs::write(
+            &idx,
+            r#"{"weight_map":{"a":"s1.safetensors","b":"s2.safetensors","c":"s2.safetensors"}}"#,
+        )
+        .unwrap();
+        assert!(Checkpoint::open_dir(d)
+            .unwrap_err()
+            .to_string()
+            .contains("does not hold"));
     }
 }

@@ -143,7 +143,10 @@ fn shard_name(i: usize, n: usize) -> String {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
-    move |source| SynthError::Io { path: path.to_path_buf(), source }
+    move |source| SynthError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes a synthetic checkpoint for `hp` into `out_dir` (created; must be new or empty). On failure or
@@ -159,7 +162,10 @@ pub fn synth(
 ) -> Result<SynthReport, SynthError> {
     let specs = tensor_specs(hp);
     if shards == 0 || shards > specs.len() {
-        return Err(SynthError::Shards { shards, n_tensors: specs.len() });
+        return Err(SynthError::Shards {
+            shards,
+            n_tensors: specs.len(),
+        });
     }
     let base_cfg_path = files_from.join("config.json");
     if !base_cfg_path.is_file() {
@@ -167,7 +173,9 @@ pub fn synth(
     }
     for f in COPIED_FILES {
         if !files_from.join(f).is_file() {
-            return Err(SynthError::MissingSource { path: files_from.join(f) });
+            return Err(SynthError::MissingSource {
+                path: files_from.join(f),
+            });
         }
     }
     let existed = out_dir.exists();
@@ -206,12 +214,16 @@ fn write_checkpoint(
 
     // JSON and tokenizer files first: small, and a failure here leaves no weights behind.
     let base_text = std::fs::read_to_string(&base_cfg_path).map_err(io(&base_cfg_path))?;
-    let base: Value = serde_json::from_str(&base_text)
-        .map_err(|e| ConfigError::Json { path: base_cfg_path.clone(), reason: e.to_string() })?;
+    let base: Value = serde_json::from_str(&base_text).map_err(|e| ConfigError::Json {
+        path: base_cfg_path.clone(),
+        reason: e.to_string(),
+    })?;
     let cfg = config_json_for(&base, hp)?;
     let cfg_path = out_dir.join("config.json");
-    let mut cfg_text = serde_json::to_string_pretty(&cfg)
-        .map_err(|e| ConfigError::Json { path: cfg_path.clone(), reason: e.to_string() })?;
+    let mut cfg_text = serde_json::to_string_pretty(&cfg).map_err(|e| ConfigError::Json {
+        path: cfg_path.clone(),
+        reason: e.to_string(),
+    })?;
     cfg_text.push('\n');
     std::fs::write(&cfg_path, cfg_text).map_err(io(&cfg_path))?;
     let mut files = vec![cfg_path];
@@ -229,7 +241,11 @@ fn write_checkpoint(
     let mut done = 0u64;
     let mut weight_map = serde_json::Map::new();
     for (gi, range) in groups.iter().enumerate() {
-        let name = if shards == 1 { SINGLE_FILE.to_string() } else { shard_name(gi, shards) };
+        let name = if shards == 1 {
+            SINGLE_FILE.to_string()
+        } else {
+            shard_name(gi, shards)
+        };
         let path = out_dir.join(&name);
         let group = &specs[range.clone()];
         let shapes: Vec<(String, Vec<usize>)> = group.iter().map(|s| (s.hf_name.clone(), s.hf_shape.clone())).collect();
@@ -269,8 +285,10 @@ fn write_checkpoint(
             "weight_map": weight_map,
         });
         let path = out_dir.join(INDEX_FILE);
-        let text = serde_json::to_string_pretty(&index)
-            .map_err(|e| ConfigError::Json { path: path.clone(), reason: e.to_string() })?;
+        let text = serde_json::to_string_pretty(&index).map_err(|e| ConfigError::Json {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         std::fs::write(&path, text).map_err(io(&path))?;
         files.push(path);
     }
@@ -318,7 +336,15 @@ mod tests {
         std::fs::write(out.join("x"), "").unwrap();
         let r = synth(&Hparams::tiny(), 0, &out, 1, &files, &mut Progress::hidden(), &|| false);
         assert!(matches!(r, Err(SynthError::NotEmpty(_))), "{r:?}");
-        let r = synth(&Hparams::tiny(), 0, &tmp.path().join("n"), 0, &files, &mut Progress::hidden(), &|| false);
+        let r = synth(
+            &Hparams::tiny(),
+            0,
+            &tmp.path().join("n"),
+            0,
+            &files,
+            &mut Progress::hidden(),
+            &|| false,
+        );
         assert!(matches!(r, Err(SynthError::Shards { .. })), "{r:?}");
     }
 
@@ -332,6 +358,9 @@ mod tests {
         let rms = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
         assert!((rms - 0.02).abs() < 0.002, "rms {rms}");
         let u = chunk_bf16(1, 0, 0, 1000, Init::Uniform { lo: 0.1, hi: 1.0 });
-        assert!(u.iter().map(|&b| half::bf16::from_bits(b).to_f32()).all(|x| (0.1..=1.0).contains(&x)));
+        assert!(u
+            .iter()
+            .map(|&b| half::bf16::from_bits(b).to_f32())
+            .all(|x| (0.1..=1.0).contains(&x)));
     }
 }

@@ -36,8 +36,16 @@ fn raw_tensors() -> Vec<Raw> {
     v.iter()
         .map(|t| {
             let vals = ck.read_f32(t).unwrap();
-            let bytes = vals.iter().flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes()).collect();
-            Raw { name: t.name.clone(), dtype: "BF16", shape: t.shape.clone(), bytes }
+            let bytes = vals
+                .iter()
+                .flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes())
+                .collect();
+            Raw {
+                name: t.name.clone(),
+                dtype: "BF16",
+                shape: t.shape.clone(),
+                bytes,
+            }
         })
         .collect()
 }
@@ -81,7 +89,11 @@ fn expect_failure(input: &Path, needles: &[&str]) -> String {
     for n in needles {
         assert!(stderr.contains(n), "message lacks {n:?}: {stderr}");
     }
-    assert!(listing(out_dir.path()).is_empty(), "left behind: {:?}", listing(out_dir.path()));
+    assert!(
+        listing(out_dir.path()).is_empty(),
+        "left behind: {:?}",
+        listing(out_dir.path())
+    );
     stderr
 }
 
@@ -91,11 +103,22 @@ fn missing_and_unexpected_tensors_are_listed() {
     let input = copy_input(tmp.path());
     let mut raw = raw_tensors();
     raw.retain(|r| r.name != "language_model.lm_head.weight" && r.name != "mlp1.3.bias");
-    raw.push(Raw { name: "vision_model.extra.weight".into(), dtype: "BF16", shape: vec![2], bytes: vec![0; 4] });
+    raw.push(Raw {
+        name: "vision_model.extra.weight".into(),
+        dtype: "BF16",
+        shape: vec![2],
+        bytes: vec![0; 4],
+    });
     write_raw(&input.join("model.safetensors"), &raw);
     expect_failure(
         &input,
-        &["2 missing tensor(s)", "language_model.lm_head.weight", "mlp1.3.bias", "1 unexpected tensor(s)", "vision_model.extra.weight"],
+        &[
+            "2 missing tensor(s)",
+            "language_model.lm_head.weight",
+            "mlp1.3.bias",
+            "1 unexpected tensor(s)",
+            "vision_model.extra.weight",
+        ],
     );
 }
 
@@ -114,7 +137,14 @@ fn wrong_shape_and_dtype() {
         }
     }
     write_raw(&input.join("model.safetensors"), &raw);
-    expect_failure(&input, &["mlp1.3.weight: shape", "expected [16, 16]", "vision_model.encoder.layers.0.ls1: dtype I16"]);
+    expect_failure(
+        &input,
+        &[
+            "mlp1.3.weight: shape",
+            "expected [16, 16]",
+            "vision_model.encoder.layers.0.ls1: dtype I16",
+        ],
+    );
 }
 
 #[test]
@@ -171,7 +201,11 @@ fn sharded_index_problems() {
     let input = copy_input(tmp.path());
     std::fs::remove_file(input.join("model.safetensors")).unwrap();
     expect_failure(&input, &["neither model.safetensors nor model.safetensors.index.json"]);
-    std::fs::write(input.join("model.safetensors.index.json"), "{\"weight_map\": {\"a\": \"missing.safetensors\"}}").unwrap();
+    std::fs::write(
+        input.join("model.safetensors.index.json"),
+        "{\"weight_map\": {\"a\": \"missing.safetensors\"}}",
+    )
+    .unwrap();
     expect_failure(&input, &["missing.safetensors"]);
     std::fs::write(input.join("model.safetensors.index.json"), "{\"weight_map\": 3}").unwrap();
     expect_failure(&input, &["weight_map"]);
@@ -206,7 +240,13 @@ fn config_the_runtime_cannot_run_or_malformed() {
     std::fs::write(&p, serde_json::to_string(&cfg).unwrap()).unwrap();
     expect_failure(
         &input,
-        &["cannot run", "norm_type is \"rms_norm\"", "qk_normalization", "ps_version is \"v1\"", "tie_word_embeddings"],
+        &[
+            "cannot run",
+            "norm_type is \"rms_norm\"",
+            "qk_normalization",
+            "ps_version is \"v1\"",
+            "tie_word_embeddings",
+        ],
     );
     std::fs::write(&p, "{").unwrap();
     expect_failure(&input, &["config.json", "not valid JSON"]);
@@ -230,7 +270,10 @@ fn unwritable_output() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("out.gguf") && stderr.contains("Not a directory"), "{stderr}");
+    assert!(
+        stderr.contains("out.gguf") && stderr.contains("Not a directory"),
+        "{stderr}"
+    );
     assert_eq!(listing(tmp.path()), vec!["file".to_string()]);
 }
 
@@ -238,8 +281,18 @@ fn unwritable_output() {
 fn output_that_is_a_directory_or_the_source() {
     let tmp = tempfile::tempdir().unwrap();
     let input = copy_input(tmp.path());
-    for (out, needle) in [(tmp.path().to_path_buf(), "is a directory"), (input.join("model.safetensors"), "overwrite the source")] {
-        let o = Command::new(bin()).arg("convert").arg(&input).arg("-o").arg(&out).arg("-q").output().unwrap();
+    for (out, needle) in [
+        (tmp.path().to_path_buf(), "is a directory"),
+        (input.join("model.safetensors"), "overwrite the source"),
+    ] {
+        let o = Command::new(bin())
+            .arg("convert")
+            .arg(&input)
+            .arg("-o")
+            .arg(&out)
+            .arg("-q")
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(needle), "{stderr}");
@@ -262,7 +315,10 @@ fn full_disk_leaves_nothing() {
     // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
+            let lim = libc::rlimit {
+                rlim_cur: 1 << 20,
+                rlim_max: 1 << 20,
+            };
             if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -274,7 +330,11 @@ fn full_disk_leaves_nothing() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("File too large"), "{stderr}");
-    assert!(listing(out_dir.path()).is_empty(), "left behind: {:?}", listing(out_dir.path()));
+    assert!(
+        listing(out_dir.path()).is_empty(),
+        "left behind: {:?}",
+        listing(out_dir.path())
+    );
 }
 
 #[test]
@@ -301,9 +361,17 @@ fn sigint_leaves_nothing() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
     let o = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(130), "the run finished before the signal? stderr: {stderr}");
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "the run finished before the signal? stderr: {stderr}"
+    );
     assert!(stderr.contains("interrupted"), "{stderr}");
-    assert!(listing(out_dir.path()).is_empty(), "left behind: {:?}", listing(out_dir.path()));
+    assert!(
+        listing(out_dir.path()).is_empty(),
+        "left behind: {:?}",
+        listing(out_dir.path())
+    );
 }
 
 #[test]
@@ -319,7 +387,13 @@ fn bad_command_lines() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("choose one of"));
-    let o = Command::new(bin()).args(["synth", "--preset", "tiny", "-o"]).arg(out_dir.path().join("x")).arg("--tokenizer-from").arg(out_dir.path()).output().unwrap();
+    let o = Command::new(bin())
+        .args(["synth", "--preset", "tiny", "-o"])
+        .arg(out_dir.path().join("x"))
+        .arg("--tokenizer-from")
+        .arg(out_dir.path())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("config.json: missing"));
     assert!(listing(out_dir.path()).is_empty());

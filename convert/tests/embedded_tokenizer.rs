@@ -12,7 +12,11 @@ use internvl_convert::policy::TypeChoice;
 use serde_json::Value;
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// The Hermes-2 rendering of spec §5.1 for one user turn.
@@ -31,16 +35,24 @@ fn embedded_tokenizer_reproduces_reference_ids() {
     assert_eq!(stop, tok.ids.stop_ids().to_vec());
 
     let refs: Value =
-        serde_json::from_str(&std::fs::read_to_string(reference_dir().join("prompt_token_vectors.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(reference_dir().join("prompt_token_vectors.json")).unwrap())
+            .unwrap();
     // Pure text, first and second round.
     for k in ["pure_text", "pure_text_second_round"] {
         let e = &refs[k];
-        assert_eq!(tok.encode(e["prompt"].as_str().unwrap()).unwrap(), ids(&e["ids"]), "{k}");
+        assert_eq!(
+            tok.encode(e["prompt"].as_str().unwrap()).unwrap(),
+            ids(&e["ids"]),
+            "{k}"
+        );
     }
     // One image of 13 tiles: <img> + 3328 x <IMG_CONTEXT> + </img>.
     let e = &refs["image1_describe_shortly"];
     let n_ctx = e["n_img_context"].as_u64().unwrap() as usize;
-    let text = e["prompt_text_without_ctx"].as_str().unwrap().replace("<img></img>", &format!("<img>{}</img>", "<IMG_CONTEXT>".repeat(n_ctx)));
+    let text = e["prompt_text_without_ctx"]
+        .as_str()
+        .unwrap()
+        .replace("<img></img>", &format!("<img>{}</img>", "<IMG_CONTEXT>".repeat(n_ctx)));
     let got = tok.encode(&text).unwrap();
     let ctx_id = g.get_u32(key::IMG_CONTEXT_ID).unwrap();
     let mut want = ids(&e["prefix_ids"]);

@@ -37,7 +37,12 @@ fn reference_prompt() -> (String, Vec<i32>) {
     let p = reference_dir().join("prompt_token_vectors.json");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     let e = &v["pure_text"];
-    let ids = e["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect();
+    let ids = e["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap() as i32)
+        .collect();
     (e["prompt"].as_str().unwrap().to_string(), ids)
 }
 
@@ -93,7 +98,9 @@ fn split_text_gguf_loads_and_decodes_in_llama_cpp() {
         assert!(!logits.is_null());
         let logits = std::slice::from_raw_parts(logits, hp.llm.n_vocab);
         assert!(logits.iter().all(|x| x.is_finite()), "non-finite logits");
-        let (min, max) = logits.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        let (min, max) = logits
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
         assert!(max > min, "constant logits");
         ll::llama_free(ctx);
         ll::llama_model_free(model);

@@ -39,7 +39,11 @@ fn compare(name: &str, ty: GgmlType, data: &[u8], src: &[f32]) -> f64 {
         GgmlType::F16 => {
             for (i, (g, s)) in got.iter().zip(src).enumerate() {
                 let want = half::f16::from_f32(*s).to_f32();
-                assert_eq!(g.to_bits(), want.to_bits(), "{name}[{i}] f16: {g} vs rounded source {want}");
+                assert_eq!(
+                    g.to_bits(),
+                    want.to_bits(),
+                    "{name}[{i}] f16: {g} vs rounded source {want}"
+                );
             }
             0.0
         }
@@ -47,7 +51,11 @@ fn compare(name: &str, ty: GgmlType, data: &[u8], src: &[f32]) -> f64 {
             let num: f64 = got.iter().zip(src).map(|(g, s)| ((g - s) as f64).powi(2)).sum();
             let den: f64 = src.iter().map(|s| (*s as f64).powi(2)).sum();
             let rel = (num / den).sqrt();
-            assert!(rel <= bound(q), "{name} {q}: relative RMS error {rel:.5} > {}", bound(q));
+            assert!(
+                rel <= bound(q),
+                "{name} {q}: relative RMS error {rel:.5} > {}",
+                bound(q)
+            );
             // A quantized tensor cannot be exact: guards against a "quantizer" that stored floats.
             assert!(rel > 1e-4, "{name} {q}: suspiciously exact ({rel})");
             rel
@@ -57,14 +65,21 @@ fn compare(name: &str, ty: GgmlType, data: &[u8], src: &[f32]) -> f64 {
 
 /// Checks every tensor of a single-file GGUF against the checkpoint and the policy; returns the worst
 /// relative error per stored type.
-fn check_file(ck_dir: &std::path::Path, gguf: &std::path::Path, hp: &Hparams, types: &TypeChoice) -> HashMap<GgmlType, f64> {
+fn check_file(
+    ck_dir: &std::path::Path,
+    gguf: &std::path::Path,
+    hp: &Hparams,
+    types: &TypeChoice,
+) -> HashMap<GgmlType, f64> {
     let ck = Checkpoint::open_dir(ck_dir).unwrap();
     let g = GgufFile::open(gguf).unwrap();
     let specs = tensor_specs(hp);
     assert_eq!(g.tensors().len(), specs.len());
     let mut worst: HashMap<GgmlType, f64> = HashMap::new();
     for s in &specs {
-        let t = g.tensor(&s.gguf_name).unwrap_or_else(|| panic!("{} missing", s.gguf_name));
+        let t = g
+            .tensor(&s.gguf_name)
+            .unwrap_or_else(|| panic!("{} missing", s.gguf_name));
         assert_eq!(t.ne, s.ne, "{}", s.gguf_name);
         assert_eq!(t.ty, policy::decide(s, types).chosen, "{} type", s.gguf_name);
         let src = ck.read_f32(ck.get(&s.hf_name).unwrap()).unwrap();
@@ -93,7 +108,12 @@ fn float_types_are_exact() {
 }
 
 /// Checks that the report lists exactly the tensors whose stored type differs from the requested one.
-fn check_fallback_report(p: &std::path::Path, hp: &Hparams, types: &TypeChoice, r: &internvl_convert::convert::ConvertReport) {
+fn check_fallback_report(
+    p: &std::path::Path,
+    hp: &Hparams,
+    types: &TypeChoice,
+    r: &internvl_convert::convert::ConvertReport,
+) {
     let g = GgufFile::open(p).unwrap();
     let fell: Vec<&str> = r.fallbacks.iter().map(|f| f.tensor.as_str()).collect();
     for s in tensor_specs(hp) {
@@ -117,7 +137,11 @@ fn tiny_quantized_within_bounds() {
         eprintln!("tiny {ty}: worst relative RMS error {:.5}", worst[&ty]);
         let llm = r.parts.iter().find(|(p, _)| *p == Part::Llm).unwrap().1;
         let want = ty.type_size() as f64 * 8.0 / ty.block_size() as f64;
-        assert!((llm.bits_per_weight() - want).abs() < 0.05, "{ty}: LLM {} bpw, expected about {want}", llm.bits_per_weight());
+        assert!(
+            (llm.bits_per_weight() - want).abs() < 0.05,
+            "{ty}: LLM {} bpw, expected about {want}",
+            llm.bits_per_weight()
+        );
         std::fs::remove_file(&p).unwrap();
     }
     // q6_K: rows that are not whole 256-blocks (224, 608, 64) fall back to q8_0, and are reported.
@@ -127,9 +151,15 @@ fn tiny_quantized_within_bounds() {
     check_file(tiny_checkpoint(), &p, &hp, &types);
     check_fallback_report(&p, &hp, &types, &r);
     let fell: Vec<&str> = r.fallbacks.iter().map(|f| f.tensor.as_str()).collect();
-    assert!(fell.contains(&"token_embd.weight") && fell.contains(&"v.blk.0.attn_qkv.weight"), "{fell:?}");
+    assert!(
+        fell.contains(&"token_embd.weight") && fell.contains(&"v.blk.0.attn_qkv.weight"),
+        "{fell:?}"
+    );
     assert!(!fell.contains(&"v.blk.0.ffn_down.weight"), "rows of 256 fit q6_K");
-    assert!(r.fallbacks.iter().all(|f| f.row_len % 256 != 0 && f.chosen == GgmlType::Q8_0));
+    assert!(r
+        .fallbacks
+        .iter()
+        .all(|f| f.row_len % 256 != 0 && f.chosen == GgmlType::Q8_0));
 }
 
 #[test]
@@ -142,14 +172,24 @@ fn rows_that_fit_no_block_fall_back_to_f16() {
     check_file(micro_checkpoint(), &p, &micro(), &types);
     check_fallback_report(&p, &micro(), &types, &r);
     assert!(r.fallbacks.iter().any(|f| f.tensor == "output.weight"));
-    assert!(r.fallbacks.iter().all(|f| f.row_len % 32 != 0 && f.chosen == GgmlType::F16));
+    assert!(r
+        .fallbacks
+        .iter()
+        .all(|f| f.row_len % 32 != 0 && f.chosen == GgmlType::F16));
 }
 
 #[test]
 fn every_offered_block_type_within_bounds() {
     let out = tempfile::tempdir().unwrap();
     let ck = aligned_checkpoint();
-    for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::IQ4_NL] {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::IQ4_NL,
+    ] {
         let p = out.path().join(format!("aligned-{ty}.gguf"));
         let types = TypeChoice::uniform(ty);
         let r = convert_to(ck, &p, types, false);
@@ -244,13 +284,25 @@ fn metadata_is_complete() {
     assert_eq!(g.get_str(key::TOKENIZER_PRE).unwrap(), "qwen2");
     assert_eq!(g.get_str_array(key::TOKENIZER_TOKENS).unwrap().len(), 151655);
     assert_eq!(g.get_i32_array(key::TOKENIZER_TOKEN_TYPE).unwrap().len(), 151655);
-    assert_eq!(g.get_str_array(key::TOKENIZER_MERGES).unwrap().len(), 151_291, "the 151,291 merges of spec §6.2");
+    assert_eq!(
+        g.get_str_array(key::TOKENIZER_MERGES).unwrap().len(),
+        151_291,
+        "the 151,291 merges of spec §6.2"
+    );
     let tpl = g.get_str(key::TOKENIZER_CHAT_TEMPLATE).unwrap();
     assert!(tpl.contains(HERMES2_SYSTEM_MESSAGE) && tpl.contains("<|im_start|>"));
     // Provenance.
-    let hex = sha256_file(&micro_checkpoint().join("model.safetensors"), &|| false).unwrap().unwrap();
-    assert_eq!(g.get_str(key::SOURCE_SHA256).unwrap(), format!("{hex}  model.safetensors"));
-    assert!(g.get_str(key::CONVERTER_VERSION).unwrap().starts_with("internvl-convert "));
+    let hex = sha256_file(&micro_checkpoint().join("model.safetensors"), &|| false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        g.get_str(key::SOURCE_SHA256).unwrap(),
+        format!("{hex}  model.safetensors")
+    );
+    assert!(g
+        .get_str(key::CONVERTER_VERSION)
+        .unwrap()
+        .starts_with("internvl-convert "));
     assert!(g.get_str(key::QUANT_RECIPE).unwrap().starts_with("type=f16 "));
 }
 
@@ -260,7 +312,12 @@ fn sharded_checkpoint_converts_to_the_same_tensors() {
     let sharded = tmp.path().join("sharded");
     synth_into(&micro(), 2, &sharded, 3);
     let files = listing(&sharded);
-    for f in ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors", "model.safetensors.index.json"] {
+    for f in [
+        "model-00001-of-00003.safetensors",
+        "model-00002-of-00003.safetensors",
+        "model-00003-of-00003.safetensors",
+        "model.safetensors.index.json",
+    ] {
         assert!(files.contains(&f.to_string()), "{f} missing: {files:?}");
     }
     assert!(!files.contains(&"model.safetensors".to_string()));
@@ -273,11 +330,17 @@ fn sharded_checkpoint_converts_to_the_same_tensors() {
     assert_eq!(ga.tensors().len(), gb.tensors().len());
     for (ta, tb) in ga.tensors().iter().zip(gb.tensors()) {
         assert_eq!((&ta.name, &ta.ne, ta.ty), (&tb.name, &tb.ne, tb.ty));
-        assert!(ga.tensor_data(ta) == gb.tensor_data(tb), "{} differs between layouts", ta.name);
+        assert!(
+            ga.tensor_data(ta) == gb.tensor_data(tb),
+            "{} differs between layouts",
+            ta.name
+        );
     }
     let sha = gb.get_str(key::SOURCE_SHA256).unwrap();
     assert_eq!(sha.lines().count(), 3, "{sha}");
-    assert!(sha.lines().all(|l| l.len() == 64 + 2 + 32 && l.contains("-of-00003.safetensors")));
+    assert!(sha
+        .lines()
+        .all(|l| l.len() == 64 + 2 + 32 && l.contains("-of-00003.safetensors")));
 }
 
 #[test]
@@ -308,8 +371,12 @@ fn synth_is_deterministic_from_the_seed() {
     let (_, _, ls) = stat("vision_model.encoder.layers.0.ls1");
     assert!(ls.iter().all(|&x| (0.1..=1.0).contains(&x)));
     // config.json carries the preset's sizes.
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
-    assert_eq!(internvl_convert::config::hparams_from_config_json(&cfg).unwrap(), micro());
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        internvl_convert::config::hparams_from_config_json(&cfg).unwrap(),
+        micro()
+    );
 }
 
 #[test]
@@ -319,7 +386,10 @@ fn split_writes_llama_cpp_pair() {
     let types = TypeChoice::uniform(GgmlType::Q8_0);
     let r = convert_to(aligned_checkpoint(), &text, types, true);
     let mmproj = tmp.path().join("mmproj-text.gguf");
-    assert_eq!(listing(tmp.path()), vec!["mmproj-text.gguf".to_string(), "text.gguf".to_string()]);
+    assert_eq!(
+        listing(tmp.path()),
+        vec!["mmproj-text.gguf".to_string(), "text.gguf".to_string()]
+    );
     assert_eq!(r.outputs.len(), 2);
     let hp = aligned();
     let specs = tensor_specs(&hp);
@@ -335,8 +405,18 @@ fn split_writes_llama_cpp_pair() {
     let ck = Checkpoint::open_dir(aligned_checkpoint()).unwrap();
     let d = hp.vision.n_embd;
     for l in 0..hp.vision.n_layer {
-        let w = ck.read_f32(ck.get(&format!("vision_model.encoder.layers.{l}.attn.qkv.weight")).unwrap()).unwrap();
-        let b = ck.read_f32(ck.get(&format!("vision_model.encoder.layers.{l}.attn.qkv.bias")).unwrap()).unwrap();
+        let w = ck
+            .read_f32(
+                ck.get(&format!("vision_model.encoder.layers.{l}.attn.qkv.weight"))
+                    .unwrap(),
+            )
+            .unwrap();
+        let b = ck
+            .read_f32(
+                ck.get(&format!("vision_model.encoder.layers.{l}.attn.qkv.bias"))
+                    .unwrap(),
+            )
+            .unwrap();
         for (k, which) in ["attn_q", "attn_k", "attn_v"].iter().enumerate() {
             let tw = gm.tensor(&names::v_blk(l, which, "weight")).unwrap();
             assert_eq!(tw.ne, vec![d, d]);

@@ -126,7 +126,10 @@ fn check(req: ChatRequest, limits: &RequestLimits) -> Result<Request, ApiError> 
         Some(m) if m > limits.max_tokens as u64 => {
             return Err(ApiError::invalid(
                 "max_tokens",
-                format!("max_tokens is {m}, over this server's limit of {} (--max-tokens)", limits.max_tokens),
+                format!(
+                    "max_tokens is {m}, over this server's limit of {} (--max-tokens)",
+                    limits.max_tokens
+                ),
             ))
         }
         Some(m) => m as usize,
@@ -134,7 +137,12 @@ fn check(req: ChatRequest, limits: &RequestLimits) -> Result<Request, ApiError> 
     let temperature = match req.temperature {
         None => limits.default_temperature,
         Some(t) if (0.0..=2.0).contains(&t) => t as f32,
-        Some(t) => return Err(ApiError::invalid("temperature", format!("temperature must be between 0 and 2, got {t}"))),
+        Some(t) => {
+            return Err(ApiError::invalid(
+                "temperature",
+                format!("temperature must be between 0 and 2, got {t}"),
+            ))
+        }
     };
     let top_p = match req.top_p {
         None => 1.0,
@@ -144,21 +152,45 @@ fn check(req: ChatRequest, limits: &RequestLimits) -> Result<Request, ApiError> 
     let repetition_penalty = match req.repetition_penalty {
         None => 1.0,
         Some(r) if r > 0.0 && r.is_finite() => r as f32,
-        Some(r) => return Err(ApiError::invalid("repetition_penalty", format!("repetition_penalty must be > 0, got {r}"))),
+        Some(r) => {
+            return Err(ApiError::invalid(
+                "repetition_penalty",
+                format!("repetition_penalty must be > 0, got {r}"),
+            ))
+        }
     };
     let top_k = usize::try_from(req.top_k.unwrap_or(0)).unwrap_or(usize::MAX);
     // Without a seed each request draws its own (two identical sampled requests may differ, as with OpenAI).
     let seed = req.seed.map_or_else(fresh_seed, |s| s as u64);
-    let sampling = SamplingParams { temperature, top_k, top_p, min_p: 0.0, repetition_penalty, seed };
+    let sampling = SamplingParams {
+        temperature,
+        top_k,
+        top_p,
+        min_p: 0.0,
+        repetition_penalty,
+        seed,
+    };
     let stops = parse_stop(req.stop)?;
     let stream = req.stream.unwrap_or(false);
     let include_usage = stream && req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
     let (system, turns) = conversation(req.messages)?;
-    let out = Request { system, turns, stream, include_usage, max_tokens, sampling, stops };
+    let out = Request {
+        system,
+        turns,
+        stream,
+        include_usage,
+        max_tokens,
+        sampling,
+        stops,
+    };
     if out.n_images() > limits.max_images {
         return Err(ApiError::invalid(
             "messages",
-            format!("the request has {} images, over this server's limit of {} (--max-images)", out.n_images(), limits.max_images),
+            format!(
+                "the request has {} images, over this server's limit of {} (--max-images)",
+                out.n_images(),
+                limits.max_images
+            ),
         ));
     }
     Ok(out)
@@ -166,8 +198,12 @@ fn check(req: ChatRequest, limits: &RequestLimits) -> Result<Request, ApiError> 
 
 fn fresh_seed() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    t ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ COUNTER
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 fn parse_stop(v: Option<Value>) -> Result<Vec<String>, ApiError> {
@@ -178,13 +214,24 @@ fn parse_stop(v: Option<Value>) -> Result<Vec<String>, ApiError> {
             .into_iter()
             .map(|x| match x {
                 Value::String(s) => Ok(s),
-                other => Err(ApiError::invalid("stop", format!("stop sequences must be strings, got {other}"))),
+                other => Err(ApiError::invalid(
+                    "stop",
+                    format!("stop sequences must be strings, got {other}"),
+                )),
             })
             .collect::<Result<_, _>>()?,
-        Some(other) => return Err(ApiError::invalid("stop", format!("stop must be a string or an array of strings, got {other}"))),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "stop",
+                format!("stop must be a string or an array of strings, got {other}"),
+            ))
+        }
     };
     if stops.len() > 4 {
-        return Err(ApiError::invalid("stop", format!("at most 4 stop sequences, got {}", stops.len())));
+        return Err(ApiError::invalid(
+            "stop",
+            format!("at most 4 stop sequences, got {}", stops.len()),
+        ));
     }
     Ok(stops.into_iter().filter(|s| !s.is_empty()).collect())
 }
@@ -200,8 +247,15 @@ fn parts(i: usize, content: Option<Value>) -> Result<Vec<Part>, ApiError> {
     match content {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![Part::Text(s)]),
-        Some(Value::Array(items)) => items.into_iter().enumerate().map(|(j, item)| part(&format!("{param}[{j}]"), item)).collect(),
-        Some(other) => Err(ApiError::invalid(param, format!("content must be a string or an array of parts, got {other}"))),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(j, item)| part(&format!("{param}[{j}]"), item))
+            .collect(),
+        Some(other) => Err(ApiError::invalid(
+            param,
+            format!("content must be a string or an array of parts, got {other}"),
+        )),
     }
 }
 
@@ -220,12 +274,24 @@ fn part(param: &str, item: Value) -> Result<Part, ApiError> {
                 None => None,
             };
             match url {
-                Some(url) => Ok(Part::Image(ImageRef { url, param: param.to_owned() })),
-                None => Err(ApiError::invalid(param, "an image_url part needs `image_url: {\"url\": ...}`")),
+                Some(url) => Ok(Part::Image(ImageRef {
+                    url,
+                    param: param.to_owned(),
+                })),
+                None => Err(ApiError::invalid(
+                    param,
+                    "an image_url part needs `image_url: {\"url\": ...}`",
+                )),
             }
         }
-        "" => Err(ApiError::invalid(param, "a content part needs a `type` (\"text\" or \"image_url\")")),
-        other => Err(ApiError::invalid(param, format!("content parts of type {other:?} are not supported (\"text\" and \"image_url\" are)"))),
+        "" => Err(ApiError::invalid(
+            param,
+            "a content part needs a `type` (\"text\" or \"image_url\")",
+        )),
+        other => Err(ApiError::invalid(
+            param,
+            format!("content parts of type {other:?} are not supported (\"text\" and \"image_url\" are)"),
+        )),
     }
 }
 
@@ -252,7 +318,10 @@ fn conversation(messages: Vec<RawMessage>) -> Result<(Option<String>, Vec<Pendin
         match m.role.as_str() {
             "system" | "developer" => {
                 if let Some(r) = images.first() {
-                    return Err(ApiError::invalid(r.param.clone(), "images are only accepted in user messages"));
+                    return Err(ApiError::invalid(
+                        r.param.clone(),
+                        "images are only accepted in user messages",
+                    ));
                 }
                 join(system.get_or_insert_with(String::new), &text);
             }
@@ -261,16 +330,26 @@ fn conversation(messages: Vec<RawMessage>) -> Result<(Option<String>, Vec<Pendin
                     join(&mut t.text, &text);
                     t.images.extend(images);
                 }
-                _ => turns.push(PendingTurn { text, images, assistant: None }),
+                _ => turns.push(PendingTurn {
+                    text,
+                    images,
+                    assistant: None,
+                }),
             },
             "assistant" => {
                 if let Some(r) = images.first() {
-                    return Err(ApiError::invalid(r.param.clone(), "images are only accepted in user messages"));
+                    return Err(ApiError::invalid(
+                        r.param.clone(),
+                        "images are only accepted in user messages",
+                    ));
                 }
                 match turns.last_mut() {
                     Some(t) => join(t.assistant.get_or_insert_with(String::new), &text),
                     None => {
-                        return Err(ApiError::invalid(format!("messages[{i}]"), "an assistant message must follow a user message"))
+                        return Err(ApiError::invalid(
+                            format!("messages[{i}]"),
+                            "an assistant message must follow a user message",
+                        ))
                     }
                 }
             }
@@ -283,8 +362,13 @@ fn conversation(messages: Vec<RawMessage>) -> Result<(Option<String>, Vec<Pendin
         }
     }
     match turns.last() {
-        None => Err(ApiError::invalid("messages", "the messages must contain a user message")),
-        Some(t) if t.assistant.is_some() => Err(ApiError::invalid("messages", "the last message must be a user message")),
+        None => Err(ApiError::invalid(
+            "messages",
+            "the messages must contain a user message",
+        )),
+        Some(t) if t.assistant.is_some() => {
+            Err(ApiError::invalid("messages", "the last message must be a user message"))
+        }
         Some(_) => Ok((system, turns)),
     }
 }
@@ -294,7 +378,11 @@ mod tests {
     use super::*;
 
     fn limits() -> RequestLimits {
-        RequestLimits { max_tokens: 100, default_temperature: 0.0, max_images: 2 }
+        RequestLimits {
+            max_tokens: 100,
+            default_temperature: 0.0,
+            max_images: 2,
+        }
     }
 
     fn parse_json(v: Value) -> Result<Request, ApiError> {
@@ -326,7 +414,10 @@ mod tests {
         assert_eq!(r.turns[0].assistant.as_deref(), Some("a cat"));
         assert_eq!(r.turns[1].text, "colour?\nanswer in one word");
         assert!(r.turns[1].assistant.is_none());
-        assert_eq!((r.max_tokens, r.sampling.temperature, r.sampling.top_p, r.sampling.seed), (7, 0.5, 0.9, 3));
+        assert_eq!(
+            (r.max_tokens, r.sampling.temperature, r.sampling.top_p, r.sampling.seed),
+            (7, 0.5, 0.9, 3)
+        );
         assert_eq!(r.stops, vec!["\n".to_string()]);
         assert!(r.stream && r.include_usage);
     }
@@ -346,16 +437,40 @@ mod tests {
             assert!(e.to_string().contains(needle), "{e}");
         };
         let user = serde_json::json!([{"role": "user", "content": "hi"}]);
-        bad(serde_json::json!({"messages": user, "max_tokens": 101}), "max_tokens", "limit of 100");
-        bad(serde_json::json!({"messages": user, "max_tokens": 0}), "max_tokens", "at least 1");
-        bad(serde_json::json!({"messages": user, "temperature": 3}), "temperature", "between 0 and 2");
+        bad(
+            serde_json::json!({"messages": user, "max_tokens": 101}),
+            "max_tokens",
+            "limit of 100",
+        );
+        bad(
+            serde_json::json!({"messages": user, "max_tokens": 0}),
+            "max_tokens",
+            "at least 1",
+        );
+        bad(
+            serde_json::json!({"messages": user, "temperature": 3}),
+            "temperature",
+            "between 0 and 2",
+        );
         bad(serde_json::json!({"messages": user, "top_p": 0}), "top_p", "(0, 1]");
         bad(serde_json::json!({"messages": user, "n": 2}), "n", "n = 1");
-        bad(serde_json::json!({"messages": user, "stop": ["a", "b", "c", "d", "e"]}), "stop", "at most 4");
+        bad(
+            serde_json::json!({"messages": user, "stop": ["a", "b", "c", "d", "e"]}),
+            "stop",
+            "at most 4",
+        );
         bad(serde_json::json!({"messages": user, "stop": 5}), "stop", "string");
         bad(serde_json::json!({"messages": []}), "messages", "user message");
-        bad(serde_json::json!({"messages": [{"role": "assistant", "content": "x"}]}), "messages[0]", "must follow");
-        bad(serde_json::json!({"messages": [{"role": "tool", "content": "x"}]}), "messages[0].role", "not supported");
+        bad(
+            serde_json::json!({"messages": [{"role": "assistant", "content": "x"}]}),
+            "messages[0]",
+            "must follow",
+        );
+        bad(
+            serde_json::json!({"messages": [{"role": "tool", "content": "x"}]}),
+            "messages[0].role",
+            "not supported",
+        );
         bad(
             serde_json::json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]}),
             "messages",
@@ -367,8 +482,16 @@ mod tests {
             "input_audio",
         );
         let img = serde_json::json!({"type": "image_url", "image_url": {"url": "data:,"}});
-        bad(serde_json::json!({"messages": [{"role": "user", "content": [img, img, img]}]}), "messages", "limit of 2");
-        bad(serde_json::json!({"messages": [{"role": "system", "content": [img]}, {"role": "user", "content": "q"}]}), "messages[0].content[0]", "only accepted");
+        bad(
+            serde_json::json!({"messages": [{"role": "user", "content": [img, img, img]}]}),
+            "messages",
+            "limit of 2",
+        );
+        bad(
+            serde_json::json!({"messages": [{"role": "system", "content": [img]}, {"role": "user", "content": "q"}]}),
+            "messages[0].content[0]",
+            "only accepted",
+        );
     }
 
     #[test]

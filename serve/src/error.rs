@@ -47,7 +47,10 @@ pub enum ApiError {
 impl ApiError {
     /// A 400 about the field `param`.
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::Invalid { param: Some(param.into()), message: message.into() }
+        ApiError::Invalid {
+            param: Some(param.into()),
+            message: message.into(),
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -69,9 +72,10 @@ impl ApiError {
     pub fn kind(&self) -> &'static str {
         match self {
             ApiError::MissingKey | ApiError::WrongKey => "authentication_error",
-            ApiError::QueueFull { .. } | ApiError::QueueTimeout { .. } | ApiError::Timeout { .. } | ApiError::Internal(_) => {
-                "server_error"
-            }
+            ApiError::QueueFull { .. }
+            | ApiError::QueueTimeout { .. }
+            | ApiError::Timeout { .. }
+            | ApiError::Internal(_) => "server_error",
             _ => "invalid_request_error",
         }
     }
@@ -124,10 +128,12 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status(), axum::Json(self.body())).into_response();
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             // A busy server: clients (the official ones included) back off and retry.
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if matches!(self, ApiError::MissingKey | ApiError::WrongKey) {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }
@@ -148,6 +154,9 @@ mod tests {
         assert!(b["error"]["message"].as_str().unwrap().contains("got 3"));
         let b = ApiError::Internal("x".into()).body();
         assert!(b["error"]["code"].is_null() && b["error"]["param"].is_null());
-        assert_eq!(ApiError::QueueFull { sessions: 2, limit: 4 }.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            ApiError::QueueFull { sessions: 2, limit: 4 }.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

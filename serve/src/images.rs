@@ -32,13 +32,20 @@ pub struct ImagePolicy {
 
 impl ImagePolicy {
     fn limits(&self) -> Limits {
-        Limits { max_pixels: self.max_pixels, max_file_bytes: self.max_image_bytes, ..Limits::default() }
+        Limits {
+            max_pixels: self.max_pixels,
+            max_file_bytes: self.max_image_bytes,
+            ..Limits::default()
+        }
     }
 }
 
 /// Fetches and decodes one image.
 pub fn resolve(r: &ImageRef, policy: &ImagePolicy) -> Result<Image, ApiError> {
-    let fail = |message: String| ApiError::Image { param: r.param.clone(), message };
+    let fail = |message: String| ApiError::Image {
+        param: r.param.clone(),
+        message,
+    };
     let url = r.url.trim();
     let lower: String = url.chars().take(8).collect::<String>().to_ascii_lowercase();
     let rgb = if lower.starts_with("data:") {
@@ -66,7 +73,9 @@ pub fn resolve(r: &ImageRef, policy: &ImagePolicy) -> Result<Image, ApiError> {
         img::load_path(&path, &policy.limits()).map_err(|e| fail(e.to_string()))?
     } else {
         let scheme = url.split(':').next().unwrap_or("");
-        return Err(fail(format!("unsupported URL scheme {scheme:?}: use data:, http(s):// or a local path")));
+        return Err(fail(format!(
+            "unsupported URL scheme {scheme:?}: use data:, http(s):// or a local path"
+        )));
     };
     Image::from_rgb(rgb, &policy.tiling).map_err(|e| fail(e.to_string()))
 }
@@ -77,7 +86,8 @@ fn has_scheme(url: &str) -> bool {
         Some((s, _)) => {
             s.len() > 1
                 && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
         }
         None => false,
     }
@@ -86,7 +96,9 @@ fn has_scheme(url: &str) -> bool {
 /// `data:[<media type>][;base64],<data>`; only base64 payloads carry binary images.
 fn decode_data_url(url: &str) -> Result<Vec<u8>, String> {
     let rest = url.get(5..).unwrap_or("");
-    let (meta, data) = rest.split_once(',').ok_or("a data: URL needs a comma before its payload")?;
+    let (meta, data) = rest
+        .split_once(',')
+        .ok_or("a data: URL needs a comma before its payload")?;
     if !meta.split(';').any(|p| p.eq_ignore_ascii_case("base64")) {
         return Err("only base64 data: URLs are supported (data:image/png;base64,...)".into());
     }
@@ -100,27 +112,45 @@ fn decode_data_url(url: &str) -> Result<Vec<u8>, String> {
         &base64::alphabet::STANDARD,
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
     );
-    engine.decode(&compact).map_err(|e| format!("the data: URL is not valid base64: {e}"))
+    engine
+        .decode(&compact)
+        .map_err(|e| format!("the data: URL is not valid base64: {e}"))
 }
 
 /// The file a local reference names, checked against `--local-files-root`.
 fn local_path(url: &str, policy: &ImagePolicy) -> Result<PathBuf, String> {
     let raw = url.strip_prefix("file://").unwrap_or(url);
     let path = Path::new(raw);
-    let Some(root) = &policy.local_root else { return Ok(path.to_path_buf()) };
-    let joined = if path.is_absolute() { path.to_path_buf() } else { root.join(path) };
+    let Some(root) = &policy.local_root else {
+        return Ok(path.to_path_buf());
+    };
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        root.join(path)
+    };
     // Canonical paths: `..` and symbolic links cannot lead out of the root.
-    let real = joined.canonicalize().map_err(|e| format!("cannot open {}: {e}", joined.display()))?;
-    let root_real = root.canonicalize().map_err(|e| format!("--local-files-root {}: {e}", root.display()))?;
+    let real = joined
+        .canonicalize()
+        .map_err(|e| format!("cannot open {}: {e}", joined.display()))?;
+    let root_real = root
+        .canonicalize()
+        .map_err(|e| format!("--local-files-root {}: {e}", root.display()))?;
     if !real.starts_with(&root_real) {
-        return Err(format!("{} is outside the directory this server reads images from (--local-files-root)", path.display()));
+        return Err(format!(
+            "{} is outside the directory this server reads images from (--local-files-root)",
+            path.display()
+        ));
     }
     Ok(real)
 }
 
 /// Downloads at most `max_image_bytes` (one byte more tells that the image is too large).
 fn fetch(url: &str, policy: &ImagePolicy) -> Result<Vec<u8>, String> {
-    let agent = ureq::AgentBuilder::new().timeout(policy.remote_timeout).redirects(3).build();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(policy.remote_timeout)
+        .redirects(3)
+        .build();
     let resp = agent.get(url).call().map_err(|e| match e {
         ureq::Error::Status(code, _) => format!("fetching {url}: HTTP {code}"),
         ureq::Error::Transport(t) => format!("fetching {url}: {t}"),
@@ -131,7 +161,10 @@ fn fetch(url: &str, policy: &ImagePolicy) -> Result<Vec<u8>, String> {
         .read_to_end(&mut bytes)
         .map_err(|e| format!("reading {url}: {e}"))?;
     if bytes.len() as u64 > policy.max_image_bytes {
-        return Err(format!("{url} is larger than the limit of {} bytes", policy.max_image_bytes));
+        return Err(format!(
+            "{url} is larger than the limit of {} bytes",
+            policy.max_image_bytes
+        ));
     }
     Ok(bytes)
 }
@@ -154,12 +187,17 @@ mod tests {
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         let mut out = std::io::Cursor::new(Vec::new());
-        img::RgbImage::from_pixel(w, h, ::image::Rgb([10, 200, 30])).write_to(&mut out, ::image::ImageFormat::Png).unwrap();
+        img::RgbImage::from_pixel(w, h, ::image::Rgb([10, 200, 30]))
+            .write_to(&mut out, ::image::ImageFormat::Png)
+            .unwrap();
         out.into_inner()
     }
 
     fn r(url: String) -> ImageRef {
-        ImageRef { url, param: "messages[0].content[1]".into() }
+        ImageRef {
+            url,
+            param: "messages[0].content[1]".into(),
+        }
     }
 
     fn err(url: String, p: &ImagePolicy) -> String {
@@ -174,8 +212,17 @@ mod tests {
         let im = resolve(&r(format!("data:image/png;base64,{b64}")), &policy()).unwrap();
         assert_eq!(im.size(), (40, 20));
         // Unpadded and line-wrapped payloads are accepted; the format is sniffed from the bytes.
-        let wrapped: String = b64.trim_end_matches('=').as_bytes().chunks(10).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join("\n");
-        assert_eq!(resolve(&r(format!("data:;base64,{wrapped}")), &policy()).unwrap().key(), im.key());
+        let wrapped: String = b64
+            .trim_end_matches('=')
+            .as_bytes()
+            .chunks(10)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(
+            resolve(&r(format!("data:;base64,{wrapped}")), &policy()).unwrap().key(),
+            im.key()
+        );
         assert!(err(format!("data:image/png,{b64}"), &policy()).contains("only base64"));
         assert!(err("data:image/png;base64,!!!!".into(), &policy()).contains("not valid base64"));
         assert!(err(format!("data:text/plain;base64,{b64}"), &policy()).contains("not an image"));
@@ -206,7 +253,10 @@ mod tests {
         p.allow_local_files = true;
         let a = inside.join("a.png");
         assert_eq!(resolve(&r(a.display().to_string()), &p).unwrap().size(), (8, 8));
-        assert_eq!(resolve(&r(format!("file://{}", a.display())), &p).unwrap().size(), (8, 8));
+        assert_eq!(
+            resolve(&r(format!("file://{}", a.display())), &p).unwrap().size(),
+            (8, 8)
+        );
         p.local_root = Some(inside.clone());
         assert!(resolve(&r("a.png".into()), &p).is_ok());
         let e = err(format!("{}/../b.png", inside.display()), &p);

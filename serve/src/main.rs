@@ -138,11 +138,16 @@ fn run(args: Args) -> Result<(), String> {
     if args.max_tokens == 0 {
         return Err("--max-tokens must be at least 1".into());
     }
-    let load = LoadParams { mmproj: args.mmproj.clone(), tokenizer_dir: args.tokenizer.clone() };
+    let load = LoadParams {
+        mmproj: args.mmproj.clone(),
+        tokenizer_dir: args.tokenizer.clone(),
+    };
     let model = Model::load(&args.model, &load).map_err(|e| e.to_string())?;
 
     let parallel = args.parallel.max(1);
-    let threads = args.threads.unwrap_or_else(|| (internvl::session::physical_cores() / parallel).max(1));
+    let threads = args
+        .threads
+        .unwrap_or_else(|| (internvl::session::physical_cores() / parallel).max(1));
     let mut tiling = model.tiling();
     if let Some(n) = args.max_tiles {
         tiling.max_tiles = n;
@@ -164,15 +169,25 @@ fn run(args: Args) -> Result<(), String> {
         ..ChatParams::default()
     };
     let images = SharedEmbeddingCache::new(args.image_cache_mb << 20);
-    let pool_cfg = PoolConfig { sessions: parallel, max_queue: args.queue, queue_timeout };
+    let pool_cfg = PoolConfig {
+        sessions: parallel,
+        max_queue: args.queue,
+        queue_timeout,
+    };
     let pool = Pool::new(model, chat, images, pool_cfg).map_err(|e| e.to_string())?;
 
     let model_id = args.model_id.clone().unwrap_or_else(|| {
-        args.model.file_stem().map_or_else(|| "internvl".into(), |s| s.to_string_lossy().into_owned())
+        args.model
+            .file_stem()
+            .map_or_else(|| "internvl".into(), |s| s.to_string_lossy().into_owned())
     });
     let cfg = Config {
         model_id,
-        limits: RequestLimits { max_tokens: args.max_tokens, default_temperature: args.temp, max_images: args.max_images },
+        limits: RequestLimits {
+            max_tokens: args.max_tokens,
+            default_temperature: args.temp,
+            max_images: args.max_images,
+        },
         images: ImagePolicy {
             allow_local_files: args.allow_local_files,
             local_root: args.local_files_root.clone(),
@@ -190,7 +205,10 @@ fn run(args: Args) -> Result<(), String> {
     };
     let app = router(AppState::new(cfg, pool));
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("tokio runtime: {e}"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await
@@ -206,7 +224,10 @@ fn run(args: Args) -> Result<(), String> {
             args.queue,
             if args.api_key.is_some() { "required" } else { "off" }
         );
-        axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.map_err(|e| format!("server: {e}"))
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown())
+            .await
+            .map_err(|e| format!("server: {e}"))
     })
 }
 

@@ -50,7 +50,12 @@ pub struct Pool {
 
 impl Pool {
     /// Opens every session now, so that a lack of memory shows at start-up, not under load.
-    pub fn new(model: Model, chat_params: ChatParams, images: SharedEmbeddingCache, cfg: PoolConfig) -> Result<Arc<Pool>, EngineError> {
+    pub fn new(
+        model: Model,
+        chat_params: ChatParams,
+        images: SharedEmbeddingCache,
+        cfg: PoolConfig,
+    ) -> Result<Arc<Pool>, EngineError> {
         if cfg.sessions == 0 {
             return Err(EngineError::Param("at least one session is needed (--parallel)".into()));
         }
@@ -58,7 +63,12 @@ impl Pool {
         for id in 0..cfg.sessions {
             let mut chat = model.chat(chat_params.clone())?;
             chat.share_image_cache(images.clone());
-            slots.push(Slot { chat, id, first_image: None, last_used: 0 });
+            slots.push(Slot {
+                chat,
+                id,
+                first_image: None,
+                last_used: 0,
+            });
         }
         Ok(Arc::new(Pool {
             permits: Arc::new(Semaphore::new(cfg.sessions)),
@@ -100,23 +110,37 @@ impl Pool {
                 let before = self.waiting.fetch_add(1, Ordering::SeqCst);
                 let _waiting = Decrement(&self.waiting);
                 if before >= self.cfg.max_queue {
-                    return Err(ApiError::QueueFull { sessions: self.cfg.sessions, limit: self.cfg.max_queue });
+                    return Err(ApiError::QueueFull {
+                        sessions: self.cfg.sessions,
+                        limit: self.cfg.max_queue,
+                    });
                 }
                 match tokio::time::timeout(self.cfg.queue_timeout, self.permits.clone().acquire_owned()).await {
                     Ok(Ok(p)) => p,
                     Ok(Err(_)) => return Err(ApiError::Internal("the session pool is closed".into())),
-                    Err(_) => return Err(ApiError::QueueTimeout { secs: self.cfg.queue_timeout.as_secs_f64() }),
+                    Err(_) => {
+                        return Err(ApiError::QueueTimeout {
+                            secs: self.cfg.queue_timeout.as_secs_f64(),
+                        })
+                    }
                 }
             }
         };
         let slot = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             let lru = |keep: &dyn Fn(&Slot) -> bool| {
-                idle.iter().enumerate().filter(|(_, s)| keep(s)).min_by_key(|(_, s)| s.last_used).map(|(i, _)| i)
+                idle.iter()
+                    .enumerate()
+                    .filter(|(_, s)| keep(s))
+                    .min_by_key(|(_, s)| s.last_used)
+                    .map(|(i, _)| i)
             };
             let pick = match prefer {
                 // The session that holds this image's rows, else the least recently used one.
-                Some(k) => idle.iter().position(|s| s.first_image == Some(k)).or_else(|| lru(&|_| true)),
+                Some(k) => idle
+                    .iter()
+                    .position(|s| s.first_image == Some(k))
+                    .or_else(|| lru(&|_| true)),
                 // A text-only request goes where it evicts no image, if it can.
                 None => lru(&|s| s.first_image.is_none()).or_else(|| lru(&|_| true)),
             };
@@ -124,7 +148,12 @@ impl Pool {
         };
         // Permits and idle sessions are equal in number; a missing session means one was lost.
         let slot = slot.ok_or_else(|| ApiError::Internal("no idle session although a permit was free".into()))?;
-        Ok(Lease { pool: self.clone(), slot: Some(slot), _permit: permit, healthy: false })
+        Ok(Lease {
+            pool: self.clone(),
+            slot: Some(slot),
+            _permit: permit,
+            healthy: false,
+        })
     }
 
     fn put_back(&self, mut slot: Slot, healthy: bool) {

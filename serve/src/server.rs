@@ -70,7 +70,15 @@ impl AppState {
     pub fn new(cfg: Config, pool: Arc<Pool>) -> Arc<AppState> {
         let key_digest = cfg.api_key.as_ref().map(|k| Sha256::digest(k.as_bytes()).into());
         let decoders = Arc::new(Semaphore::new(pool.sessions().max(2)));
-        Arc::new(AppState { cfg, pool, decoders, key_digest, created: unix_now(), counters: Counters::default(), next_id: AtomicU64::new(0) })
+        Arc::new(AppState {
+            cfg,
+            pool,
+            decoders,
+            key_digest,
+            created: unix_now(),
+            counters: Counters::default(),
+            next_id: AtomicU64::new(0),
+        })
     }
 }
 
@@ -104,7 +112,9 @@ async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, key)| key.trim());
-        let Some(given) = given else { return ApiError::MissingKey.into_response() };
+        let Some(given) = given else {
+            return ApiError::MissingKey.into_response();
+        };
         let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
         if !bool::from(digest.ct_eq(expected)) {
             return ApiError::WrongKey.into_response();
@@ -114,11 +124,17 @@ async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::NotFound { method: method.to_string(), path: uri.path().to_owned() }
+    ApiError::NotFound {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_owned() }
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
 }
 
 fn model_object(st: &AppState) -> Value {
@@ -133,7 +149,11 @@ async fn model_one(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> R
     if id == st.cfg.model_id {
         Json(model_object(&st)).into_response()
     } else {
-        ApiError::NotFound { method: "GET".into(), path: format!("/v1/models/{id}") }.into_response()
+        ApiError::NotFound {
+            method: "GET".into(),
+            path: format!("/v1/models/{id}"),
+        }
+        .into_response()
     }
 }
 
@@ -173,7 +193,11 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Result<Bytes, B
         Err(e) => {
             st.counters.failed.fetch_add(1, Ordering::Relaxed);
             if st.cfg.log_requests {
-                eprintln!("POST /v1/chat/completions {} {:.0} ms: {e}", e.status().as_u16(), t0.elapsed().as_secs_f64() * 1e3);
+                eprintln!(
+                    "POST /v1/chat/completions {} {:.0} ms: {e}",
+                    e.status().as_u16(),
+                    t0.elapsed().as_secs_f64() * 1e3
+                );
             }
             e.into_response()
         }
@@ -183,7 +207,9 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Result<Bytes, B
 async fn complete(st: &Arc<AppState>, body: Result<Bytes, BytesRejection>, t0: Instant) -> Result<Response, ApiError> {
     let body = body.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge { limit: st.cfg.max_body_bytes }
+            ApiError::BodyTooLarge {
+                limit: st.cfg.max_body_bytes,
+            }
         } else {
             ApiError::BadJson(rej.body_text())
         }
@@ -197,7 +223,12 @@ async fn complete(st: &Arc<AppState>, body: Result<Bytes, BytesRejection>, t0: I
     let queued = t0.elapsed();
     let cancel = CancelFlag::new();
     let guard = CancelOnDrop(cancel.clone());
-    let gen = GenerateParams { max_new_tokens: req.max_tokens, sampling: req.sampling.clone(), keep_special: false, cancel: Some(cancel) };
+    let gen = GenerateParams {
+        max_new_tokens: req.max_tokens,
+        sampling: req.sampling.clone(),
+        keep_special: false,
+        cancel: Some(cancel),
+    };
     let job = Job {
         system: req.system.clone(),
         turns,
@@ -216,7 +247,11 @@ async fn complete(st: &Arc<AppState>, body: Result<Bytes, BytesRejection>, t0: I
         return Err(e);
     }
     let meta = Meta {
-        id: format!("chatcmpl-{:x}{:04x}", unix_now(), st.next_id.fetch_add(1, Ordering::Relaxed)),
+        id: format!(
+            "chatcmpl-{:x}{:04x}",
+            unix_now(),
+            st.next_id.fetch_add(1, Ordering::Relaxed)
+        ),
         created: unix_now(),
         queued,
         t0,
@@ -257,7 +292,13 @@ async fn complete(st: &Arc<AppState>, body: Result<Bytes, BytesRejection>, t0: I
 /// `<image>\n` before the question, `Image-k:` labels for several).
 async fn resolve_images(st: &Arc<AppState>, req: &ChatReq) -> Result<Vec<TurnRecord>, ApiError> {
     let _permit = if req.n_images() > 0 {
-        Some(st.decoders.clone().acquire_owned().await.map_err(|_| ApiError::Internal("decoder pool closed".into()))?)
+        Some(
+            st.decoders
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ApiError::Internal("decoder pool closed".into()))?,
+        )
     } else {
         None
     };
@@ -267,17 +308,32 @@ async fn resolve_images(st: &Arc<AppState>, req: &ChatReq) -> Result<Vec<TurnRec
         turns
             .into_iter()
             .map(|t| {
-                let images = t.images.iter().map(|r| images::resolve(r, &policy)).collect::<Result<Vec<Image>, _>>()?;
-                let msg = Message { text: t.text, images, layout: ImageLayout::Separate };
+                let images = t
+                    .images
+                    .iter()
+                    .map(|r| images::resolve(r, &policy))
+                    .collect::<Result<Vec<Image>, _>>()?;
+                let msg = Message {
+                    text: t.text,
+                    images,
+                    layout: ImageLayout::Separate,
+                };
                 let user = msg.render().map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-                Ok(TurnRecord { user, images: msg.images, video: false, assistant: t.assistant })
+                Ok(TurnRecord {
+                    user,
+                    images: msg.images,
+                    video: false,
+                    assistant: t.assistant,
+                })
             })
             .collect()
     };
     if req.n_images() == 0 {
         return work();
     }
-    tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::Internal(format!("image decoding failed: {e}")))?
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Internal(format!("image decoding failed: {e}")))?
 }
 
 /// Identity and timing of one completion.
@@ -293,8 +349,10 @@ impl AppState {
     fn record(&self, out: &Outcome, meta: &Meta) {
         let c = &self.counters;
         c.completed.fetch_add(1, Ordering::Relaxed);
-        c.tiles_encoded.fetch_add(out.stats.tiles_encoded as u64, Ordering::Relaxed);
-        c.tiles_cached.fetch_add(out.stats.tiles_cached as u64, Ordering::Relaxed);
+        c.tiles_encoded
+            .fetch_add(out.stats.tiles_encoded as u64, Ordering::Relaxed);
+        c.tiles_cached
+            .fetch_add(out.stats.tiles_cached as u64, Ordering::Relaxed);
         if self.cfg.log_requests {
             eprintln!(
                 "POST /v1/chat/completions 200 {:.0} ms: session {}, {} prompt tokens ({} reused), {} generated, finish {}",
@@ -399,7 +457,16 @@ fn stream_response(
             }
         }
     }
-    let state = S { st, meta, rx, out: VecDeque::new(), first: Some(first), done: false, include_usage, _guard: guard };
+    let state = S {
+        st,
+        meta,
+        rx,
+        out: VecDeque::new(),
+        first: Some(first),
+        done: false,
+        include_usage,
+        _guard: guard,
+    };
     let events = stream::unfold(state, |mut s| async move {
         loop {
             if let Some(ev) = s.out.pop_front() {
@@ -414,7 +481,9 @@ fn stream_response(
             };
             match msg {
                 Some(m) => s.handle(m),
-                None => s.handle(Msg::Failed(ApiError::Internal("the worker stopped without an answer".into()))),
+                None => s.handle(Msg::Failed(ApiError::Internal(
+                    "the worker stopped without an answer".into(),
+                ))),
             }
         }
     });

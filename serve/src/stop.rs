@@ -14,7 +14,11 @@ pub struct StopMatcher {
 impl StopMatcher {
     /// Empty sequences are ignored (they would match everywhere).
     pub fn new(stops: Vec<String>) -> Self {
-        StopMatcher { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), held: String::new(), stopped: false }
+        StopMatcher {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            held: String::new(),
+            stopped: false,
+        }
     }
 
     /// True once a stop sequence was found.

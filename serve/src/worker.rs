@@ -66,10 +66,13 @@ pub fn run(mut lease: Lease, job: Job, tx: UnboundedSender<Msg>) {
 
 fn generate(lease: &mut Lease, job: Job, tx: &UnboundedSender<Msg>) -> Result<Option<Outcome>, ApiError> {
     let first_image = job.first_image;
-    let chat = lease.chat().ok_or_else(|| ApiError::Internal("the session is missing".into()))?;
+    let chat = lease
+        .chat()
+        .ok_or_else(|| ApiError::Internal("the session is missing".into()))?;
     let system = job.system.unwrap_or_else(|| chat.model().default_system().to_owned());
     chat.set_system(system);
-    chat.set_turns(job.turns).map_err(|e| ApiError::Internal(e.to_string()))?;
+    chat.set_turns(job.turns)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
 
     let mut stop = StopMatcher::new(job.stops);
     let mut emitted = String::new();
@@ -116,7 +119,9 @@ fn generate(lease: &mut Lease, job: Job, tx: &UnboundedSender<Msg>) -> Result<Op
         return Ok(None);
     }
     if timed_out {
-        return Err(ApiError::Timeout { secs: job.timeout.as_secs_f64() });
+        return Err(ApiError::Timeout {
+            secs: job.timeout.as_secs_f64(),
+        });
     }
     if !started && tx.send(Msg::Started).is_err() {
         return Ok(None);
@@ -136,7 +141,12 @@ fn generate(lease: &mut Lease, job: Job, tx: &UnboundedSender<Msg>) -> Result<Op
         };
         (reply.text, finish)
     };
-    Ok(Some(Outcome { text, finish, stats: reply.stats, session: 0 }))
+    Ok(Some(Outcome {
+        text,
+        finish,
+        stats: reply.stats,
+        session: 0,
+    }))
 }
 
 /// The client's error, and whether the session is still in a known state.

@@ -2,16 +2,31 @@
 //! once between them, and the answers do not change.
 mod common;
 
-use internvl::engine::{ChatParams, Flow, GenerateParams, Image, LoadParams, Message, Model, SessionParams, SharedEmbeddingCache};
+use internvl::engine::{
+    ChatParams, Flow, GenerateParams, Image, LoadParams, Message, Model, SessionParams, SharedEmbeddingCache,
+};
 
 #[test]
 fn chats_sharing_a_cache_encode_an_image_once() {
     let model = Model::load(common::tiny_gguf(), &LoadParams::default()).expect("load tiny model");
-    let params = ChatParams { session: SessionParams { n_threads: 1, ..Default::default() }, image_cache_bytes: 0, ..Default::default() };
+    let params = ChatParams {
+        session: SessionParams {
+            n_threads: 1,
+            ..Default::default()
+        },
+        image_cache_bytes: 0,
+        ..Default::default()
+    };
     let image = Image::from_rgb(common::test_image(90, 50, 9), &model.tiling()).expect("image");
-    let gen = GenerateParams { max_new_tokens: 6, ..Default::default() };
+    let gen = GenerateParams {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
     let ask = |chat: &mut internvl::engine::Chat| {
-        chat.send(Message::text("What is this?").with_image(image.clone()), &gen, |_| Flow::Continue).expect("generate")
+        chat.send(Message::text("What is this?").with_image(image.clone()), &gen, |_| {
+            Flow::Continue
+        })
+        .expect("generate")
     };
 
     let alone = ask(&mut model.chat(params.clone()).expect("chat"));
@@ -28,7 +43,10 @@ fn chats_sharing_a_cache_encode_an_image_once() {
     assert_eq!((rb.stats.tiles_encoded, rb.stats.tiles_cached), (0, image.n_tiles()));
     assert_eq!(ra.text, alone.text);
     assert_eq!(rb.text, alone.text);
-    assert_eq!(cache.bytes(), image.n_tiles() * model.hparams().num_image_token() * model.hparams().llm.n_embd * 4);
+    assert_eq!(
+        cache.bytes(),
+        image.n_tiles() * model.hparams().num_image_token() * model.hparams().llm.n_embd * 4
+    );
 
     // A chat without the shared cache still encodes it itself.
     let rc = ask(&mut model.chat(params).expect("chat"));

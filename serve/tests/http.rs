@@ -7,14 +7,26 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use common::*;
-use internvl::engine::{ChatParams, Flow, GenerateParams, Image, LoadParams, Message, Model, Reply, SamplingParams, SessionParams};
+use internvl::engine::{
+    ChatParams, Flow, GenerateParams, Image, LoadParams, Message, Model, Reply, SamplingParams, SessionParams,
+};
 
 /// The engine's answer to one message (same settings as the server: default context, one thread).
 fn engine_answer(msg: Message, max_tokens: usize, sampling: SamplingParams) -> Reply {
     let model = Model::load(tiny_gguf(), &LoadParams::default()).expect("load tiny model");
-    let params = ChatParams { session: SessionParams { n_threads: 1, ..Default::default() }, ..Default::default() };
+    let params = ChatParams {
+        session: SessionParams {
+            n_threads: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let mut chat = model.chat(params).expect("chat");
-    let gen = GenerateParams { max_new_tokens: max_tokens, sampling, ..Default::default() };
+    let gen = GenerateParams {
+        max_new_tokens: max_tokens,
+        sampling,
+        ..Default::default()
+    };
     chat.send(msg, &gen, |_| Flow::Continue).expect("generate")
 }
 
@@ -24,7 +36,9 @@ fn engine_image(rgb: &internvl::image::RgbImage) -> Image {
 }
 
 fn error_code(r: &Resp) -> &str {
-    r.body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {}", r.body))
+    r.body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {}", r.body))
 }
 
 #[test]
@@ -66,10 +80,19 @@ fn plain_completion_matches_the_engine() {
     body["top_p"] = json!(0.9);
     body["seed"] = json!(7);
     let a = content(&post(&s.url("/v1/chat/completions"), &body));
-    let sampling = SamplingParams { temperature: 1.0, top_p: 0.9, seed: 7, ..Default::default() };
+    let sampling = SamplingParams {
+        temperature: 1.0,
+        top_p: 0.9,
+        seed: 7,
+        ..Default::default()
+    };
     assert_eq!(a, engine_answer(Message::text(q), 10, sampling).text);
     assert_ne!(a, content(&r), "sampling at temperature 1 gave the greedy answer");
-    assert_eq!(a, content(&post(&s.url("/v1/chat/completions"), &body)), "same seed, different answer");
+    assert_eq!(
+        a,
+        content(&post(&s.url("/v1/chat/completions"), &body)),
+        "same seed, different answer"
+    );
 }
 
 #[test]
@@ -82,16 +105,27 @@ fn streaming_matches_non_streaming() {
     body["stream_options"] = json!({"include_usage": true});
     let events = stream(&s.url("/v1/chat/completions"), &body).rest();
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).expect("chunk JSON")).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("chunk JSON"))
+        .collect();
     assert!(chunks.len() >= 4, "{chunks:?}");
     let id = &chunks[0]["id"];
-    assert!(chunks.iter().all(|c| &c["id"] == id && c["object"] == "chat.completion.chunk"));
+    assert!(chunks
+        .iter()
+        .all(|c| &c["id"] == id && c["object"] == "chat.completion.chunk"));
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
     // The non-streamed answer is cleaned like the model's chat() (trimmed); the pieces are raw.
     assert_eq!(text.trim(), plain);
     let finish = &chunks[chunks.len() - 2];
-    assert!(matches!(finish["choices"][0]["finish_reason"].as_str(), Some("length" | "stop")), "{finish}");
+    assert!(
+        matches!(finish["choices"][0]["finish_reason"].as_str(), Some("length" | "stop")),
+        "{finish}"
+    );
     let usage = &chunks[chunks.len() - 1];
     assert_eq!(usage["choices"], json!([]));
     assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() <= 16);
@@ -114,10 +148,17 @@ fn image_by_data_url_matches_the_engine_and_is_cached() {
 
     // The same frame with another question: nothing encoded again, the image's rows come from the
     // session's KV cache.
-    let r2 = post(&s.url("/v1/chat/completions"), &ask_image("Is it dark?", &data_url(&rgb), 8));
+    let r2 = post(
+        &s.url("/v1/chat/completions"),
+        &ask_image("Is it dark?", &data_url(&rgb), 8),
+    );
     assert_eq!(r2.status, 200);
     assert_eq!(r2.body["internvl"]["tiles_encoded"], 0, "{}", r2.body);
-    assert!(r2.body["internvl"]["reused_tokens"].as_u64().unwrap() >= 256 * tiles as u64, "{}", r2.body);
+    assert!(
+        r2.body["internvl"]["reused_tokens"].as_u64().unwrap() >= 256 * tiles as u64,
+        "{}",
+        r2.body
+    );
 }
 
 #[test]
@@ -136,7 +177,10 @@ fn image_embeddings_are_shared_across_sessions() {
     // Session 1 never saw x: its embeddings come from the shared cache.
     assert!(r1.body["internvl"]["tiles_encoded"].as_u64().unwrap() > 0);
     assert_eq!(r4.body["internvl"]["tiles_encoded"], 0, "{}", r4.body);
-    assert_eq!(r4.body["internvl"]["tiles_cached"], r1.body["internvl"]["tiles_encoded"]);
+    assert_eq!(
+        r4.body["internvl"]["tiles_cached"],
+        r1.body["internvl"]["tiles_encoded"]
+    );
     let h = get(&s.url("/health"), None).body;
     assert_eq!(h["image_cache"]["images"], 2);
 }
@@ -147,7 +191,13 @@ fn concurrent_requests_get_the_answers_they_would_get_alone() {
     let url = s.url("/v1/chat/completions");
     let rgb = test_image(80, 50, 4);
     let bodies: Vec<Value> = (0..6)
-        .map(|i| if i % 2 == 0 { ask(&format!("Question number {i}"), 10) } else { ask_image(&format!("Image question {i}"), &data_url(&rgb), 6) })
+        .map(|i| {
+            if i % 2 == 0 {
+                ask(&format!("Question number {i}"), 10)
+            } else {
+                ask_image(&format!("Image question {i}"), &data_url(&rgb), 6)
+            }
+        })
         .collect();
     let alone: Vec<String> = bodies.iter().map(|b| content(&post(&url, b))).collect();
     let start = Instant::now();
@@ -187,7 +237,16 @@ fn full_queue_and_queue_timeout_give_503_and_the_server_recovers() {
     assert!(wait_health(&s, Duration::from_secs(5), |h| h["busy"] == 0).0);
     assert_eq!(post(&url, &ask("hello", 4)).status, 200);
 
-    let s = Server::start(&["--parallel", "1", "--queue", "4", "--queue-timeout", "0.3", "--max-tokens", "2000"]);
+    let s = Server::start(&[
+        "--parallel",
+        "1",
+        "--queue",
+        "4",
+        "--queue-timeout",
+        "0.3",
+        "--max-tokens",
+        "2000",
+    ]);
     let url = s.url("/v1/chat/completions");
     let held = long_stream(&s);
     let t = Instant::now();
@@ -212,7 +271,10 @@ fn a_client_that_hangs_up_frees_its_session() {
     // 2000 tokens take many seconds; the session must come back long before.
     let (freed, h) = wait_health(&s, Duration::from_secs(5), |h| h["busy"] == 0);
     assert!(freed, "the session is still busy after the client left: {h}");
-    assert_eq!(h["requests"]["completed"], 0, "the generation ran to its end instead of stopping: {h}");
+    assert_eq!(
+        h["requests"]["completed"], 0,
+        "the generation ran to its end instead of stopping: {h}"
+    );
     assert_eq!(post(&s.url("/v1/chat/completions"), &ask("hello", 4)).status, 200);
 }
 
@@ -222,16 +284,38 @@ fn a_prompt_over_the_context_is_a_400_and_the_server_keeps_serving() {
     let url = s.url("/v1/chat/completions");
     let long = "word ".repeat(200);
     let r = post(&url, &ask(&long, 4));
-    assert_eq!((r.status, error_code(&r)), (400, "context_length_exceeded"), "{}", r.body);
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("context holds 96"), "{}", r.body);
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (400, "context_length_exceeded"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("context holds 96"),
+        "{}",
+        r.body
+    );
     // Streamed, the refusal comes before any event: a plain JSON 400 too.
     let mut body = ask(&long, 4);
     body["stream"] = json!(true);
     let r = post(&url, &body);
-    assert_eq!((r.status, error_code(&r)), (400, "context_length_exceeded"), "{}", r.body);
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (400, "context_length_exceeded"),
+        "{}",
+        r.body
+    );
     // An image alone is 256 tokens per tile.
     let r = post(&url, &ask_image("x", &data_url(&test_image(32, 32, 5)), 4));
-    assert_eq!((r.status, error_code(&r)), (400, "context_length_exceeded"), "{}", r.body);
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (400, "context_length_exceeded"),
+        "{}",
+        r.body
+    );
     let ok = post(&url, &ask("hi", 4));
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(get(&s.url("/health"), None).body["busy"], 0);
@@ -257,7 +341,11 @@ fn malformed_and_invalid_requests_are_400s_in_openai_shape() {
         let e = &r.body["error"];
         assert_eq!(e["type"], "invalid_request_error");
         assert_eq!(e["code"], code, "{}", r.body);
-        assert!(e["message"].as_str().unwrap().contains(needle), "{needle:?} not in {}", r.body);
+        assert!(
+            e["message"].as_str().unwrap().contains(needle),
+            "{needle:?} not in {}",
+            r.body
+        );
     }
     let r = get(&url, None);
     assert_eq!((r.status, error_code(&r)), (405, "method_not_allowed"));
@@ -308,18 +396,35 @@ fn image_sources_need_their_flags_and_respect_limits() {
     let reference = content(&post(&url, &ask_image("Describe.", &data_url(&rgb), 6)));
     let r = post(&url, &ask_image("Describe.", "http://127.0.0.1:9/frame.png", 6));
     assert_eq!((r.status, error_code(&r)), (400, "invalid_image"));
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("--allow-remote-urls"), "{}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-remote-urls"),
+        "{}",
+        r.body
+    );
     assert_eq!(r.body["error"]["param"], "messages[0].content[1]");
     let r = post(&url, &ask_image("Describe.", &file_url, 6));
     assert_eq!((r.status, error_code(&r)), (400, "invalid_image"));
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("--allow-local-files"), "{}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-local-files"),
+        "{}",
+        r.body
+    );
     drop(s);
 
     // With the flags: the same pixels from a file and from a (loopback) web server give the same answer.
     let s = Server::start(&["--allow-local-files", "--allow-remote-urls", "--remote-timeout", "5"]);
     let url = s.url("/v1/chat/completions");
     assert_eq!(content(&post(&url, &ask_image("Describe.", &file_url, 6))), reference);
-    assert_eq!(content(&post(&url, &ask_image("Describe.", &format!("file://{file_url}"), 6))), reference);
+    assert_eq!(
+        content(&post(&url, &ask_image("Describe.", &format!("file://{file_url}"), 6))),
+        reference
+    );
     let (remote, host) = serve_bytes_on_loopback(png_bytes(&rgb), 1);
     assert_eq!(content(&post(&url, &ask_image("Describe.", &remote, 6))), reference);
     host.join().expect("loopback host");
@@ -327,9 +432,19 @@ fn image_sources_need_their_flags_and_respect_limits() {
 
     // Pixel limit, checked from the header.
     let s = Server::start(&["--max-image-pixels", "2000"]);
-    let r = post(&s.url("/v1/chat/completions"), &ask_image("Describe.", &data_url(&rgb), 6));
+    let r = post(
+        &s.url("/v1/chat/completions"),
+        &ask_image("Describe.", &data_url(&rgb), 6),
+    );
     assert_eq!((r.status, error_code(&r)), (400, "invalid_image"));
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("over the limit of 2000 pixels"), "{}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit of 2000 pixels"),
+        "{}",
+        r.body
+    );
 }
 
 #[test]
@@ -351,8 +466,15 @@ fn stop_sequences_cut_the_answer_in_both_modes() {
 
     body["stream"] = json!(true);
     let events = stream(&url, &body).rest();
-    let chunks: Vec<Value> = events.iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).expect("JSON")).collect();
-    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let chunks: Vec<Value> = events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).expect("JSON"))
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(text.trim(), want.trim());
     assert_eq!(chunks.last().expect("chunks")["choices"][0]["finish_reason"], "stop");
 }

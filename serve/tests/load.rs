@@ -65,7 +65,12 @@ fn load() {
     let health = get(&s.url("/health"), None).body;
     let secs = secs * rounds;
     println!("load: {clients} clients x {secs} s, {sessions} sessions, max_tokens {max_tokens}, tiny model");
-    println!("served {} requests ({:.1}/s), errors {}", lat.len(), lat.len() as f64 / secs as f64, errors.len());
+    println!(
+        "served {} requests ({:.1}/s), errors {}",
+        lat.len(),
+        lat.len() as f64 / secs as f64,
+        errors.len()
+    );
     if !errors.is_empty() {
         println!("first errors: {:?}", &errors[..errors.len().min(5)]);
     }
@@ -80,7 +85,11 @@ fn load() {
     println!("loadavg before: {}loadavg after:  {}", load_before, load_after);
     assert!(!lat.is_empty(), "nothing was served");
     assert!(errors.is_empty(), "errors under load: {errors:?}");
-    assert!(s.log().lines().all(|l| !l.contains(" 500 ")), "server errors:\n{}", s.log());
+    assert!(
+        s.log().lines().all(|l| !l.contains(" 500 ")),
+        "server errors:\n{}",
+        s.log()
+    );
 }
 
 /// One round: `clients` threads sending requests back to back for `secs` seconds.
@@ -97,7 +106,11 @@ fn round(clients: usize, secs: u64, max_tokens: usize, url: &str, frame: &str) -
                         let body = if i % 2 == 0 {
                             ask(&format!("client {c} question {i}: what do you see?"), max_tokens)
                         } else {
-                            ask_image(&format!("client {c} question {i}: where is the door?"), frame, max_tokens)
+                            ask_image(
+                                &format!("client {c} question {i}: where is the door?"),
+                                frame,
+                                max_tokens,
+                            )
                         };
                         let t = Instant::now();
                         let r = post(url, &body);

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use internvl::chat::grounding::{self, GroundedBox};
 use internvl::engine::{
-    draw, hf, mem, Chat, ChatParams, EngineError, Event, Flow, GenerateParams, Image, KvType, LoadParams, Message, Model, Reply,
-    SamplingParams, SessionParams, TilingParams, TurnStats,
+    draw, hf, mem, Chat, ChatParams, EngineError, Event, Flow, GenerateParams, Image, KvType, LoadParams, Message,
+    Model, Reply, SamplingParams, SessionParams, TilingParams, TurnStats,
 };
 
 const EXAMPLES: &str = "\
@@ -208,7 +208,9 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         return ground_saved_answer(cli, answer);
     }
     if cli.batch.is_none() && !cli.interactive && cli.prompt.is_none() {
-        return Err(CliError::Usage("give a question with -p, or -i for a chat, or --batch FILE".into()));
+        return Err(CliError::Usage(
+            "give a question with -p, or -i for a chat, or --batch FILE".into(),
+        ));
     }
     if cli.frames == 0 {
         return Err(CliError::Usage("--frames must be at least 1".into()));
@@ -237,7 +239,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
     };
     let chat = model.chat(params)?;
     let seed = if cli.seed < 0 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
     } else {
         cli.seed as u64
     };
@@ -254,7 +259,12 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         keep_special: cli.grounding,
         cancel: None,
     };
-    let ctx = RunCtx { cli, gen, load_time, progress: !cli.no_progress && std::io::stderr().is_terminal() };
+    let ctx = RunCtx {
+        cli,
+        gen,
+        load_time,
+        progress: !cli.no_progress && std::io::stderr().is_terminal(),
+    };
     if let Some(batch) = &cli.batch {
         return run_batch(&ctx, chat, batch);
     }
@@ -275,12 +285,18 @@ fn load_model(cli: &Cli) -> Result<Model> {
     let path = match (&cli.model, &cli.hf) {
         (Some(p), _) => p.clone(),
         (None, Some(repo)) => {
-            let exe = std::env::current_exe().map_err(|e| CliError::Io { path: "current executable".into(), source: e })?;
+            let exe = std::env::current_exe().map_err(|e| CliError::Io {
+                path: "current executable".into(),
+                source: e,
+            })?;
             hf::resolve(repo, &cli.hf_type, &exe, &mut |m| eprintln!("{m}"))?
         }
         (None, None) => return Err(CliError::Usage("give a model with -m FILE or --hf OWNER/NAME".into())),
     };
-    let lp = LoadParams { mmproj: cli.mmproj.clone(), tokenizer_dir: cli.tokenizer.clone() };
+    let lp = LoadParams {
+        mmproj: cli.mmproj.clone(),
+        tokenizer_dir: cli.tokenizer.clone(),
+    };
     Ok(Model::load(&path, &lp)?)
 }
 
@@ -292,7 +308,11 @@ fn open_inputs(cli: &Cli, chat: &Chat) -> Result<(Vec<Image>, bool, Duration)> {
         return Ok((frames, true, t.elapsed()));
     }
     let tiling = chat.tiling();
-    let images = cli.images.iter().map(|p| Image::open(p, &tiling)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let images = cli
+        .images
+        .iter()
+        .map(|p| Image::open(p, &tiling))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok((images, false, t.elapsed()))
 }
 
@@ -314,7 +334,12 @@ struct Printer {
 
 impl Printer {
     fn new(stream: bool, progress: bool) -> Self {
-        Printer { stream, progress, progress_shown: false, out: std::io::stdout() }
+        Printer {
+            stream,
+            progress,
+            progress_shown: false,
+            out: std::io::stdout(),
+        }
     }
 
     fn on_event(&mut self, e: Event<'_>) -> Flow {
@@ -363,7 +388,11 @@ fn run_single(ctx: &RunCtx<'_>, mut chat: Chat) -> Result<ExitCode> {
     let reply = chat.send(message(prompt, images, video), &ctx.gen, |e| printer.on_event(e))?;
     printer.clear_progress();
     let mut out = std::io::stdout().lock();
-    let boxes = if cli.grounding { Some(grounding_json(&reply.text, first.as_ref(), cli.draw_boxes.as_deref())?) } else { None };
+    let boxes = if cli.grounding {
+        Some(grounding_json(&reply.text, first.as_ref(), cli.draw_boxes.as_deref())?)
+    } else {
+        None
+    };
     if cli.json {
         let mut j = reply_json(&reply, &chat, Some(ctx.load_time), Some(decode_time));
         if let (Some(b), Some(obj)) = (boxes, j.as_object_mut()) {
@@ -382,7 +411,8 @@ fn run_single(ctx: &RunCtx<'_>, mut chat: Chat) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-const HELP: &str = "commands: /image PATH (attach to the next message), /reset (new conversation), /save FILE, /load FILE, /quit";
+const HELP: &str =
+    "commands: /image PATH (attach to the next message), /reset (new conversation), /save FILE, /load FILE, /quit";
 
 fn run_interactive(ctx: &RunCtx<'_>, mut chat: Chat) -> Result<ExitCode> {
     let cli = ctx.cli;
@@ -412,7 +442,12 @@ fn run_interactive(ctx: &RunCtx<'_>, mut chat: Chat) -> Result<ExitCode> {
                             text.push_str(&l);
                             break;
                         }
-                        Some(Err(e)) => return Err(CliError::Io { path: "stdin".into(), source: e }),
+                        Some(Err(e)) => {
+                            return Err(CliError::Io {
+                                path: "stdin".into(),
+                                source: e,
+                            })
+                        }
                         None if text.is_empty() => return Ok(ExitCode::SUCCESS),
                         None => break,
                     }
@@ -425,14 +460,22 @@ fn run_interactive(ctx: &RunCtx<'_>, mut chat: Chat) -> Result<ExitCode> {
             continue;
         }
         if let Some(cmd) = line.strip_prefix('/') {
-            let (name, arg) = cmd.split_once(char::is_whitespace).map(|(a, b)| (a, b.trim())).unwrap_or((cmd, ""));
+            let (name, arg) = cmd
+                .split_once(char::is_whitespace)
+                .map(|(a, b)| (a, b.trim()))
+                .unwrap_or((cmd, ""));
             match (name, arg) {
                 ("quit" | "exit", _) => return Ok(ExitCode::SUCCESS),
                 ("help", _) => eprintln!("{HELP}"),
                 ("image", "") | ("save", "") | ("load", "") => eprintln!("error: /{name} needs a path"),
                 ("image", p) => match Image::open(Path::new(p), &chat.tiling()) {
                     Ok(im) => {
-                        eprintln!("attached {p} ({}x{}, {} tiles) to the next message", im.size().0, im.size().1, im.n_tiles());
+                        eprintln!(
+                            "attached {p} ({}x{}, {} tiles) to the next message",
+                            im.size().0,
+                            im.size().1,
+                            im.n_tiles()
+                        );
                         if pending_video {
                             pending.clear();
                             pending_video = false;
@@ -504,7 +547,10 @@ struct BatchRequest {
 }
 
 fn run_batch(ctx: &RunCtx<'_>, mut chat: Chat, path: &Path) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(path).map_err(|e| CliError::Io { path: path.to_path_buf(), source: e })?;
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     // Parse everything first: a malformed line is reported in its place, the rest still run.
     let mut reqs: Vec<(usize, std::result::Result<BatchRequest, String>)> = Vec::new();
@@ -512,13 +558,19 @@ fn run_batch(ctx: &RunCtx<'_>, mut chat: Chat, path: &Path) -> Result<ExitCode> 
         if line.trim().is_empty() {
             continue;
         }
-        let r = serde_json::from_str::<BatchRequest>(line).map_err(|e| format!("line {}: {e}", n + 1)).map(|mut r| {
-            if let Some(i) = r.image.take() {
-                r.images.insert(0, i);
-            }
-            r.images = r.images.iter().map(|p| if p.is_absolute() { p.clone() } else { base.join(p) }).collect();
-            r
-        });
+        let r = serde_json::from_str::<BatchRequest>(line)
+            .map_err(|e| format!("line {}: {e}", n + 1))
+            .map(|mut r| {
+                if let Some(i) = r.image.take() {
+                    r.images.insert(0, i);
+                }
+                r.images = r
+                    .images
+                    .iter()
+                    .map(|p| if p.is_absolute() { p.clone() } else { base.join(p) })
+                    .collect();
+                r
+            });
         reqs.push((n + 1, r));
     }
     // Requests that show the same images run one after the other: the second reuses the first's
@@ -587,10 +639,19 @@ fn run_batch(ctx: &RunCtx<'_>, mut chat: Chat, path: &Path) -> Result<ExitCode> 
             mem::peak_rss_bytes().map(human_bytes).unwrap_or_else(|| "n/a".into())
         );
     }
-    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-fn batch_one(chat: &mut Chat, ctx: &RunCtx<'_>, r: &BatchRequest, decoded: &mut Vec<(PathBuf, Image)>) -> Result<Reply> {
+fn batch_one(
+    chat: &mut Chat,
+    ctx: &RunCtx<'_>,
+    r: &BatchRequest,
+    decoded: &mut Vec<(PathBuf, Image)>,
+) -> Result<Reply> {
     // Keep the decoded images of the previous request: grouped requests share them.
     let tiling = chat.tiling();
     let mut images = Vec::with_capacity(r.images.len());
@@ -603,7 +664,9 @@ fn batch_one(chat: &mut Chat, ctx: &RunCtx<'_>, r: &BatchRequest, decoded: &mut 
     }
     *decoded = r.images.iter().cloned().zip(images.iter().cloned()).collect();
     let mut printer = Printer::new(false, false);
-    let reply = chat.send(Message::text(&r.question).with_images(images), &ctx.gen, |e| printer.on_event(e))?;
+    let reply = chat.send(Message::text(&r.question).with_images(images), &ctx.gen, |e| {
+        printer.on_event(e)
+    })?;
     Ok(reply)
 }
 
@@ -657,7 +720,12 @@ fn per_sec(n: usize, d: Duration) -> Option<f64> {
     (d.as_secs_f64() > 0.0 && n > 0).then(|| (n as f64 / d.as_secs_f64() * 100.0).round() / 100.0)
 }
 
-fn reply_json(reply: &Reply, chat: &Chat, load: Option<Duration>, decode_images: Option<Duration>) -> serde_json::Value {
+fn reply_json(
+    reply: &Reply,
+    chat: &Chat,
+    load: Option<Duration>,
+    decode_images: Option<Duration>,
+) -> serde_json::Value {
     let s = &reply.stats;
     serde_json::json!({
         "answer": reply.text,
@@ -721,9 +789,22 @@ fn print_timings(s: &TurnStats, chat: &Chat, load: Option<Duration>, decode_imag
     if let Some(d) = decode_images {
         lines.push(format!("image decode  {:>10.2} ms  ({} image(s))", ms(d), s.images));
     }
-    lines.push(format!("preprocess    {:>10.2} ms  ({} tiles tiled and normalized)", ms(s.preprocess), s.tiles_encoded));
-    let per_tile = if s.tiles_encoded > 0 { format!(", {:.2} ms/tile", ms(s.vision) / s.tiles_encoded as f64) } else { String::new() };
-    lines.push(format!("vision encode {:>10.2} ms  ({} tiles encoded{per_tile}, {} from the image cache)", ms(s.vision), s.tiles_encoded, s.tiles_cached));
+    lines.push(format!(
+        "preprocess    {:>10.2} ms  ({} tiles tiled and normalized)",
+        ms(s.preprocess),
+        s.tiles_encoded
+    ));
+    let per_tile = if s.tiles_encoded > 0 {
+        format!(", {:.2} ms/tile", ms(s.vision) / s.tiles_encoded as f64)
+    } else {
+        String::new()
+    };
+    lines.push(format!(
+        "vision encode {:>10.2} ms  ({} tiles encoded{per_tile}, {} from the image cache)",
+        ms(s.vision),
+        s.tiles_encoded,
+        s.tiles_cached
+    ));
     lines.push(format!(
         "prefill       {:>10.2} ms  ({} tokens, {} tok/s; {} of {} prompt tokens reused from the KV cache)",
         ms(s.prefill),
@@ -732,7 +813,10 @@ fn print_timings(s: &TurnStats, chat: &Chat, load: Option<Duration>, decode_imag
         s.reused_tokens,
         s.prompt_tokens
     ));
-    lines.push(format!("first token   {:>10.2} ms  (from the start of the turn)", ms(s.time_to_first_token)));
+    lines.push(format!(
+        "first token   {:>10.2} ms  (from the start of the turn)",
+        ms(s.time_to_first_token)
+    ));
     lines.push(format!(
         "decode        {:>10.2} ms  ({} tokens, {} tok/s)",
         ms(s.decode),
@@ -740,6 +824,9 @@ fn print_timings(s: &TurnStats, chat: &Chat, load: Option<Duration>, decode_imag
         per_sec(s.generated_tokens, s.decode).map_or("-".into(), |v| format!("{v:.2}"))
     ));
     lines.push(format!("turn total    {:>10.2} ms", ms(s.total)));
-    lines.push(format!("peak RSS      {:>13}", mem::peak_rss_bytes().map(human_bytes).unwrap_or_else(|| "n/a".into())));
+    lines.push(format!(
+        "peak RSS      {:>13}",
+        mem::peak_rss_bytes().map(human_bytes).unwrap_or_else(|| "n/a".into())
+    ));
     eprintln!("timings:\n  {}", lines.join("\n  "));
 }

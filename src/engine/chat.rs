@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::chat::{build_prompt_ids, clean_answer, multi_image_question, video_question, Conversation, PromptIds, Turn, IMAGE_PLACEHOLDER};
+use crate::chat::{
+    build_prompt_ids, clean_answer, multi_image_question, video_question, Conversation, PromptIds, Turn,
+    IMAGE_PLACEHOLDER,
+};
 use crate::image::TilingParams;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::session::{Session, SessionParams};
@@ -71,7 +74,10 @@ pub struct Message {
 
 impl Message {
     pub fn text(text: impl Into<String>) -> Self {
-        Message { text: text.into(), ..Default::default() }
+        Message {
+            text: text.into(),
+            ..Default::default()
+        }
     }
     pub fn with_image(mut self, image: Image) -> Self {
         self.images.push(image);
@@ -83,7 +89,11 @@ impl Message {
     }
     /// A question about video frames (see [`Image::video_frames`]).
     pub fn video(text: impl Into<String>, frames: Vec<Image>) -> Self {
-        Message { text: text.into(), images: frames, layout: ImageLayout::Video }
+        Message {
+            text: text.into(),
+            images: frames,
+            layout: ImageLayout::Video,
+        }
     }
 
     /// The question as it enters the template, with one `<image>` per image.
@@ -92,7 +102,10 @@ impl Message {
         let n = self.images.len();
         if placeholders > 0 || n == 0 {
             if placeholders != n {
-                return Err(EngineError::Placeholders { placeholders, images: n });
+                return Err(EngineError::Placeholders {
+                    placeholders,
+                    images: n,
+                });
             }
             return Ok(self.text.clone());
         }
@@ -150,7 +163,12 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        GenerateParams { max_new_tokens: 1024, sampling: SamplingParams::default(), keep_special: false, cancel: None }
+        GenerateParams {
+            max_new_tokens: 1024,
+            sampling: SamplingParams::default(),
+            keep_special: false,
+            cancel: None,
+        }
     }
 }
 
@@ -267,9 +285,21 @@ impl Chat {
             t.validate()?;
         }
         let session = Session::new(model.inner().clone(), params.session.clone())?;
-        let system = params.system.clone().unwrap_or_else(|| model.default_system().to_owned());
+        let system = params
+            .system
+            .clone()
+            .unwrap_or_else(|| model.default_system().to_owned());
         let embeddings = EmbeddingCache::new(params.image_cache_bytes);
-        Ok(Chat { model, session, params, system, turns: Vec::new(), cached: Vec::new(), embeddings, shared_images: None })
+        Ok(Chat {
+            model,
+            session,
+            params,
+            system,
+            turns: Vec::new(),
+            cached: Vec::new(),
+            embeddings,
+            shared_images: None,
+        })
     }
 
     pub fn model(&self) -> &Model {
@@ -295,8 +325,14 @@ impl Chat {
     /// Replaces the history (used by transcripts). Only the last turn may be open.
     pub fn set_turns(&mut self, turns: Vec<TurnRecord>) -> Result<()> {
         let last = turns.len().saturating_sub(1);
-        if turns.iter().enumerate().any(|(i, t)| t.assistant.is_none() && i != last) {
-            return Err(EngineError::Param("only the last turn of a conversation may be unanswered".into()));
+        if turns
+            .iter()
+            .enumerate()
+            .any(|(i, t)| t.assistant.is_none() && i != last)
+        {
+            return Err(EngineError::Param(
+                "only the last turn of a conversation may be unanswered".into(),
+            ));
         }
         self.turns = turns;
         Ok(())
@@ -346,7 +382,12 @@ impl Chat {
             return Err(EngineError::Unanswered);
         }
         let user = message.render()?;
-        self.turns.push(TurnRecord { user, video: message.layout == ImageLayout::Video, images: message.images, assistant: None });
+        self.turns.push(TurnRecord {
+            user,
+            video: message.layout == ImageLayout::Video,
+            images: message.images,
+            assistant: None,
+        });
         Ok(())
     }
 
@@ -360,7 +401,12 @@ impl Chat {
     }
 
     /// [`ask`](Self::ask) then [`generate`](Self::generate).
-    pub fn send(&mut self, message: Message, gen: &GenerateParams, on_event: impl FnMut(Event<'_>) -> Flow) -> Result<Reply> {
+    pub fn send(
+        &mut self,
+        message: Message,
+        gen: &GenerateParams,
+        on_event: impl FnMut(Event<'_>) -> Flow,
+    ) -> Result<Reply> {
         self.ask(message)?;
         self.generate(gen, on_event)
     }
@@ -369,11 +415,23 @@ impl Chat {
     fn build(&self) -> Result<(PromptIds, Vec<Image>)> {
         let conv = Conversation {
             system: self.system.clone(),
-            turns: self.turns.iter().map(|t| Turn { user: t.user.clone(), assistant: t.assistant.clone() }).collect(),
+            turns: self
+                .turns
+                .iter()
+                .map(|t| Turn {
+                    user: t.user.clone(),
+                    assistant: t.assistant.clone(),
+                })
+                .collect(),
         };
         let images: Vec<Image> = self.turns.iter().flat_map(|t| t.images.iter().cloned()).collect();
         let tiles: Vec<usize> = images.iter().map(Image::n_tiles).collect();
-        let ids = build_prompt_ids(self.model.tokenizer(), &conv, &tiles, self.model.hparams().num_image_token())?;
+        let ids = build_prompt_ids(
+            self.model.tokenizer(),
+            &conv,
+            &tiles,
+            self.model.hparams().num_image_token(),
+        )?;
         Ok((ids, images))
     }
 
@@ -447,7 +505,10 @@ impl Chat {
         let mut to_encode = Vec::new();
         for (i, image) in images.iter().enumerate() {
             let needed = prompt.image_spans.get(i).is_some_and(|s| s.end > keep);
-            if !needed || by_key.contains_key(&image.key()) || to_encode.iter().any(|im: &&Image| im.key() == image.key()) {
+            if !needed
+                || by_key.contains_key(&image.key())
+                || to_encode.iter().any(|im: &&Image| im.key() == image.key())
+            {
                 continue;
             }
             let shared = || self.shared_images.as_ref().and_then(|c| c.get(image.key()));
@@ -495,7 +556,11 @@ impl Chat {
                     .and_then(|im| by_key.get(&im.key()))
                     .ok_or_else(|| EngineError::Param(format!("image {i} has no embeddings")))?;
                 let slice = r.get((s - span.start) * d..(e - span.start) * d).ok_or_else(|| {
-                    EngineError::Param(format!("image {i}: {} embedding rows, the prompt expects {}", r.len() / d.max(1), span.len()))
+                    EngineError::Param(format!(
+                        "image {i}: {} embedding rows, the prompt expects {}",
+                        r.len() / d.max(1),
+                        span.len()
+                    ))
                 })?;
                 chunk_rows.extend_from_slice(slice);
             }
@@ -505,7 +570,11 @@ impl Chat {
             logits = out.logits;
             pos = end;
             stats.prefilled_tokens = pos - keep;
-            if on_event(Event::Prefill { done: pos - keep, total }) == Flow::Stop {
+            if on_event(Event::Prefill {
+                done: pos - keep,
+                total,
+            }) == Flow::Stop
+            {
                 stats.prefill = t_prefill.elapsed();
                 return Ok(self.cancelled_reply(stats, start));
             }
@@ -554,17 +623,31 @@ impl Chat {
         stats.generated_tokens = generated.len();
 
         let history = clean_answer(&tok.decode(&generated, true)?).to_owned();
-        let text = if gen.keep_special { clean_answer(&tok.decode(&generated, false)?).to_owned() } else { history.clone() };
+        let text = if gen.keep_special {
+            clean_answer(&tok.decode(&generated, false)?).to_owned()
+        } else {
+            history.clone()
+        };
         if let Some(t) = self.turns.last_mut() {
             t.assistant = Some(history);
         }
         stats.total = start.elapsed();
-        Ok(Reply { text, token_ids: generated, finish, stats })
+        Ok(Reply {
+            text,
+            token_ids: generated,
+            finish,
+            stats,
+        })
     }
 
     fn cancelled_reply(&self, mut stats: TurnStats, start: Instant) -> Reply {
         stats.total = start.elapsed();
-        Reply { text: String::new(), token_ids: Vec::new(), finish: FinishReason::Cancelled, stats }
+        Reply {
+            text: String::new(),
+            token_ids: Vec::new(),
+            finish: FinishReason::Cancelled,
+            stats,
+        }
     }
 
     /// Preprocesses and encodes one image in vision batches; `None` when cancelled.
@@ -625,26 +708,58 @@ mod tests {
         let t = TilingParams::default();
         let im = Image::from_rgb(::image::RgbImage::new(8, 8), &t).unwrap();
         assert_eq!(Message::text("hi").render().unwrap(), "hi");
-        assert_eq!(Message::text("hi").with_image(im.clone()).render().unwrap(), "<image>\nhi");
         assert_eq!(
-            Message::text("hi").with_images([im.clone(), im.clone()]).render().unwrap(),
+            Message::text("hi").with_image(im.clone()).render().unwrap(),
+            "<image>\nhi"
+        );
+        assert_eq!(
+            Message::text("hi")
+                .with_images([im.clone(), im.clone()])
+                .render()
+                .unwrap(),
             "Image-1: <image>\nImage-2: <image>\nhi"
         );
-        assert_eq!(Message::video("hi", vec![im.clone(), im.clone()]).render().unwrap(), "Frame1: <image>\nFrame2: <image>\nhi");
-        assert_eq!(Message::text("a <image> b").with_image(im.clone()).render().unwrap(), "a <image> b");
+        assert_eq!(
+            Message::video("hi", vec![im.clone(), im.clone()]).render().unwrap(),
+            "Frame1: <image>\nFrame2: <image>\nhi"
+        );
+        assert_eq!(
+            Message::text("a <image> b").with_image(im.clone()).render().unwrap(),
+            "a <image> b"
+        );
         assert!(matches!(
             Message::text("a <image> <image>").with_image(im).render(),
-            Err(EngineError::Placeholders { placeholders: 2, images: 1 })
+            Err(EngineError::Placeholders {
+                placeholders: 2,
+                images: 1
+            })
         ));
-        assert!(matches!(Message::text("<image>").render(), Err(EngineError::Placeholders { placeholders: 1, images: 0 })));
+        assert!(matches!(
+            Message::text("<image>").render(),
+            Err(EngineError::Placeholders {
+                placeholders: 1,
+                images: 0
+            })
+        ));
     }
 
     #[test]
     fn tags_mark_image_rows_by_content() {
         let t = TilingParams::default();
         let a = Image::from_rgb(::image::RgbImage::new(8, 8), &t).unwrap();
-        let p = PromptIds { ids: vec![1, 9, 9, 2], image_spans: vec![1..3] };
+        let p = PromptIds {
+            ids: vec![1, 9, 9, 2],
+            image_spans: vec![1..3],
+        };
         let tags = tags_of(&p, &[a.clone()]);
-        assert_eq!(tags, vec![Tag::Text(1), Tag::Image(a.key(), 0), Tag::Image(a.key(), 1), Tag::Text(2)]);
+        assert_eq!(
+            tags,
+            vec![
+                Tag::Text(1),
+                Tag::Image(a.key(), 0),
+                Tag::Image(a.key(), 1),
+                Tag::Text(2)
+            ]
+        );
     }
 }

@@ -65,7 +65,10 @@ pub fn save_with_boxes(image: &RgbImage, boxes: &[PixelBox], out: &Path) -> Resu
     let mut canvas = image.clone();
     draw_boxes(&mut canvas, boxes);
     canvas.save(out).map_err(|e| match e {
-        ::image::ImageError::IoError(source) => EngineError::Io { path: out.to_path_buf(), source },
+        ::image::ImageError::IoError(source) => EngineError::Io {
+            path: out.to_path_buf(),
+            source,
+        },
         other => EngineError::Param(format!("cannot write {}: {other}", out.display())),
     })
 }
@@ -193,7 +196,13 @@ mod tests {
     use super::*;
 
     fn pb(label: Option<&str>, x1: f32, y1: f32, x2: f32, y2: f32) -> PixelBox {
-        PixelBox { label: label.map(str::to_owned), x1, y1, x2, y2 }
+        PixelBox {
+            label: label.map(str::to_owned),
+            x1,
+            y1,
+            x2,
+            y2,
+        }
     }
 
     #[test]
@@ -219,7 +228,10 @@ mod tests {
         assert_eq!(*im.get_pixel(150, 90), Rgb([0, 0, 0]));
         // The tag sits above the box (y 21..30) and holds white text.
         assert_eq!(*im.get_pixel(40, 21), red);
-        let white = (40..60).flat_map(|x| (21..30).map(move |y| (x, y))).filter(|&(x, y)| *im.get_pixel(x, y) == Rgb([255; 3])).count();
+        let white = (40..60)
+            .flat_map(|x| (21..30).map(move |y| (x, y)))
+            .filter(|&(x, y)| *im.get_pixel(x, y) == Rgb([255; 3]))
+            .count();
         assert!(white > 10, "label text drawn ({white} white pixels)");
     }
 

@@ -40,7 +40,15 @@ pub enum EngineError {
          or let the oldest turns be dropped (--truncate-history)",
         dropped = dropped_note(.dropped_turns)
     )]
-    ContextOverflow { needed: usize, text: usize, image: usize, images: usize, tiles: usize, n_ctx: usize, dropped_turns: usize },
+    ContextOverflow {
+        needed: usize,
+        text: usize,
+        image: usize,
+        images: usize,
+        tiles: usize,
+        n_ctx: usize,
+        dropped_turns: usize,
+    },
     /// A message's `<image>` placeholders do not match its attached images.
     #[error("the message has {placeholders} `<image>` placeholder(s) but {images} image(s) attached")]
     Placeholders { placeholders: usize, images: usize },

@@ -15,7 +15,9 @@ use std::process::Command;
 /// Files the converter needs from a checkpoint (besides the weights).
 pub const REQUIRED_FILES: &[&str] = &["config.json", "vocab.json", "merges.txt", "added_tokens.json"];
 /// Weight types `internvl-convert --type` accepts.
-pub const TYPES: &[&str] = &["f32", "f16", "bf16", "q8_0", "q6_k", "q5_0", "q5_1", "q4_0", "q4_1", "iq4_nl"];
+pub const TYPES: &[&str] = &[
+    "f32", "f16", "bf16", "q8_0", "q6_k", "q5_0", "q5_1", "q4_0", "q4_1", "iq4_nl",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum HfError {
@@ -36,14 +38,23 @@ pub enum HfError {
         "{repo}: the cached snapshot {dir} lacks {missing} (an interrupted download?); run \
          `huggingface-cli download {repo}` again, or convert a complete checkpoint by hand with `internvl-convert convert`"
     )]
-    Incomplete { repo: String, dir: PathBuf, missing: String },
+    Incomplete {
+        repo: String,
+        dir: PathBuf,
+        missing: String,
+    },
     #[error(
         "cannot find the internvl-convert binary next to {exe} or on PATH; build it with \
          `cargo build --release -p internvl-convert`, or convert by hand: `internvl-convert convert {dir} -o model.gguf --type {ty}`"
     )]
     NoConverter { exe: PathBuf, dir: PathBuf, ty: String },
     #[error("internvl-convert ({converter}) failed on {dir} ({status}): {stderr}")]
-    ConvertFailed { converter: PathBuf, dir: PathBuf, status: String, stderr: String },
+    ConvertFailed {
+        converter: PathBuf,
+        dir: PathBuf,
+        status: String,
+        stderr: String,
+    },
     #[error(
         "downloading {repo} failed: {detail}. Offline? Download it elsewhere with `huggingface-cli download {repo}` \
          into the Hugging Face cache, or convert a checkpoint directory by hand: \
@@ -83,7 +94,10 @@ pub fn gguf_cache_dir() -> Option<PathBuf> {
 /// become path components.
 pub fn parse_repo(repo: &str) -> Result<(&str, &str)> {
     let ok = |s: &str| {
-        !s.is_empty() && s != "." && !s.contains("..") && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        !s.is_empty()
+            && s != "."
+            && !s.contains("..")
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
     match repo.split_once('/') {
         Some((o, n)) if ok(o) && ok(n) => Ok((o, n)),
@@ -104,15 +118,23 @@ pub fn find_snapshot(repo: &str, cache: &Path, ty: &str) -> Result<Snapshot> {
     let (owner, name) = parse_repo(repo)?;
     let root = cache.join(format!("models--{owner}--{name}"));
     let snapshots = root.join("snapshots");
-    let not_cached = || HfError::NotCached { repo: repo.to_owned(), path: snapshots.clone(), ty: ty.to_owned() };
-    let refs_main = std::fs::read_to_string(root.join("refs/main")).ok().map(|s| s.trim().to_owned());
+    let not_cached = || HfError::NotCached {
+        repo: repo.to_owned(),
+        path: snapshots.clone(),
+        ty: ty.to_owned(),
+    };
+    let refs_main = std::fs::read_to_string(root.join("refs/main"))
+        .ok()
+        .map(|s| s.trim().to_owned());
     let revision = match refs_main.filter(|r| !r.is_empty() && snapshots.join(r).is_dir()) {
         Some(r) => r,
         None => {
             let entries = std::fs::read_dir(&snapshots).map_err(|_| not_cached())?;
             let mut best: Option<(std::time::SystemTime, String)> = None;
             for e in entries.flatten() {
-                let Ok(name) = e.file_name().into_string() else { continue };
+                let Ok(name) = e.file_name().into_string() else {
+                    continue;
+                };
                 let modified = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
                 let newer = match &best {
                     Some((t, _)) => modified > *t,
@@ -129,12 +151,20 @@ pub fn find_snapshot(repo: &str, cache: &Path, ty: &str) -> Result<Snapshot> {
         return Err(not_cached());
     }
     let dir = snapshots.join(&revision);
-    let mut missing: Vec<String> = REQUIRED_FILES.iter().filter(|f| !dir.join(f).is_file()).map(|f| f.to_string()).collect();
+    let mut missing: Vec<String> = REQUIRED_FILES
+        .iter()
+        .filter(|f| !dir.join(f).is_file())
+        .map(|f| f.to_string())
+        .collect();
     if !dir.join("model.safetensors").is_file() && !dir.join("model.safetensors.index.json").is_file() {
         missing.push("model.safetensors (or model.safetensors.index.json and its shards)".into());
     }
     if !missing.is_empty() {
-        return Err(HfError::Incomplete { repo: repo.to_owned(), dir, missing: missing.join(", ") });
+        return Err(HfError::Incomplete {
+            repo: repo.to_owned(),
+            dir,
+            missing: missing.join(", "),
+        });
     }
     Ok(Snapshot { dir, revision })
 }
@@ -142,20 +172,33 @@ pub fn find_snapshot(repo: &str, cache: &Path, ty: &str) -> Result<Snapshot> {
 /// Downloads are attempted only in builds with the `hf` feature and when `HF_HUB_OFFLINE` is not set to
 /// a true value (the Hugging Face convention; with it, a missing model fails at once).
 fn download_allowed() -> bool {
-    let offline = std::env::var("HF_HUB_OFFLINE").map(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes" | "ON" | "on")).unwrap_or(false);
+    let offline = std::env::var("HF_HUB_OFFLINE")
+        .map(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
+        .unwrap_or(false);
     cfg!(feature = "hf") && !offline
 }
 
 /// Fetches the checkpoint's files into the Hugging Face cache layout (`models--OWNER--NAME/...`).
 #[cfg(feature = "hf")]
 fn download(repo: &str, hub: &Path, ty: &str) -> Result<()> {
-    let err = |detail: String| HfError::Download { repo: repo.to_owned(), detail, ty: ty.to_owned() };
-    let api = hf_hub::api::sync::ApiBuilder::new().with_cache_dir(hub.to_path_buf()).build().map_err(|e| err(e.to_string()))?;
+    let err = |detail: String| HfError::Download {
+        repo: repo.to_owned(),
+        detail,
+        ty: ty.to_owned(),
+    };
+    let api = hf_hub::api::sync::ApiBuilder::new()
+        .with_cache_dir(hub.to_path_buf())
+        .build()
+        .map_err(|e| err(e.to_string()))?;
     let model = api.model(repo.to_owned());
     let info = model.info().map_err(|e| err(e.to_string()))?;
     let names: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
     let wanted = |n: &str| {
-        n.ends_with(".json") || n.ends_with(".safetensors") || n == "merges.txt" || n.ends_with(".py") || n.ends_with(".txt")
+        n.ends_with(".json")
+            || n.ends_with(".safetensors")
+            || n == "merges.txt"
+            || n.ends_with(".py")
+            || n.ends_with(".txt")
     };
     for name in names.iter().filter(|n| wanted(n)) {
         model.get(name).map_err(|e| err(format!("{name}: {e}")))?;
@@ -165,14 +208,20 @@ fn download(repo: &str, hub: &Path, ty: &str) -> Result<()> {
 
 #[cfg(not(feature = "hf"))]
 fn download(repo: &str, _hub: &Path, ty: &str) -> Result<()> {
-    Err(HfError::Download { repo: repo.to_owned(), detail: "this build has no `hf` feature".into(), ty: ty.to_owned() })
+    Err(HfError::Download {
+        repo: repo.to_owned(),
+        detail: "this build has no `hf` feature".into(),
+        ty: ty.to_owned(),
+    })
 }
 
 /// The converter: `internvl-convert` beside `exe`, else on `PATH`.
 pub fn find_converter(exe: &Path) -> Option<PathBuf> {
     let name = format!("internvl-convert{}", std::env::consts::EXE_SUFFIX);
     let beside = exe.parent().map(|d| d.join(&name)).filter(|p| p.is_file());
-    beside.or_else(|| std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(&name)).find(|p| p.is_file())))
+    beside.or_else(|| {
+        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(&name)).find(|p| p.is_file()))
+    })
 }
 
 /// Resolves `repo` to a GGUF of weight type `ty`: the cached conversion if present, else converts
@@ -188,22 +237,38 @@ pub fn resolve(repo: &str, ty: &str, exe: &Path, notice: &mut dyn FnMut(&str)) -
     let snap = match find_snapshot(repo, &hub, ty) {
         Ok(s) => s,
         Err(HfError::NotCached { .. } | HfError::Incomplete { .. }) if download_allowed() => {
-            notice(&format!("{repo} is not in the Hugging Face cache: downloading into {}", hub.display()));
+            notice(&format!(
+                "{repo} is not in the Hugging Face cache: downloading into {}",
+                hub.display()
+            ));
             download(repo, &hub, ty)?;
             find_snapshot(repo, &hub, ty)?
         }
         Err(e) => return Err(e),
     };
-    let out_dir = gguf_cache_dir().ok_or(HfError::NoCacheDir)?.join(format!("{owner}--{name}"));
+    let out_dir = gguf_cache_dir()
+        .ok_or(HfError::NoCacheDir)?
+        .join(format!("{owner}--{name}"));
     let out = out_dir.join(format!("{}-{ty}.gguf", snap.revision));
     if out.is_file() {
         notice(&format!("using the cached conversion {}", out.display()));
         return Ok(out);
     }
-    let converter =
-        find_converter(exe).ok_or_else(|| HfError::NoConverter { exe: exe.to_path_buf(), dir: snap.dir.clone(), ty: ty.to_owned() })?;
-    std::fs::create_dir_all(&out_dir).map_err(|e| HfError::Io { path: out_dir.clone(), source: e })?;
-    notice(&format!("converting {} to {} (once) with {}", snap.dir.display(), out.display(), converter.display()));
+    let converter = find_converter(exe).ok_or_else(|| HfError::NoConverter {
+        exe: exe.to_path_buf(),
+        dir: snap.dir.clone(),
+        ty: ty.to_owned(),
+    })?;
+    std::fs::create_dir_all(&out_dir).map_err(|e| HfError::Io {
+        path: out_dir.clone(),
+        source: e,
+    })?;
+    notice(&format!(
+        "converting {} to {} (once) with {}",
+        snap.dir.display(),
+        out.display(),
+        converter.display()
+    ));
     // The converter writes to a temporary file and renames it when complete, so an interrupted
     // conversion never leaves a partial GGUF under the final name.
     let status = Command::new(&converter)
@@ -213,7 +278,10 @@ pub fn resolve(repo: &str, ty: &str, exe: &Path, notice: &mut dyn FnMut(&str)) -
         .arg(&out)
         .args(["--type", ty, "--quiet"])
         .output()
-        .map_err(|e| HfError::Io { path: converter.clone(), source: e })?;
+        .map_err(|e| HfError::Io {
+            path: converter.clone(),
+            source: e,
+        })?;
     if !status.status.success() || !out.is_file() {
         return Err(HfError::ConvertFailed {
             converter,
@@ -231,7 +299,10 @@ mod tests {
 
     #[test]
     fn repo_ids_are_checked() {
-        assert_eq!(parse_repo("OpenGVLab/InternVL2-1B").unwrap(), ("OpenGVLab", "InternVL2-1B"));
+        assert_eq!(
+            parse_repo("OpenGVLab/InternVL2-1B").unwrap(),
+            ("OpenGVLab", "InternVL2-1B")
+        );
         for bad in ["", "a", "a/b/c", "../x", "a/..", "a/b c", "/b", "a/"] {
             assert!(parse_repo(bad).is_err(), "{bad:?}");
         }
@@ -243,7 +314,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&tmp);
         let repo = "OpenGVLab/InternVL2-1B";
         match find_snapshot(repo, &tmp, "q8_0") {
-            Err(HfError::NotCached { path, .. }) => assert!(path.ends_with("models--OpenGVLab--InternVL2-1B/snapshots")),
+            Err(HfError::NotCached { path, .. }) => {
+                assert!(path.ends_with("models--OpenGVLab--InternVL2-1B/snapshots"))
+            }
             other => panic!("{other:?}"),
         }
         let snap = tmp.join("models--OpenGVLab--InternVL2-1B/snapshots/abc123");
@@ -253,7 +326,10 @@ mod tests {
         std::fs::write(snap.join("config.json"), "{}").unwrap();
         match find_snapshot(repo, &tmp, "q8_0") {
             Err(HfError::Incomplete { missing, .. }) => {
-                assert!(missing.contains("vocab.json") && missing.contains("model.safetensors"), "{missing}");
+                assert!(
+                    missing.contains("vocab.json") && missing.contains("model.safetensors"),
+                    "{missing}"
+                );
                 assert!(!missing.contains("config.json"));
             }
             other => panic!("{other:?}"),

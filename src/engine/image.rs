@@ -26,9 +26,15 @@ impl std::fmt::Display for ImageKey {
 pub enum ImageSource {
     File(PathBuf),
     /// Frame `index` (of all frames, before sampling) of an animated GIF.
-    GifFrame { path: PathBuf, index: usize },
+    GifFrame {
+        path: PathBuf,
+        index: usize,
+    },
     /// Frame `index` (in decoding order, before sampling) of a video file (the `video` feature).
-    VideoFrame { path: PathBuf, index: usize },
+    VideoFrame {
+        path: PathBuf,
+        index: usize,
+    },
     /// Pixels handed over by the caller.
     Memory,
 }
@@ -60,7 +66,13 @@ impl Image {
         let grid = (cols as usize) * (rows as usize);
         let n_tiles = grid + usize::from(tiling.use_thumbnail && grid != 1);
         let key = content_key(&rgb, tiling);
-        Ok(Image { rgb: Arc::new(rgb), tiling: *tiling, key, n_tiles, source })
+        Ok(Image {
+            rgb: Arc::new(rgb),
+            tiling: *tiling,
+            key,
+            n_tiles,
+            source,
+        })
     }
 
     /// `n_frames` frames of a video for the video prompt (spec §5.3, §7.3): each one tile of
@@ -77,7 +89,10 @@ impl Image {
             return idx
                 .into_iter()
                 .map(|i| {
-                    let p = paths.get(i).ok_or_else(|| EngineError::Video { path: path.to_path_buf(), detail: format!("frame {i} missing") })?;
+                    let p = paths.get(i).ok_or_else(|| EngineError::Video {
+                        path: path.to_path_buf(),
+                        detail: format!("frame {i} missing"),
+                    })?;
                     Image::open(p, &tiling)
                 })
                 .collect();
@@ -90,7 +105,16 @@ impl Image {
                 .indices
                 .into_iter()
                 .zip(s.frames)
-                .map(|(index, frame)| Self::new(frame, &tiling, ImageSource::VideoFrame { path: path.to_path_buf(), index }))
+                .map(|(index, frame)| {
+                    Self::new(
+                        frame,
+                        &tiling,
+                        ImageSource::VideoFrame {
+                            path: path.to_path_buf(),
+                            index,
+                        },
+                    )
+                })
                 .collect();
         }
         #[cfg(not(feature = "video"))]
@@ -111,7 +135,14 @@ impl Image {
                     path: path.to_path_buf(),
                     detail: format!("frame {i} missing"),
                 })?;
-                Self::new(frame, &tiling, ImageSource::GifFrame { path: path.to_path_buf(), index: i })
+                Self::new(
+                    frame,
+                    &tiling,
+                    ImageSource::GifFrame {
+                        path: path.to_path_buf(),
+                        index: i,
+                    },
+                )
             })
             .collect()
     }
@@ -124,15 +155,32 @@ impl Image {
             path: path.to_path_buf(),
             detail: format!("frame {index} requested, the GIF has {n}"),
         })?;
-        Self::new(frame, tiling, ImageSource::GifFrame { path: path.to_path_buf(), index })
+        Self::new(
+            frame,
+            tiling,
+            ImageSource::GifFrame {
+                path: path.to_path_buf(),
+                index,
+            },
+        )
     }
 
     /// Frame `index` of a video file as [`Image::video_frames`] records it ([`ImageSource::VideoFrame`]).
     #[cfg(feature = "video")]
     pub fn video_file_frame(path: &Path, index: usize, tiling: &TilingParams) -> Result<Image> {
         let mut frames = img::ffmpeg::read_frames(path, &[index], &Limits::default())?;
-        let frame = frames.pop().ok_or_else(|| EngineError::Video { path: path.to_path_buf(), detail: format!("frame {index} missing") })?;
-        Self::new(frame, tiling, ImageSource::VideoFrame { path: path.to_path_buf(), index })
+        let frame = frames.pop().ok_or_else(|| EngineError::Video {
+            path: path.to_path_buf(),
+            detail: format!("frame {index} missing"),
+        })?;
+        Self::new(
+            frame,
+            tiling,
+            ImageSource::VideoFrame {
+                path: path.to_path_buf(),
+                index,
+            },
+        )
     }
 
     /// Frame `index` of an animated GIF or (with the `video` feature) a video file.
@@ -173,7 +221,11 @@ impl Image {
     pub(crate) fn preprocess(&self) -> Result<img::Tiles> {
         let tiles = img::preprocess(&self.rgb, &self.tiling)?;
         if tiles.n != self.n_tiles {
-            return Err(EngineError::TileCount { key: self.key.to_string(), found: tiles.n, expected: self.n_tiles });
+            return Err(EngineError::TileCount {
+                key: self.key.to_string(),
+                found: tiles.n,
+                expected: self.n_tiles,
+            });
         }
         Ok(tiles)
     }
@@ -187,7 +239,10 @@ fn is_gif(path: &Path) -> Result<bool> {
             std::io::Read::read_exact(&mut f, &mut magic).map(|_| magic)
         })
         .map(|m| &m[..] == b"GIF89a" || &m[..] == b"GIF87a")
-        .map_err(|e| EngineError::Io { path: path.to_path_buf(), source: e })
+        .map_err(|e| EngineError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })
 }
 
 /// SipHash (std's fixed-key hasher) twice with different salts: 128 bits, so that accidental
@@ -218,7 +273,12 @@ pub struct EmbeddingCache {
 
 impl EmbeddingCache {
     pub fn new(budget_bytes: usize) -> Self {
-        EmbeddingCache { map: HashMap::new(), clock: 0, bytes: 0, budget: budget_bytes }
+        EmbeddingCache {
+            map: HashMap::new(),
+            clock: 0,
+            bytes: 0,
+            budget: budget_bytes,
+        }
     }
 
     pub fn get(&mut self, key: ImageKey) -> Option<Arc<Vec<f32>>> {
@@ -240,7 +300,12 @@ impl EmbeddingCache {
         }
         self.bytes += size;
         while self.bytes > self.budget && self.map.len() > 1 {
-            let Some(oldest) = self.map.iter().filter(|(k, _)| **k != key).min_by_key(|(_, (_, used))| *used).map(|(k, _)| *k)
+            let Some(oldest) = self
+                .map
+                .iter()
+                .filter(|(k, _)| **k != key)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k)
             else {
                 break;
             };

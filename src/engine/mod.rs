@@ -37,7 +37,8 @@ mod model;
 pub mod transcript;
 
 pub use self::chat::{
-    CancelFlag, Chat, ChatParams, Event, FinishReason, Flow, GenerateParams, ImageLayout, Message, Reply, TurnRecord, TurnStats,
+    CancelFlag, Chat, ChatParams, Event, FinishReason, Flow, GenerateParams, ImageLayout, Message, Reply, TurnRecord,
+    TurnStats,
 };
 pub use self::error::{EngineError, Result};
 pub use self::image::{EmbeddingCache, Image, ImageKey, ImageSource, SharedEmbeddingCache};

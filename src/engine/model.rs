@@ -36,7 +36,9 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("weight_bytes", &self.inner.weight_bytes()).finish_non_exhaustive()
+        f.debug_struct("Model")
+            .field("weight_bytes", &self.inner.weight_bytes())
+            .finish_non_exhaustive()
     }
 }
 
@@ -59,14 +61,21 @@ impl Model {
         let tokenizer = match (&params.tokenizer_dir, &inner.meta.tokenizer_json) {
             (Some(dir), _) => Tokenizer::from_dir(dir)?,
             (None, Some(json)) => Tokenizer::from_json(json)?,
-            (None, None) => return Err(EngineError::NoTokenizer { path: path.to_path_buf() }),
+            (None, None) => {
+                return Err(EngineError::NoTokenizer {
+                    path: path.to_path_buf(),
+                })
+            }
         };
         Ok(Self::from_parts(Arc::new(inner), tokenizer))
     }
 
     /// Wraps an already loaded model and tokenizer.
     pub fn from_parts(inner: Arc<model::Model>, tokenizer: Tokenizer) -> Model {
-        Model { inner, tokenizer: Arc::new(tokenizer) }
+        Model {
+            inner,
+            tokenizer: Arc::new(tokenizer),
+        }
     }
 
     /// The low-level model (graphs, weights, metadata).
@@ -84,7 +93,11 @@ impl Model {
 
     /// The system message stored in the file, or InternVL2-1B's (spec §5.1).
     pub fn default_system(&self) -> &str {
-        self.inner.meta.system_message.as_deref().unwrap_or(DEFAULT_SYSTEM_MESSAGE)
+        self.inner
+            .meta
+            .system_message
+            .as_deref()
+            .unwrap_or(DEFAULT_SYSTEM_MESSAGE)
     }
 
     /// Generation stops at these ids (spec §5.4: `<|im_end|>`, `<|im_start|>`, `<|endoftext|>`).

@@ -60,32 +60,58 @@ impl Transcript {
             for (ii, im) in t.images.iter().enumerate() {
                 let (path, gif_frame) = match im.source() {
                     ImageSource::File(p) => (p.clone(), None),
-                    ImageSource::GifFrame { path, index } | ImageSource::VideoFrame { path, index } => (path.clone(), Some(*index)),
+                    ImageSource::GifFrame { path, index } | ImageSource::VideoFrame { path, index } => {
+                        (path.clone(), Some(*index))
+                    }
                     ImageSource::Memory => return Err(EngineError::UnsavableImage { turn: ti, index: ii }),
                 };
                 let path = std::fs::canonicalize(&path).unwrap_or(path);
                 images.push(TranscriptImage { path, gif_frame });
             }
-            turns.push(TranscriptTurn { user: t.user.clone(), images, video: t.video, assistant: t.assistant.clone() });
+            turns.push(TranscriptTurn {
+                user: t.user.clone(),
+                images,
+                video: t.video,
+                assistant: t.assistant.clone(),
+            });
         }
-        Ok(Transcript { format: FORMAT.into(), version: VERSION, system: chat.system().to_owned(), turns })
+        Ok(Transcript {
+            format: FORMAT.into(),
+            version: VERSION,
+            system: chat.system().to_owned(),
+            turns,
+        })
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_string_pretty(self)
-            .map_err(|e| EngineError::Transcript { path: path.to_path_buf(), detail: e.to_string() })?;
-        std::fs::write(path, json + "\n").map_err(|e| EngineError::Io { path: path.to_path_buf(), source: e })
+        let json = serde_json::to_string_pretty(self).map_err(|e| EngineError::Transcript {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        std::fs::write(path, json + "\n").map_err(|e| EngineError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })
     }
 
     pub fn read(path: &Path) -> Result<Transcript> {
-        let bad = |detail: String| EngineError::Transcript { path: path.to_path_buf(), detail };
-        let text = std::fs::read_to_string(path).map_err(|e| EngineError::Io { path: path.to_path_buf(), source: e })?;
+        let bad = |detail: String| EngineError::Transcript {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         let t: Transcript = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         if t.format != FORMAT {
             return Err(bad(format!("format is {:?}, expected {FORMAT:?}", t.format)));
         }
         if t.version != VERSION {
-            return Err(bad(format!("version {} is not supported (this build reads version {VERSION})", t.version)));
+            return Err(bad(format!(
+                "version {} is not supported (this build reads version {VERSION})",
+                t.version
+            )));
         }
         Ok(t)
     }
@@ -99,7 +125,11 @@ impl Transcript {
         for t in &self.turns {
             let mut images = Vec::with_capacity(t.images.len());
             for im in &t.images {
-                let path = if im.path.is_absolute() { im.path.clone() } else { base_dir.join(&im.path) };
+                let path = if im.path.is_absolute() {
+                    im.path.clone()
+                } else {
+                    base_dir.join(&im.path)
+                };
                 let tl = if t.video { &frame_tiling } else { &tiling };
                 let image = match im.gif_frame {
                     None => Image::open(&path, tl)?,
@@ -107,7 +137,12 @@ impl Transcript {
                 };
                 images.push(image);
             }
-            turns.push(TurnRecord { user: t.user.clone(), images, video: t.video, assistant: t.assistant.clone() });
+            turns.push(TurnRecord {
+                user: t.user.clone(),
+                images,
+                video: t.video,
+                assistant: t.assistant.clone(),
+            });
         }
         chat.set_turns(turns)?;
         chat.set_system(self.system.clone());

@@ -33,7 +33,11 @@ impl Backend {
         // SAFETY: ggml_backend_cpu_init has no preconditions; NULL is checked.
         let p = unsafe { sys::ggml_backend_cpu_init() };
         let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Backend("the CPU backend could not be created".into()))?;
-        let b = Backend { ptr, kind: BackendKind::Cpu, name: "CPU".into() };
+        let b = Backend {
+            ptr,
+            kind: BackendKind::Cpu,
+            name: "CPU".into(),
+        };
         b.set_n_threads(n_threads);
         Ok(b)
     }
@@ -45,15 +49,25 @@ impl Backend {
         let dev = unsafe { sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_GPU) };
         if dev.is_null() {
             return Err(GgmlError::Backend(
-                "no GPU device: this build has no GPU backend (build with `--features cuda`) or no GPU was found".into(),
+                "no GPU device: this build has no GPU backend (build with `--features cuda`) or no GPU was found"
+                    .into(),
             ));
         }
         // SAFETY: dev is a registered device; name is a static string.
-        let name = unsafe { CStr::from_ptr(sys::ggml_backend_dev_name(dev)).to_string_lossy().into_owned() };
+        let name = unsafe {
+            CStr::from_ptr(sys::ggml_backend_dev_name(dev))
+                .to_string_lossy()
+                .into_owned()
+        };
         // SAFETY: dev is valid; NULL params means defaults.
         let p = unsafe { sys::ggml_backend_dev_init(dev, std::ptr::null()) };
-        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Backend(format!("GPU device {name} failed to initialize")))?;
-        Ok(Backend { ptr, kind: BackendKind::Gpu, name })
+        let ptr =
+            NonNull::new(p).ok_or_else(|| GgmlError::Backend(format!("GPU device {name} failed to initialize")))?;
+        Ok(Backend {
+            ptr,
+            kind: BackendKind::Gpu,
+            name,
+        })
     }
 
     pub(crate) fn raw(&self) -> *mut sys::ggml_backend {
@@ -88,7 +102,9 @@ impl Backend {
     pub fn alloc_buffer(&self, size: usize) -> Result<Buffer> {
         // SAFETY: valid backend; NULL checked.
         let p = unsafe { sys::ggml_backend_alloc_buffer(self.raw(), size.max(1)) };
-        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc { what: format!("a {size}-byte {} buffer", self.name) })?;
+        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc {
+            what: format!("a {size}-byte {} buffer", self.name),
+        })?;
         Ok(Buffer { ptr, _owner: None })
     }
 
@@ -96,7 +112,9 @@ impl Backend {
     pub fn alloc_ctx_tensors(&self, ctx: &Context) -> Result<Buffer> {
         // SAFETY: valid context and backend; returns NULL on failure or when the context has no tensors.
         let p = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), self.raw()) };
-        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc { what: format!("the tensors of a context on {}", self.name) })?;
+        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc {
+            what: format!("the tensors of a context on {}", self.name),
+        })?;
         Ok(Buffer { ptr, _owner: None })
     }
 }
@@ -125,15 +143,22 @@ impl Buffer {
     pub fn cpu_from_host(owner: Arc<dyn Send + Sync>, data: &[u8]) -> Result<Self> {
         // ggml asserts 32-byte alignment of host buffers; a mapped GGUF's data section always has it.
         if data.as_ptr() as usize % 32 != 0 {
-            return Err(GgmlError::Alloc { what: "a CPU buffer over memory that is not 32-byte aligned".into() });
+            return Err(GgmlError::Alloc {
+                what: "a CPU buffer over memory that is not 32-byte aligned".into(),
+            });
         }
         // SAFETY: data is valid for data.len() bytes as long as `owner` lives, and the Buffer holds owner.
         // ggml only reads weights (the buffer usage is set to WEIGHTS).
         let p = unsafe { sys::ggml_backend_cpu_buffer_from_ptr(data.as_ptr() as *mut _, data.len()) };
-        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc { what: "a CPU buffer over the mapped file".into() })?;
+        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc {
+            what: "a CPU buffer over the mapped file".into(),
+        })?;
         // SAFETY: valid buffer.
         unsafe { sys::ggml_backend_buffer_set_usage(ptr.as_ptr(), sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS) };
-        Ok(Buffer { ptr, _owner: Some(owner) })
+        Ok(Buffer {
+            ptr,
+            _owner: Some(owner),
+        })
     }
 
     pub fn size(&self) -> usize {
@@ -152,17 +177,27 @@ impl Buffer {
         if end.map(|e| e > self.size()).unwrap_or(true) {
             return Err(GgmlError::Tensor {
                 name: t.name(),
-                detail: format!("{} bytes at offset {offset} do not fit a buffer of {}", t.nbytes(), self.size()),
+                detail: format!(
+                    "{} bytes at offset {offset} do not fit a buffer of {}",
+                    t.nbytes(),
+                    self.size()
+                ),
             });
         }
         if t.has_data() {
-            return Err(GgmlError::Tensor { name: t.name(), detail: "already allocated".into() });
+            return Err(GgmlError::Tensor {
+                name: t.name(),
+                detail: "already allocated".into(),
+            });
         }
         let addr = (self.base() + offset) as *mut std::ffi::c_void;
         // SAFETY: the tensor is unallocated and [addr, addr + nbytes) lies inside this buffer (checked).
         let st = unsafe { sys::ggml_backend_tensor_alloc(self.ptr.as_ptr(), t.raw(), addr) };
         if st != sys::GGML_STATUS_SUCCESS {
-            return Err(GgmlError::Tensor { name: t.name(), detail: format!("placement failed with status {st}") });
+            return Err(GgmlError::Tensor {
+                name: t.name(),
+                detail: format!("placement failed with status {st}"),
+            });
         }
         Ok(())
     }
@@ -190,7 +225,9 @@ impl Threadpool {
             let mut params = sys::ggml_threadpool_params_default(n_threads.clamp(1, 512) as i32);
             sys::ggml_threadpool_new(&mut params)
         };
-        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc { what: format!("a threadpool of {n_threads} threads") })?;
+        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc {
+            what: format!("a threadpool of {n_threads} threads"),
+        })?;
         Ok(Threadpool { ptr })
     }
 }
@@ -220,9 +257,18 @@ impl Sched {
         let mut raw: Vec<sys::ggml_backend_t> = backends.iter().map(|b| b.raw()).collect();
         // SAFETY: raw holds valid backends, the last being CPU; NULL buffer types mean defaults.
         let p = unsafe {
-            sys::ggml_backend_sched_new(raw.as_mut_ptr(), std::ptr::null_mut(), raw.len() as i32, graph_size + 4096, false, true)
+            sys::ggml_backend_sched_new(
+                raw.as_mut_ptr(),
+                std::ptr::null_mut(),
+                raw.len() as i32,
+                graph_size + 4096,
+                false,
+                true,
+            )
         };
-        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc { what: "a backend scheduler".into() })?;
+        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc {
+            what: "a backend scheduler".into(),
+        })?;
         Ok(Sched { ptr })
     }
 
@@ -232,7 +278,9 @@ impl Sched {
         if unsafe { sys::ggml_backend_sched_reserve(self.ptr.as_ptr(), g.raw()) } {
             Ok(())
         } else {
-            Err(GgmlError::Alloc { what: "compute buffers for the graph".into() })
+            Err(GgmlError::Alloc {
+                what: "compute buffers for the graph".into(),
+            })
         }
     }
 
@@ -244,7 +292,9 @@ impl Sched {
         if unsafe { sys::ggml_backend_sched_alloc_graph(self.ptr.as_ptr(), g.raw()) } {
             Ok(())
         } else {
-            Err(GgmlError::Alloc { what: "the graph's tensors".into() })
+            Err(GgmlError::Alloc {
+                what: "the graph's tensors".into(),
+            })
         }
     }
 
@@ -280,7 +330,11 @@ pub fn device_names() -> Vec<String> {
         for i in 0..sys::ggml_backend_dev_count() {
             let d = sys::ggml_backend_dev_get(i);
             if !d.is_null() {
-                v.push(CStr::from_ptr(sys::ggml_backend_dev_name(d)).to_string_lossy().into_owned());
+                v.push(
+                    CStr::from_ptr(sys::ggml_backend_dev_name(d))
+                        .to_string_lossy()
+                        .into_owned(),
+                );
             }
         }
     }

@@ -36,19 +36,37 @@ impl Context {
         // `Graph::build_forward` counts before ggml could assert, so this is a size, not a guess.
         let graph_size = max_tensors + 4096;
         // SAFETY: pure size computations.
-        let (t_over, g_over) =
-            unsafe { (sys::ggml_tensor_overhead(), sys::ggml_graph_overhead_custom(graph_size, false)) };
+        let (t_over, g_over) = unsafe {
+            (
+                sys::ggml_tensor_overhead(),
+                sys::ggml_graph_overhead_custom(graph_size, false),
+            )
+        };
         let mem_size = max_tensors
             .checked_mul(t_over)
             .and_then(|a| g_over.checked_mul(max_graphs).and_then(|b| a.checked_add(b)))
             .and_then(|s| s.checked_add(1024))
-            .ok_or_else(|| GgmlError::Alloc { what: format!("a context for {max_tensors} tensors") })?;
-        let params = sys::ggml_init_params { mem_size, mem_buffer: std::ptr::null_mut(), no_alloc: true };
+            .ok_or_else(|| GgmlError::Alloc {
+                what: format!("a context for {max_tensors} tensors"),
+            })?;
+        let params = sys::ggml_init_params {
+            mem_size,
+            mem_buffer: std::ptr::null_mut(),
+            no_alloc: true,
+        };
         // SAFETY: ggml_init allocates its own pool of mem_size bytes (mem_buffer NULL); it returns NULL on
         // allocation failure, which we check.
         let ptr = unsafe { sys::ggml_init(params) };
-        let ptr = NonNull::new(ptr).ok_or_else(|| GgmlError::Alloc { what: format!("{mem_size} bytes of context") })?;
-        Ok(Context { ptr, capacity: max_tensors, used: Cell::new(0), graph_size, graphs: Cell::new(max_graphs) })
+        let ptr = NonNull::new(ptr).ok_or_else(|| GgmlError::Alloc {
+            what: format!("{mem_size} bytes of context"),
+        })?;
+        Ok(Context {
+            ptr,
+            capacity: max_tensors,
+            used: Cell::new(0),
+            graph_size,
+            graphs: Cell::new(max_graphs),
+        })
     }
 
     pub(crate) fn raw(&self) -> *mut sys::ggml_context {
@@ -59,7 +77,10 @@ impl Context {
     fn reserve(&self, n: usize) -> Result<()> {
         let used = self.used.get();
         if used + n > self.capacity {
-            return Err(GgmlError::ContextFull { used, capacity: self.capacity });
+            return Err(GgmlError::ContextFull {
+                used,
+                capacity: self.capacity,
+            });
         }
         self.used.set(used + n);
         Ok(())
@@ -68,7 +89,9 @@ impl Context {
     fn wrap<'a>(&'a self, p: *mut sys::ggml_tensor, op: &'static str) -> Result<Tensor<'a>> {
         NonNull::new(p)
             .map(|ptr| Tensor { ptr, _ctx: PhantomData })
-            .ok_or_else(|| GgmlError::Alloc { what: format!("the result of {op}") })
+            .ok_or_else(|| GgmlError::Alloc {
+                what: format!("the result of {op}"),
+            })
     }
 
     /// A new tensor of type `ty` with dimensions `ne` (1 to 4, ggml order).
@@ -79,21 +102,31 @@ impl Context {
         let mut ne64 = [1i64; 4];
         let mut total: i64 = 1;
         for (i, &n) in ne.iter().enumerate() {
-            let n = i64::try_from(n).ok().filter(|&n| n > 0).ok_or_else(|| shape("new_tensor", format!("dimension {i} is {n}")))?;
-            total = total.checked_mul(n).ok_or_else(|| shape("new_tensor", format!("{ne:?} overflows")))?;
+            let n = i64::try_from(n)
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| shape("new_tensor", format!("dimension {i} is {n}")))?;
+            total = total
+                .checked_mul(n)
+                .ok_or_else(|| shape("new_tensor", format!("{ne:?} overflows")))?;
             ne64[i] = n;
         }
         if ne[0] % ty.block_size() != 0 {
             return Err(GgmlError::Type {
                 op: "new_tensor",
                 ty: ty.name().into(),
-                detail: format!("row length {} is not a multiple of the block size {}", ne[0], ty.block_size()),
+                detail: format!(
+                    "row length {} is not a multiple of the block size {}",
+                    ne[0],
+                    ty.block_size()
+                ),
             });
         }
         self.reserve(1)?;
         // SAFETY: ctx is valid; ne64 holds `ne.len()` valid positive dimensions; the type id is a valid
         // ggml_type (GgmlType only holds known ids); the row length fits the block (checked above).
-        let p = unsafe { sys::ggml_new_tensor(self.raw(), ty as u32 as sys::ggml_type, ne.len() as i32, ne64.as_ptr()) };
+        let p =
+            unsafe { sys::ggml_new_tensor(self.raw(), ty as u32 as sys::ggml_type, ne.len() as i32, ne64.as_ptr()) };
         self.wrap(p, "new_tensor")
     }
 
@@ -140,11 +173,18 @@ impl Context {
         op: &'static str,
         a: Tensor<'a>,
         b: Tensor<'a>,
-        f: unsafe extern "C" fn(*mut sys::ggml_context, *mut sys::ggml_tensor, *mut sys::ggml_tensor) -> *mut sys::ggml_tensor,
+        f: unsafe extern "C" fn(
+            *mut sys::ggml_context,
+            *mut sys::ggml_tensor,
+            *mut sys::ggml_tensor,
+        ) -> *mut sys::ggml_tensor,
     ) -> Result<Tensor<'a>> {
         let (x, y) = (a.ne(), b.ne());
         if (0..4).any(|i| x[i] % y[i] != 0) {
-            return Err(shape(op, format!("b {} does not broadcast onto a {}", b.desc(), a.desc())));
+            return Err(shape(
+                op,
+                format!("b {} does not broadcast onto a {}", b.desc(), a.desc()),
+            ));
         }
         if a.ty() != GgmlType::F32 && a.ty() != GgmlType::F16 {
             return Err(ty_err(op, a, "a must be f32 or f16"));
@@ -258,16 +298,29 @@ impl Context {
         scale: f32,
     ) -> Result<Tensor<'a>> {
         let (qn, kn, vn) = (q.ne(), k.ne(), v.ne());
-        if kn[0] != qn[0] || qn[2] % kn[2] != 0 || qn[3] != kn[3] || qn[3] != vn[3] || vn[1] != kn[1] || vn[2] != kn[2] {
-            return Err(shape("flash_attn_ext", format!("q {} k {} v {}", q.desc(), k.desc(), v.desc())));
+        if kn[0] != qn[0] || qn[2] % kn[2] != 0 || qn[3] != kn[3] || qn[3] != vn[3] || vn[1] != kn[1] || vn[2] != kn[2]
+        {
+            return Err(shape(
+                "flash_attn_ext",
+                format!("q {} k {} v {}", q.desc(), k.desc(), v.desc()),
+            ));
         }
         if k.is_transposed() {
             return Err(shape("flash_attn_ext", format!("k {} is transposed", k.desc())));
         }
         if let Some(m) = mask {
             let y = m.ne();
-            if m.ty() != GgmlType::F16 || !m.is_contiguous() || y[0] != kn[1] || y[1] < qn[1] || qn[2] % y[2] != 0 || qn[3] % y[3] != 0 {
-                return Err(shape("flash_attn_ext", format!("mask {} for q {} k {}", m.desc(), q.desc(), k.desc())));
+            if m.ty() != GgmlType::F16
+                || !m.is_contiguous()
+                || y[0] != kn[1]
+                || y[1] < qn[1]
+                || qn[2] % y[2] != 0
+                || qn[3] % y[3] != 0
+            {
+                return Err(shape(
+                    "flash_attn_ext",
+                    format!("mask {} for q {} k {}", m.desc(), q.desc(), k.desc()),
+                ));
             }
         }
         self.reserve(1)?;
@@ -282,7 +335,14 @@ impl Context {
 
     /// NEOX-style (rotate-half) RoPE over the first `n_dims` of `ne[0]`, positions `pos` (i32, one per
     /// `ne[2]` row): a `[head_dim, n_head, n_tokens]`.
-    pub fn rope_neox<'a>(&'a self, a: Tensor<'a>, pos: Tensor<'a>, n_dims: usize, freq_base: f32, n_ctx_orig: usize) -> Result<Tensor<'a>> {
+    pub fn rope_neox<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        pos: Tensor<'a>,
+        n_dims: usize,
+        freq_base: f32,
+        n_ctx_orig: usize,
+    ) -> Result<Tensor<'a>> {
         let (x, p) = (a.ne(), pos.ne());
         if pos.ty() != GgmlType::I32 || p[1] != 1 || p[2] != 1 || p[3] != 1 || x[2] != p[0] {
             return Err(shape("rope", format!("positions {} for {}", pos.desc(), a.desc())));
@@ -339,7 +399,10 @@ impl Context {
             && dst.is_contiguous_rows()
             && src.is_contiguous_rows();
         if !ok {
-            return Err(shape("set_rows", format!("dst {} src {} idx {}", dst.desc(), src.desc(), idx.desc())));
+            return Err(shape(
+                "set_rows",
+                format!("dst {} src {} idx {}", dst.desc(), src.desc(), idx.desc()),
+            ));
         }
         self.reserve(1)?;
         // SAFETY: asserts of ggml_set_rows checked above.
@@ -386,7 +449,16 @@ impl Context {
         }
         self.reserve(1)?;
         // SAFETY: axes are a permutation of 0..4 (checked).
-        let p = unsafe { sys::ggml_permute(self.raw(), a.raw(), axes[0] as i32, axes[1] as i32, axes[2] as i32, axes[3] as i32) };
+        let p = unsafe {
+            sys::ggml_permute(
+                self.raw(),
+                a.raw(),
+                axes[0] as i32,
+                axes[1] as i32,
+                axes[2] as i32,
+                axes[3] as i32,
+            )
+        };
         self.wrap(p, "permute")
     }
 
@@ -424,14 +496,26 @@ impl Context {
             return Err(shape("view", format!("ne {ne:?} nb {nb:?}")));
         }
         // Last byte touched: offset + row bytes of the first dim + sum (ne[i]-1)*nb[i].
-        let row = a.ty().row_size(ne[0]).ok_or_else(|| ty_err("view", a, "row length not a multiple of the block size"))?;
+        let row = a
+            .ty()
+            .row_size(ne[0])
+            .ok_or_else(|| ty_err("view", a, "row length not a multiple of the block size"))?;
         let mut end = offset.checked_add(row);
         for i in 1..ne.len() {
             end = end.and_then(|e| (ne[i] - 1).checked_mul(nb[i - 1]).and_then(|x| e.checked_add(x)));
         }
         match end {
             Some(e) if e <= a.nbytes() => {}
-            _ => return Err(shape("view", format!("ne {ne:?} nb {nb:?} at offset {offset} outside {} ({} bytes)", a.desc(), a.nbytes()))),
+            _ => {
+                return Err(shape(
+                    "view",
+                    format!(
+                        "ne {ne:?} nb {nb:?} at offset {offset} outside {} ({} bytes)",
+                        a.desc(),
+                        a.nbytes()
+                    ),
+                ))
+            }
         }
         self.reserve(1)?;
         let d: Vec<i64> = ne.iter().map(|&x| x as i64).collect();
@@ -467,30 +551,52 @@ impl Context {
         }
         self.reserve(1)?;
         // SAFETY: a can be repeated to ne (checked).
-        let p = unsafe { sys::ggml_repeat_4d(self.raw(), a.raw(), ne[0] as i64, ne[1] as i64, ne[2] as i64, ne[3] as i64) };
+        let p = unsafe {
+            sys::ggml_repeat_4d(
+                self.raw(),
+                a.raw(),
+                ne[0] as i64,
+                ne[1] as i64,
+                ne[2] as i64,
+                ne[3] as i64,
+            )
+        };
         self.wrap(p, "repeat")
     }
 
     /// The tensor of this context called `name`.
     pub fn tensor_by_name(&self, name: &str) -> Result<Tensor<'_>> {
-        let c = CString::new(name).map_err(|_| GgmlError::Tensor { name: name.into(), detail: "name contains NUL".into() })?;
+        let c = CString::new(name).map_err(|_| GgmlError::Tensor {
+            name: name.into(),
+            detail: "name contains NUL".into(),
+        })?;
         // SAFETY: valid context and NUL-terminated name; NULL means not found.
         let p = unsafe { sys::ggml_get_tensor(self.raw(), c.as_ptr()) };
         NonNull::new(p)
             .map(|ptr| Tensor { ptr, _ctx: PhantomData })
-            .ok_or_else(|| GgmlError::Tensor { name: name.into(), detail: "no such tensor in the context".into() })
+            .ok_or_else(|| GgmlError::Tensor {
+                name: name.into(),
+                detail: "no such tensor in the context".into(),
+            })
     }
 
     /// A new compute graph (its size always covers every tensor this context can hold).
     pub fn new_graph(&self) -> Result<Graph<'_>> {
         if self.graphs.get() == 0 {
-            return Err(GgmlError::Alloc { what: "a graph (the context was created for none)".into() });
+            return Err(GgmlError::Alloc {
+                what: "a graph (the context was created for none)".into(),
+            });
         }
         self.graphs.set(self.graphs.get() - 1);
         // SAFETY: ctx has room for this graph (reserved at creation).
         let p = unsafe { sys::ggml_new_graph_custom(self.raw(), self.graph_size, false) };
         let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc { what: "a graph".into() })?;
-        Ok(Graph { ptr, size: self.graph_size, visited: HashSet::new(), _ctx: PhantomData })
+        Ok(Graph {
+            ptr,
+            size: self.graph_size,
+            visited: HashSet::new(),
+            _ctx: PhantomData,
+        })
     }
 }
 
@@ -507,7 +613,11 @@ fn shape(op: &'static str, detail: String) -> GgmlError {
 }
 
 fn ty_err(op: &'static str, t: Tensor<'_>, detail: &str) -> GgmlError {
-    GgmlError::Type { op, ty: t.ty().name().into(), detail: format!("{}: {detail}", t.desc()) }
+    GgmlError::Type {
+        op,
+        ty: t.ty().name().into(),
+        detail: format!("{}: {detail}", t.desc()),
+    }
 }
 
 /// A handle to a tensor of a `Context`; valid while that context lives.
@@ -559,7 +669,13 @@ impl<'a> Tensor<'a> {
         self
     }
     pub fn name(&self) -> String {
-        let bytes: Vec<u8> = self.get().name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        let bytes: Vec<u8> = self
+            .get()
+            .name
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
     /// Marks the tensor as a graph input (the scheduler allocates it first and never reuses it early).
@@ -596,12 +712,23 @@ impl<'a> Tensor<'a> {
     }
     fn desc(&self) -> String {
         let ne = self.ne();
-        format!("'{}' {} [{}, {}, {}, {}]", self.name(), self.ty().name(), ne[0], ne[1], ne[2], ne[3])
+        format!(
+            "'{}' {} [{}, {}, {}, {}]",
+            self.name(),
+            self.ty().name(),
+            ne[0],
+            ne[1],
+            ne[2],
+            ne[3]
+        )
     }
 
     fn check_io(&self, bytes: usize, what: &str) -> super::Result<()> {
         if !self.has_data() {
-            return Err(GgmlError::Tensor { name: self.name(), detail: format!("{what}: the tensor is not allocated") });
+            return Err(GgmlError::Tensor {
+                name: self.name(),
+                detail: format!("{what}: the tensor is not allocated"),
+            });
         }
         if bytes != self.nbytes() {
             return Err(GgmlError::Tensor {
@@ -622,7 +749,10 @@ impl<'a> Tensor<'a> {
     /// Sets an f32 tensor from a slice of the same element count.
     pub fn set_f32(&self, data: &[f32]) -> super::Result<()> {
         if self.ty() != GgmlType::F32 {
-            return Err(GgmlError::Tensor { name: self.name(), detail: format!("set_f32 on a {} tensor", self.ty().name()) });
+            return Err(GgmlError::Tensor {
+                name: self.name(),
+                detail: format!("set_f32 on a {} tensor", self.ty().name()),
+            });
         }
         // SAFETY: reinterpreting f32s as bytes is always valid.
         let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) };
@@ -631,7 +761,10 @@ impl<'a> Tensor<'a> {
     /// Sets an i32 tensor.
     pub fn set_i32(&self, data: &[i32]) -> super::Result<()> {
         if self.ty() != GgmlType::I32 {
-            return Err(GgmlError::Tensor { name: self.name(), detail: format!("set_i32 on a {} tensor", self.ty().name()) });
+            return Err(GgmlError::Tensor {
+                name: self.name(),
+                detail: format!("set_i32 on a {} tensor", self.ty().name()),
+            });
         }
         // SAFETY: reinterpreting i32s as bytes is always valid.
         let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) };
@@ -640,20 +773,32 @@ impl<'a> Tensor<'a> {
     /// Sets an f16 tensor from f32 values.
     pub fn set_f16_from_f32(&self, data: &[f32]) -> super::Result<()> {
         if self.ty() != GgmlType::F16 {
-            return Err(GgmlError::Tensor { name: self.name(), detail: format!("set_f16 on a {} tensor", self.ty().name()) });
+            return Err(GgmlError::Tensor {
+                name: self.name(),
+                detail: format!("set_f16 on a {} tensor", self.ty().name()),
+            });
         }
-        let bytes: Vec<u8> = data.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+        let bytes: Vec<u8> = data
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect();
         self.set_bytes(&bytes)
     }
     /// The bytes of a tensor that lives in host memory (a CPU buffer), without copying.
     pub fn host_bytes(&self) -> super::Result<&'a [u8]> {
         if !self.has_data() || !self.is_contiguous() {
-            return Err(GgmlError::Tensor { name: self.name(), detail: "not an allocated contiguous tensor".into() });
+            return Err(GgmlError::Tensor {
+                name: self.name(),
+                detail: "not an allocated contiguous tensor".into(),
+            });
         }
         // SAFETY: the tensor has a buffer; is it host memory? ggml_backend_buffer_is_host tells.
         let host = unsafe { sys::ggml_backend_buffer_is_host(self.get().buffer) };
         if !host {
-            return Err(GgmlError::Tensor { name: self.name(), detail: "lives in device memory".into() });
+            return Err(GgmlError::Tensor {
+                name: self.name(),
+                detail: "lives in device memory".into(),
+            });
         }
         // SAFETY: host memory of nbytes bytes, owned by a buffer that lives as long as the tensor's context
         // ('a): weight stores keep their buffers with their context.
@@ -706,7 +851,11 @@ impl<'a> Graph<'a> {
         }
         if self.visited.len() + new.len() > self.size {
             return Err(GgmlError::Alloc {
-                what: format!("a graph of {} tensors (capacity {})", self.visited.len() + new.len(), self.size),
+                what: format!(
+                    "a graph of {} tensors (capacity {})",
+                    self.visited.len() + new.len(),
+                    self.size
+                ),
             });
         }
         self.visited.extend(new);

@@ -31,7 +31,11 @@ pub enum GgmlError {
     #[error("ggml {op}: shape mismatch: {detail}")]
     Shape { op: &'static str, detail: String },
     #[error("ggml {op}: unsupported type {ty}: {detail}")]
-    Type { op: &'static str, ty: String, detail: String },
+    Type {
+        op: &'static str,
+        ty: String,
+        detail: String,
+    },
     #[error("ggml context is full: {used} of {capacity} tensors used (raise the context's capacity)")]
     ContextFull { used: usize, capacity: usize },
     #[error("ggml could not allocate {what}")]
@@ -67,7 +71,10 @@ pub fn check_version() -> Result<()> {
     let found = version();
     let major_minor: String = found.split('.').take(2).collect::<Vec<_>>().join(".");
     if major_minor != EXPECTED_GGML_VERSION {
-        return Err(GgmlError::Version { expected: EXPECTED_GGML_VERSION, found });
+        return Err(GgmlError::Version {
+            expected: EXPECTED_GGML_VERSION,
+            found,
+        });
     }
     Ok(())
 }

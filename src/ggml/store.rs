@@ -47,11 +47,21 @@ impl WeightStore {
                 }
                 buf.place(t, info.offset)?;
                 bytes += info.size;
-                map.insert(info.name.clone(), NonNull::new(t.raw()).ok_or_else(|| GgmlError::Alloc { what: info.name.clone() })?);
+                map.insert(
+                    info.name.clone(),
+                    NonNull::new(t.raw()).ok_or_else(|| GgmlError::Alloc {
+                        what: info.name.clone(),
+                    })?,
+                );
             }
             bufs.push(buf);
         }
-        Ok(WeightStore { ctx, map, _bufs: bufs, bytes })
+        Ok(WeightStore {
+            ctx,
+            map,
+            _bufs: bufs,
+            bytes,
+        })
     }
 
     /// Copies the same tensors into one buffer of `backend` (a GPU): weights then live in device memory.
@@ -59,7 +69,10 @@ impl WeightStore {
         let ctx = Context::new(self.map.len() + 1, 0)?;
         let mut names = Vec::with_capacity(self.map.len());
         for name in self.map.keys() {
-            let src = self.get(name).ok_or_else(|| GgmlError::Tensor { name: name.clone(), detail: "vanished".into() })?;
+            let src = self.get(name).ok_or_else(|| GgmlError::Tensor {
+                name: name.clone(),
+                detail: "vanished".into(),
+            })?;
             let ne = src.ne();
             let dims: Vec<usize> = ne.iter().map(|&d| d as usize).collect();
             ctx.new_tensor(src.ty(), &dims)?.set_name(name);
@@ -68,12 +81,23 @@ impl WeightStore {
         let buf = backend.alloc_ctx_tensors(&ctx)?;
         let mut map = HashMap::with_capacity(names.len());
         for name in names {
-            let src = self.get(&name).ok_or_else(|| GgmlError::Tensor { name: name.clone(), detail: "vanished".into() })?;
+            let src = self.get(&name).ok_or_else(|| GgmlError::Tensor {
+                name: name.clone(),
+                detail: "vanished".into(),
+            })?;
             let dst = ctx.tensor_by_name(&name)?;
             dst.set_bytes(src.host_bytes()?)?;
-            map.insert(name.clone(), NonNull::new(dst.raw()).ok_or_else(|| GgmlError::Alloc { what: name.clone() })?);
+            map.insert(
+                name.clone(),
+                NonNull::new(dst.raw()).ok_or_else(|| GgmlError::Alloc { what: name.clone() })?,
+            );
         }
-        Ok(WeightStore { ctx, map, _bufs: vec![buf], bytes: self.bytes })
+        Ok(WeightStore {
+            ctx,
+            map,
+            _bufs: vec![buf],
+            bytes: self.bytes,
+        })
     }
 
     /// The tensor called `name`, valid as long as the store is borrowed.

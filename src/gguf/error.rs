@@ -16,17 +16,32 @@ pub enum GgufError {
 
     // ---- header ----
     #[error("file ends while reading {what} at offset {offset}: needs {needed} bytes, file is {file_len} bytes")]
-    Truncated { what: String, offset: usize, needed: usize, file_len: usize },
+    Truncated {
+        what: String,
+        offset: usize,
+        needed: usize,
+        file_len: usize,
+    },
     #[error("not a GGUF file: magic is \"{}\", expected \"GGUF\"", found.escape_ascii())]
     BadMagic { found: [u8; 4] },
     #[error("unsupported GGUF version {version} (supported: 2 and 3; a big-endian file shows a huge version)")]
     UnsupportedVersion { version: u32 },
     #[error("{what} count {count} at offset {offset} is impossible: the file has room for at most {max}")]
-    CountTooLarge { what: &'static str, count: u64, offset: usize, max: u64 },
+    CountTooLarge {
+        what: &'static str,
+        count: u64,
+        offset: usize,
+        max: u64,
+    },
 
     // ---- strings and metadata ----
     #[error("{what} at offset {offset} claims {len} bytes but only {available} remain in the file")]
-    StringPastEnd { what: String, offset: usize, len: u64, available: usize },
+    StringPastEnd {
+        what: String,
+        offset: usize,
+        len: u64,
+        available: usize,
+    },
     #[error("{what} at offset {offset} is not valid UTF-8")]
     InvalidUtf8 { what: String, offset: usize },
     #[error("metadata key #{index} is empty")]
@@ -38,7 +53,13 @@ pub enum GgufError {
     #[error("key '{key}': nested array at offset {offset} (arrays of arrays are not supported)")]
     NestedArray { key: String, offset: usize },
     #[error("key '{key}': array of {count} {elem_type} elements at offset {offset} cannot fit in the {available} bytes left")]
-    ArrayPastEnd { key: String, elem_type: &'static str, count: u64, offset: usize, available: usize },
+    ArrayPastEnd {
+        key: String,
+        elem_type: &'static str,
+        count: u64,
+        offset: usize,
+        available: usize,
+    },
     #[error("key '{key}': bool at offset {offset} has byte value {value}, expected 0 or 1")]
     InvalidBool { key: String, value: u8, offset: usize },
     #[error("general.alignment is {value}: it must be a nonzero power of two")]
@@ -48,7 +69,11 @@ pub enum GgufError {
     #[error("metadata key '{key}' is missing")]
     MissingKey { key: String },
     #[error("metadata key '{key}': expected {expected}, found {found}")]
-    WrongType { key: String, expected: &'static str, found: String },
+    WrongType {
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
 
     // ---- tensor infos ----
     #[error("tensor #{index} has an empty name")]
@@ -66,13 +91,33 @@ pub enum GgufError {
     #[error("tensor '{tensor}': unknown ggml type id {type_id}")]
     UnknownGgmlType { tensor: String, type_id: u32 },
     #[error("tensor '{tensor}': row of {ne0} elements is not a multiple of the {ty} block size {block}")]
-    RowNotBlockMultiple { tensor: String, ty: &'static str, ne0: usize, block: usize },
+    RowNotBlockMultiple {
+        tensor: String,
+        ty: &'static str,
+        ne0: usize,
+        block: usize,
+    },
     #[error("tensor '{tensor}': data offset {offset} is not a multiple of the alignment {alignment}")]
-    MisalignedOffset { tensor: String, offset: u64, alignment: usize },
+    MisalignedOffset {
+        tensor: String,
+        offset: u64,
+        alignment: usize,
+    },
     #[error("tensor '{tensor}': {size} bytes at data offset {offset} (data section at file offset {data_offset}) run past the end of the {file_len}-byte file")]
-    TensorPastEnd { tensor: String, offset: u64, size: usize, data_offset: usize, file_len: usize },
+    TensorPastEnd {
+        tensor: String,
+        offset: u64,
+        size: usize,
+        data_offset: usize,
+        file_len: usize,
+    },
     #[error("tensors '{first}' and '{second}' overlap: '{first}' ends at data offset {first_end}, '{second}' starts at {second_start}")]
-    TensorOverlap { first: String, second: String, first_end: usize, second_start: usize },
+    TensorOverlap {
+        first: String,
+        second: String,
+        first_end: usize,
+        second_start: usize,
+    },
 
     // ---- writer ----
     #[error("{what}: the header was already written (declare all keys and tensors before writing data)")]
@@ -84,7 +129,11 @@ pub enum GgufError {
     #[error("tensor data out of order: expected '{expected}', got '{got}'")]
     TensorOrder { expected: String, got: String },
     #[error("tensor '{tensor}': got {got} bytes of data, expected {expected}")]
-    TensorSizeMismatch { tensor: String, expected: usize, got: usize },
+    TensorSizeMismatch {
+        tensor: String,
+        expected: usize,
+        got: usize,
+    },
     #[error("tensor '{tensor}' was declared but its data was never written")]
     TensorDataMissing { tensor: String },
     #[error("the writer for {path} failed earlier and cannot continue")]

@@ -40,7 +40,10 @@ impl TensorInfo {
     /// Number of elements (validated at open and in the writer to fit in an i64; saturates for a
     /// hand-made `TensorInfo` that would overflow).
     pub fn n_elements(&self) -> usize {
-        self.ne.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n)).unwrap_or(usize::MAX)
+        self.ne
+            .iter()
+            .try_fold(1usize, |acc, &n| acc.checked_mul(n))
+            .unwrap_or(usize::MAX)
     }
 }
 
@@ -96,7 +99,10 @@ impl GgufFile {
     /// that truncates or rewrites the file while it is open makes later reads of the mapping fail or change;
     /// the writer in this module never rewrites a file in place (it renames a finished temp file over it).
     pub fn open(path: &Path) -> Result<Self> {
-        let io_err = |source| GgufError::Io { path: path.to_path_buf(), source };
+        let io_err = |source| GgufError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
         let storage = if len == 0 {
@@ -115,7 +121,10 @@ impl GgufFile {
     /// Validates a GGUF image held in memory (the same parser as `open`).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
         let header = parse(&bytes)?;
-        Ok(Self { storage: Storage::Owned(bytes), header })
+        Ok(Self {
+            storage: Storage::Owned(bytes),
+            header,
+        })
     }
 
     /// The GGUF version (2 or 3).
@@ -140,25 +149,29 @@ impl GgufFile {
     }
 
     fn require(&self, key: &str) -> Result<&Value> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey { key: key.to_string() })
+        self.get(key)
+            .ok_or_else(|| GgufError::MissingKey { key: key.to_string() })
     }
 
     /// `key` as u32 (any integer type whose value fits is accepted).
     pub fn get_u32(&self, key: &str) -> Result<u32> {
         let v = self.require(key)?;
-        v.as_u32().ok_or_else(|| wrong_type(key, "u32 (or an integer that fits)", v))
+        v.as_u32()
+            .ok_or_else(|| wrong_type(key, "u32 (or an integer that fits)", v))
     }
 
     /// `key` as u64 (any non-negative integer).
     pub fn get_u64(&self, key: &str) -> Result<u64> {
         let v = self.require(key)?;
-        v.as_u64().ok_or_else(|| wrong_type(key, "u64 (or an integer that fits)", v))
+        v.as_u64()
+            .ok_or_else(|| wrong_type(key, "u64 (or an integer that fits)", v))
     }
 
     /// `key` as i64 (any integer that fits).
     pub fn get_i64(&self, key: &str) -> Result<i64> {
         let v = self.require(key)?;
-        v.as_i64().ok_or_else(|| wrong_type(key, "i64 (or an integer that fits)", v))
+        v.as_i64()
+            .ok_or_else(|| wrong_type(key, "i64 (or an integer that fits)", v))
     }
 
     /// `key` as f32 (an f64 is rounded).
@@ -231,8 +244,11 @@ impl GgufFile {
     /// The bytes of tensor `t` (zero-copy). Every tensor of this file was range-checked at open; a
     /// `TensorInfo` that does not come from this file and lies outside it gives an empty slice.
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
-        let range =
-            self.header.data_offset.checked_add(t.offset).and_then(|start| Some(start..start.checked_add(t.size)?));
+        let range = self
+            .header
+            .data_offset
+            .checked_add(t.offset)
+            .and_then(|start| Some(start..start.checked_add(t.size)?));
         range.and_then(|r| self.storage.bytes().get(r)).unwrap_or(&[])
     }
 
@@ -265,7 +281,11 @@ fn wrong_type(key: &str, expected: &'static str, found: &Value) -> GgufError {
             None => format!("{} {}", other.type_description(), other.as_u64().unwrap_or_default()),
         },
     };
-    GgufError::WrongType { key: key.to_string(), expected, found }
+    GgufError::WrongType {
+        key: key.to_string(),
+        expected,
+        found,
+    }
 }
 
 /// A bounds-checked little-endian cursor over the file.
@@ -286,7 +306,12 @@ impl<'a> Cursor<'a> {
                 self.pos += n;
                 Ok(s)
             }
-            None => Err(GgufError::Truncated { what: what(), offset: self.pos, needed: n, file_len: self.buf.len() }),
+            None => Err(GgufError::Truncated {
+                what: what(),
+                offset: self.pos,
+                needed: n,
+                file_len: self.buf.len(),
+            }),
         }
     }
 
@@ -318,7 +343,14 @@ impl<'a> Cursor<'a> {
         let available = self.remaining();
         let n = match usize::try_from(len) {
             Ok(n) if n <= available => n,
-            _ => return Err(GgufError::StringPastEnd { what: what(), offset, len, available }),
+            _ => {
+                return Err(GgufError::StringPastEnd {
+                    what: what(),
+                    offset,
+                    len,
+                    available,
+                })
+            }
         };
         let bytes = self.take(n, &what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::InvalidUtf8 { what: what(), offset })
@@ -327,14 +359,22 @@ impl<'a> Cursor<'a> {
 
 /// Decodes a packed little-endian array of `count` fixed-size elements (the caller checked the size).
 fn decode_fixed<T, const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
-    bytes.chunks_exact(N).filter_map(|c| <[u8; N]>::try_from(c).ok()).map(f).collect()
+    bytes
+        .chunks_exact(N)
+        .filter_map(|c| <[u8; N]>::try_from(c).ok())
+        .map(f)
+        .collect()
 }
 
 fn bool_from(byte: u8, key: &str, offset: usize) -> Result<bool> {
     match byte {
         0 => Ok(false),
         1 => Ok(true),
-        value => Err(GgufError::InvalidBool { key: key.to_string(), value, offset }),
+        value => Err(GgufError::InvalidBool {
+            key: key.to_string(),
+            value,
+            offset,
+        }),
     }
 }
 
@@ -370,17 +410,28 @@ fn read_array(cur: &mut Cursor<'_>, key: &str) -> Result<Value> {
         offset: type_offset,
     })?;
     if elem == ValueType::Array {
-        return Err(GgufError::NestedArray { key: key.to_string(), offset: type_offset });
+        return Err(GgufError::NestedArray {
+            key: key.to_string(),
+            offset: type_offset,
+        });
     }
     let count = cur.u64(|| format!("array length of key '{key}'"))?;
     let offset = cur.pos;
     let available = cur.remaining();
     // A string element takes at least its 8-byte length; every other element its fixed size.
     let min_elem = elem.fixed_size().unwrap_or(8);
-    let past_end =
-        || GgufError::ArrayPastEnd { key: key.to_string(), elem_type: elem.name(), count, offset, available };
+    let past_end = || GgufError::ArrayPastEnd {
+        key: key.to_string(),
+        elem_type: elem.name(),
+        count,
+        offset,
+        available,
+    };
     let n = usize::try_from(count).map_err(|_| past_end())?;
-    let min_bytes = n.checked_mul(min_elem).filter(|&b| b <= available).ok_or_else(past_end)?;
+    let min_bytes = n
+        .checked_mul(min_elem)
+        .filter(|&b| b <= available)
+        .ok_or_else(past_end)?;
 
     let what = || format!("array of key '{key}'");
     let array = match elem {
@@ -413,7 +464,12 @@ fn read_array(cur: &mut Cursor<'_>, key: &str) -> Result<Value> {
                 ValueType::F32 => Array::F32(decode_fixed(bytes, f32::from_le_bytes)),
                 ValueType::F64 => Array::F64(decode_fixed(bytes, f64::from_le_bytes)),
                 // Str, Bool and Array are handled above.
-                _ => return Err(GgufError::NestedArray { key: key.to_string(), offset: type_offset }),
+                _ => {
+                    return Err(GgufError::NestedArray {
+                        key: key.to_string(),
+                        offset: type_offset,
+                    })
+                }
             }
         }
     };
@@ -425,7 +481,12 @@ fn check_count(what: &'static str, count: u64, offset: usize, remaining: usize, 
     let max = u64::try_from(remaining).unwrap_or(u64::MAX) / min_bytes;
     match usize::try_from(count) {
         Ok(n) if count <= max => Ok(n),
-        _ => Err(GgufError::CountTooLarge { what, count, offset, max }),
+        _ => Err(GgufError::CountTooLarge {
+            what,
+            count,
+            offset,
+            max,
+        }),
     }
 }
 
@@ -442,7 +503,11 @@ pub(crate) fn check_tensor_name(name: &str, index: usize, seen: &HashMap<String,
         return Err(GgufError::EmptyTensorName { index });
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(GgufError::TensorNameTooLong { name: name.to_string(), len: name.len(), max: MAX_NAME_LEN });
+        return Err(GgufError::TensorNameTooLong {
+            name: name.to_string(),
+            len: name.len(),
+            max: MAX_NAME_LEN,
+        });
     }
     if seen.contains_key(name) {
         return Err(GgufError::DuplicateTensor { name: name.to_string() });
@@ -467,7 +532,10 @@ pub(crate) fn tensor_nbytes(name: &str, ne: &[usize], ty: GgmlType) -> Result<us
         });
     }
     // ggml keeps element counts in int64_t: the product must fit there, and the byte size in usize.
-    let n_elements = ne.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n)).ok_or_else(overflow)?;
+    let n_elements = ne
+        .iter()
+        .try_fold(1usize, |acc, &n| acc.checked_mul(n))
+        .ok_or_else(overflow)?;
     if i64::try_from(n_elements).is_err() {
         return Err(overflow());
     }
@@ -491,7 +559,13 @@ fn parse(buf: &[u8]) -> Result<Header> {
     let kv_count_offset = cur.pos;
     let kv_count = cur.u64(|| "metadata kv count".to_string())?;
     let n_kv = check_count("metadata kv", kv_count, kv_count_offset, cur.remaining(), MIN_KV_BYTES)?;
-    let n_tensors = check_count("tensor", tensor_count, tensor_count_offset, cur.remaining(), MIN_TENSOR_INFO_BYTES)?;
+    let n_tensors = check_count(
+        "tensor",
+        tensor_count,
+        tensor_count_offset,
+        cur.remaining(),
+        MIN_TENSOR_INFO_BYTES,
+    )?;
 
     let mut kvs: Vec<(String, Value)> = Vec::with_capacity(n_kv);
     let mut kv_index = HashMap::with_capacity(n_kv);
@@ -528,8 +602,13 @@ fn parse(buf: &[u8]) -> Result<Header> {
     };
 
     // Re-check the tensor count against what is left after the metadata.
-    let n_tensors =
-        check_count("tensor", n_tensors as u64, tensor_count_offset, cur.remaining(), MIN_TENSOR_INFO_BYTES)?;
+    let n_tensors = check_count(
+        "tensor",
+        n_tensors as u64,
+        tensor_count_offset,
+        cur.remaining(),
+        MIN_TENSOR_INFO_BYTES,
+    )?;
     let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors);
     let mut tensor_index = HashMap::with_capacity(n_tensors);
     let mut raw_offsets: Vec<u64> = Vec::with_capacity(n_tensors);
@@ -538,7 +617,10 @@ fn parse(buf: &[u8]) -> Result<Header> {
         check_tensor_name(&name, index, &tensor_index)?;
         let n_dims = cur.u32(|| format!("dimension count of tensor '{name}'"))?;
         if n_dims == 0 || n_dims as usize > MAX_DIMS {
-            return Err(GgufError::BadDimCount { tensor: name, n_dims: u64::from(n_dims) });
+            return Err(GgufError::BadDimCount {
+                tensor: name,
+                n_dims: u64::from(n_dims),
+            });
         }
         let mut raw_ne = Vec::with_capacity(MAX_DIMS);
         for dim in 0..n_dims as usize {
@@ -549,21 +631,39 @@ fn parse(buf: &[u8]) -> Result<Header> {
             raw_ne.push(n);
         }
         let type_id = cur.u32(|| format!("type of tensor '{name}'"))?;
-        let ty =
-            GgmlType::from_u32(type_id).ok_or_else(|| GgufError::UnknownGgmlType { tensor: name.clone(), type_id })?;
+        let ty = GgmlType::from_u32(type_id).ok_or_else(|| GgufError::UnknownGgmlType {
+            tensor: name.clone(),
+            type_id,
+        })?;
         let ne: Vec<usize> = match raw_ne.iter().map(|&n| usize::try_from(n).ok()).collect::<Option<_>>() {
             Some(ne) => ne,
-            None => return Err(GgufError::ShapeOverflow { tensor: name, ne: raw_ne, ty: ty.name().to_string() }),
+            None => {
+                return Err(GgufError::ShapeOverflow {
+                    tensor: name,
+                    ne: raw_ne,
+                    ty: ty.name().to_string(),
+                })
+            }
         };
         let size = tensor_nbytes(&name, &ne, ty)?;
         let offset = cur.u64(|| format!("data offset of tensor '{name}'"))?;
         if offset % alignment as u64 != 0 {
-            return Err(GgufError::MisalignedOffset { tensor: name, offset, alignment });
+            return Err(GgufError::MisalignedOffset {
+                tensor: name,
+                offset,
+                alignment,
+            });
         }
         tensor_index.insert(name.clone(), tensors.len());
         raw_offsets.push(offset);
         // The offset is range-checked below, once the data section's start is known.
-        tensors.push(TensorInfo { name, ne, ty, offset: 0, size });
+        tensors.push(TensorInfo {
+            name,
+            ne,
+            ty,
+            offset: 0,
+            size,
+        });
     }
 
     // The data section starts at the next multiple of the alignment (ggml measures it from file start).
@@ -609,5 +709,13 @@ fn parse(buf: &[u8]) -> Result<Header> {
         }
     }
 
-    Ok(Header { version, alignment, kvs, kv_index, tensors, tensor_index, data_offset })
+    Ok(Header {
+        version,
+        alignment,
+        kvs,
+        kv_index,
+        tensors,
+        tensor_index,
+        data_offset,
+    })
 }

@@ -141,7 +141,8 @@ impl GgmlType {
             Some(split) => split,
             None => return self.row_size(1),
         };
-        rest.iter().try_fold(self.row_size(*first)?, |acc, &n| acc.checked_mul(n))
+        rest.iter()
+            .try_fold(self.row_size(*first)?, |acc, &n| acc.checked_mul(n))
     }
 
     /// (name, block size, bytes per block), from ggml's `type_traits`.

@@ -173,7 +173,9 @@ impl Array {
     /// Encoded size of the elements (without the 12-byte type+count prefix); `None` on overflow.
     pub(crate) fn encoded_len(&self) -> Option<usize> {
         match self {
-            Array::Str(v) => v.iter().try_fold(0usize, |acc, s| acc.checked_add(s.len())?.checked_add(8)),
+            Array::Str(v) => v
+                .iter()
+                .try_fold(0usize, |acc, s| acc.checked_add(s.len())?.checked_add(8)),
             other => other.len().checked_mul(other.elem_type().fixed_size()?),
         }
     }

@@ -77,9 +77,15 @@ impl GgufWriter {
     /// (in the same directory, so the final rename is atomic), which surfaces permission and missing-
     /// directory errors before any work is done.
     pub fn create(path: &Path) -> Result<Self> {
-        let io_err = |source| GgufError::Io { path: path.to_path_buf(), source };
+        let io_err = |source| GgufError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file_name = path.file_name().ok_or_else(|| {
-            io_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "destination has no file name"))
+            io_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "destination has no file name",
+            ))
         })?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -92,7 +98,10 @@ impl GgufWriter {
             .write(true)
             .create_new(true)
             .open(&tmp_path)
-            .map_err(|source| GgufError::Io { path: tmp_path.clone(), source })?;
+            .map_err(|source| GgufError::Io {
+                path: tmp_path.clone(),
+                source,
+            })?;
         Ok(Self {
             path: path.to_path_buf(),
             tmp_path,
@@ -123,7 +132,9 @@ impl GgufWriter {
 
     fn check_declaring(&self, what: impl FnOnce() -> String) -> Result<()> {
         if self.poisoned {
-            return Err(GgufError::WriterPoisoned { path: self.path.clone() });
+            return Err(GgufError::WriterPoisoned {
+                path: self.path.clone(),
+            });
         }
         if self.header_written {
             return Err(GgufError::HeaderAlreadyWritten { what: what() });
@@ -182,10 +193,16 @@ impl GgufWriter {
         self.check_declaring(|| format!("tensor '{name}'"))?;
         check_tensor_name(name, self.tensors.len(), &self.tensor_index)?;
         if ne.is_empty() || ne.len() > MAX_DIMS {
-            return Err(GgufError::BadDimCount { tensor: name.to_string(), n_dims: ne.len() as u64 });
+            return Err(GgufError::BadDimCount {
+                tensor: name.to_string(),
+                n_dims: ne.len() as u64,
+            });
         }
         if let Some(dim) = ne.iter().position(|&n| n == 0) {
-            return Err(GgufError::ZeroDim { tensor: name.to_string(), dim });
+            return Err(GgufError::ZeroDim {
+                tensor: name.to_string(),
+                dim,
+            });
         }
         let size = tensor_nbytes(name, ne, ty)?;
         let offset = self.data_len;
@@ -194,9 +211,18 @@ impl GgufWriter {
             ne: ne.iter().map(|&n| n as u64).collect(),
             ty: ty.name().to_string(),
         };
-        let end = offset.checked_add(size).and_then(|e| align_up(e, self.alignment)).ok_or_else(overflow)?;
+        let end = offset
+            .checked_add(size)
+            .and_then(|e| align_up(e, self.alignment))
+            .ok_or_else(overflow)?;
         self.tensor_index.insert(name.to_string(), self.tensors.len());
-        self.tensors.push(TensorInfo { name: name.to_string(), ne: ne.to_vec(), ty, offset, size });
+        self.tensors.push(TensorInfo {
+            name: name.to_string(),
+            ne: ne.to_vec(),
+            ty,
+            offset,
+            size,
+        });
         self.data_len = end;
         Ok(())
     }
@@ -208,8 +234,14 @@ impl GgufWriter {
 
     /// Size in bytes of the header with everything declared so far, including the padding before the data.
     pub fn header_size(&self) -> usize {
-        let kv_bytes = self.kvs.iter().map(|(k, v)| 8 + k.len() + 4 + v.encoded_len().unwrap_or(usize::MAX));
-        let ti_bytes = self.tensors.iter().map(|t| 8 + t.name.len() + 4 + 8 * t.ne.len() + 4 + 8);
+        let kv_bytes = self
+            .kvs
+            .iter()
+            .map(|(k, v)| 8 + k.len() + 4 + v.encoded_len().unwrap_or(usize::MAX));
+        let ti_bytes = self
+            .tensors
+            .iter()
+            .map(|t| 8 + t.name.len() + 4 + 8 * t.ne.len() + 4 + 8);
         let raw = kv_bytes.chain(ti_bytes).fold(24usize, |acc, b| acc.saturating_add(b));
         align_up(raw, self.alignment).unwrap_or(usize::MAX)
     }
@@ -226,7 +258,9 @@ impl GgufWriter {
 
     fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
         let Some(out) = self.out.as_mut() else {
-            return Err(GgufError::WriterPoisoned { path: self.path.clone() });
+            return Err(GgufError::WriterPoisoned {
+                path: self.path.clone(),
+            });
         };
         match out.write_all(bytes) {
             Ok(()) => {
@@ -235,7 +269,10 @@ impl GgufWriter {
             }
             Err(source) => {
                 self.poisoned = true;
-                Err(GgufError::Io { path: self.tmp_path.clone(), source })
+                Err(GgufError::Io {
+                    path: self.tmp_path.clone(),
+                    source,
+                })
             }
         }
     }
@@ -280,17 +317,25 @@ impl GgufWriter {
     /// size), then the padding. Writes the header first if this is the first tensor.
     pub fn write_tensor_data(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         if self.poisoned {
-            return Err(GgufError::WriterPoisoned { path: self.path.clone() });
+            return Err(GgufError::WriterPoisoned {
+                path: self.path.clone(),
+            });
         }
         let Some(expected) = self.tensors.get(self.next_tensor) else {
             return Err(match self.tensor_index.contains_key(name) {
-                true => GgufError::TensorOrder { expected: "(none: all tensors are written)".into(), got: name.into() },
+                true => GgufError::TensorOrder {
+                    expected: "(none: all tensors are written)".into(),
+                    got: name.into(),
+                },
                 false => GgufError::UnknownTensor { name: name.to_string() },
             });
         };
         if expected.name != name {
             return Err(match self.tensor_index.contains_key(name) {
-                true => GgufError::TensorOrder { expected: expected.name.clone(), got: name.to_string() },
+                true => GgufError::TensorOrder {
+                    expected: expected.name.clone(),
+                    got: name.to_string(),
+                },
                 false => GgufError::UnknownTensor { name: name.to_string() },
             });
         }
@@ -315,7 +360,9 @@ impl GgufWriter {
     /// destination. Returns the file size in bytes.
     pub fn finish(mut self) -> Result<u64> {
         if self.poisoned {
-            return Err(GgufError::WriterPoisoned { path: self.path.clone() });
+            return Err(GgufError::WriterPoisoned {
+                path: self.path.clone(),
+            });
         }
         if let Some(t) = self.tensors.get(self.next_tensor) {
             return Err(GgufError::TensorDataMissing { tensor: t.name.clone() });
@@ -325,15 +372,26 @@ impl GgufWriter {
         }
         let planned = self.planned_size();
         if self.written != planned {
-            return Err(GgufError::SizeMismatch { path: self.path.clone(), written: self.written, planned });
+            return Err(GgufError::SizeMismatch {
+                path: self.path.clone(),
+                written: self.written,
+                planned,
+            });
         }
-        let tmp_err = |source| GgufError::Io { path: self.tmp_path.clone(), source };
-        let out = self.out.take().ok_or_else(|| GgufError::WriterPoisoned { path: self.path.clone() })?;
+        let tmp_err = |source| GgufError::Io {
+            path: self.tmp_path.clone(),
+            source,
+        };
+        let out = self.out.take().ok_or_else(|| GgufError::WriterPoisoned {
+            path: self.path.clone(),
+        })?;
         let file = out.into_inner().map_err(|e| tmp_err(e.into_error()))?;
         file.sync_all().map_err(tmp_err)?;
         drop(file);
-        std::fs::rename(&self.tmp_path, &self.path)
-            .map_err(|source| GgufError::Io { path: self.path.clone(), source })?;
+        std::fs::rename(&self.tmp_path, &self.path).map_err(|source| GgufError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         self.finished = true;
         // Make the rename itself durable where the platform allows; failure here loses nothing written.
         if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {

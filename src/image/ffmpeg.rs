@@ -35,9 +35,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ffmpeg_next as ff;
 use ff::format::stream::Disposition;
 use ff::software::scaling;
+use ffmpeg_next as ff;
 
 use super::decode::Limits;
 use super::video::frame_indices;
@@ -46,8 +46,9 @@ use super::RgbImage;
 /// swscale flags of the YUV → RGB24 conversion. The size does not change, so the filter kind does
 /// not matter; `ACCURATE_RND` and `FULL_CHR_H_INT` select the exact (not the fast, table-driven)
 /// conversion with interpolated chroma.
-pub const SWS_FLAGS: scaling::Flags =
-    scaling::Flags::BICUBIC.union(scaling::Flags::ACCURATE_RND).union(scaling::Flags::FULL_CHR_H_INT);
+pub const SWS_FLAGS: scaling::Flags = scaling::Flags::BICUBIC
+    .union(scaling::Flags::ACCURATE_RND)
+    .union(scaling::Flags::FULL_CHR_H_INT);
 
 /// Result alias for this module.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -77,31 +78,70 @@ pub enum Error {
     NoVideoStream { path: PathBuf, streams: u32 },
     /// The video codec has no decoder in this FFmpeg, or the decoder refuses the stream.
     #[error("{path}: cannot decode {codec} video: {detail}")]
-    Codec { path: PathBuf, codec: String, detail: String },
+    Codec {
+        path: PathBuf,
+        codec: String,
+        detail: String,
+    },
     /// The frame size is over [`Limits::max_pixels`] (checked before decoding).
     #[error("{path}: frames are {width}x{height} = {pixels} pixels, over the limit of {limit} pixels")]
-    TooManyPixels { path: PathBuf, width: u32, height: u32, pixels: u64, limit: u64 },
+    TooManyPixels {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        pixels: u64,
+        limit: u64,
+    },
     /// A frame has a zero width or height.
     #[error("{path}: frame {frame} has zero size ({width}x{height})")]
-    ZeroSize { path: PathBuf, frame: usize, width: u32, height: u32 },
+    ZeroSize {
+        path: PathBuf,
+        frame: usize,
+        width: u32,
+        height: u32,
+    },
     /// The frames asked for total more than [`Limits::max_total_pixels`].
     #[error("{path}: the {frames} frames asked for total {pixels} pixels, over the limit of {limit}")]
-    TooManyTotalPixels { path: PathBuf, frames: usize, pixels: u64, limit: u64 },
+    TooManyTotalPixels {
+        path: PathBuf,
+        frames: usize,
+        pixels: u64,
+        limit: u64,
+    },
     /// Neither `avg_frame_rate` nor `r_frame_rate` nor the duration gives a frame rate.
     #[error("{path}: the video stream has no frame rate")]
     NoFrameRate { path: PathBuf },
     /// The demuxer failed before the end of the file: a corrupt or truncated file.
     #[error("{path}: corrupt or truncated video: reading failed after {packets} frame(s) of the stream: {detail}")]
-    Read { path: PathBuf, packets: usize, detail: String },
+    Read {
+        path: PathBuf,
+        packets: usize,
+        detail: String,
+    },
     /// The decoder failed on a packet: corrupt data.
     #[error("{path}: corrupt video: decoding failed after {frames} frame(s): {detail}")]
-    Decode { path: PathBuf, frames: usize, detail: String },
+    Decode {
+        path: PathBuf,
+        frames: usize,
+        detail: String,
+    },
     /// The decoder produced fewer frames than the frame index asked for.
-    #[error("{path}: frame {wanted} was asked for but the video decodes to only {decoded} frame(s) (corrupt or truncated?)")]
-    MissingFrame { path: PathBuf, wanted: usize, decoded: usize },
+    #[error(
+        "{path}: frame {wanted} was asked for but the video decodes to only {decoded} frame(s) (corrupt or truncated?)"
+    )]
+    MissingFrame {
+        path: PathBuf,
+        wanted: usize,
+        decoded: usize,
+    },
     /// swscale cannot convert the decoded pixel format to RGB24.
     #[error("{path}: cannot convert frame {frame} ({format}) to RGB: {detail}")]
-    Convert { path: PathBuf, frame: usize, format: String, detail: String },
+    Convert {
+        path: PathBuf,
+        frame: usize,
+        format: String,
+        detail: String,
+    },
     /// Frame sampling (`frame_indices`): fewer frames than segments, a bad bound, ...
     #[error("{path}: {source}")]
     Sampling {
@@ -161,8 +201,18 @@ pub fn probe(path: &Path, limits: &Limits) -> Result<VideoInfo> {
         .map(|&r| f64::from(r))
         .chain(duration_s.map(|d| num_frames as f64 / d))
         .find(|f| f.is_finite() && *f > 0.0)
-        .ok_or_else(|| Error::NoFrameRate { path: path.to_path_buf() })?;
-    Ok(VideoInfo { num_frames, fps, width, height, container_frames, codec, container })
+        .ok_or_else(|| Error::NoFrameRate {
+            path: path.to_path_buf(),
+        })?;
+    Ok(VideoInfo {
+        num_frames,
+        fps,
+        width,
+        height,
+        container_frames,
+        codec,
+        container,
+    })
 }
 
 /// Decodes the video stream from the start and returns frame `i` (the `i`-th frame the decoder
@@ -201,7 +251,14 @@ pub fn read_frames(path: &Path, indices: &[usize], limits: &Limits) -> Result<Ve
                     if let Some(slot) = kept.get_mut(&i) {
                         let (fw, fh) = (frame.width(), frame.height());
                         check_size(path, fw, fh, limits).map_err(|e| match e {
-                            Error::ZeroSize { path, width, height, .. } => Error::ZeroSize { path, frame: i, width, height },
+                            Error::ZeroSize {
+                                path, width, height, ..
+                            } => Error::ZeroSize {
+                                path,
+                                frame: i,
+                                width,
+                                height,
+                            },
                             e => e,
                         })?;
                         total = total.saturating_add(u64::from(fw) * u64::from(fh));
@@ -219,8 +276,17 @@ pub fn read_frames(path: &Path, indices: &[usize], limits: &Limits) -> Result<Ve
                         return Ok(true);
                     }
                 }
-                Err(ff::Error::Other { errno: ff::error::EAGAIN }) | Err(ff::Error::Eof) => return Ok(false),
-                Err(e) => return Err(Error::Decode { path: path.to_path_buf(), frames: *decoded, detail: e.to_string() }),
+                Err(ff::Error::Other {
+                    errno: ff::error::EAGAIN,
+                })
+                | Err(ff::Error::Eof) => return Ok(false),
+                Err(e) => {
+                    return Err(Error::Decode {
+                        path: path.to_path_buf(),
+                        frames: *decoded,
+                        detail: e.to_string(),
+                    })
+                }
             }
         }
     };
@@ -235,24 +301,38 @@ pub fn read_frames(path: &Path, indices: &[usize], limits: &Limits) -> Result<Ve
             true => check_packet(path, &packet, packets)?,
         }
         packets += 1;
-        decoder
-            .send_packet(&packet)
-            .map_err(|e| Error::Decode { path: path.to_path_buf(), frames: decoded, detail: e.to_string() })?;
+        decoder.send_packet(&packet).map_err(|e| Error::Decode {
+            path: path.to_path_buf(),
+            frames: decoded,
+            detail: e.to_string(),
+        })?;
         done = drain(&mut decoder, &mut decoded)?;
     }
     if !done {
         // End of file: flush the frames the decoder still holds (B-frame reordering, threads).
-        decoder
-            .send_eof()
-            .map_err(|e| Error::Decode { path: path.to_path_buf(), frames: decoded, detail: e.to_string() })?;
+        decoder.send_eof().map_err(|e| Error::Decode {
+            path: path.to_path_buf(),
+            frames: decoded,
+            detail: e.to_string(),
+        })?;
         done = drain(&mut decoder, &mut decoded)?;
     }
     if !done {
-        return Err(Error::MissingFrame { path: path.to_path_buf(), wanted: last, decoded });
+        return Err(Error::MissingFrame {
+            path: path.to_path_buf(),
+            wanted: last,
+            decoded,
+        });
     }
     indices
         .iter()
-        .map(|i| kept.get(i).cloned().flatten().ok_or(Error::MissingFrame { path: path.to_path_buf(), wanted: *i, decoded }))
+        .map(|i| {
+            kept.get(i).cloned().flatten().ok_or(Error::MissingFrame {
+                path: path.to_path_buf(),
+                wanted: *i,
+                decoded,
+            })
+        })
         .collect()
 }
 
@@ -260,8 +340,10 @@ pub fn read_frames(path: &Path, indices: &[usize], limits: &Limits) -> Result<Ve
 /// [`frame_indices`] (spec §7.3) and decode them. Fewer frames than segments is an error.
 pub fn sample(path: &Path, num_segments: usize, bound: Option<(f64, f64)>, limits: &Limits) -> Result<Sampled> {
     let info = probe(path, limits)?;
-    let indices = frame_indices(info.num_frames, info.fps, num_segments, bound)
-        .map_err(|source| Error::Sampling { path: path.to_path_buf(), source })?;
+    let indices = frame_indices(info.num_frames, info.fps, num_segments, bound).map_err(|source| Error::Sampling {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let frames = read_frames(path, &indices, limits)?;
     Ok(Sampled { info, indices, frames })
 }
@@ -269,28 +351,44 @@ pub fn sample(path: &Path, num_segments: usize, bound: Option<(f64, f64)>, limit
 /// Opens the file through FFmpeg's `file` protocol only and refuses still images.
 fn open(path: &Path) -> Result<ff::format::context::Input> {
     // A readable regular file: clear io errors before FFmpeg's terser ones.
-    let meta = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if meta.is_dir() {
         return Err(Error::Io {
             path: path.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "is a directory"),
         });
     }
-    std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    std::fs::File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     // ffmpeg-next turns the path into a C string and panics on non-UTF-8 or NUL: check first.
-    let text = path.to_str().filter(|s| !s.contains('\0')).ok_or_else(|| Error::BadPath { path: path.to_path_buf() })?;
+    let text = path
+        .to_str()
+        .filter(|s| !s.contains('\0'))
+        .ok_or_else(|| Error::BadPath {
+            path: path.to_path_buf(),
+        })?;
     init();
     // "file:" makes a name such as "http:x.mp4" a file; the whitelist also binds nested opens
     // (playlists, references inside MOV).
     let url = format!("file:{text}");
     let mut opts = ff::Dictionary::new();
     opts.set("protocol_whitelist", "file");
-    let input = ff::format::input_with_dictionary(&url, opts)
-        .map_err(|e| Error::NotAVideo { path: path.to_path_buf(), detail: e.to_string() })?;
+    let input = ff::format::input_with_dictionary(&url, opts).map_err(|e| Error::NotAVideo {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
     let name = input.format().name().to_owned();
     // FFmpeg opens single images through its image demuxers (`image2`, `jpeg_pipe`, `png_pipe`, ...).
     if name == "image2" || name.ends_with("_pipe") {
-        return Err(Error::StillImage { path: path.to_path_buf(), format: name });
+        return Err(Error::StillImage {
+            path: path.to_path_buf(),
+            format: name,
+        });
     }
     Ok(input)
 }
@@ -317,7 +415,11 @@ fn video_stream(path: &Path, input: &ff::format::context::Input) -> Result<(usiz
         .or_else(|| input.streams().find(is_video))
         .ok_or_else(|| no_video(path, input))?;
     let codec = stream.parameters().id().name().to_owned();
-    let codec_err = |e: ff::Error| Error::Codec { path: path.to_path_buf(), codec: codec.clone(), detail: e.to_string() };
+    let codec_err = |e: ff::Error| Error::Codec {
+        path: path.to_path_buf(),
+        codec: codec.clone(),
+        detail: e.to_string(),
+    };
     let mut ctx = ff::codec::context::Context::from_parameters(stream.parameters()).map_err(codec_err)?;
     ctx.set_threading(ff::threading::Config::kind(ff::threading::Type::Frame));
     let mut decoder = ctx.decoder();
@@ -327,16 +429,30 @@ fn video_stream(path: &Path, input: &ff::format::context::Input) -> Result<(usiz
 }
 
 fn no_video(path: &Path, input: &ff::format::context::Input) -> Error {
-    Error::NoVideoStream { path: path.to_path_buf(), streams: input.nb_streams() }
+    Error::NoVideoStream {
+        path: path.to_path_buf(),
+        streams: input.nb_streams(),
+    }
 }
 
 fn check_size(path: &Path, width: u32, height: u32, limits: &Limits) -> Result<()> {
     if width == 0 || height == 0 {
-        return Err(Error::ZeroSize { path: path.to_path_buf(), frame: 0, width, height });
+        return Err(Error::ZeroSize {
+            path: path.to_path_buf(),
+            frame: 0,
+            width,
+            height,
+        });
     }
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
-        return Err(Error::TooManyPixels { path: path.to_path_buf(), width, height, pixels, limit: limits.max_pixels });
+        return Err(Error::TooManyPixels {
+            path: path.to_path_buf(),
+            width,
+            height,
+            pixels,
+            limit: limits.max_pixels,
+        });
     }
     Ok(())
 }
@@ -361,7 +477,11 @@ fn read_packet(
         // A truncated MP4 gives INVALIDDATA ("partial file") for every missing sample; a corrupt
         // one may resync, but decord stops at the first error too: either way it is not the video
         // the file claims to be.
-        Err(e) => Err(Error::Read { path: path.to_path_buf(), packets, detail: e.to_string() }),
+        Err(e) => Err(Error::Read {
+            path: path.to_path_buf(),
+            packets,
+            detail: e.to_string(),
+        }),
     }
 }
 
@@ -385,7 +505,10 @@ fn check_packet(path: &Path, packet: &ff::Packet, packets: usize) -> Result<()> 
         return Err(Error::Read {
             path: path.to_path_buf(),
             packets,
-            detail: format!("packet {packets} of the stream is cut short or damaged ({} bytes read)", packet.size()),
+            detail: format!(
+                "packet {packets} of the stream is cut short or damaged ({} bytes read)",
+                packet.size()
+            ),
         });
     }
     Ok(())
@@ -401,7 +524,12 @@ struct Rgb {
 impl Rgb {
     fn convert(&mut self, path: &Path, i: usize, frame: &ff::frame::Video) -> Result<RgbImage> {
         let (fmt, w, h) = (frame.format(), frame.width(), frame.height());
-        let err = |detail: String| Error::Convert { path: path.to_path_buf(), frame: i, format: format!("{fmt:?}"), detail };
+        let err = |detail: String| Error::Convert {
+            path: path.to_path_buf(),
+            frame: i,
+            format: format!("{fmt:?}"),
+            detail,
+        };
         let reuse = self.scaler.as_ref().is_some_and(|s| {
             let d = s.input();
             (d.format, d.width, d.height) == (fmt, w, h)

@@ -28,13 +28,13 @@
 
 mod decode;
 mod error;
+#[cfg(feature = "video")]
+pub mod ffmpeg;
 mod grid_order;
 mod resize;
 mod tiling;
 mod truncation;
 pub mod video;
-#[cfg(feature = "video")]
-pub mod ffmpeg;
 
 pub use self::decode::{from_raw, load_bytes, load_path, Limits, PixelFormat, RawImage};
 pub use self::error::{Error, Result};

@@ -14,15 +14,30 @@ fn find<'a>(files: &[&'a GgufFile], k: &str) -> Option<&'a Value> {
 
 fn req_usize(files: &[&GgufFile], k: &'static str) -> Result<usize, ModelError> {
     let v = find(files, k).ok_or(ModelError::MissingKey(k))?;
-    let n = v.as_u64().ok_or_else(|| ModelError::BadKey { key: k, detail: format!("expected an integer, found {}", v.type_description()) })?;
-    usize::try_from(n).ok().filter(|&n| n > 0 && n < (1 << 31)).ok_or_else(|| ModelError::BadKey { key: k, detail: format!("{n} is out of range") })
+    let n = v.as_u64().ok_or_else(|| ModelError::BadKey {
+        key: k,
+        detail: format!("expected an integer, found {}", v.type_description()),
+    })?;
+    usize::try_from(n)
+        .ok()
+        .filter(|&n| n > 0 && n < (1 << 31))
+        .ok_or_else(|| ModelError::BadKey {
+            key: k,
+            detail: format!("{n} is out of range"),
+        })
 }
 
 fn req_f32(files: &[&GgufFile], k: &'static str) -> Result<f32, ModelError> {
     let v = find(files, k).ok_or(ModelError::MissingKey(k))?;
-    let x = v.as_f32().ok_or_else(|| ModelError::BadKey { key: k, detail: format!("expected a float, found {}", v.type_description()) })?;
+    let x = v.as_f32().ok_or_else(|| ModelError::BadKey {
+        key: k,
+        detail: format!("expected a float, found {}", v.type_description()),
+    })?;
     if !x.is_finite() || x <= 0.0 {
-        return Err(ModelError::BadKey { key: k, detail: format!("{x} must be a positive finite number") });
+        return Err(ModelError::BadKey {
+            key: k,
+            detail: format!("{x} must be a positive finite number"),
+        });
     }
     Ok(x)
 }
@@ -72,10 +87,22 @@ pub fn hparams_from_gguf(files: &[&GgufFile]) -> Result<Hparams, ModelError> {
         None => 1.0 / req_usize(files, key::V_SCALE_FACTOR)? as f32,
     };
     let ps_version = match find(files, key::PS_VERSION) {
-        Some(v) => v.as_str().ok_or(ModelError::BadKey { key: key::PS_VERSION, detail: "expected a string".into() })?.to_string(),
+        Some(v) => v
+            .as_str()
+            .ok_or(ModelError::BadKey {
+                key: key::PS_VERSION,
+                detail: "expected a string".into(),
+            })?
+            .to_string(),
         None => "v2".to_string(),
     };
-    let hp = Hparams { vision, llm, downsample_ratio, ps_version, proj_ln_eps: opt_f32(files, key::PROJ_LN_EPS, 1e-5)? };
+    let hp = Hparams {
+        vision,
+        llm,
+        downsample_ratio,
+        ps_version,
+        proj_ln_eps: opt_f32(files, key::PROJ_LN_EPS, 1e-5)?,
+    };
     check_runnable(&hp)?;
     Ok(hp)
 }
@@ -86,20 +113,38 @@ pub fn check_runnable(hp: &Hparams) -> Result<(), ModelError> {
     let t = &hp.llm;
     let bad = |what: &str, detail: String| Err(ModelError::Unsupported(format!("{what}: {detail}")));
     if v.image_size % v.patch_size != 0 {
-        return bad("vision", format!("image size {} is not a multiple of the patch size {}", v.image_size, v.patch_size));
+        return bad(
+            "vision",
+            format!(
+                "image size {} is not a multiple of the patch size {}",
+                v.image_size, v.patch_size
+            ),
+        );
     }
     if v.n_embd % v.n_head != 0 {
-        return bad("vision", format!("width {} is not a multiple of {} heads", v.n_embd, v.n_head));
+        return bad(
+            "vision",
+            format!("width {} is not a multiple of {} heads", v.n_embd, v.n_head),
+        );
     }
     let f = hp.shuffle_factor();
     if (hp.downsample_ratio * f as f32 - 1.0).abs() > 1e-6 || f == 0 || v.grid() % f != 0 {
-        return bad("pixel shuffle", format!("ratio {} on a {}x{} grid", hp.downsample_ratio, v.grid(), v.grid()));
+        return bad(
+            "pixel shuffle",
+            format!("ratio {} on a {}x{} grid", hp.downsample_ratio, v.grid(), v.grid()),
+        );
     }
     if hp.ps_version != "v2" {
-        return bad("pixel shuffle", format!("ps_version {:?} (only v2 is implemented)", hp.ps_version));
+        return bad(
+            "pixel shuffle",
+            format!("ps_version {:?} (only v2 is implemented)", hp.ps_version),
+        );
     }
     if t.n_embd % t.n_head != 0 || t.n_head % t.n_head_kv != 0 {
-        return bad("llm", format!("{} wide, {} heads, {} kv heads", t.n_embd, t.n_head, t.n_head_kv));
+        return bad(
+            "llm",
+            format!("{} wide, {} heads, {} kv heads", t.n_embd, t.n_head, t.n_head_kv),
+        );
     }
     if t.head_dim() % 2 != 0 {
         return bad("llm", format!("head dim {} must be even for RoPE", t.head_dim()));
@@ -129,7 +174,10 @@ pub struct ModelMeta {
 pub fn meta_from_gguf(files: &[&GgufFile]) -> Result<ModelMeta, ModelError> {
     let get_u32 = |k: &'static str, d: u32| -> Result<u32, ModelError> {
         match find(files, k) {
-            Some(v) => v.as_u32().ok_or(ModelError::BadKey { key: k, detail: format!("expected u32, found {}", v.type_description()) }),
+            Some(v) => v.as_u32().ok_or(ModelError::BadKey {
+                key: k,
+                detail: format!("expected u32, found {}", v.type_description()),
+            }),
             None => Ok(d),
         }
     };
@@ -140,14 +188,23 @@ pub fn meta_from_gguf(files: &[&GgufFile]) -> Result<ModelMeta, ModelError> {
             Some(a) => {
                 let v: Vec<f32> = files.iter().find_map(|f| f.get_f32_array(k).ok()).unwrap_or_default();
                 if v.len() != 3 || a.len() != 3 {
-                    return Err(ModelError::BadKey { key: k, detail: format!("expected 3 floats, found {}", a.len()) });
+                    return Err(ModelError::BadKey {
+                        key: k,
+                        detail: format!("expected 3 floats, found {}", a.len()),
+                    });
                 }
                 Ok([v[0], v[1], v[2]])
             }
         }
     };
-    let stop_ids = match files.iter().find_map(|f| f.get(key::STOP_IDS).map(|_| f.get_u32_array(key::STOP_IDS))) {
-        Some(r) => r.map_err(|e| ModelError::BadKey { key: key::STOP_IDS, detail: e.to_string() })?,
+    let stop_ids = match files
+        .iter()
+        .find_map(|f| f.get(key::STOP_IDS).map(|_| f.get_u32_array(key::STOP_IDS)))
+    {
+        Some(r) => r.map_err(|e| ModelError::BadKey {
+            key: key::STOP_IDS,
+            detail: e.to_string(),
+        })?,
         None => vec![151645, 151644, 151643],
     };
     Ok(ModelMeta {
@@ -161,6 +218,8 @@ pub fn meta_from_gguf(files: &[&GgufFile]) -> Result<ModelMeta, ModelError> {
         image_std: get_f3(key::V_IMAGE_STD, [0.229, 0.224, 0.225])?,
         min_tiles: get_u32(key::V_MIN_TILES, 1)? as usize,
         max_tiles: get_u32(key::V_MAX_TILES, 12)? as usize,
-        use_thumbnail: find(files, key::USE_THUMBNAIL).and_then(|v| v.as_bool()).unwrap_or(true),
+        use_thumbnail: find(files, key::USE_THUMBNAIL)
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true),
     })
 }

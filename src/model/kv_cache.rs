@@ -50,7 +50,10 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(hp: &LlmHparams, n_ctx: usize, ty: KvType, backend: &Backend) -> Result<Self, ModelError> {
         if n_ctx == 0 || n_ctx > hp.n_ctx_train {
-            return Err(ModelError::Input(format!("context size {n_ctx} must be between 1 and {}", hp.n_ctx_train)));
+            return Err(ModelError::Input(format!(
+                "context size {n_ctx} must be between 1 and {}",
+                hp.n_ctx_train
+            )));
         }
         let n_embd_kv = hp.n_embd_kv();
         if n_embd_kv % ty.ggml().block_size() != 0 || hp.head_dim() % ty.ggml().block_size() != 0 {
@@ -63,11 +66,20 @@ impl KvCache {
         }
         let ctx = Context::new(2 * hp.n_layer + 1, 0)?;
         for l in 0..hp.n_layer {
-            ctx.new_tensor(ty.ggml(), &[n_embd_kv, n_ctx])?.set_name(&format!("cache_k_l{l}"));
-            ctx.new_tensor(ty.ggml(), &[n_embd_kv, n_ctx])?.set_name(&format!("cache_v_l{l}"));
+            ctx.new_tensor(ty.ggml(), &[n_embd_kv, n_ctx])?
+                .set_name(&format!("cache_k_l{l}"));
+            ctx.new_tensor(ty.ggml(), &[n_embd_kv, n_ctx])?
+                .set_name(&format!("cache_v_l{l}"));
         }
         let buf = backend.alloc_ctx_tensors(&ctx)?;
-        Ok(KvCache { ctx, _buf: buf, n_ctx, n_layer: hp.n_layer, ty, n_past: 0 })
+        Ok(KvCache {
+            ctx,
+            _buf: buf,
+            n_ctx,
+            n_layer: hp.n_layer,
+            ty,
+            n_past: 0,
+        })
     }
 
     pub fn n_ctx(&self) -> usize {

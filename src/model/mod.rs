@@ -31,9 +31,17 @@ pub enum ModelError {
     #[error("missing tensor '{0}'")]
     MissingTensor(String),
     #[error("tensor '{name}' has shape {found:?}, expected {expected:?}")]
-    TensorShape { name: String, found: Vec<usize>, expected: Vec<usize> },
+    TensorShape {
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
     #[error("tensor '{name}' has type {found}, which is not allowed for it ({allowed})")]
-    TensorType { name: String, found: String, allowed: String },
+    TensorType {
+        name: String,
+        found: String,
+        allowed: String,
+    },
     #[error("input: {0}")]
     Input(String),
     #[error(transparent)]
@@ -131,11 +139,17 @@ impl Model {
     /// Like `load`, on a chosen device. On a GPU the weights are copied into device memory once.
     pub fn load_on(paths: &[&Path], device: Device) -> Result<Model, ModelError> {
         if paths.is_empty() || paths.len() > 2 {
-            return Err(ModelError::Input(format!("expected 1 or 2 GGUF files, got {}", paths.len())));
+            return Err(ModelError::Input(format!(
+                "expected 1 or 2 GGUF files, got {}",
+                paths.len()
+            )));
         }
         let mut files = Vec::new();
         for p in paths {
-            let f = GgufFile::open(p).map_err(|e| ModelError::Gguf { path: p.display().to_string(), source: e })?;
+            let f = GgufFile::open(p).map_err(|e| ModelError::Gguf {
+                path: p.display().to_string(),
+                source: e,
+            })?;
             files.push(Arc::new(f));
         }
         let mut model = Self::from_files(files)?;
@@ -168,14 +182,24 @@ impl Model {
         let mut chosen: Vec<Vec<TensorInfo>> = vec![Vec::new(); files.len()];
         let mut split_qkv = false;
         let mut check = |spec: &TensorSpec, name: &str, expected: &[usize]| -> Result<(), ModelError> {
-            let (fi, info) = index.get(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+            let (fi, info) = index
+                .get(name)
+                .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
             if squeeze(&info.ne) != squeeze(expected) {
-                return Err(ModelError::TensorShape { name: name.into(), found: info.ne.clone(), expected: expected.to_vec() });
+                return Err(ModelError::TensorShape {
+                    name: name.into(),
+                    found: info.ne.clone(),
+                    expected: expected.to_vec(),
+                });
             }
             let allowed = allowed_types(spec.role);
             if !allowed.contains(&info.ty) {
                 let list: Vec<&str> = allowed.iter().map(|t| t.name()).collect();
-                return Err(ModelError::TensorType { name: name.into(), found: info.ty.name().into(), allowed: list.join(", ") });
+                return Err(ModelError::TensorType {
+                    name: name.into(),
+                    found: info.ty.name().into(),
+                    allowed: list.join(", "),
+                });
             }
             chosen[*fi].push((*info).clone());
             Ok(())
@@ -194,15 +218,26 @@ impl Model {
                 check(spec, &spec.gguf_name, &spec.ne)?;
             }
         }
-        let te = index.get(names::token_embd().as_str()).ok_or_else(|| ModelError::MissingTensor(names::token_embd()))?;
+        let te = index
+            .get(names::token_embd().as_str())
+            .ok_or_else(|| ModelError::MissingTensor(names::token_embd()))?;
         let token_embd = (te.1.ty, files[te.0].clone(), te.1.clone());
         let weights = WeightStore::from_mapped(&files.iter().cloned().zip(chosen).collect::<Vec<_>>())?;
-        Ok(Model { hp, meta, weights, split_qkv, device: BackendKind::Cpu, token_embd })
+        Ok(Model {
+            hp,
+            meta,
+            weights,
+            split_qkv,
+            device: BackendKind::Cpu,
+            token_embd,
+        })
     }
 
     /// A weight tensor (validated at load, so a miss is an internal error).
     pub(crate) fn w(&self, name: &str) -> Result<Tensor<'_>, ModelError> {
-        self.weights.get(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+        self.weights
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
     }
 
     /// Bytes of weights (mapped in place).
@@ -215,14 +250,21 @@ impl Model {
     pub fn token_embeddings(&self, ids: &[u32], out: &mut Vec<f32>) -> Result<(), ModelError> {
         let (ty, file, info) = &self.token_embd;
         let n_embd = self.hp.llm.n_embd;
-        let row = ty.row_size(n_embd).ok_or_else(|| ModelError::Unsupported("token_embd row size".into()))?;
+        let row = ty
+            .row_size(n_embd)
+            .ok_or_else(|| ModelError::Unsupported("token_embd row size".into()))?;
         let data = file.tensor_data(info);
         for &id in ids {
             let id = id as usize;
             if id >= self.hp.llm.n_vocab {
-                return Err(ModelError::Input(format!("token id {id} is outside the vocabulary of {}", self.hp.llm.n_vocab)));
+                return Err(ModelError::Input(format!(
+                    "token id {id} is outside the vocabulary of {}",
+                    self.hp.llm.n_vocab
+                )));
             }
-            let bytes = data.get(id * row..(id + 1) * row).ok_or_else(|| ModelError::Input(format!("token id {id} past the table")))?;
+            let bytes = data
+                .get(id * row..(id + 1) * row)
+                .ok_or_else(|| ModelError::Input(format!("token id {id} past the table")))?;
             out.extend(crate::ggml::dequantize(*ty, bytes, n_embd)?);
         }
         Ok(())

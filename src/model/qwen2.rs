@@ -51,10 +51,17 @@ pub fn build<'a>(
     let inp_embd = ctx.new_f32(&[d, n])?.set_name("inp_embd").set_input();
     let inp_pos = ctx.new_i32(n)?.set_name("inp_pos").set_input();
     let inp_rows = ctx.new_tensor(GgmlType::I64, &[n])?.set_name("inp_rows").set_input();
-    let inp_mask = ctx.new_tensor(GgmlType::F16, &[n_kv, n])?.set_name("inp_mask").set_input();
+    let inp_mask = ctx
+        .new_tensor(GgmlType::F16, &[n_kv, n])?
+        .set_name("inp_mask")
+        .set_input();
     let kv_ty = kv.ty.ggml();
-    let row_k = kv_ty.row_size(nkv * hd).ok_or_else(|| ModelError::Unsupported("kv row".into()))?;
-    let head_k = kv_ty.row_size(hd).ok_or_else(|| ModelError::Unsupported("kv head".into()))?;
+    let row_k = kv_ty
+        .row_size(nkv * hd)
+        .ok_or_else(|| ModelError::Unsupported("kv row".into()))?;
+    let head_k = kv_ty
+        .row_size(hd)
+        .ok_or_else(|| ModelError::Unsupported("kv head".into()))?;
     let scale = 1.0 / (hd as f32).sqrt();
 
     let mut x = inp_embd;
@@ -92,11 +99,29 @@ pub fn build<'a>(
         x = ctx.add(x, h)?.set_name(&format!("l_out_{l}"));
     }
     let x = ctx.mul(ctx.rms_norm(x, t.rms_eps)?, m.w(&names::output_norm())?)?;
-    let hidden = if keep_hidden { Some(x.set_name("hidden_final").set_output()) } else { None };
+    let hidden = if keep_hidden {
+        Some(x.set_name("hidden_final").set_output())
+    } else {
+        None
+    };
     // Only the rows whose logits are wanted go through the (large) untied lm_head.
-    let last = if n_out == n { x } else { ctx.view(x, &[d, n_out], &[d * 4], (n - n_out) * d * 4)? };
-    let logits = ctx.mul_mat(m.w(&names::output())?, last)?.set_name("logits").set_output();
-    Ok(LlmGraph { inp_embd, inp_pos, inp_rows, inp_mask, hidden, logits })
+    let last = if n_out == n {
+        x
+    } else {
+        ctx.view(x, &[d, n_out], &[d * 4], (n - n_out) * d * 4)?
+    };
+    let logits = ctx
+        .mul_mat(m.w(&names::output())?, last)?
+        .set_name("logits")
+        .set_output();
+    Ok(LlmGraph {
+        inp_embd,
+        inp_pos,
+        inp_rows,
+        inp_mask,
+        hidden,
+        logits,
+    })
 }
 
 /// Upper bound of tensors an LLM graph creates.

@@ -26,7 +26,10 @@ pub fn patchify(hp: &Hparams, tiles: &[f32]) -> Result<Vec<f32>, ModelError> {
     let (s, p, c, g) = (v.image_size, v.patch_size, v.n_channels, v.grid());
     let per_tile = c * s * s;
     if tiles.is_empty() || tiles.len() % per_tile != 0 {
-        return Err(ModelError::Input(format!("{} values are not whole {c}x{s}x{s} tiles", tiles.len())));
+        return Err(ModelError::Input(format!(
+            "{} values are not whole {c}x{s}x{s} tiles",
+            tiles.len()
+        )));
     }
     let n_tiles = tiles.len() / per_tile;
     let k = c * p * p;
@@ -51,14 +54,25 @@ pub fn patchify(hp: &Hparams, tiles: &[f32]) -> Result<Vec<f32>, ModelError> {
 }
 
 /// LayerNorm with affine weight and bias (spec §3.5: eps 1e-6 in the ViT, §3.9: 1e-5 in the projector).
-fn layer_norm<'a>(ctx: &'a Context, x: Tensor<'a>, w: Tensor<'a>, b: Tensor<'a>, eps: f32) -> Result<Tensor<'a>, ModelError> {
+fn layer_norm<'a>(
+    ctx: &'a Context,
+    x: Tensor<'a>,
+    w: Tensor<'a>,
+    b: Tensor<'a>,
+    eps: f32,
+) -> Result<Tensor<'a>, ModelError> {
     let y = ctx.norm(x, eps)?;
     let y = ctx.mul(y, w)?;
     Ok(ctx.add(y, b)?)
 }
 
 /// Builds the vision graph for `n_tiles` tiles.
-pub fn build<'a>(ctx: &'a Context, m: &'a Model, n_tiles: usize, keep_vit_out: bool) -> Result<VisionGraph<'a>, ModelError> {
+pub fn build<'a>(
+    ctx: &'a Context,
+    m: &'a Model,
+    n_tiles: usize,
+    keep_vit_out: bool,
+) -> Result<VisionGraph<'a>, ModelError> {
     let hp = &m.hp;
     let v = &hp.vision;
     let (d, n_head, hd) = (v.n_embd, v.n_head, v.head_dim());
@@ -77,8 +91,8 @@ pub fn build<'a>(ctx: &'a Context, m: &'a Model, n_tiles: usize, keep_vit_out: b
     let cls = ctx.reshape(m.w(&names::v_class_embd())?, &[d, 1, 1])?;
     let cls = ctx.repeat(cls, [d, 1, t, 1])?;
     let x = ctx.concat(cls, x, 1)?; // [D, 1+n_patch, T]
-    // Position embeddings: pos[0] to CLS, pos[1+p] to patch p; at 448 the bicubic resampling is the
-    // identity (spec §3.4), so it is skipped.
+                                    // Position embeddings: pos[0] to CLS, pos[1+p] to patch p; at 448 the bicubic resampling is the
+                                    // identity (spec §3.4), so it is skipped.
     let pos = ctx.reshape(m.w(&names::v_pos_embd())?, &[d, n_tok])?;
     let mut x = ctx.add(x, pos)?.set_name("vit_embd");
 
@@ -126,9 +140,15 @@ pub fn build<'a>(ctx: &'a Context, m: &'a Model, n_tiles: usize, keep_vit_out: b
         let h = ctx.linear(h, wl("ffn_up", "weight")?, Some(wl("ffn_up", "bias")?))?;
         let h = ctx.gelu_erf(h)?; // exact erf GELU (spec §1.1)
         let h = ctx.linear(h, wl("ffn_down", "weight")?, Some(wl("ffn_down", "bias")?))?;
-        x = ctx.add(x, ctx.mul(h, wl("ls2", "weight")?)?)?.set_name(&format!("vit_l{l}"));
+        x = ctx
+            .add(x, ctx.mul(h, wl("ls2", "weight")?)?)?
+            .set_name(&format!("vit_l{l}"));
     }
-    let vit_out = if keep_vit_out { ctx.cont(x)?.set_name("vit_out").set_output() } else { x };
+    let vit_out = if keep_vit_out {
+        ctx.cont(x)?.set_name("vit_out").set_output()
+    } else {
+        x
+    };
 
     // Drop CLS: [D, n_patch, T], a grid A[row][col] with col fastest.
     let g = v.grid();
@@ -146,12 +166,22 @@ pub fn build<'a>(ctx: &'a Context, m: &'a Model, n_tiles: usize, keep_vit_out: b
     let y = ctx.reshape(y, &[d4, g2 * g2 * t])?.set_name("pixel_shuffle"); // tokens i*g2 + j, tile-major
 
     // Projector mlp1: LayerNorm(eps 1e-5), Linear, exact GELU, Linear (spec §3.9).
-    let y = layer_norm(ctx, y, m.w(&names::mm(0, "weight"))?, m.w(&names::mm(0, "bias"))?, hp.proj_ln_eps)?;
+    let y = layer_norm(
+        ctx,
+        y,
+        m.w(&names::mm(0, "weight"))?,
+        m.w(&names::mm(0, "bias"))?,
+        hp.proj_ln_eps,
+    )?;
     let y = ctx.linear(y, m.w(&names::mm(1, "weight"))?, Some(m.w(&names::mm(1, "bias"))?))?;
     let y = ctx.gelu_erf(y)?;
     let y = ctx.linear(y, m.w(&names::mm(3, "weight"))?, Some(m.w(&names::mm(3, "bias"))?))?;
     let proj_out = y.set_name("proj_out").set_output();
-    Ok(VisionGraph { inp_patches: inp, vit_out, proj_out })
+    Ok(VisionGraph {
+        inp_patches: inp,
+        vit_out,
+        proj_out,
+    })
 }
 
 /// Flash attention for the ViT only when asked (`INTERNVL_VIT_FLASH_ATTN=1`): on the CPU the matmul path

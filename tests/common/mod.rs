@@ -19,7 +19,10 @@ pub fn shared() -> PathBuf {
 /// target/release (the directory holding this test binary's parent `deps/`).
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("target dir")
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("target dir")
 }
 
 /// The converter binary. `INTERNVL_CONVERTER` overrides it: under qemu-user (scripts/aarch64-test.sh) the
@@ -40,7 +43,12 @@ pub fn converter() -> PathBuf {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("run internvl-convert");
-    assert!(out.status.success(), "{:?} failed:\n{}", cmd, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{:?} failed:\n{}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The tiny synthetic checkpoint for `seed` (a directory in the original Hugging Face layout).
@@ -50,7 +58,8 @@ pub fn tiny_checkpoint(seed: u64) -> PathBuf {
     let conv = converter();
     let stamp = dir.join(".done");
     let fresh = stamp.is_file()
-        && std::fs::metadata(&stamp).and_then(|m| m.modified()).ok() >= std::fs::metadata(&conv).and_then(|m| m.modified()).ok();
+        && std::fs::metadata(&stamp).and_then(|m| m.modified()).ok()
+            >= std::fs::metadata(&conv).and_then(|m| m.modified()).ok();
     if !fresh {
         let _ = std::fs::remove_dir_all(&dir);
         run(Command::new(&conv)
@@ -67,13 +76,23 @@ pub fn tiny_checkpoint(seed: u64) -> PathBuf {
 pub fn tiny_gguf(seed: u64, ty: &str, extra: &[&str]) -> PathBuf {
     let ck = tiny_checkpoint(seed);
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let tag = if extra.is_empty() { ty.to_string() } else { format!("{ty}-{}", extra.join("-").replace(['-', '/'], "")) };
+    let tag = if extra.is_empty() {
+        ty.to_string()
+    } else {
+        format!("{ty}-{}", extra.join("-").replace(['-', '/'], ""))
+    };
     let out = target_dir().join("test-models").join(format!("tiny-{seed}-{tag}.gguf"));
     let newer = |a: &Path, b: &Path| {
         std::fs::metadata(a).and_then(|m| m.modified()).ok() >= std::fs::metadata(b).and_then(|m| m.modified()).ok()
     };
     if !out.is_file() || !newer(&out, &ck.join(".done")) {
-        run(Command::new(converter()).arg("convert").arg(&ck).arg("-o").arg(&out).args(["--type", ty, "-q"]).args(extra));
+        run(Command::new(converter())
+            .arg("convert")
+            .arg(&ck)
+            .arg("-o")
+            .arg(&out)
+            .args(["--type", ty, "-q"])
+            .args(extra));
     }
     out
 }
@@ -88,9 +107,16 @@ pub fn read_npy_u8(path: &Path) -> (Vec<usize>, Vec<u8>) {
         (u32::from_le_bytes([data[8], data[9], data[10], data[11]]) as usize, 12)
     };
     let header = std::str::from_utf8(&data[start..start + hlen]).expect("npy header");
-    assert!(header.contains("'descr': '|u1'") || header.contains("'descr': '<u1'"), "not uint8: {header}");
+    assert!(
+        header.contains("'descr': '|u1'") || header.contains("'descr': '<u1'"),
+        "not uint8: {header}"
+    );
     assert!(header.contains("'fortran_order': False"));
-    let shape_str = header.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).expect("shape");
+    let shape_str = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("shape");
     let shape: Vec<usize> = shape_str.split(',').filter_map(|s| s.trim().parse().ok()).collect();
     (shape, data[start + hlen..].to_vec())
 }
@@ -127,7 +153,11 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// max |a - b| / max |b| (b is the reference).
 pub fn rel_max_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let d = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max);
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .fold(0.0, f64::max);
     let m = b.iter().map(|y| (*y as f64).abs()).fold(0.0, f64::max);
     d / m
 }

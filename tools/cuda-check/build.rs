@@ -11,8 +11,13 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_PATH");
     println!("cargo:rerun-if-env-changed=CUDACXX");
     println!("cargo:rerun-if-env-changed=PATH");
-    let in_path = env::var_os("PATH").map(|p| env::split_paths(&p).any(|d| d.join("nvcc").is_file())).unwrap_or(false);
-    let cuda_path = env::var_os("CUDA_PATH").map(PathBuf::from).map(|p| p.join("bin/nvcc").is_file()).unwrap_or(false);
+    let in_path = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).any(|d| d.join("nvcc").is_file()))
+        .unwrap_or(false);
+    let cuda_path = env::var_os("CUDA_PATH")
+        .map(PathBuf::from)
+        .map(|p| p.join("bin/nvcc").is_file())
+        .unwrap_or(false);
     let cudacxx = env::var_os("CUDACXX").map(|p| Path::new(&p).is_file()).unwrap_or(false);
     let default = Path::new("/usr/local/cuda/bin/nvcc").is_file();
     if !(in_path || cuda_path || cudacxx || default) {

@@ -60,14 +60,19 @@ pub fn aligned() -> Hparams {
 
 /// Writes a synthetic checkpoint into `dir` (must be new or empty).
 pub fn synth_into(hp: &Hparams, seed: u64, dir: &Path, shards: usize) {
-    synth(hp, seed, dir, shards, &model_files(), &mut Progress::hidden(), &|| false).unwrap();
+    synth(hp, seed, dir, shards, &model_files(), &mut Progress::hidden(), &|| {
+        false
+    })
+    .unwrap();
 }
 
 /// Synthesizes (once per test process) into `$CARGO_TARGET_TMPDIR/<test crate>/<name>`: regenerated on
 /// each run (0.5 s), overwritten by the next, so nothing accumulates in /tmp.
 fn cached(cell: &'static OnceLock<PathBuf>, name: &str, hp: fn() -> Hparams, seed: u64) -> &'static Path {
     cell.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(env!("CARGO_CRATE_NAME")).join(name);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(env!("CARGO_CRATE_NAME"))
+            .join(name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).unwrap();
         }
@@ -95,7 +100,13 @@ pub fn aligned_checkpoint() -> &'static Path {
 }
 
 pub fn convert_to(input: &Path, output: &Path, types: TypeChoice, split: bool) -> ConvertReport {
-    let opts = ConvertOptions { input: input.to_path_buf(), output: output.to_path_buf(), types, split, mmproj: None };
+    let opts = ConvertOptions {
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        types,
+        split,
+        mmproj: None,
+    };
     convert(&opts, &mut Progress::hidden(), &|| false).unwrap()
 }
 

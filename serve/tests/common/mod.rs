@@ -25,7 +25,10 @@ pub fn shared() -> PathBuf {
 /// target/release (the directory holding this test binary's parent `deps/`).
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("target dir")
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("target dir")
 }
 
 /// The converter binary (`INTERNVL_CONVERTER` overrides it, as in the root tests).
@@ -44,7 +47,12 @@ pub fn converter() -> PathBuf {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("run internvl-convert");
-    assert!(out.status.success(), "{:?} failed:\n{}", cmd, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{:?} failed:\n{}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn newer(a: &Path, b: &Path) -> bool {
@@ -76,7 +84,12 @@ pub fn tiny_gguf() -> PathBuf {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let out = target_dir().join("test-models").join("tiny-42-q8_0.gguf");
     if !out.is_file() || !newer(&out, &ck.join(".done")) {
-        run(Command::new(converter()).arg("convert").arg(&ck).arg("-o").arg(&out).args(["--type", "q8_0", "-q"]));
+        run(Command::new(converter())
+            .arg("convert")
+            .arg(&ck)
+            .arg("-o")
+            .arg(&out)
+            .args(["--type", "q8_0", "-q"]));
     }
     out
 }
@@ -129,7 +142,12 @@ impl Server {
         let stdout = reader.join().expect("reader thread");
         let base = line.trim().rsplit(' ').next().expect("address").to_owned();
         assert!(base.starts_with("http://127.0.0.1:"), "{line}");
-        Server { child, _stdout: stdout, base, log }
+        Server {
+            child,
+            _stdout: stdout,
+            base,
+            log,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -167,7 +185,10 @@ impl Drop for Server {
 
 /// A client with time limits, so that a hung server fails the test instead of hanging it.
 pub fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).timeout(Duration::from_secs(120)).build()
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .timeout(Duration::from_secs(120))
+        .build()
 }
 
 /// A response: status, headers of interest, JSON body.
@@ -188,9 +209,16 @@ fn into_resp(r: Result<ureq::Response, ureq::Error>) -> Resp {
     let retry_after = resp.header("retry-after").map(str::to_owned);
     let ctype = resp.header("content-type").unwrap_or("").to_owned();
     let text = resp.into_string().expect("body");
-    assert!(ctype.starts_with("application/json"), "status {status}, content-type {ctype:?}: {text}");
+    assert!(
+        ctype.starts_with("application/json"),
+        "status {status}, content-type {ctype:?}: {text}"
+    );
     let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-    Resp { status, retry_after, body }
+    Resp {
+        status,
+        retry_after,
+        body,
+    }
 }
 
 pub fn get(url: &str, key: Option<&str>) -> Resp {
@@ -217,7 +245,10 @@ pub fn post(url: &str, body: &Value) -> Resp {
 /// The assistant's text of a successful response.
 pub fn content(r: &Resp) -> String {
     assert_eq!(r.status, 200, "{}", r.body);
-    r.body["choices"][0]["message"]["content"].as_str().expect("content").to_owned()
+    r.body["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content")
+        .to_owned()
 }
 
 /// An open server-sent-event stream.
@@ -248,14 +279,19 @@ impl Events {
 
 /// Starts a streaming request; panics unless the server answers 200 with an event stream.
 pub fn stream(url: &str, body: &Value) -> Events {
-    let resp = agent().post(url).set("Content-Type", "application/json").send_string(&body.to_string());
+    let resp = agent()
+        .post(url)
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string());
     let resp = match resp {
         Ok(r) => r,
         Err(ureq::Error::Status(code, r)) => panic!("stream refused: {code} {}", r.into_string().unwrap_or_default()),
         Err(e) => panic!("HTTP transport error: {e}"),
     };
     assert_eq!(resp.content_type(), "text/event-stream");
-    Events { reader: BufReader::new(resp.into_reader()) }
+    Events {
+        reader: BufReader::new(resp.into_reader()),
+    }
 }
 
 /// A chat request with one user message.
@@ -266,7 +302,11 @@ pub fn ask(text: &str, max_tokens: usize) -> Value {
 /// A test image: a colour gradient (different `salt`, different pixels).
 pub fn test_image(w: u32, h: u32, salt: u8) -> internvl::image::RgbImage {
     internvl::image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([(x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8, salt.wrapping_mul(37).wrapping_add((x ^ y) as u8)])
+        image::Rgb([
+            (x * 255 / w.max(1)) as u8,
+            (y * 255 / h.max(1)) as u8,
+            salt.wrapping_mul(37).wrapping_add((x ^ y) as u8),
+        ])
     })
 }
 
@@ -278,7 +318,10 @@ pub fn png_bytes(rgb: &internvl::image::RgbImage) -> Vec<u8> {
 
 pub fn data_url(rgb: &internvl::image::RgbImage) -> String {
     use base64::Engine as _;
-    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png_bytes(rgb)))
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png_bytes(rgb))
+    )
 }
 
 /// A user message with text and one image URL (OpenAI's content-parts form).
@@ -318,7 +361,10 @@ pub fn serve_bytes_on_loopback(body: Vec<u8>, n: usize) -> (String, std::thread:
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
             let _ = s.write_all(head.as_bytes());
             let _ = s.write_all(&body);
         }
