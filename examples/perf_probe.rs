@@ -3,9 +3,35 @@ use internvl::model::Model;
 use internvl::session::{Session, SessionParams};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// CPU seconds this process has used (user + system, from /proc/self/stat): with T=1 a contention-robust
+/// measure of work, since ggml computes on the calling thread and does not spin.
+fn cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = after.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // Fields after the command: state(skipped: not a number) ppid pgrp session tty tpgid flags minflt cminflt
+    // majflt cmajflt utime stime -> utime, stime are the 11th and 12th numbers here.
+    (f.get(10).copied().unwrap_or(0.0) + f.get(11).copied().unwrap_or(0.0)) / 100.0
+}
+
 fn main() {
     let path = std::env::args().nth(1).expect("gguf");
-    let model = Arc::new(Model::load(&[std::path::Path::new(&path)]).unwrap());
+    let (t, c) = (Instant::now(), cpu_s());
+    // LAYOUT=mapped|repacked (default: the library's default).
+    let layout = std::env::var("LAYOUT")
+        .ok()
+        .and_then(|l| internvl::model::WeightLayout::parse(&l))
+        .unwrap_or_default();
+    let model =
+        Arc::new(Model::load_with(&[std::path::Path::new(&path)], internvl::model::Device::Cpu, layout).unwrap());
+    eprintln!(
+        "load: {:.2} s (cpu {:.2} s), repacked {} tensors / {:.0} MB",
+        t.elapsed().as_secs_f64(),
+        cpu_s() - c,
+        model.repacked.0,
+        model.repacked.1 as f64 / 1e6
+    );
     let mut s = Session::new(
         model,
         SessionParams {
@@ -16,21 +42,33 @@ fn main() {
     )
     .unwrap();
     let ids: Vec<u32> = (0..64u32).map(|i| 1000 + i * 37).collect();
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_s());
     let out = s.eval(&ids, &[], false).unwrap();
-    eprintln!("prefill 64: {:.1} tok/s", 64.0 / t.elapsed().as_secs_f64());
+    eprintln!(
+        "prefill 64: {:.1} tok/s (cpu {:.2} s)",
+        64.0 / t.elapsed().as_secs_f64(),
+        cpu_s() - c
+    );
     let mut next = internvl::sampling::argmax(&out.logits);
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_s());
     for _ in 0..16 {
         next = internvl::sampling::argmax(&s.decode(next).unwrap());
     }
-    eprintln!("decode: {:.1} tok/s", 16.0 / t.elapsed().as_secs_f64());
+    eprintln!(
+        "decode: {:.1} tok/s (cpu {:.3} s/token)",
+        16.0 / t.elapsed().as_secs_f64(),
+        (cpu_s() - c) / 16.0
+    );
     if std::env::var_os("VISION").is_some() {
         let tile: Vec<f32> = (0..3 * 448 * 448)
             .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
             .collect();
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu_s());
         s.encode_tiles(&tile, false).unwrap();
-        eprintln!("vision: {:.0} ms/tile", t.elapsed().as_secs_f64() * 1000.0);
+        eprintln!(
+            "vision: {:.0} ms/tile (cpu {:.2} s)",
+            t.elapsed().as_secs_f64() * 1000.0,
+            cpu_s() - c
+        );
     }
 }

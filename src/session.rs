@@ -179,6 +179,11 @@ impl Session {
             self.sched.alloc(&graph)?;
             g.inp_patches
                 .set_f32(&patches[first * per_tile..(first + t) * per_tile])?;
+            if let Some((zeros, mask)) = g.inp_pad {
+                let (z, m) = vision::pad_inputs(hp, t);
+                zeros.set_f32(&z)?;
+                mask.set_f32(&m)?;
+            }
             self.sched.compute(&graph)?;
             proj.extend(g.proj_out.get_f32()?);
             if let Some(v) = vit.as_mut() {
@@ -291,6 +296,12 @@ impl Session {
         };
         self.kv.n_past += n;
         Ok((logits, hidden))
+    }
+
+    /// Bytes of the scheduler's compute buffers (they grow to the largest graph run so far; memory budgets).
+    pub fn compute_buffer_bytes(&self) -> usize {
+        let gpu = self.gpu.as_ref().map_or(0, |g| self.sched.buffer_size(g));
+        gpu + self.sched.buffer_size(&self.backend)
     }
 
     /// Where the graphs run (for `--timings`): "CPU", or the GPU's name with the CPU taking what it lacks.

@@ -308,6 +308,20 @@ impl Sched {
         Ok(())
     }
 
+    /// Bytes the compute buffers would need for `g`, one figure per backend of the scheduler (in the order
+    /// given to [`Sched::new`]), planned by ggml's allocator without allocating anything
+    /// (`ggml_backend_sched_reserve_size`). Memory budgets (`crate::budget`) measure graphs with it.
+    pub fn reserve_size(&mut self, g: &Graph<'_>) -> Vec<usize> {
+        // SAFETY: valid scheduler.
+        let n = unsafe { sys::ggml_backend_sched_get_n_backends(self.ptr.as_ptr()) }.max(0) as usize;
+        let mut sizes = vec![0usize; n.max(1)];
+        // SAFETY: valid scheduler and graph (the graph fits the hash set, as for `alloc`); `sizes` has one
+        // slot per backend of the scheduler.
+        unsafe { sys::ggml_backend_sched_reserve_size(self.ptr.as_ptr(), g.raw(), sizes.as_mut_ptr()) };
+        sizes.truncate(n);
+        sizes
+    }
+
     /// Bytes of compute buffer held on backend `i` (for memory reports).
     pub fn buffer_size(&self, backend: &Backend) -> usize {
         // SAFETY: valid scheduler and backend.
@@ -344,4 +358,123 @@ pub fn device_names() -> Vec<String> {
 #[allow(dead_code)]
 fn cstring(s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| GgmlError::Backend(format!("name {s:?} contains NUL")))
+}
+
+/// A ggml buffer type. Buffer types are static objects inside ggml: never freed.
+#[derive(Clone, Copy)]
+pub struct BufferType {
+    ptr: NonNull<sys::ggml_backend_buffer_type>,
+}
+
+// SAFETY: buffer types are immutable static descriptors in ggml.
+unsafe impl Send for BufferType {}
+// SAFETY: see above.
+unsafe impl Sync for BufferType {}
+
+/// The CPU device (always registered).
+fn cpu_device() -> Result<sys::ggml_backend_dev_t> {
+    // SAFETY: registry query; NULL checked.
+    let dev = unsafe { sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU) };
+    if dev.is_null() {
+        return Err(GgmlError::Backend("no CPU device in ggml's registry".into()));
+    }
+    Ok(dev)
+}
+
+/// The CPU device's extra weight buffer types, in ggml's order of preference: layouts that its matrix
+/// kernels read faster than the file's (the "repack" type interleaves q4_0 rows for the AVX2/AVX-512 and
+/// NEON GEMM kernels; AMX when built for it). Empty when the CPU or the build has none.
+pub fn cpu_extra_buffer_types() -> Vec<BufferType> {
+    let Ok(dev) = cpu_device() else {
+        return Vec::new();
+    };
+    // SAFETY: dev is the registered CPU device; its registry is static.
+    let reg = unsafe { sys::ggml_backend_dev_backend_reg(dev) };
+    if reg.is_null() {
+        return Vec::new();
+    }
+    let name = c"ggml_backend_dev_get_extra_bufts";
+    // SAFETY: reg is valid; name is NUL-terminated; NULL means the registry does not offer the function.
+    let f = unsafe { sys::ggml_backend_reg_get_proc_address(reg, name.as_ptr()) };
+    if f.is_null() {
+        return Vec::new();
+    }
+    type GetExtraBufts = unsafe extern "C" fn(sys::ggml_backend_dev_t) -> *mut sys::ggml_backend_buffer_type_t;
+    // SAFETY: ggml documents this proc address as `ggml_backend_dev_get_extra_bufts_t`, which has this
+    // signature (ggml-backend.h).
+    let get: GetExtraBufts = unsafe { std::mem::transmute::<*mut std::ffi::c_void, GetExtraBufts>(f) };
+    // SAFETY: returns a NULL-terminated static array (or NULL).
+    let mut p = unsafe { get(dev) };
+    let mut out = Vec::new();
+    while !p.is_null() {
+        // SAFETY: p points into the NULL-terminated array.
+        let b = unsafe { *p };
+        match NonNull::new(b) {
+            Some(ptr) => out.push(BufferType { ptr }),
+            None => break,
+        }
+        // SAFETY: not yet at the terminator, so the next element exists.
+        p = unsafe { p.add(1) };
+    }
+    out
+}
+
+impl BufferType {
+    pub fn name(&self) -> String {
+        // SAFETY: valid buffer type; the name is a static string.
+        unsafe { CStr::from_ptr(sys::ggml_backend_buft_name(self.ptr.as_ptr())) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Whether the CPU device would run `mul_mat(w, x)` (x f32) with `w` stored in this buffer type. Asked
+    /// the way ggml asks itself: a throw-away op whose weight sits in an empty buffer of this type.
+    pub fn cpu_supports_matmul(&self, w: super::Tensor<'_>) -> bool {
+        let Ok(dev) = cpu_device() else {
+            return false;
+        };
+        let ne = w.ne();
+        if ne[2] != 1 || ne[3] != 1 {
+            return false;
+        }
+        let Ok(ctx) = Context::new(4, 0) else {
+            return false;
+        };
+        let (Ok(a), Ok(x)) = (
+            ctx.new_tensor(w.ty(), &[ne[0] as usize, ne[1] as usize]),
+            ctx.new_f32(&[ne[0] as usize, 16]),
+        ) else {
+            return false;
+        };
+        let Ok(op) = ctx.mul_mat(a, x) else {
+            return false;
+        };
+        // SAFETY: a zero-size buffer of a valid type carries only the type (no memory); freed below.
+        let dummy = unsafe { sys::ggml_backend_buft_alloc_buffer(self.ptr.as_ptr(), 0) };
+        if dummy.is_null() {
+            return false;
+        }
+        // SAFETY: `a` is a metadata-only tensor of our own context, never computed; pointing its buffer at
+        // the dummy only lets supports_op see the buffer type. It is reset before the dummy is freed.
+        let ok = unsafe {
+            (*a.raw()).buffer = dummy;
+            let ok = sys::ggml_backend_dev_supports_op(dev, op.raw());
+            (*a.raw()).buffer = std::ptr::null_mut();
+            sys::ggml_backend_buffer_free(dummy);
+            ok
+        };
+        ok
+    }
+
+    /// Allocates every tensor of `ctx` in one buffer of this type (usage: weights).
+    pub fn alloc_ctx_tensors(&self, ctx: &Context) -> Result<Buffer> {
+        // SAFETY: valid context and buffer type; NULL on failure or when the context has no tensors.
+        let p = unsafe { sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.raw(), self.ptr.as_ptr()) };
+        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc {
+            what: format!("the weights in a {} buffer", self.name()),
+        })?;
+        // SAFETY: valid buffer.
+        unsafe { sys::ggml_backend_buffer_set_usage(ptr.as_ptr(), sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS) };
+        Ok(Buffer { ptr, _owner: None })
+    }
 }

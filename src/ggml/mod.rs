@@ -68,6 +68,7 @@ pub fn version() -> String {
 
 /// Checks that the linked ggml is the release our bindings (struct layouts, enums) were generated for.
 pub fn check_version() -> Result<()> {
+    install_log_filter();
     let found = version();
     let major_minor: String = found.split('.').take(2).collect::<Vec<_>>().join(".");
     if major_minor != EXPECTED_GGML_VERSION {
@@ -77,6 +78,40 @@ pub fn check_version() -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// ggml's default logger prints every level to stderr, including a debug line per repacked tensor. Ours
+/// keeps warnings and errors (prefixed `ggml:`); `INTERNVL_GGML_LOG=1` lets everything through.
+fn install_log_filter() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the callback is a plain function valid for the program's lifetime; no user data.
+        unsafe { sys::ggml_log_set(Some(log_filter), std::ptr::null_mut()) };
+    });
+}
+
+/// The level of the last message, for ggml's continuation lines (GGML_LOG_LEVEL_CONT).
+static LAST_LOG_LEVEL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+unsafe extern "C" fn log_filter(
+    level: sys::ggml_log_level,
+    text: *const std::ffi::c_char,
+    _user: *mut std::ffi::c_void,
+) {
+    use std::sync::atomic::Ordering;
+    let level = if level == sys::GGML_LOG_LEVEL_CONT {
+        LAST_LOG_LEVEL.load(Ordering::Relaxed)
+    } else {
+        LAST_LOG_LEVEL.store(level, Ordering::Relaxed);
+        level
+    };
+    let verbose = std::env::var_os("INTERNVL_GGML_LOG").is_some_and(|v| v != "0");
+    if text.is_null() || (level < sys::GGML_LOG_LEVEL_WARN && !verbose) {
+        return;
+    }
+    // SAFETY: ggml passes a NUL-terminated message valid for the duration of the call.
+    let msg = unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy();
+    eprint!("ggml: {msg}");
 }
 
 /// CPU features the linked ggml CPU backend was compiled with (for `--timings` and benchmark reports).

@@ -15,6 +15,8 @@ pub struct WeightStore {
     ctx: Context,
     map: HashMap<String, NonNull<sys::ggml_tensor>>,
     _bufs: Vec<Buffer>,
+    /// Contexts of tensors moved into other buffers (`repack_cpu`); the map points into them.
+    _moved: Vec<Context>,
     bytes: usize,
 }
 
@@ -29,6 +31,7 @@ impl WeightStore {
     /// Creates a tensor for each `(file, info)` and places it, without copying, at its offset in a CPU
     /// buffer over that file's data section. The infos must come from the file (validated at open).
     pub fn from_mapped(files: &[(Arc<GgufFile>, Vec<TensorInfo>)]) -> Result<Self> {
+        super::check_version()?;
         let n: usize = files.iter().map(|(_, t)| t.len()).sum();
         let ctx = Context::new(n + 1, 0)?;
         let mut map = HashMap::with_capacity(n);
@@ -60,6 +63,7 @@ impl WeightStore {
             ctx,
             map,
             _bufs: bufs,
+            _moved: Vec::new(),
             bytes,
         })
     }
@@ -96,8 +100,59 @@ impl WeightStore {
             ctx,
             map,
             _bufs: vec![buf],
+            _moved: Vec::new(),
             bytes: self.bytes,
         })
+    }
+
+    /// Moves each weight that `pick` selects and that one of the CPU's extra buffer types accepts as a
+    /// matrix-product operand (`backend::cpu_extra_buffer_types`: ggml's repacked layouts) into a buffer
+    /// of that type; ggml rearranges the data as it is copied. The mapped original is then unused, and
+    /// `moved` is told each name (to release its pages). Returns how many tensors and bytes moved.
+    ///
+    /// Trade-off: the copy costs load time and anonymous memory (the same size as the moved weights,
+    /// while the mapped pages can be dropped), and buys GEMM kernels that read several rows at once.
+    pub fn repack_cpu(&mut self, pick: impl Fn(&str) -> bool, mut moved: impl FnMut(&str)) -> Result<(usize, usize)> {
+        let mut names: Vec<String> = self.map.keys().filter(|n| pick(n)).cloned().collect();
+        names.sort();
+        let (mut count, mut bytes) = (0, 0);
+        for buft in super::backend::cpu_extra_buffer_types() {
+            let mine: Vec<String> = names
+                .iter()
+                .filter(|n| self.get(n).map(|t| buft.cpu_supports_matmul(t)).unwrap_or(false))
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            names.retain(|n| !mine.contains(n));
+            let ctx = Context::new(mine.len() + 1, 0)?;
+            for name in &mine {
+                let src = self.get(name).ok_or_else(|| GgmlError::Tensor {
+                    name: name.clone(),
+                    detail: "vanished".into(),
+                })?;
+                let dims: Vec<usize> = src.ne().iter().map(|&d| d as usize).collect();
+                ctx.new_tensor(src.ty(), &dims)?.set_name(name);
+            }
+            let buf = buft.alloc_ctx_tensors(&ctx)?;
+            for name in &mine {
+                let src = self.get(name).ok_or_else(|| GgmlError::Tensor {
+                    name: name.clone(),
+                    detail: "vanished".into(),
+                })?;
+                let dst = ctx.tensor_by_name(name)?;
+                dst.set_bytes(src.host_bytes()?)?;
+                bytes += dst.nbytes();
+                count += 1;
+                let ptr = NonNull::new(dst.raw()).ok_or_else(|| GgmlError::Alloc { what: name.clone() })?;
+                self.map.insert(name.clone(), ptr);
+                moved(name);
+            }
+            self._bufs.push(buf);
+            self._moved.push(ctx);
+        }
+        Ok((count, bytes))
     }
 
     /// The tensor called `name`, valid as long as the store is borrowed.

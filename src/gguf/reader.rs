@@ -267,6 +267,26 @@ impl GgufFile {
     pub fn as_bytes(&self) -> &[u8] {
         self.storage.bytes()
     }
+
+    /// Tells the kernel that tensor `t`'s pages of the mapping are not needed any more (after a copy of
+    /// the weights elsewhere, such as ggml's repacked CPU layout), so that they stop counting in this
+    /// process's resident memory. The data stays valid: a later read faults the pages back in from the
+    /// page cache or the file. A no-op for an owned buffer. Errors are ignored: it is only advice.
+    pub fn release_pages(&self, t: &TensorInfo) {
+        let Storage::Mmap(map) = &self.storage else {
+            return;
+        };
+        let Some(start) = self.header.data_offset.checked_add(t.offset) else {
+            return;
+        };
+        if start.checked_add(t.size).map(|end| end > map.len()).unwrap_or(true) {
+            return;
+        }
+        // SAFETY: MADV_DONTNEED on a read-only file mapping drops resident pages; the next access reloads
+        // the same bytes from the file, so no reference into the mapping observes a change. (The range
+        // is rounded out to whole pages by memmap2; neighbouring bytes are reloaded just the same.)
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, t.size) };
+    }
 }
 
 fn wrong_type(key: &str, expected: &'static str, found: &Value) -> GgufError {

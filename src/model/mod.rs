@@ -127,6 +127,32 @@ pub struct Model {
     pub device: BackendKind,
     /// The text embedding table's type and raw rows (for host-side lookups of input embeddings).
     token_embd: (GgmlType, Arc<GgufFile>, TensorInfo),
+    /// Weights copied into ggml's repacked CPU layouts at load: (tensors, bytes).
+    pub repacked: (usize, usize),
+}
+
+/// How weights are held when they stay on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightLayout {
+    /// Matrices of a type for which ggml's CPU backend has a faster, interleaved layout on this CPU (q4_0
+    /// on AVX2/AVX-512 and ARM dot-product CPUs, some k-quants) are copied into it at load: its GEMM
+    /// kernels read several rows per pass, which is what batched work (the ViT's 1025-token tiles,
+    /// prefill) needs. Costs load time and anonymous memory of the same size; the file pages they came
+    /// from are released, so resident memory stays about the same. Everything else stays mapped.
+    #[default]
+    Repacked,
+    /// Every weight used in place from the mapped file: no copy, the fastest load.
+    Mapped,
+}
+
+impl WeightLayout {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "repacked" | "repack" => Some(WeightLayout::Repacked),
+            "mapped" | "mmap" => Some(WeightLayout::Mapped),
+            _ => None,
+        }
+    }
 }
 
 impl Model {
@@ -138,6 +164,11 @@ impl Model {
 
     /// Like `load`, on a chosen device. On a GPU the weights are copied into device memory once.
     pub fn load_on(paths: &[&Path], device: Device) -> Result<Model, ModelError> {
+        Self::load_with(paths, device, WeightLayout::default())
+    }
+
+    /// Like `load_on`, choosing how CPU weights are held (ignored when they go to a GPU).
+    pub fn load_with(paths: &[&Path], device: Device, layout: WeightLayout) -> Result<Model, ModelError> {
         if paths.is_empty() || paths.len() > 2 {
             return Err(ModelError::Input(format!(
                 "expected 1 or 2 GGUF files, got {}",
@@ -152,7 +183,7 @@ impl Model {
             })?;
             files.push(Arc::new(f));
         }
-        let mut model = Self::from_files(files)?;
+        let mut model = Self::from_files(files.clone())?;
         let gpu = match device {
             Device::Cpu => None,
             Device::Gpu => Some(Backend::gpu()?),
@@ -162,6 +193,19 @@ impl Model {
             // The buffer outlives the backend object used to allocate it (it belongs to the device).
             model.weights = model.weights.copy_to(&gpu)?;
             model.device = BackendKind::Gpu;
+        } else if layout == WeightLayout::Repacked {
+            let token_embd = names::token_embd();
+            let (n, bytes) = model.weights.repack_cpu(
+                |name| name != token_embd,
+                |name| {
+                    for f in &files {
+                        if let Some(info) = f.tensor(name) {
+                            f.release_pages(info);
+                        }
+                    }
+                },
+            )?;
+            model.repacked = (n, bytes);
         }
         Ok(model)
     }
@@ -230,6 +274,7 @@ impl Model {
             split_qkv,
             device: BackendKind::Cpu,
             token_embd,
+            repacked: (0, 0),
         })
     }
 

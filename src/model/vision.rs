@@ -16,6 +16,31 @@ pub struct VisionGraph<'a> {
     pub vit_out: Tensor<'a>,
     /// Projector output `[n_embd_llm, T*256]`: the rows that replace `<IMG_CONTEXT>` tokens, in order.
     pub proj_out: Tensor<'a>,
+    /// Input, when the token sequence is padded (see `padded_tokens`): zeros `[D, n_pad, T]` appended to
+    /// the sequence, and the attention mask `[n_tok_padded, n_tok_padded]` (f32: 0, or -inf for a padded
+    /// key). Set them with `pad_inputs`.
+    pub inp_pad: Option<(Tensor<'a>, Tensor<'a>)>,
+}
+
+/// The ViT's token count rounded up to a multiple of 16 for the matrix-product attention: ggml's tiled CPU
+/// GEMM (llamafile sgemm) needs the first operand's row count (the keys, in k·qᵀ) to be a multiple of 4,
+/// and splits work best over multiples of 16; 1025 tokens would fall back to row-by-row dot products for
+/// the largest product of the attention. Padded keys are masked; padded queries are computed and dropped
+/// (1.5% more work at 448 px).
+pub fn padded_tokens(n_tok: usize) -> usize {
+    n_tok.div_ceil(16) * 16
+}
+
+/// The values of the padding inputs of a graph built for `n_tiles` tiles: zeros, and the mask.
+pub fn pad_inputs(hp: &Hparams, n_tiles: usize) -> (Vec<f32>, Vec<f32>) {
+    let n_tok = hp.vision.n_patches() + 1;
+    let n_pad_tok = padded_tokens(n_tok);
+    let zeros = vec![0f32; hp.vision.n_embd * (n_pad_tok - n_tok) * n_tiles];
+    let mut mask = vec![0f32; n_pad_tok * n_pad_tok];
+    for row in mask.chunks_mut(n_pad_tok) {
+        row[n_tok..].fill(f32::NEG_INFINITY);
+    }
+    (zeros, mask)
 }
 
 /// Rearranges normalized CHW tiles `[T, C, S, S]` into per-patch vectors `[T, n_patches, C*P*P]`
@@ -91,10 +116,26 @@ pub fn build<'a>(
     let cls = ctx.reshape(m.w(&names::v_class_embd())?, &[d, 1, 1])?;
     let cls = ctx.repeat(cls, [d, 1, t, 1])?;
     let x = ctx.concat(cls, x, 1)?; // [D, 1+n_patch, T]
-                                    // Position embeddings: pos[0] to CLS, pos[1+p] to patch p; at 448 the bicubic resampling is the
-                                    // identity (spec §3.4), so it is skipped.
+
+    // Position embeddings: pos[0] to CLS, pos[1+p] to patch p; at 448 the bicubic resampling is the
+    // identity (spec §3.4), so it is skipped.
     let pos = ctx.reshape(m.w(&names::v_pos_embd())?, &[d, n_tok])?;
     let mut x = ctx.add(x, pos)?.set_name("vit_embd");
+
+    // The matrix-product attention runs on a sequence padded to a multiple of 16 (see `padded_tokens`).
+    // On a GPU the products are kept: ggml-cuda's flash attention wants f16 K/V, and an unsupported op
+    // would fall back to the CPU.
+    let flash = use_flash_attn() && m.device == crate::ggml::BackendKind::Cpu;
+    let n_seq = if flash { n_tok } else { padded_tokens(n_tok) };
+    let mut inp_pad = None;
+    let mut mask = None;
+    if n_seq > n_tok {
+        let zeros = ctx.new_f32(&[d, n_seq - n_tok, t])?.set_name("inp_pad").set_input();
+        let m = ctx.new_f32(&[n_seq, n_seq])?.set_name("inp_mask").set_input();
+        x = ctx.concat(x, zeros, 1)?;
+        inp_pad = Some((zeros, m));
+        mask = Some(m);
+    }
 
     let scale = 1.0 / (hd as f32).sqrt();
     for l in 0..v.n_layer {
@@ -105,34 +146,36 @@ pub fn build<'a>(
             let q = ctx.linear(h, wl("attn_q", "weight")?, Some(wl("attn_q", "bias")?))?;
             let kk = ctx.linear(h, wl("attn_k", "weight")?, Some(wl("attn_k", "bias")?))?;
             let vv = ctx.linear(h, wl("attn_v", "weight")?, Some(wl("attn_v", "bias")?))?;
-            let r = |x| ctx.reshape(x, &[hd, n_head, n_tok, t]);
+            let r = |x| ctx.reshape(x, &[hd, n_head, n_seq, t]);
             (r(q)?, r(kk)?, r(vv)?)
         } else {
             // Fused rows: Q | K | V blocks of D, each head h owning rows h*hd..(h+1)*hd (spec §2.1).
-            let qkv = ctx.linear(h, wl("attn_qkv", "weight")?, Some(wl("attn_qkv", "bias")?))?; // [3D, n_tok, T]
+            let qkv = ctx.linear(h, wl("attn_qkv", "weight")?, Some(wl("attn_qkv", "bias")?))?; // [3D, n_seq, T]
             let row = 3 * d * 4;
-            let nb = [hd * 4, row, row * n_tok];
-            let view = |i: usize| ctx.view(qkv, &[hd, n_head, n_tok, t], &nb, i * d * 4);
+            let nb = [hd * 4, row, row * n_seq];
+            let view = |i: usize| ctx.view(qkv, &[hd, n_head, n_seq, t], &nb, i * d * 4);
             (view(0)?, view(1)?, view(2)?)
         };
-        // Bidirectional softmax((q·scale)·kᵀ)·v over all tokens, no mask (spec §3.5).
-        let a = if use_flash_attn() {
+        // Bidirectional softmax((q·scale)·kᵀ)·v over all tokens (spec §3.5); only padding is masked.
+        let a = if flash {
             let q = ctx.permute(q, [0, 2, 1, 3])?;
             let kk = ctx.permute(kk, [0, 2, 1, 3])?;
             let vv = ctx.permute(vv, [0, 2, 1, 3])?;
             ctx.flash_attn_ext(q, kk, vv, None, scale)? // [hd, n_head, n_tok, T]
         } else {
-            // Two matrix products (tiled GEMM kernels) instead of ggml's row-by-row CPU flash attention,
-            // which is several times slower at 1025 tokens.
-            let q = ctx.permute(q, [0, 2, 1, 3])?; // [hd, n_tok, n_head, T]
+            // Two matrix products (tiled GEMM kernels) over the padded sequence.
+            // q is made contiguous: ggml's CPU mul_mat uses its tiled GEMM (llamafile sgemm) only when the
+            // second operand is contiguous, and falls back to row-by-row dot products otherwise. k only needs
+            // contiguous rows, which the view has.
+            let q = ctx.cont(ctx.permute(q, [0, 2, 1, 3])?)?; // [hd, n_tok, n_head, T]
             let kk = ctx.permute(kk, [0, 2, 1, 3])?;
             let kq = ctx.mul_mat(kk, q)?; // [n_tok(k), n_tok(q), n_head, T]
-            let kq = ctx.soft_max_ext(kq, None, scale)?;
+            let kq = ctx.soft_max_ext(kq, mask, scale)?;
             let vt = ctx.cont(ctx.permute(vv, [1, 2, 0, 3])?)?; // [n_tok, hd, n_head, T]
             let kqv = ctx.mul_mat(vt, kq)?; // [hd, n_tok(q), n_head, T]
             ctx.cont(ctx.permute(kqv, [0, 2, 1, 3])?)? // [hd, n_head, n_tok, T]
         };
-        let a = ctx.reshape(a, &[d, n_tok, t])?; // heads concatenated in head order
+        let a = ctx.reshape(a, &[d, n_seq, t])?; // heads concatenated in head order
         let a = ctx.linear(a, wl("attn_out", "weight")?, Some(wl("attn_out", "bias")?))?;
         x = ctx.add(x, ctx.mul(a, wl("ls1", "weight")?)?)?;
 
@@ -145,14 +188,16 @@ pub fn build<'a>(
             .set_name(&format!("vit_l{l}"));
     }
     let vit_out = if keep_vit_out {
-        ctx.cont(x)?.set_name("vit_out").set_output()
+        // Without the padding tokens.
+        let real = ctx.view(x, &[d, n_tok, t], &[d * 4, d * 4 * n_seq], 0)?;
+        ctx.cont(real)?.set_name("vit_out").set_output()
     } else {
         x
     };
 
-    // Drop CLS: [D, n_patch, T], a grid A[row][col] with col fastest.
+    // Drop CLS (and the padding): [D, n_patch, T], a grid A[row][col] with col fastest.
     let g = v.grid();
-    let patches = ctx.view(x, &[d, n_patch, t], &[d * 4, d * 4 * n_tok], d * 4)?;
+    let patches = ctx.view(x, &[d, n_patch, t], &[d * 4, d * 4 * n_seq], d * 4)?;
     let patches = ctx.cont(patches)?;
     // Pixel shuffle v2 (spec §3.8): token (i, j) = A[2i][2j] ‖ A[2i][2j+1] ‖ A[2i+1][2j] ‖ A[2i+1][2j+1].
     // [D, g, g*T] -> [2D, g/2, 2, g/2*T]: pairs of columns merge into 2D channels (dx*D + ch), and each
@@ -181,13 +226,16 @@ pub fn build<'a>(
         inp_patches: inp,
         vit_out,
         proj_out,
+        inp_pad,
     })
 }
 
-/// Flash attention for the ViT only when asked (`INTERNVL_VIT_FLASH_ATTN=1`): on the CPU the matmul path
-/// is faster; a GPU backend may prefer flash attention.
+/// The ViT's attention is ggml's fused flash attention unless `INTERNVL_VIT_FLASH_ATTN=0`, which selects
+/// two matrix products over a padded sequence. Measured on the full model, one thread, 448 tile (CPU
+/// seconds, AVX-512 build): f16 weights 11.3 (flash) vs 12.2 (products); q4_0 repacked 9.2 vs 9.9; AVX2
+/// build q4_0 13.5 vs 15.1. Flash attention also never materializes the 1040x1040 score matrix per head.
 fn use_flash_attn() -> bool {
-    std::env::var_os("INTERNVL_VIT_FLASH_ATTN").is_some()
+    std::env::var_os("INTERNVL_VIT_FLASH_ATTN").map_or(true, |v| v != "0")
 }
 
 /// Upper bound of tensors a vision graph of any tile count creates (for sizing its context).

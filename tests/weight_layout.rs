@@ -1,0 +1,61 @@
+//! Repacked CPU weights (ggml's interleaved layouts, the default) compute the same model as weights used in
+//! place from the mapped file.
+mod common;
+
+use std::sync::Arc;
+
+use internvl::model::{Device, Model, WeightLayout};
+use internvl::session::{Session, SessionParams};
+
+fn run(model: Arc<Model>) -> (Vec<f32>, Vec<f32>) {
+    let hp = model.hp.clone();
+    let mut s = Session::new(
+        model,
+        SessionParams {
+            n_ctx: 128,
+            n_threads: 2,
+            ..Default::default()
+        },
+    )
+    .expect("session");
+    let per_tile = hp.vision.n_channels * hp.vision.image_size * hp.vision.image_size;
+    let tile: Vec<f32> = (0..per_tile)
+        .map(|i| (((i * 7919) % 1000) as f32 / 500.0) - 1.0)
+        .collect();
+    let proj = s.encode_tiles(&tile, false).expect("vision").proj;
+    // 40 text tokens: a batch, so the GEMM kernels (not the one-row ones) run.
+    let ids: Vec<u32> = (0..40u32).map(|i| 1000 + i * 37).collect();
+    let logits = s.eval(&ids, &[], false).expect("prefill").logits;
+    (proj, logits)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        ab += x as f64 * y as f64;
+        aa += x as f64 * x as f64;
+        bb += y as f64 * y as f64;
+    }
+    ab / (aa.sqrt() * bb.sqrt())
+}
+
+#[test]
+fn repacked_q4_0_matches_mapped() {
+    let path = common::tiny_gguf(42, "q4_0", &[]);
+    let mapped = Arc::new(Model::load_with(&[&path], Device::Cpu, WeightLayout::Mapped).expect("load mapped"));
+    let repacked = Arc::new(Model::load_with(&[&path], Device::Cpu, WeightLayout::Repacked).expect("load repacked"));
+    assert_eq!(mapped.repacked, (0, 0));
+    let features = internvl::ggml::cpu_features();
+    eprintln!("CPU features {features:?}; repacked {:?}", repacked.repacked);
+    if cfg!(target_arch = "x86_64") && features.contains(&"AVX2") {
+        // Every q4_0 matrix whose row count is a multiple of 8 (all of the tiny model's).
+        assert!(repacked.repacked.0 > 0, "nothing was repacked on an AVX2 CPU");
+    }
+    let (p_map, l_map) = run(mapped);
+    let (p_rep, l_rep) = run(repacked);
+    let (cp, cl) = (cosine(&p_map, &p_rep), cosine(&l_map, &l_rep));
+    eprintln!("cosine repacked vs mapped: projector {cp:.7}, logits {cl:.7}");
+    // Same quantized weights and the same q8_0 activations; only the summation order differs.
+    assert!(cp > 0.9999, "projector cosine {cp}");
+    assert!(cl > 0.9999, "logits cosine {cl}");
+}
