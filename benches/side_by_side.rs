@@ -1,38 +1,56 @@
-//! Ours next to llama.cpp on the same machine, in the same run, on the same token ids.
+//! Issue 10's side-by-side benchmark: ours, llama.cpp and PyTorch (transformers f32/bf16, bitsandbytes int8)
+//! on the same inputs, in one run, each measurement in a child process of its own (so that peak RSS, VmHWM,
+//! is one system's), with the same thread count. Run it through `scripts/bench.sh`, which builds it with
+//! `RUSTFLAGS="-C target-cpu=native"` and `--features bench-mtmd`, checks the model files and writes
+//! `target/bench/side_by_side.md`. See docs/benchmarks.md.
 //!
-//!   INTERNVL_BENCH_DIR=/tmp INTERNVL_BENCH_PREFIX=full1 cargo bench --bench side_by_side
+//! Inputs (written once to the work dir and read by every system): the uint8 and the normalized f32 tiles
+//! of image1.jpg for 1 tile (the 448² resize), 6 tiles + thumbnail (7) and 12 tiles + thumbnail (13), made
+//! by our Pillow-exact tiling; the token ids of three prompts (512 pseudo-random text ids; the chat
+//! template with a 1-tile image padded to 256 text ids; the chat template with the 7-tile image and a short
+//! question), from the checkpoint's tokenizer.
 //!
-//! expects `$DIR/$PREFIX-$TYPE.gguf` (ours, from `internvl-convert convert --type $TYPE`) and
-//! `$DIR/$PREFIX-split-$TYPE.gguf` (llama.cpp's text GGUF from `convert --split`), for each type in
-//! INTERNVL_BENCH_TYPES (default f16,q8_0,q4_0). Each measurement runs in a child process of its own so that
-//! peak RSS (VmHWM) belongs to one system. Threads: INTERNVL_BENCH_THREADS (default 2). llama.cpp's vision
-//! path (mtmd) is not built by the ggml crate's default features, so vision is ours only here.
+//! Environment (scripts/bench.sh sets them): BENCH_DIR, BENCH_PREFIX (`$DIR/$PREFIX-$T.gguf` ours,
+//! `$DIR/$PREFIX-split-$T.gguf` + `$DIR/mmproj-$PREFIX-split-$T.gguf` llama.cpp), BENCH_CKPT (checkpoint dir:
+//! tokenizer, and the PyTorch weights), BENCH_IMAGE, BENCH_THREADS (2), BENCH_SYSTEMS (ours,llama,torch),
+//! BENCH_VISION_TYPES (f16,q8_0,q4_0), BENCH_TEXT_TYPES (q8_0,q4_0), BENCH_TORCH_VARIANTS
+//! (ref-f32,ref-bf16,bnb-int8-all), BENCH_PYTHON (python3), BENCH_HF_DIR, BENCH_WORK, BENCH_OUT, BENCH_SMOKE
+//! (1: one repetition, 4 decode steps), BENCH_META (a line for the header: date, commit).
 mod llamacpp;
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde_json::{json, Value};
+
+use internvl::chat::{build_prompt_ids, Conversation};
+use internvl::image::{self as ivl, Limits, TilingParams};
 use internvl::model::Model;
 use internvl::sampling::argmax;
 use internvl::session::{Session, SessionParams};
+use internvl::tokenizer::Tokenizer;
 
-const N_PROMPT: usize = 512;
-const N_DECODE: usize = 64;
+const QUESTION: &str = "What is shown in this image? Answer briefly.";
+const N_PREFILL: usize = 512;
+const N_DECODE_TEXT: usize = 256;
+const CHILD_ENV: &str = "INTERNVL_BENCH_CHILD";
+const WORK_ENV: &str = "INTERNVL_BENCH_WORK";
+const TTFT_CTX: usize = 4096;
 
 fn env(k: &str, d: &str) -> String {
-    std::env::var(k).unwrap_or_else(|_| d.to_string())
+    std::env::var(k)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| d.to_string())
 }
 
-/// The same pseudo-random text token ids for both systems (ids of ordinary BPE tokens).
-pub fn prompt_ids() -> Vec<u32> {
-    let mut s: u64 = 0x1234_5678;
-    (0..N_PROMPT)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 33) % 150_000) as u32
-        })
-        .collect()
+fn env_usize(k: &str, d: usize) -> Result<usize, String> {
+    match std::env::var(k) {
+        Ok(v) if !v.is_empty() => v.parse().map_err(|_| format!("{k}={v:?} is not a whole number")),
+        _ => Ok(d),
+    }
 }
 
 pub fn peak_rss_mb() -> f64 {
@@ -46,109 +64,1080 @@ pub fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn child_ours(path: &str, threads: usize) -> String {
+pub fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// Repetitions (the median is reported).
+pub struct Reps {
+    pub vision1: usize,
+    pub vision13: usize,
+    pub prefill: usize,
+    pub decode: usize,
+}
+
+/// The one input set of every system (jobs.json + tile files in the work dir).
+pub struct Inputs {
+    pub work: PathBuf,
+    pub image_size: usize,
+    pub prefill_ids: Vec<u32>,
+    pub decode_ids: Vec<u32>,
+    pub ttft_ids: Vec<u32>,
+    pub img_context_id: u32,
+    pub n_decode: usize,
+    pub reps: Reps,
+}
+
+fn ids_of(v: &Value, k: &str) -> Result<Vec<u32>, String> {
+    v[k].as_array()
+        .ok_or_else(|| format!("jobs.json: no array {k}"))?
+        .iter()
+        .map(|x| {
+            x.as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .ok_or_else(|| format!("jobs.json: bad id in {k}"))
+        })
+        .collect()
+}
+
+impl Inputs {
+    fn read(work: &Path) -> Result<Self, String> {
+        let path = work.join("jobs.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let u = |k: &str| {
+            v[k].as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| format!("jobs.json: no number {k}"))
+        };
+        let r = |k: &str| {
+            v["reps"][k]
+                .as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| format!("jobs.json: no reps.{k}"))
+        };
+        Ok(Inputs {
+            work: work.to_path_buf(),
+            image_size: u("image_size")?,
+            prefill_ids: ids_of(&v, "prefill_ids")?,
+            decode_ids: ids_of(&v, "decode_ids")?,
+            ttft_ids: ids_of(&v, "ttft_ids")?,
+            img_context_id: u("img_context_id")? as u32,
+            n_decode: u("n_decode")?,
+            reps: Reps {
+                vision1: r("vision1")?,
+                vision13: r("vision13")?,
+                prefill: r("prefill")?,
+                decode: r("decode")?,
+            },
+        })
+    }
+
+    /// uint8 tiles `[n, S, S, 3]` (HWC) of input `name` (t1, t7, t13).
+    pub fn tiles_u8(&self, name: &str) -> Result<Vec<u8>, String> {
+        let p = self.work.join(format!("{name}.u8"));
+        std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))
+    }
+
+    /// Normalized f32 tiles `[n, 3, S, S]` of input `name`.
+    pub fn tiles_f32(&self, name: &str) -> Result<Vec<f32>, String> {
+        let p = self.work.join(format!("{name}.f32"));
+        let b = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    pub fn n_image_ctx(&self, ids: &[u32]) -> usize {
+        ids.iter().filter(|&&t| t == self.img_context_id).count()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Ours (children)
+
+fn ours_session(path: &str, n_ctx: usize, threads: usize) -> Result<(Session, f64), String> {
     let t0 = Instant::now();
-    let model = Arc::new(Model::load(&[std::path::Path::new(path)]).expect("load"));
-    let load_s = t0.elapsed().as_secs_f64();
+    let model = Model::load(&[Path::new(path)]).map_err(|e| format!("{path}: {e}"))?;
     let params = SessionParams {
-        n_ctx: N_PROMPT + N_DECODE + 16,
+        n_ctx,
         n_threads: threads,
         ..Default::default()
     };
-    let mut s = Session::new(model.clone(), params).expect("session");
-    let per_tile = 3 * 448 * 448;
-    let tile: Vec<f32> = (0..per_tile)
-        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
-        .collect();
-    s.encode_tiles(&tile, false).expect("warm-up");
-    let t = Instant::now();
-    let reps = 2;
-    for _ in 0..reps {
-        s.encode_tiles(&tile, false).expect("vision");
+    let s = Session::new(Arc::new(model), params).map_err(|e| format!("session: {e}"))?;
+    Ok((s, t0.elapsed().as_secs_f64()))
+}
+
+fn ours_vision(inp: &Inputs, path: &str, threads: usize) -> Result<Value, String> {
+    let (mut s, load_s) = ours_session(path, 256, threads)?;
+    let t1 = inp.tiles_f32("t1")?;
+    let t13 = inp.tiles_f32("t13")?;
+    let per = 3 * inp.image_size * inp.image_size;
+    let e = |e: internvl::model::ModelError| format!("vision: {e}");
+    s.encode_tiles(&t1, false).map_err(e)?;
+    let mut one = Vec::new();
+    for _ in 0..inp.reps.vision1 {
+        let t = Instant::now();
+        s.encode_tiles(&t1, false).map_err(e)?;
+        one.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let vision_ms = t.elapsed().as_secs_f64() * 1000.0 / reps as f64;
-    let ids = prompt_ids();
-    let t = Instant::now();
-    let out = s.eval(&ids, &[], false).expect("prefill");
-    let prefill_tps = N_PROMPT as f64 / t.elapsed().as_secs_f64();
-    let mut next = argmax(&out.logits);
-    let t = Instant::now();
-    for _ in 0..N_DECODE {
-        next = argmax(&s.decode(next).expect("decode"));
+    let mut thirteen = Vec::new();
+    for _ in 0..inp.reps.vision13 {
+        let t = Instant::now();
+        s.encode_tiles(&t13, false).map_err(e)?;
+        thirteen.push(t.elapsed().as_secs_f64() * 1e3 / (t13.len() / per) as f64);
     }
-    let decode_tps = N_DECODE as f64 / t.elapsed().as_secs_f64();
-    format!(
-        "{{\"load_s\":{load_s:.3},\"vision_ms\":{vision_ms:.1},\"prefill_tps\":{prefill_tps:.2},\"decode_tps\":{decode_tps:.2},\"rss_mb\":{:.1}}}",
-        peak_rss_mb()
+    Ok(json!({
+        "load_s": load_s,
+        "vision1_ms": median(&one),
+        "vision13_ms": median(&thirteen),
+        "vision13_tiles": t13.len() / per,
+        "rss_mb": peak_rss_mb(),
+    }))
+}
+
+fn ours_text(inp: &Inputs, path: &str, threads: usize) -> Result<Value, String> {
+    let n_ctx = inp.prefill_ids.len().max(inp.decode_ids.len()) + inp.n_decode + 16;
+    let (mut s, load_s) = ours_session(path, n_ctx, threads)?;
+    let e = |e: internvl::model::ModelError| format!("text: {e}");
+    // Warm-up: a few tokens and decode steps.
+    let out = s
+        .eval(&inp.prefill_ids[..32.min(inp.prefill_ids.len())], &[], false)
+        .map_err(e)?;
+    let mut tok = argmax(&out.logits);
+    for _ in 0..2 {
+        tok = argmax(&s.decode(tok).map_err(e)?);
+    }
+    let mut prefill = Vec::new();
+    for _ in 0..inp.reps.prefill {
+        s.reset();
+        let t = Instant::now();
+        let out = s.eval(&inp.prefill_ids, &[], false).map_err(e)?;
+        argmax(&out.logits);
+        prefill.push(inp.prefill_ids.len() as f64 / t.elapsed().as_secs_f64());
+    }
+    s.reset();
+    let proj = s.encode_tiles(&inp.tiles_f32("t1")?, false).map_err(e)?.proj;
+    let out = s.eval(&inp.decode_ids, &proj, false).map_err(e)?;
+    let first = argmax(&out.logits);
+    let n0 = s.n_past();
+    let mut decode = Vec::new();
+    for _ in 0..inp.reps.decode {
+        s.truncate(n0);
+        let mut tok = first;
+        let t = Instant::now();
+        for _ in 0..inp.n_decode {
+            tok = argmax(&s.decode(tok).map_err(e)?);
+        }
+        decode.push(inp.n_decode as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(json!({
+        "load_s": load_s,
+        "prefill_tps": median(&prefill),
+        "decode_tps": median(&decode),
+        "decode_ctx": n0,
+        "rss_mb": peak_rss_mb(),
+    }))
+}
+
+fn ours_ttft(inp: &Inputs, path: &str, threads: usize, n_ctx: usize) -> Result<Value, String> {
+    let (mut s, load_s) = ours_session(path, n_ctx, threads)?;
+    let e = |e: internvl::model::ModelError| format!("ttft: {e}");
+    let tiles = inp.tiles_f32("t7")?;
+    let t = Instant::now();
+    let proj = s.encode_tiles(&tiles, false).map_err(e)?.proj;
+    let vision_s = t.elapsed().as_secs_f64();
+    let out = s.eval(&inp.ttft_ids, &proj, false).map_err(e)?;
+    let first = argmax(&out.logits);
+    let ttft_s = t.elapsed().as_secs_f64();
+    Ok(json!({
+        "load_s": load_s,
+        "ttft_ms": ttft_s * 1e3,
+        "vision_ms": vision_s * 1e3,
+        "prefill_ms": (ttft_s - vision_s) * 1e3,
+        "n_prompt": inp.ttft_ids.len(),
+        "first_token": first,
+        "n_ctx": n_ctx,
+        "rss_mb": peak_rss_mb(),
+    }))
+}
+
+fn run_child_job(job: &Value) -> Result<Value, String> {
+    let work = PathBuf::from(std::env::var(WORK_ENV).map_err(|_| format!("{WORK_ENV} not set"))?);
+    let inp = Inputs::read(&work)?;
+    let s = |k: &str| {
+        job[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("child job: no {k}"))
+    };
+    let threads = job["threads"].as_u64().unwrap_or(2) as usize;
+    let n_ctx = job["n_ctx"].as_u64().unwrap_or(TTFT_CTX as u64) as usize;
+    match (s("sys")?.as_str(), s("job")?.as_str()) {
+        ("ours", "vision") => ours_vision(&inp, &s("model")?, threads),
+        ("ours", "text") => ours_text(&inp, &s("model")?, threads),
+        ("ours", "ttft") => ours_ttft(&inp, &s("model")?, threads, n_ctx),
+        ("llama", "vision") => llamacpp::vision(&inp, &s("model")?, &s("mmproj")?, threads),
+        ("llama", "text") => {
+            let mm = s("mmproj").ok();
+            llamacpp::text(&inp, &s("model")?, mm.as_deref(), threads)
+        }
+        ("llama", "ttft") => llamacpp::ttft(&inp, &s("model")?, &s("mmproj")?, threads, n_ctx),
+        (a, b) => Err(format!("unknown child job {a}/{b}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The parent: inputs, jobs, table
+
+struct Cfg {
+    root: PathBuf,
+    dir: PathBuf,
+    prefix: String,
+    ckpt: PathBuf,
+    image: PathBuf,
+    threads: usize,
+    smoke: bool,
+    work: PathBuf,
+    out: PathBuf,
+    systems: Vec<String>,
+    vision_types: Vec<String>,
+    text_types: Vec<String>,
+    torch_variants: Vec<String>,
+    python: String,
+    hf_dir: PathBuf,
+    torch_f32_tiles13: usize,
+    torch_decode: usize,
+}
+
+fn list(k: &str, d: &str) -> Vec<String> {
+    env(k, d)
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+impl Cfg {
+    fn from_env() -> Result<Self, String> {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let dir = PathBuf::from(env("BENCH_DIR", "/tmp"));
+        let prefix = env("BENCH_PREFIX", "full1");
+        let ckpt = PathBuf::from(env("BENCH_CKPT", &dir.join(&prefix).to_string_lossy()));
+        let smoke = env("BENCH_SMOKE", "0") == "1";
+        let work = PathBuf::from(env("BENCH_WORK", &root.join("target/bench/work").to_string_lossy()));
+        let out_default = root.join(if smoke {
+            "target/bench/side_by_side_smoke.md"
+        } else {
+            "target/bench/side_by_side.md"
+        });
+        let hf_default = Path::new("/tmp/bnb-compare")
+            .join(ckpt.file_name().unwrap_or_default())
+            .join("hf");
+        Ok(Cfg {
+            image: PathBuf::from(env(
+                "BENCH_IMAGE",
+                &root.join("../shared/media/image1.jpg").to_string_lossy(),
+            )),
+            out: PathBuf::from(env("BENCH_OUT", &out_default.to_string_lossy())),
+            threads: env_usize("BENCH_THREADS", 2)?,
+            systems: list("BENCH_SYSTEMS", "ours,llama,torch"),
+            vision_types: list("BENCH_VISION_TYPES", "f16,q8_0,q4_0"),
+            text_types: list("BENCH_TEXT_TYPES", "q8_0,q4_0"),
+            torch_variants: list("BENCH_TORCH_VARIANTS", "ref-f32,ref-bf16,bnb-int8-all"),
+            python: env("BENCH_PYTHON", "python3"),
+            hf_dir: PathBuf::from(env("BENCH_HF_DIR", &hf_default.to_string_lossy())),
+            torch_f32_tiles13: env_usize("BENCH_TORCH_F32_TILES13", if smoke { 13 } else { 4 })?,
+            torch_decode: env_usize("BENCH_TORCH_DECODE", if smoke { 4 } else { 16 })?,
+            root,
+            dir,
+            prefix,
+            ckpt,
+            smoke,
+            work,
+        })
+    }
+    fn has(&self, sys: &str) -> bool {
+        self.systems.iter().any(|s| s == sys)
+    }
+    fn ours(&self, t: &str) -> PathBuf {
+        self.dir.join(format!("{}-{t}.gguf", self.prefix))
+    }
+    fn lc_text(&self, t: &str) -> PathBuf {
+        self.dir.join(format!("{}-split-{t}.gguf", self.prefix))
+    }
+    fn lc_mmproj(&self, t: &str) -> PathBuf {
+        self.dir.join(format!("mmproj-{}-split-{t}.gguf", self.prefix))
+    }
+}
+
+/// Writes the tiles and ids every system reads; returns a short description.
+fn prepare_inputs(cfg: &Cfg, reps: &Value, n_decode: usize) -> Result<Value, String> {
+    std::fs::create_dir_all(&cfg.work).map_err(|e| format!("{}: {e}", cfg.work.display()))?;
+    let rgb = ivl::load_path(&cfg.image, &Limits::default()).map_err(|e| format!("{}: {e}", cfg.image.display()))?;
+    let config_path = cfg.ckpt.join("config.json");
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(&config_path).map_err(|e| format!("{}: {e}", config_path.display()))?,
+    )
+    .map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let vc = &config["vision_config"];
+    let image_size = vc["image_size"].as_u64().unwrap_or(448) as usize;
+    let patch = vc["patch_size"].as_u64().unwrap_or(14) as usize;
+    let ds = config["downsample_ratio"].as_f64().unwrap_or(0.5);
+    let side = (image_size / patch.max(1)) as f64 * ds;
+    let num_image_token = (side * side).round() as usize;
+    let lut = ivl::normalize_lut();
+    let mut counts = serde_json::Map::new();
+    for (name, max_tiles, want) in [("t1", 1u32, 1usize), ("t7", 6, 7), ("t13", 12, 13)] {
+        let params = TilingParams {
+            image_size: image_size as u32,
+            min_tiles: 1,
+            max_tiles,
+            use_thumbnail: true,
+        };
+        let tiles = ivl::tile_u8(&rgb, &params).map_err(|e| format!("tiling {}: {e}", cfg.image.display()))?;
+        if tiles.len() != want {
+            return Err(format!(
+                "{} gives {} tiles at max_num={max_tiles}, the benchmark wants {want} (use image1.jpg)",
+                cfg.image.display(),
+                tiles.len()
+            ));
+        }
+        let mut u8s = Vec::with_capacity(tiles.len() * image_size * image_size * 3);
+        let mut f32s = Vec::with_capacity(tiles.len() * image_size * image_size * 3 * 4);
+        for t in &tiles {
+            let raw = t.as_raw();
+            u8s.extend_from_slice(raw);
+            for (c, table) in lut.iter().enumerate() {
+                for px in raw.chunks_exact(3) {
+                    f32s.extend_from_slice(&table[px[c] as usize].to_le_bytes());
+                }
+            }
+        }
+        for (ext, bytes) in [("u8", &u8s), ("f32", &f32s)] {
+            let p = cfg.work.join(format!("{name}.{ext}"));
+            std::fs::write(&p, bytes).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        counts.insert(name.into(), json!(tiles.len()));
+    }
+    let tok = Tokenizer::from_dir(&cfg.ckpt).map_err(|e| format!("tokenizer of {}: {e}", cfg.ckpt.display()))?;
+    let img_context_id = tok.ids.img_context;
+    let ttft = build_prompt_ids(&tok, &Conversation::single(QUESTION), &[7], num_image_token)
+        .map_err(|e| format!("prompt: {e}"))?;
+    let mut decode = build_prompt_ids(&tok, &Conversation::single(QUESTION), &[1], num_image_token)
+        .map_err(|e| format!("prompt: {e}"))?
+        .ids;
+    let mut s: u64 = 0x1234_5678;
+    let mut next = || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((s >> 33) % 150_000) as u32
+    };
+    let prefill: Vec<u32> = (0..N_PREFILL).map(|_| next()).collect();
+    // Pad the 1-tile prompt with ordinary text ids to 256 text tokens (256 image + 256 text in the context).
+    while decode.len() < num_image_token + N_DECODE_TEXT {
+        decode.push(next());
+    }
+    let jobs = json!({
+        "image": cfg.image.to_string_lossy(),
+        "image_size": image_size,
+        "num_image_token": num_image_token,
+        "tiles": counts,
+        "img_context_id": img_context_id,
+        "question": QUESTION,
+        "prefill_ids": prefill,
+        "decode_ids": decode,
+        "ttft_ids": ttft.ids,
+        "n_decode": n_decode,
+        "reps": reps,
+    });
+    let p = cfg.work.join("jobs.json");
+    std::fs::write(&p, serde_json::to_string(&jobs).unwrap_or_default())
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(jobs)
+}
+
+/// Runs one child (this binary with a job, or the Python worker); stderr goes to the terminal, the last
+/// `RESULT {json}` / `ERROR msg` line of stdout is the answer.
+fn run_child(mut cmd: Command) -> Result<Value, String> {
+    let out = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).output();
+    let out = out.map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines().rev() {
+        if let Some(r) = line.strip_prefix("RESULT ") {
+            return serde_json::from_str(r).map_err(|e| format!("bad result line: {e}"));
+        }
+        if let Some(r) = line.strip_prefix("ERROR ") {
+            return Err(r.to_string());
+        }
+    }
+    Err(format!(
+        "no result (exit status {}); stdout tail: {}",
+        out.status,
+        tail(&text, 5)
+    ))
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+struct Job {
+    key: String,
+    label: String,
+    estimate_s: f64,
+    cmd: Command,
+}
+
+fn rust_job(cfg: &Cfg, key: &str, label: String, est: f64, job: Value) -> Result<Job, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.env(CHILD_ENV, job.to_string()).env(WORK_ENV, &cfg.work);
+    Ok(Job {
+        key: key.into(),
+        label,
+        estimate_s: est,
+        cmd,
+    })
+}
+
+fn plan(cfg: &Cfg, reps: &Reps, n_decode: usize) -> Result<Vec<Job>, String> {
+    let th = cfg.threads;
+    let mut jobs = Vec::new();
+    // Rough seconds on a quiet 2-core AVX-512 machine (issue 10's figures): ViT ~2.5 s/tile, prefill ~150
+    // tok/s, decode ~60 tok/s; PyTorch ViT 3 s (f32), 1.6 s (bf16), 1.2 s (int8) per tile, ~80 tok/s prefill.
+    let vis_tiles = (1 + reps.vision1 + 13 * reps.vision13) as f64;
+    for t in &cfg.vision_types {
+        if cfg.has("ours") {
+            let p = cfg.ours(t).to_string_lossy().into_owned();
+            let j = json!({"sys": "ours", "job": "vision", "model": p, "threads": th});
+            jobs.push(rust_job(
+                cfg,
+                &format!("ours/vision/{t}"),
+                format!("ours vision {t}"),
+                3.0 + vis_tiles * 2.5,
+                j,
+            )?);
+        }
+        if cfg.has("llama") {
+            let j = json!({"sys": "llama", "job": "vision", "model": cfg.lc_text(t), "mmproj": cfg.lc_mmproj(t),
+                           "threads": th});
+            jobs.push(rust_job(
+                cfg,
+                &format!("llama/vision/{t}"),
+                format!("llama.cpp vision {t}"),
+                5.0 + vis_tiles * 2.5,
+                j,
+            )?);
+        }
+    }
+    let text_est =
+        3.0 + (reps.prefill as f64 + 1.0) * N_PREFILL as f64 / 150.0 + 2.5 + (reps.decode * n_decode) as f64 / 60.0;
+    for t in &cfg.text_types {
+        if cfg.has("ours") {
+            let j = json!({"sys": "ours", "job": "text", "model": cfg.ours(t), "threads": th});
+            jobs.push(rust_job(
+                cfg,
+                &format!("ours/text/{t}"),
+                format!("ours prefill+decode {t}"),
+                text_est,
+                j,
+            )?);
+        }
+        if cfg.has("llama") {
+            // Without mtmd the image rows of the decode context are constants (decode speed is the same).
+            let j = if cfg!(feature = "bench-mtmd") {
+                json!({"sys": "llama", "job": "text", "model": cfg.lc_text(t), "mmproj": cfg.lc_mmproj(t), "threads": th})
+            } else {
+                json!({"sys": "llama", "job": "text", "model": cfg.lc_text(t), "threads": th})
+            };
+            jobs.push(rust_job(
+                cfg,
+                &format!("llama/text/{t}"),
+                format!("llama.cpp prefill+decode {t}"),
+                text_est,
+                j,
+            )?);
+        }
+    }
+    let ttft_est = 3.0 + 7.0 * 2.5 + 1830.0 / 150.0;
+    for t in &cfg.text_types {
+        if cfg.has("ours") {
+            let j = json!({"sys": "ours", "job": "ttft", "model": cfg.ours(t), "threads": th, "n_ctx": TTFT_CTX});
+            jobs.push(rust_job(
+                cfg,
+                &format!("ours/ttft/{t}"),
+                format!("ours TTFT + RSS {t}"),
+                ttft_est,
+                j,
+            )?);
+        }
+        if cfg.has("llama") {
+            let j = json!({"sys": "llama", "job": "ttft", "model": cfg.lc_text(t), "mmproj": cfg.lc_mmproj(t),
+                           "threads": th, "n_ctx": TTFT_CTX});
+            jobs.push(rust_job(
+                cfg,
+                &format!("llama/ttft/{t}"),
+                format!("llama.cpp TTFT + RSS {t}"),
+                ttft_est,
+                j,
+            )?);
+        }
+    }
+    if cfg.has("torch") {
+        let script = cfg.root.join("bench/torch_speed.py");
+        for v in &cfg.torch_variants {
+            let (tile_s, load_s) = match v.as_str() {
+                "ref-f32" => (3.0, 15.0),
+                "ref-bf16" => (1.6, 10.0),
+                _ => (1.2, 40.0),
+            };
+            let t13 = if v == "ref-f32" { cfg.torch_f32_tiles13 } else { 13 };
+            let est = load_s
+                + (1 + reps.vision1 + t13 + 7 + 1) as f64 * tile_s
+                + (1830.0 + (reps.prefill + 1) as f64 * N_PREFILL as f64) / 80.0
+                + cfg.torch_decode as f64 / 3.0;
+            let mut cmd = Command::new(&cfg.python);
+            cmd.arg(&script)
+                .arg("--ckpt")
+                .arg(&cfg.ckpt)
+                .arg("--hf-dir")
+                .arg(&cfg.hf_dir)
+                .arg("--variant")
+                .arg(v)
+                .arg("--work")
+                .arg(&cfg.work)
+                .arg("--threads")
+                .arg(th.to_string())
+                .arg("--tiles13")
+                .arg(t13.to_string())
+                .arg("--n-decode")
+                .arg(cfg.torch_decode.to_string())
+                .arg("--out")
+                .arg(cfg.work.join(format!("torch-{v}.json")));
+            jobs.push(Job {
+                key: format!("torch/{v}"),
+                label: format!("PyTorch {v}"),
+                estimate_s: est,
+                cmd,
+            });
+        }
+    }
+    Ok(jobs)
+}
+
+fn missing_files(cfg: &Cfg) -> Vec<PathBuf> {
+    let mut need = vec![cfg.image.clone(), cfg.ckpt.join("config.json")];
+    let mut types: Vec<&String> = cfg.vision_types.iter().chain(cfg.text_types.iter()).collect();
+    types.dedup();
+    for t in types {
+        if cfg.has("ours") {
+            need.push(cfg.ours(t));
+        }
+        if cfg.has("llama") {
+            need.push(cfg.lc_text(t));
+            need.push(cfg.lc_mmproj(t));
+        }
+    }
+    if cfg.has("torch") {
+        need.push(cfg.root.join("bench/torch_speed.py"));
+    }
+    let mut m: Vec<PathBuf> = need.into_iter().filter(|p| !p.exists()).collect();
+    m.dedup();
+    m
+}
+
+fn loadavg() -> (f64, String) {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let parts: Vec<&str> = s.split_whitespace().take(3).collect();
+    (
+        parts.first().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN),
+        parts.join(" "),
     )
 }
 
-fn run_child(kind: &str, path: &str) -> Option<serde_json::Value> {
-    let exe = std::env::current_exe().ok()?;
-    let out = Command::new(exe)
-        .env("INTERNVL_BENCH_CHILD", format!("{kind}:{path}"))
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().rev().find(|l| l.starts_with('{'))?;
-    if !out.status.success() {
-        eprintln!("{kind} {path} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        return None;
+fn machine() -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |k: &str| {
+        info.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    let flags = field("flags");
+    let set: std::collections::HashSet<&str> = flags.split_whitespace().collect();
+    let want = [
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "avx_vnni",
+        "amx_tile",
+        "amx_bf16",
+        "amx_int8",
+    ];
+    let (yes, no): (Vec<&str>, Vec<&str>) = want.iter().copied().partition(|f| set.contains(f));
+    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .map(|kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "?".into());
+    let mut rust_feats = Vec::new();
+    if cfg!(target_feature = "avx2") {
+        rust_feats.push("avx2");
     }
-    serde_json::from_str(line).ok()
+    if cfg!(target_feature = "avx512f") {
+        rust_feats.push("avx512f");
+    }
+    if cfg!(target_feature = "avx512vnni") {
+        rust_feats.push("avx512vnni");
+    }
+    if cfg!(target_feature = "avx512bf16") {
+        rust_feats.push("avx512bf16");
+    }
+    vec![
+        format!("CPU: {} ({} logical CPUs, {} physical cores; {} RAM)", field("model name"), logical,
+                internvl::session::physical_cores(), mem),
+        format!("CPU flags present: {}; absent: {}", yes.join(" "), if no.is_empty() { "none".into() } else { no.join(" ") }),
+        format!("ggml (one build, linked into ours and llama.cpp alike): {}", llamacpp::system_info()),
+        format!("ggml CPU features seen by ours: {:?}", internvl::ggml::cpu_features()),
+        format!(
+            "this binary's Rust target features: {} (target-cpu=native {}; llama-cpp-sys-2 then configures ggml with GGML_NATIVE=ON, i.e. -march=native)",
+            if rust_feats.is_empty() { "baseline".into() } else { rust_feats.join(" ") },
+            if cfg!(target_feature = "avx512f") || cfg!(target_feature = "avx2") { "likely on" } else { "off" }
+        ),
+        format!("ours: SessionParams::default() = {:?}", SessionParams::default()),
+    ]
+}
+
+fn get(res: &std::collections::BTreeMap<String, Result<Value, String>>, key: &str, field: &str) -> Option<f64> {
+    res.get(key)?.as_ref().ok()?[field].as_f64().filter(|v| v.is_finite())
+}
+
+struct Row {
+    measure: String,
+    ty: String,
+    unit_digits: usize,
+    ours: Option<f64>,
+    llama: Option<f64>,
+    torch: [Option<f64>; 3],
+    /// Anchors that count for "best" (name, value).
+    anchors: Vec<(String, Option<f64>)>,
+    lower_better: bool,
+    /// Issue 10's target for ours / best; None: shown for information.
+    target: Option<f64>,
+}
+
+fn fmt(v: Option<f64>, d: usize) -> String {
+    match v {
+        Some(x) => format!("{x:.d$}"),
+        None => "n/a".into(),
+    }
+}
+
+impl Row {
+    fn best(&self) -> Option<(String, f64)> {
+        let mut best: Option<(String, f64)> = None;
+        for (n, v) in &self.anchors {
+            if let Some(v) = v {
+                let better = match &best {
+                    None => true,
+                    Some((_, b)) => (self.lower_better && v < b) || (!self.lower_better && v > b),
+                };
+                if better {
+                    best = Some((n.clone(), *v));
+                }
+            }
+        }
+        best
+    }
+    fn render(&self) -> String {
+        let best = self.best();
+        let ratio = match (self.ours, &best) {
+            (Some(o), Some((_, b))) if *b > 0.0 => Some(o / b),
+            _ => None,
+        };
+        let met = match (ratio, self.target) {
+            (_, None) => "(no target)",
+            (Some(r), Some(t)) if self.lower_better => {
+                if r <= t {
+                    "met"
+                } else {
+                    "NOT met"
+                }
+            }
+            (Some(r), Some(t)) => {
+                if r >= t {
+                    "met"
+                } else {
+                    "NOT met"
+                }
+            }
+            (None, Some(_)) => "n/a",
+        };
+        let target = match self.target {
+            Some(t) => format!("{} {t:.2}x", if self.lower_better { "≤" } else { "≥" }),
+            None => "-".into(),
+        };
+        let d = self.unit_digits;
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            self.measure,
+            self.ty,
+            fmt(self.ours, d),
+            fmt(self.llama, d),
+            fmt(self.torch[0], d),
+            fmt(self.torch[1], d),
+            fmt(self.torch[2], d),
+            best.as_ref().map_or("n/a".into(), |(n, v)| format!("{n} {v:.d$}")),
+            ratio.map_or("n/a".into(), |r| format!("{r:.2}x")),
+            target,
+            met,
+        )
+    }
+}
+
+fn table(cfg: &Cfg, res: &std::collections::BTreeMap<String, Result<Value, String>>) -> Vec<String> {
+    let tv = ["ref-f32", "ref-bf16", "bnb-int8-all"];
+    let torch = |field: &str| -> [Option<f64>; 3] { tv.map(|v| get(res, &format!("torch/{v}"), field)) };
+    let mut rows = Vec::new();
+    for (field, name) in [
+        ("vision1_ms", "vision ms/tile, 1-tile image"),
+        ("vision13_ms", "vision ms/tile, 13-tile image"),
+    ] {
+        for t in &cfg.vision_types {
+            let tr = torch(field);
+            rows.push(Row {
+                measure: name.into(),
+                ty: t.clone(),
+                unit_digits: 0,
+                ours: get(res, &format!("ours/vision/{t}"), field),
+                llama: get(res, &format!("llama/vision/{t}"), field),
+                torch: tr,
+                anchors: vec![
+                    (format!("llama.cpp {t}"), get(res, &format!("llama/vision/{t}"), field)),
+                    ("PyTorch bf16".into(), tr[1]),
+                    ("bnb int8".into(), tr[2]),
+                ],
+                lower_better: true,
+                target: Some(0.9),
+            });
+        }
+    }
+    for t in &cfg.text_types {
+        let l = get(res, &format!("llama/text/{t}"), "decode_tps");
+        rows.push(Row {
+            measure: "decode tok/s, 1-tile image + 256 text tokens in context".into(),
+            ty: t.clone(),
+            unit_digits: 1,
+            ours: get(res, &format!("ours/text/{t}"), "decode_tps"),
+            llama: l,
+            torch: torch("decode_tps"),
+            anchors: vec![(format!("llama.cpp {t}"), l)],
+            lower_better: false,
+            target: Some(1.1),
+        });
+    }
+    for t in &cfg.text_types {
+        let l = get(res, &format!("llama/text/{t}"), "prefill_tps");
+        rows.push(Row {
+            measure: format!("prefill tok/s, {N_PREFILL} text tokens"),
+            ty: t.clone(),
+            unit_digits: 1,
+            ours: get(res, &format!("ours/text/{t}"), "prefill_tps"),
+            llama: l,
+            torch: torch("prefill_tps"),
+            anchors: vec![(format!("llama.cpp {t}"), l)],
+            lower_better: false,
+            target: Some(1.0),
+        });
+    }
+    for t in &cfg.text_types {
+        let tr = torch("ttft_ms");
+        let l = get(res, &format!("llama/ttft/{t}"), "ttft_ms");
+        rows.push(Row {
+            measure: "time to first token ms, image1.jpg 6 tiles + thumbnail, short question (load excluded)".into(),
+            ty: t.clone(),
+            unit_digits: 0,
+            ours: get(res, &format!("ours/ttft/{t}"), "ttft_ms"),
+            llama: l,
+            torch: tr,
+            anchors: vec![
+                (format!("llama.cpp {t}"), l),
+                ("PyTorch f32".into(), tr[0]),
+                ("PyTorch bf16".into(), tr[1]),
+                ("bnb int8".into(), tr[2]),
+            ],
+            lower_better: true,
+            target: Some(0.8),
+        });
+    }
+    for t in &cfg.text_types {
+        let l = get(res, &format!("llama/ttft/{t}"), "load_s");
+        rows.push(Row {
+            measure: "load s (weights + context, before the TTFT request)".into(),
+            ty: t.clone(),
+            unit_digits: 2,
+            ours: get(res, &format!("ours/ttft/{t}"), "load_s"),
+            llama: l,
+            torch: torch("load_s"),
+            anchors: vec![(format!("llama.cpp {t}"), l)],
+            lower_better: true,
+            target: None,
+        });
+    }
+    if cfg.text_types.iter().any(|t| t == "q4_0") {
+        let o = get(res, "ours/ttft/q4_0", "rss_mb");
+        let l = get(res, "llama/ttft/q4_0", "rss_mb");
+        rows.push(Row {
+            measure: format!("peak RSS MB, q4_0, 7-tile image, n_ctx {TTFT_CTX} (the TTFT process)"),
+            ty: "q4_0".into(),
+            unit_digits: 0,
+            ours: o,
+            llama: l,
+            torch: torch("rss_mb"),
+            anchors: vec![("llama.cpp q4_0".into(), l)],
+            lower_better: true,
+            target: Some(0.7),
+        });
+        rows.push(Row {
+            measure: "peak RSS MB against the 900 MB limit".into(),
+            ty: "q4_0".into(),
+            unit_digits: 0,
+            ours: o,
+            llama: l,
+            torch: [None, None, None],
+            anchors: vec![("limit".into(), Some(900.0))],
+            lower_better: true,
+            target: Some(1.0),
+        });
+    }
+    let mut lines = vec![
+        "| measure | type | ours | llama.cpp | PyTorch f32 | PyTorch bf16 | bnb int8 | best anchor | ours / best | target | |"
+            .to_string(),
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---|---|".to_string(),
+    ];
+    lines.extend(rows.iter().map(Row::render));
+    lines
+}
+
+fn parent() -> Result<(), String> {
+    let started = Instant::now();
+    let cfg = Cfg::from_env()?;
+    let missing = missing_files(&cfg);
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|p| format!("  {}", p.display())).collect();
+        return Err(format!(
+            "missing input files:\n{}\n(scripts/bench.sh makes them: internvl-convert synth --preset full --seed 1 -o /tmp/full1 \
+             --tokenizer-from ../shared/model/InternVL2-1B, then convert --type T and convert --split --type T)",
+            list.join("\n")
+        ));
+    }
+    let (la0, la0s) = loadavg();
+    let reps = if cfg.smoke {
+        Reps {
+            vision1: 1,
+            vision13: 1,
+            prefill: 1,
+            decode: 1,
+        }
+    } else {
+        Reps {
+            vision1: env_usize("BENCH_REPS_VISION1", 3)?,
+            vision13: 1,
+            prefill: env_usize("BENCH_REPS_PREFILL", 3)?,
+            decode: env_usize("BENCH_REPS_DECODE", 3)?,
+        }
+    };
+    let n_decode = env_usize("BENCH_DECODE_STEPS", if cfg.smoke { 4 } else { 64 })?;
+    let reps_v =
+        json!({"vision1": reps.vision1, "vision13": reps.vision13, "prefill": reps.prefill, "decode": reps.decode});
+    let inputs = prepare_inputs(&cfg, &reps_v, n_decode)?;
+    let mut jobs = plan(&cfg, &reps, n_decode)?;
+    let est: f64 = jobs.iter().map(|j| j.estimate_s).sum();
+    let mut head = vec![
+        format!(
+            "# Side by side{}",
+            if cfg.smoke {
+                " (SMOKE: tiny model, one repetition; figures mean nothing)"
+            } else {
+                ""
+            }
+        ),
+        String::new(),
+    ];
+    if let Ok(m) = std::env::var("BENCH_META") {
+        head.push(format!("Run: {m}"));
+        head.push(String::new());
+    }
+    head.extend(machine().into_iter().map(|l| format!("- {l}")));
+    head.push(format!(
+        "- threads: {} for every system; load average at start: {la0s}",
+        cfg.threads
+    ));
+    head.push(format!(
+        "- models: ours {}/{}-{{T}}.gguf; llama.cpp {}/{}-split-{{T}}.gguf + mmproj-{}-split-{{T}}.gguf; PyTorch {} (transformers layout in {})",
+        cfg.dir.display(), cfg.prefix, cfg.dir.display(), cfg.prefix, cfg.prefix, cfg.ckpt.display(), cfg.hf_dir.display()
+    ));
+    head.push(format!(
+        "- inputs: {} -> tiles {} (uint8 from our Pillow-exact tiling, normalized with the same table for ours and PyTorch; \
+         llama.cpp gets the uint8 tiles, one 448x448 bitmap each); prompts: prefill {} ids, decode context {} ids, TTFT {} ids",
+        cfg.image.display(), inputs["tiles"], N_PREFILL, inputs["decode_ids"].as_array().map_or(0, |a| a.len()),
+        inputs["ttft_ids"].as_array().map_or(0, |a| a.len())
+    ));
+    head.push(format!(
+        "- repetitions (median reported): vision 1 tile x{}, 13 tiles x{}, prefill x{}, decode {} steps x{} (PyTorch: {} steps x1)",
+        reps.vision1, reps.vision13, reps.prefill, n_decode, reps.decode, cfg.torch_decode
+    ));
+    for l in &head {
+        println!("{l}");
+    }
+    println!();
+    println!(
+        "{} jobs, estimated {:.0} min on a quiet machine (full-size model); work dir {}",
+        jobs.len(),
+        est / 60.0,
+        cfg.work.display()
+    );
+    if env("BENCH_PLAN_ONLY", "0") == "1" {
+        for j in &jobs {
+            println!(
+                "  {:<40} est. {:>4.0} s   {:?}",
+                j.label,
+                j.estimate_s,
+                j.cmd.get_program()
+            );
+        }
+        println!("BENCH_PLAN_ONLY=1: inputs written, nothing run");
+        return Ok(());
+    }
+    if la0 > 1.5 {
+        println!("WARNING: load average {la0:.2} > 1.5 at start: the machine is busy and the figures will be noise");
+    }
+    let mut res = std::collections::BTreeMap::new();
+    let n = jobs.len();
+    for (i, job) in jobs.iter_mut().enumerate() {
+        let t = Instant::now();
+        println!("[{}/{n}] {} (est. {:.0} s) ...", i + 1, job.label, job.estimate_s);
+        let r = run_child(std::mem::replace(&mut job.cmd, Command::new("true")));
+        let wall = t.elapsed().as_secs_f64();
+        match &r {
+            Ok(v) => println!("[{}/{n}] {} done in {wall:.1} s: {v}", i + 1, job.label),
+            Err(e) => println!("[{}/{n}] {} FAILED after {wall:.1} s: {e}", i + 1, job.label),
+        }
+        res.insert(job.key.clone(), r);
+    }
+    let (la1, la1s) = loadavg();
+    let mut md = head.clone();
+    md.push(format!(
+        "- load average at end: {la1s}; total wall time {:.1} min",
+        started.elapsed().as_secs_f64() / 60.0
+    ));
+    if la0 > 1.5 || la1 > 1.5 {
+        md.push(format!("- **WARNING: load average above 1.5 (start {la0:.2}, end {la1:.2}): the machine was busy, these figures are noise.**"));
+    }
+    md.push(String::new());
+    md.extend(table(&cfg, &res));
+    md.push(String::new());
+    md.push("Notes:".into());
+    md.push("- ours / best: ratio of ours to the best anchor of that row (lower is better for ms, s and MB; higher for tok/s); \
+             the target column is issue 10's. Vision anchors: llama.cpp at the same weight type, PyTorch bf16, bnb int8 (PyTorch f32 shown, not an anchor). \
+             TTFT anchors: llama.cpp at the same type and every PyTorch variant. Decode, prefill and RSS: llama.cpp at the same type.".into());
+    md.push(if cfg.torch_f32_tiles13 >= 13 {
+        "- PyTorch f32's 13-tile figure uses all 13 tiles.".to_string()
+    } else {
+        format!(
+            "- PyTorch f32's 13-tile figure is measured on the first {} of the 13 tiles (one batch, per-tile cost; \
+             all 13 take too long; f32 is not a vision anchor).",
+            cfg.torch_f32_tiles13
+        )
+    });
+    md.push("- TTFT: the first request after load (cold): vision of the 7 normalized tiles + prefill of the whole prompt + argmax. \
+             llama.cpp: mtmd's uint8 -> f32 normalization is left out of the clock (the others get normalized tiles); its tiles \
+             are encoded with mtmd's batch API (default batch_max_tokens 1024 = 4 tiles per graph); each tile is its own image chunk \
+             of 256 embeddings, which is how mtmd itself splits an InternVL image. Context: n_ctx 4096, KV f16 for ours and llama.cpp.".into());
+    let firsts: Vec<String> = res
+        .iter()
+        .filter(|(k, _)| k.contains("/ttft/") || k.starts_with("torch/"))
+        .map(|(k, v)| match v.as_ref().ok().and_then(|v| v["first_token"].as_u64()) {
+            Some(t) => format!("{k} {t}"),
+            None => format!("{k} n/a"),
+        })
+        .collect();
+    md.push(format!(
+        "- Sanity check, first token of the TTFT request (same tiles and ids, so equal ids at equal weight types \
+         mean every system computed the same thing; random weights make near-ties possible): {}.",
+        firsts.join(", ")
+    ));
+    md.push(
+        "- Peak RSS: VmHWM of the TTFT process (load, 7 tiles, prompt, first token; mmap'd weight pages count).".into(),
+    );
+    for (k, v) in &res {
+        if let Err(e) = v {
+            md.push(format!("- FAILED {k}: {e}"));
+        }
+    }
+    md.push(String::new());
+    md.push("Raw results (JSON per job):".into());
+    md.push(String::new());
+    md.push("```".into());
+    for (k, v) in &res {
+        md.push(format!(
+            "{k}: {}",
+            match v {
+                Ok(v) => v.to_string(),
+                Err(e) => format!("error: {e}"),
+            }
+        ));
+    }
+    md.push("```".into());
+    let text = md.join("\n") + "\n";
+    if let Some(dir) = cfg.out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(&cfg.out, &text).map_err(|e| format!("{}: {e}", cfg.out.display()))?;
+    println!();
+    println!("{}", md[head.len()..].join("\n"));
+    println!();
+    println!("wrote {}", cfg.out.display());
+    Ok(())
 }
 
 fn main() {
-    let threads: usize = env("INTERNVL_BENCH_THREADS", "2").parse().unwrap_or(2);
-    if let Ok(spec) = std::env::var("INTERNVL_BENCH_CHILD") {
-        let (kind, path) = spec.split_once(':').expect("kind:path");
-        let line = match kind {
-            "ours" => child_ours(path, threads),
-            _ => llamacpp::child(path, threads, &prompt_ids(), N_DECODE),
-        };
-        println!("{line}");
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        let r = serde_json::from_str::<Value>(&spec)
+            .map_err(|e| format!("bad {CHILD_ENV}: {e}"))
+            .and_then(|job| run_child_job(&job));
+        match r {
+            Ok(v) => println!("RESULT {v}"),
+            Err(e) => {
+                println!("ERROR {e}");
+                std::process::exit(2);
+            }
+        }
         return;
     }
-    let dir = env("INTERNVL_BENCH_DIR", "/tmp");
-    let prefix = env("INTERNVL_BENCH_PREFIX", "full1");
-    let types = env("INTERNVL_BENCH_TYPES", "f16,q8_0,q4_0");
-    println!(
-        "side by side: {threads} threads, prompt {N_PROMPT} tokens, {N_DECODE} decode steps, CPU features {:?}",
-        internvl::ggml::cpu_features()
-    );
-    println!("| type | system | load s | vision ms/tile | prefill tok/s | decode tok/s | peak RSS MB |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
-    let mut ratios = Vec::new();
-    for ty in types.split(',') {
-        let ours_path = format!("{dir}/{prefix}-{ty}.gguf");
-        let lc_path = format!("{dir}/{prefix}-split-{ty}.gguf");
-        let o = run_child("ours", &ours_path);
-        let l = run_child("llamacpp", &lc_path);
-        let f = |v: &Option<serde_json::Value>, k: &str| v.as_ref().and_then(|v| v[k].as_f64()).unwrap_or(f64::NAN);
-        println!(
-            "| {ty} | ours | {:.2} | {:.0} | {:.1} | {:.1} | {:.0} |",
-            f(&o, "load_s"),
-            f(&o, "vision_ms"),
-            f(&o, "prefill_tps"),
-            f(&o, "decode_tps"),
-            f(&o, "rss_mb")
-        );
-        println!(
-            "| {ty} | llama.cpp | {:.2} | n/a | {:.1} | {:.1} | {:.0} |",
-            f(&l, "load_s"),
-            f(&l, "prefill_tps"),
-            f(&l, "decode_tps"),
-            f(&l, "rss_mb")
-        );
-        ratios.push(format!(
-            "{ty}: prefill ours/llama.cpp {:.2}x, decode ours/llama.cpp {:.2}x, peak RSS ours/llama.cpp {:.2}x",
-            f(&o, "prefill_tps") / f(&l, "prefill_tps"),
-            f(&o, "decode_tps") / f(&l, "decode_tps"),
-            f(&o, "rss_mb") / f(&l, "rss_mb")
-        ));
-    }
-    println!();
-    for r in ratios {
-        println!("{r}");
+    if let Err(e) = parent() {
+        eprintln!("side_by_side: {e}");
+        std::process::exit(1);
     }
 }
