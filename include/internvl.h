@@ -31,6 +31,10 @@ typedef enum ivl_status {
     IVL_STATUS_COMPUTE = 8,
     // A bug in the library (a caught panic). The session involved is unusable; free it.
     IVL_STATUS_INTERNAL = 9,
+    // Over the session's memory budget (`ivl_session_params.mem_budget`): the KV cache and prefill
+    // buffer at `ivl_session_new`, an image's tiles at `ivl_session_generate`. Refused before
+    // allocating; the message gives the numbers.
+    IVL_STATUS_BUDGET = 10,
 } ivl_status;
 
 // Why a generation ended.
@@ -54,6 +58,9 @@ typedef struct ivl_session ivl_session;
 // Where the weights live and the graphs run (one of `IVL_DEVICE_*`).
 typedef uint32_t ivl_device;
 
+// How CPU weights are held (one of `IVL_WEIGHTS_*`).
+typedef uint32_t ivl_weight_layout;
+
 // How to load a model. Start from `ivl_model_default_params()`.
 typedef struct ivl_model_params {
     // CPU threads of the sessions of this model that do not set their own; 0: the number of
@@ -66,6 +73,8 @@ typedef struct ivl_model_params {
     // A directory with vocab.json, merges.txt, added_tokens.json and tokenizer_config.json for a
     // GGUF without a tokenizer (llama.cpp's); NULL: the file's own tokenizer.
     const char *tokenizer_dir;
+    // One of `IVL_WEIGHTS_*`: how CPU weights are held (ignored on a GPU).
+    ivl_weight_layout weight_layout;
 } ivl_model_params;
 
 // Storage type of the KV cache (one of `IVL_KV_*`).
@@ -86,6 +95,11 @@ typedef struct ivl_session_params {
     uint32_t max_tiles;
     // The system message; NULL: the model's.
     const char *system_prompt;
+    // Memory budget of the session in bytes; 0 (the default): no limit. The KV cache and the
+    // prefill compute buffer must fit when the session opens, and each turn's new images (pixels,
+    // vision compute, embeddings) must fit with what the session holds, else `IVL_STATUS_BUDGET`
+    // before anything is allocated. Weights are memory-mapped and not counted.
+    uint64_t mem_budget;
 } ivl_session_params;
 
 // Layout of the pixels given to `ivl_session_add_image_rgb` (one of `IVL_PIXEL_FORMAT_*`).
@@ -175,6 +189,13 @@ typedef struct ivl_box {
 // A GPU; `ivl_model_load` fails with `IVL_STATUS_DEVICE` when there is none.
 #define IVL_DEVICE_GPU 2
 
+// ggml's interleaved layouts where its CPU kernels have them (q4_0 on AVX2/AVX-512/ARM dot-product
+// CPUs): faster image encoding and prefill; the weights are copied once at load.
+#define IVL_WEIGHTS_REPACKED 0
+
+// Every weight used in place from the memory-mapped file: no copy, the fastest load.
+#define IVL_WEIGHTS_MAPPED 1
+
 #define IVL_KV_F16 0
 
 // Exact, twice the memory of f16.
@@ -212,16 +233,20 @@ enum ivl_status ivl_model_load(const char *path,
                                const struct ivl_model_params *params,
                                struct ivl_model **out_model);
 
-// Frees a model. NULL is ignored. Sessions opened on it keep the weights alive until they are
-// freed, so the order of frees does not matter; the handle itself must not be used afterwards
-// (nor concurrently with this call).
+// Frees a model. NULL is ignored (`IVL_STATUS_OK`). Sessions opened on it hold a reference to the
+// weights and keep them alive until they are freed, so the order of frees does not matter. A handle
+// that is not live (freed already, or not from `ivl_model_load`) is refused with
+// `IVL_STATUS_BAD_STATE` and left alone, as is any later use of the freed handle; see
+// docs/c-api.md for the limit of this check (a freed address may be reused by a later load).
 //
 // # Safety
-// `model` is NULL or a handle from `ivl_model_load` not yet freed.
-void ivl_model_free(struct ivl_model *model);
+// `model` is NULL or any pointer value: it is only dereferenced when it is a live model handle.
+enum ivl_status ivl_model_free(struct ivl_model *model);
 
 // Default session parameters: 4096 tokens of f16 KV cache, the model's threads, batches of 512,
-// the model's tiling and system message.
+// the model's tiling and system message, no memory budget (`mem_budget` 0: what a session holds
+// is already bounded by `n_ctx`, `n_batch` and `max_tiles`; set a budget to refuse inputs beyond
+// what a device can spare).
 struct ivl_session_params ivl_session_default_params(void);
 
 // Opens a session (a conversation with its own KV cache) on a model. `params` may be NULL.
@@ -235,11 +260,13 @@ enum ivl_status ivl_session_new(const struct ivl_model *model,
                                 const struct ivl_session_params *params,
                                 struct ivl_session **out_session);
 
-// Frees a session. NULL is ignored.
+// Frees a session. NULL is ignored (`IVL_STATUS_OK`). A handle that is not live (freed already,
+// or not from `ivl_session_new`) or that is inside a call (from its own token callback) is refused
+// with `IVL_STATUS_BAD_STATE` and left alone.
 //
 // # Safety
-// `session` is NULL or a handle from `ivl_session_new` not yet freed and not in use.
-void ivl_session_free(struct ivl_session *session);
+// `session` is NULL or any pointer value: it is only dereferenced when it is a live session handle.
+enum ivl_status ivl_session_free(struct ivl_session *session);
 
 // Decodes an image file (JPEG, PNG, WebP, BMP, GIF, TIFF) and attaches it to the next prompt.
 //

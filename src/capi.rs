@@ -21,9 +21,11 @@
 #![allow(non_camel_case_types)]
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::chat::{clean_answer, grounding};
 use crate::engine::{
@@ -31,7 +33,7 @@ use crate::engine::{
     SamplingParams, SessionParams,
 };
 use crate::image::{Limits, PixelFormat, RawImage};
-use crate::model::{Device, ModelError};
+use crate::model::{Device, ModelError, WeightLayout};
 
 // ---------------------------------------------------------------------------------------------
 // Status codes and enumerations
@@ -62,6 +64,10 @@ pub enum ivl_status {
     IVL_STATUS_COMPUTE = 8,
     /// A bug in the library (a caught panic). The session involved is unusable; free it.
     IVL_STATUS_INTERNAL = 9,
+    /// Over the session's memory budget (`ivl_session_params.mem_budget`): the KV cache and prefill
+    /// buffer at `ivl_session_new`, an image's tiles at `ivl_session_generate`. Refused before
+    /// allocating; the message gives the numbers.
+    IVL_STATUS_BUDGET = 10,
 }
 
 use ivl_status::*;
@@ -99,6 +105,14 @@ pub const IVL_DEVICE_CPU: ivl_device = 1;
 /// A GPU; `ivl_model_load` fails with `IVL_STATUS_DEVICE` when there is none.
 pub const IVL_DEVICE_GPU: ivl_device = 2;
 
+/// How CPU weights are held (one of `IVL_WEIGHTS_*`).
+pub type ivl_weight_layout = u32;
+/// ggml's interleaved layouts where its CPU kernels have them (q4_0 on AVX2/AVX-512/ARM dot-product
+/// CPUs): faster image encoding and prefill; the weights are copied once at load.
+pub const IVL_WEIGHTS_REPACKED: ivl_weight_layout = 0;
+/// Every weight used in place from the memory-mapped file: no copy, the fastest load.
+pub const IVL_WEIGHTS_MAPPED: ivl_weight_layout = 1;
+
 /// Storage type of the KV cache (one of `IVL_KV_*`).
 pub type ivl_kv_type = u32;
 pub const IVL_KV_F16: ivl_kv_type = 0;
@@ -125,6 +139,8 @@ pub struct ivl_model_params {
     /// A directory with vocab.json, merges.txt, added_tokens.json and tokenizer_config.json for a
     /// GGUF without a tokenizer (llama.cpp's); NULL: the file's own tokenizer.
     pub tokenizer_dir: *const c_char,
+    /// One of `IVL_WEIGHTS_*`: how CPU weights are held (ignored on a GPU).
+    pub weight_layout: ivl_weight_layout,
 }
 
 /// How to open a session. Start from `ivl_session_default_params()`.
@@ -144,6 +160,11 @@ pub struct ivl_session_params {
     pub max_tiles: u32,
     /// The system message; NULL: the model's.
     pub system_prompt: *const c_char,
+    /// Memory budget of the session in bytes; 0 (the default): no limit. The KV cache and the
+    /// prefill compute buffer must fit when the session opens, and each turn's new images (pixels,
+    /// vision compute, embeddings) must fit with what the session holds, else `IVL_STATUS_BUDGET`
+    /// before anything is allocated. Weights are memory-mapped and not counted.
+    pub mem_budget: u64,
 }
 
 /// How to generate. Start from `ivl_generate_default_params()` (greedy, as Hugging Face `chat()`).
@@ -222,6 +243,7 @@ pub type ivl_token_callback =
 // ---------------------------------------------------------------------------------------------
 
 /// A loaded model (opaque). Immutable: share it between threads freely.
+#[derive(Clone)]
 pub struct ivl_model {
     model: Model,
     n_threads: usize,
@@ -307,6 +329,8 @@ fn status_of(e: &EngineError) -> ivl_status {
         EngineError::ContextOverflow { .. } => IVL_STATUS_CONTEXT_FULL,
         EngineError::NoQuestion | EngineError::Unanswered => IVL_STATUS_BAD_STATE,
         EngineError::Placeholders { .. } | EngineError::Param(_) | EngineError::Chat(_) => IVL_STATUS_INVALID_ARGUMENT,
+        EngineError::Budget(_) => IVL_STATUS_BUDGET,
+        EngineError::NonFiniteLogits { .. } => IVL_STATUS_COMPUTE,
         _ => IVL_STATUS_INTERNAL,
     }
 }
@@ -350,25 +374,107 @@ fn guard(name: &str, body: impl FnOnce() -> Result<(), Failure>) -> ivl_status {
     }
 }
 
-/// A session handle as a reference (NULL gives `None`).
-///
-/// # Safety
-/// `session` is NULL or a pointer from `ivl_session_new` not yet freed, not used by another thread.
-unsafe fn session_mut<'a>(session: *mut ivl_session) -> Option<&'a mut ivl_session> {
-    // SAFETY: NULL or a live session used by this thread only (contract).
-    unsafe { session.as_mut() }
+// ---------------------------------------------------------------------------------------------
+// Live handles: double frees, stale handles, re-entrant and concurrent use of a session
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandleKind {
+    Model,
+    Session,
 }
 
-/// Like [`guard`] for a session: refuses NULL and a poisoned session, and poisons it when `body`
-/// panics (its state may be half-updated).
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    kind: HandleKind,
+    /// A call is running on this session (set for the call's duration).
+    busy: bool,
+}
+
+/// Addresses of the handles returned and not yet freed. Every call that takes a handle looks it up
+/// before touching it, so a freed or foreign pointer is refused (`IVL_STATUS_BAD_STATE`) instead of
+/// being dereferenced. Limit: once freed, an address may be handed out again by the allocator for a
+/// new handle of the same kind; a stale pointer to it then reaches the new object (undetectable).
+static LIVE: Mutex<BTreeMap<usize, Live>> = Mutex::new(BTreeMap::new());
+
+fn live() -> MutexGuard<'static, BTreeMap<usize, Live>> {
+    // The map stays consistent even if a holder panicked (no code under the lock panics).
+    LIVE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn register(addr: usize, kind: HandleKind) {
+    live().insert(addr, Live { kind, busy: false });
+}
+
+fn not_live(kind: HandleKind, addr: usize) -> Failure {
+    let (what, from) = match kind {
+        HandleKind::Model => ("model", "ivl_model_load"),
+        HandleKind::Session => ("session", "ivl_session_new"),
+    };
+    Failure {
+        status: IVL_STATUS_BAD_STATE,
+        message: format!("{what} {addr:#x} is not a live handle (freed already, or not from {from})"),
+    }
+}
+
+fn busy_failure() -> Failure {
+    Failure {
+        status: IVL_STATUS_BAD_STATE,
+        message: "the session is in use by another call (called from its own token callback, or from two threads at \
+                  once)"
+            .into(),
+    }
+}
+
+/// A session marked busy for the duration of one call; unmarked on drop.
+struct SessionLease {
+    addr: usize,
+}
+
+impl SessionLease {
+    /// Looks `session` up and marks it busy.
+    fn acquire(session: *mut ivl_session) -> Result<SessionLease, Failure> {
+        if session.is_null() {
+            return Err(Failure::arg("session is NULL"));
+        }
+        let addr = session as usize;
+        let mut map = live();
+        match map.get_mut(&addr) {
+            Some(l) if l.kind == HandleKind::Session => {
+                if l.busy {
+                    return Err(busy_failure());
+                }
+                l.busy = true;
+                Ok(SessionLease { addr })
+            }
+            _ => Err(not_live(HandleKind::Session, addr)),
+        }
+    }
+}
+
+impl Drop for SessionLease {
+    fn drop(&mut self) {
+        if let Some(l) = live().get_mut(&self.addr) {
+            l.busy = false;
+        }
+    }
+}
+
+/// Like [`guard`] for a session: refuses NULL, a handle that is not live, a session already in a
+/// call and a poisoned session, and poisons it when `body` panics (its state may be half-updated).
+/// `session` may be any pointer value: it is dereferenced only once found in the live set.
 fn guard_session(
     name: &str,
-    session: Option<&mut ivl_session>,
+    session: *mut ivl_session,
     body: impl FnOnce(&mut ivl_session) -> Result<(), Failure>,
 ) -> ivl_status {
-    let Some(s) = session else {
-        return guard(name, || Err(Failure::arg("session is NULL")));
+    let lease = match SessionLease::acquire(session) {
+        Ok(l) => l,
+        Err(f) => return guard(name, || Err(f)),
     };
+    // SAFETY: the address is a live session (registered by ivl_session_new, not yet freed) and marked
+    // busy, so no other call of this library holds a reference to it until the lease is dropped.
+    let s = unsafe { &mut *session };
     if s.poisoned {
         return guard(name, || {
             Err(Failure {
@@ -381,7 +487,26 @@ fn guard_session(
     if status == IVL_STATUS_INTERNAL {
         s.poisoned = true;
     }
+    drop(lease);
     status
+}
+
+/// Removes a handle from the live set for freeing: `Ok(false)` for NULL (nothing to do).
+fn unregister(addr: usize, kind: HandleKind) -> Result<bool, Failure> {
+    if addr == 0 {
+        return Ok(false);
+    }
+    let mut map = live();
+    match map.get(&addr) {
+        Some(l) if l.kind == kind => {
+            if l.busy {
+                return Err(busy_failure());
+            }
+            map.remove(&addr);
+            Ok(true)
+        }
+        _ => Err(not_live(kind, addr)),
+    }
 }
 
 /// A C string argument as UTF-8.
@@ -565,6 +690,7 @@ pub extern "C" fn ivl_status_name(status: i32) -> *const c_char {
         7 => c"IVL_STATUS_DEVICE",
         8 => c"IVL_STATUS_COMPUTE",
         9 => c"IVL_STATUS_INTERNAL",
+        10 => c"IVL_STATUS_BUDGET",
         _ => c"IVL_STATUS_UNKNOWN",
     };
     name.as_ptr()
@@ -582,6 +708,7 @@ pub extern "C" fn ivl_model_default_params() -> ivl_model_params {
         device: IVL_DEVICE_AUTO,
         mmproj_path: std::ptr::null(),
         tokenizer_dir: std::ptr::null(),
+        weight_layout: IVL_WEIGHTS_REPACKED,
     }
 }
 
@@ -616,34 +743,55 @@ pub unsafe extern "C" fn ivl_model_load(
         let mmproj = unsafe { opt_path_arg(p.mmproj_path, "mmproj_path") }?;
         // SAFETY: as above.
         let tokenizer_dir = unsafe { opt_path_arg(p.tokenizer_dir, "tokenizer_dir") }?;
-        let model = Model::load_on(&path, &LoadParams { mmproj, tokenizer_dir }, device)?;
+        let weight_layout = match p.weight_layout {
+            IVL_WEIGHTS_REPACKED => WeightLayout::Repacked,
+            IVL_WEIGHTS_MAPPED => WeightLayout::Mapped,
+            w => {
+                return Err(Failure::arg(format!(
+                    "weight_layout {w} is not one of IVL_WEIGHTS_REPACKED (0), IVL_WEIGHTS_MAPPED (1)"
+                )))
+            }
+        };
+        let lp = LoadParams {
+            mmproj,
+            tokenizer_dir,
+            weight_layout,
+        };
+        let model = Model::load_on(&path, &lp, device)?;
         let n_threads = if n_threads == 0 {
             crate::session::physical_cores()
         } else {
             n_threads as usize
         };
         let handle = Box::into_raw(Box::new(ivl_model { model, n_threads }));
+        register(handle as usize, HandleKind::Model);
         // SAFETY: out_model is non-NULL (checked) and writable (contract).
         unsafe { write_out(out_model, handle) };
         Ok(())
     })
 }
 
-/// Frees a model. NULL is ignored. Sessions opened on it keep the weights alive until they are
-/// freed, so the order of frees does not matter; the handle itself must not be used afterwards
-/// (nor concurrently with this call).
+/// Frees a model. NULL is ignored (`IVL_STATUS_OK`). Sessions opened on it hold a reference to the
+/// weights and keep them alive until they are freed, so the order of frees does not matter. A handle
+/// that is not live (freed already, or not from `ivl_model_load`) is refused with
+/// `IVL_STATUS_BAD_STATE` and left alone, as is any later use of the freed handle; see
+/// docs/c-api.md for the limit of this check (a freed address may be reused by a later load).
 ///
 /// # Safety
-/// `model` is NULL or a handle from `ivl_model_load` not yet freed.
+/// `model` is NULL or any pointer value: it is only dereferenced when it is a live model handle.
 #[no_mangle]
-pub unsafe extern "C" fn ivl_model_free(model: *mut ivl_model) {
-    if model.is_null() {
-        return;
-    }
-    // SAFETY: the pointer came from Box::into_raw in ivl_model_load and is freed once (contract).
-    let boxed = unsafe { Box::from_raw(model) };
-    // Dropping releases Arcs and ggml buffers; a panic here must not unwind into C.
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(boxed)));
+pub unsafe extern "C" fn ivl_model_free(model: *mut ivl_model) -> ivl_status {
+    guard("ivl_model_free", || {
+        if !unregister(model as usize, HandleKind::Model)? {
+            return Ok(());
+        }
+        // SAFETY: a live handle from Box::into_raw in ivl_model_load, removed from the live set under
+        // its lock just now, so this is the only free.
+        let boxed = unsafe { Box::from_raw(model) };
+        // Dropping releases Arcs (the weights stay while sessions hold them).
+        drop(boxed);
+        Ok(())
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -651,7 +799,9 @@ pub unsafe extern "C" fn ivl_model_free(model: *mut ivl_model) {
 // ---------------------------------------------------------------------------------------------
 
 /// Default session parameters: 4096 tokens of f16 KV cache, the model's threads, batches of 512,
-/// the model's tiling and system message.
+/// the model's tiling and system message, no memory budget (`mem_budget` 0: what a session holds
+/// is already bounded by `n_ctx`, `n_batch` and `max_tiles`; set a budget to refuse inputs beyond
+/// what a device can spare).
 #[no_mangle]
 pub extern "C" fn ivl_session_default_params() -> ivl_session_params {
     let d = SessionParams::default();
@@ -662,6 +812,7 @@ pub extern "C" fn ivl_session_default_params() -> ivl_session_params {
         n_batch: saturating_u32(d.n_batch),
         max_tiles: 0,
         system_prompt: std::ptr::null(),
+        mem_budget: 0,
     }
 }
 
@@ -685,8 +836,16 @@ pub unsafe extern "C" fn ivl_session_new(
         if model.is_null() {
             return Err(Failure::arg("model is NULL"));
         }
-        // SAFETY: non-NULL live model (contract); only read.
-        let m = unsafe { &*model };
+        // The model is cloned (two Arcs) under the live-set lock, so that a concurrent
+        // ivl_model_free cannot drop it in between; the session then holds its own reference.
+        let m = {
+            let map = live();
+            match map.get(&(model as usize)) {
+                // SAFETY: a live model handle (registered, not freed: freeing takes the same lock).
+                Some(l) if l.kind == HandleKind::Model => unsafe { (*model).clone() },
+                _ => return Err(not_live(HandleKind::Model, model as usize)),
+            }
+        };
         // SAFETY: params is NULL or points to an initialized struct (contract).
         let p = if params.is_null() {
             ivl_session_default_params()
@@ -735,6 +894,7 @@ pub unsafe extern "C" fn ivl_session_new(
             },
             system,
             tiling,
+            mem_budget: p.mem_budget,
             ..ChatParams::default()
         };
         let chat = m.model.chat(params)?;
@@ -747,24 +907,31 @@ pub unsafe extern "C" fn ivl_session_new(
             poisoned: false,
         };
         let handle = Box::into_raw(Box::new(session));
+        register(handle as usize, HandleKind::Session);
         // SAFETY: out_session is non-NULL (checked) and writable (contract).
         unsafe { write_out(out_session, handle) };
         Ok(())
     })
 }
 
-/// Frees a session. NULL is ignored.
+/// Frees a session. NULL is ignored (`IVL_STATUS_OK`). A handle that is not live (freed already,
+/// or not from `ivl_session_new`) or that is inside a call (from its own token callback) is refused
+/// with `IVL_STATUS_BAD_STATE` and left alone.
 ///
 /// # Safety
-/// `session` is NULL or a handle from `ivl_session_new` not yet freed and not in use.
+/// `session` is NULL or any pointer value: it is only dereferenced when it is a live session handle.
 #[no_mangle]
-pub unsafe extern "C" fn ivl_session_free(session: *mut ivl_session) {
-    if session.is_null() {
-        return;
-    }
-    // SAFETY: the pointer came from Box::into_raw in ivl_session_new and is freed once (contract).
-    let boxed = unsafe { Box::from_raw(session) };
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(boxed)));
+pub unsafe extern "C" fn ivl_session_free(session: *mut ivl_session) -> ivl_status {
+    guard("ivl_session_free", || {
+        if !unregister(session as usize, HandleKind::Session)? {
+            return Ok(());
+        }
+        // SAFETY: a live handle from Box::into_raw in ivl_session_new, not in a call, removed from the
+        // live set under its lock just now, so this is the only free.
+        let boxed = unsafe { Box::from_raw(session) };
+        drop(boxed);
+        Ok(())
+    })
 }
 
 /// Decodes an image file (JPEG, PNG, WebP, BMP, GIF, TIFF) and attaches it to the next prompt.
@@ -773,8 +940,6 @@ pub unsafe extern "C" fn ivl_session_free(session: *mut ivl_session) {
 /// `session` is NULL or a live session used by this thread only; `path` is NULL or NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn ivl_session_add_image_file(session: *mut ivl_session, path: *const c_char) -> ivl_status {
-    // SAFETY: NULL or a live session used by this thread only (contract).
-    let session = unsafe { session_mut(session) };
     guard_session("ivl_session_add_image_file", session, |s| {
         // SAFETY: path is NULL or NUL-terminated (contract).
         let path = unsafe { path_arg(path, "path") }?;
@@ -801,8 +966,6 @@ pub unsafe extern "C" fn ivl_session_add_image_rgb(
     stride: usize,
     format: ivl_pixel_format,
 ) -> ivl_status {
-    // SAFETY: NULL or a live session used by this thread only (contract).
-    let session = unsafe { session_mut(session) };
     guard_session("ivl_session_add_image_rgb", session, |s| {
         if data.is_null() {
             return Err(Failure::arg("data is NULL"));
@@ -854,8 +1017,6 @@ pub unsafe extern "C" fn ivl_session_add_image_rgb(
 /// `session` is NULL or a live session used by this thread only; `text` is NULL or NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn ivl_session_prompt(session: *mut ivl_session, text: *const c_char) -> ivl_status {
-    // SAFETY: NULL or a live session used by this thread only (contract).
-    let session = unsafe { session_mut(session) };
     guard_session("ivl_session_prompt", session, |s| {
         // SAFETY: text is NULL or NUL-terminated (contract).
         let text = unsafe { utf8_arg(text, "text") }?;
@@ -898,8 +1059,6 @@ pub unsafe extern "C" fn ivl_session_generate(
     user_data: *mut c_void,
     out_reply: *mut ivl_reply,
 ) -> ivl_status {
-    // SAFETY: NULL or a live session used by this thread only (contract).
-    let session = unsafe { session_mut(session) };
     guard_session("ivl_session_generate", session, |s| {
         // SAFETY: params is NULL or points to an initialized struct (contract).
         let p = if params.is_null() {
@@ -1018,8 +1177,6 @@ pub unsafe extern "C" fn ivl_session_boxes(
     out_boxes: *mut *const ivl_box,
     out_count: *mut usize,
 ) -> ivl_status {
-    // SAFETY: NULL or a live session used by this thread only (contract).
-    let session = unsafe { session_mut(session) };
     guard_session("ivl_session_boxes", session, |s| {
         if out_boxes.is_null() || out_count.is_null() {
             return Err(Failure::arg("out_boxes or out_count is NULL"));
@@ -1046,8 +1203,6 @@ pub unsafe extern "C" fn ivl_session_boxes(
 /// `session` is NULL or a live session used by this thread only.
 #[no_mangle]
 pub unsafe extern "C" fn ivl_session_reset(session: *mut ivl_session) -> ivl_status {
-    // SAFETY: NULL or a live session used by this thread only (contract).
-    let session = unsafe { session_mut(session) };
     guard_session("ivl_session_reset", session, |s| {
         s.chat.reset();
         s.pending.clear();
@@ -1075,6 +1230,7 @@ mod tests {
             IVL_STATUS_DEVICE,
             IVL_STATUS_COMPUTE,
             IVL_STATUS_INTERNAL,
+            IVL_STATUS_BUDGET,
         ] {
             // SAFETY: ivl_status_name returns a static NUL-terminated string.
             let name = unsafe { CStr::from_ptr(ivl_status_name(s as i32)) };

@@ -5,6 +5,7 @@
 //! `model` checks a GGUF and builds the vision, projector and Qwen2 graphs; `session` runs them with a KV
 //! cache; `sampling` picks tokens; `image` (tiling, Pillow-exact bicubic), `tokenizer` and `chat` build the
 //! exact inputs.
+pub mod budget;
 pub mod capi;
 pub mod chat;
 pub mod engine;

@@ -83,11 +83,27 @@ pub enum TokenizerError {
     VocabSizeTooSmall { vocab_size: usize, max_id: u32 },
     #[error("token id {id} is outside the vocabulary (size {vocab_size})")]
     UnknownTokenId { id: u32, vocab_size: usize },
+    #[error(
+        "tokenizer JSON has token id {max_id} ({n_tokens} tokens in all); ids above {} are refused \
+         (the id-indexed tables would take {table_bytes} bytes)",
+        MAX_TOKEN_ID
+    )]
+    TokenIdTooLarge {
+        max_id: u32,
+        n_tokens: usize,
+        table_bytes: u64,
+    },
     #[error("tokenizers library: {0}")]
     Library(String),
 }
 
 type Result<T> = std::result::Result<T, TokenizerError>;
+
+/// Highest token id [`Tokenizer::from_json`] accepts: 2^21 - 1, about 14 times InternVL2-1B's 151,655
+/// tokens and 8 times the largest vocabularies in use (256k). The runtime keeps a few bytes per id, for
+/// every id up to the highest one, so without a bound one hostile id (`4294967295` in the JSON of a GGUF)
+/// would ask for tens of GiB before anything else could check it.
+pub const MAX_TOKEN_ID: u32 = (1 << 21) - 1;
 
 /// One added token with its flags (tokenizer_config.json `added_tokens_decoder`, spec §6.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -549,7 +565,19 @@ impl Tokenizer {
     pub fn from_json(json: &str) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_str(json).map_err(|e| TokenizerError::Library(e.to_string()))?;
         // Highest id + 1 rather than the token count, so that a vocabulary with holes keeps every id.
-        let n = inner.get_vocab(true).values().max().map_or(0, |&m| m as usize + 1);
+        // The tables below are indexed by id: refuse absurd ids before allocating them.
+        let vocab = inner.get_vocab(true);
+        let max_id = vocab.values().max().copied();
+        if let Some(max_id) = max_id.filter(|&m| m > MAX_TOKEN_ID) {
+            return Err(TokenizerError::TokenIdTooLarge {
+                max_id,
+                n_tokens: vocab.len(),
+                // offsets (u32) + special flag (bool) per id
+                table_bytes: (u64::from(max_id) + 1) * 5,
+            });
+        }
+        drop(vocab);
+        let n = max_id.map_or(0, |m| m as usize + 1);
         let added = inner.get_added_tokens_decoder();
         let inv = byte_level_inverse();
         let mut bytes = Vec::new();

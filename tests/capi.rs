@@ -328,6 +328,7 @@ fn header_constants_match_the_rust_values() {
         IVL_STATUS_DEVICE,
         IVL_STATUS_COMPUTE,
         IVL_STATUS_INTERNAL,
+        IVL_STATUS_BUDGET,
     ] {
         assert_eq!(value_of(&format!("{s:?}")), s as i64);
     }
@@ -340,6 +341,7 @@ fn structs_have_the_same_layout_in_c_and_rust() {
     let fields: &[(&str, &str)] = &[
         ("ivl_model_params", "tokenizer_dir"),
         ("ivl_session_params", "system_prompt"),
+        ("ivl_session_params", "mem_budget"),
         ("ivl_generate_params", "keep_special"),
         ("ivl_reply", "total_ms"),
         ("ivl_reply", "finish"),
@@ -377,6 +379,11 @@ fn structs_have_the_same_layout_in_c_and_rust() {
             "{} {}",
             size_of::<ivl_session_params>(),
             offset_of!(ivl_session_params, system_prompt)
+        ),
+        format!(
+            "{} {}",
+            size_of::<ivl_session_params>(),
+            offset_of!(ivl_session_params, mem_budget)
         ),
         format!(
             "{} {}",
@@ -599,6 +606,53 @@ fn bad_input_returns_errors_and_the_process_survives() {
     assert!(stdout.contains("0 failure(s)"), "{stdout}");
     let checks = stdout.lines().filter(|l| l.starts_with("ok ")).count();
     assert!(checks >= 60, "only {checks} checks ran:\n{stdout}");
+}
+
+/// API misuse (tests/c/misuse.c): wrong order, double frees, stale and foreign handles, re-entrant
+/// calls from the token callback, the model freed while sessions on two threads use it, memory budget
+/// refusals. Run directly, then under valgrind when installed: the stale handles must be refused
+/// without the freed memory being read.
+#[test]
+fn misuse_is_refused_and_the_model_outlives_its_handle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = build("tests/c/misuse.c", Link::Dynamic, dir.path());
+    let check = |out: &Output| {
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "misuse reported failures ({:?}):\n{stdout}\n{}",
+            out.status.code(),
+            text(&out.stderr)
+        );
+        assert!(stdout.contains("0 failure(s)"), "{stdout}");
+        let checks = stdout.lines().filter(|l| l.starts_with("ok ")).count();
+        assert!(checks >= 45, "only {checks} checks ran:\n{stdout}");
+    };
+    let out = run_bounded(Command::new(&exe).arg(model()), Duration::from_secs(300), dir.path());
+    check(&out);
+    if !have("valgrind") {
+        eprintln!("note: valgrind is not installed; tests/c/misuse.c ran without the memory check");
+        return;
+    }
+    let out = run_bounded(
+        Command::new("valgrind")
+            .args([
+                "--error-exitcode=99",
+                "--leak-check=full",
+                "--errors-for-leak-kinds=definite",
+            ])
+            .arg(&exe)
+            .arg(model()),
+        Duration::from_secs(900),
+        dir.path(),
+    );
+    check(&out);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("ERROR SUMMARY: 0 errors"), "{stderr}");
+    assert!(
+        stderr.contains("definitely lost: 0 bytes") || stderr.contains("All heap blocks were freed"),
+        "definite leaks:\n{stderr}"
+    );
 }
 
 #[test]

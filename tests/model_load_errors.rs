@@ -173,3 +173,37 @@ fn wrong_shape_missing_tensor_missing_key_and_bad_type_are_refused() {
     let (e, s) = load_err(&p);
     assert!(matches!(e, ModelError::Unsupported(_)), "{s}");
 }
+
+#[test]
+fn absurd_layer_count_is_refused_before_building_the_name_table() {
+    // Found by the hostile-input table: a million layers cost 3.4 GiB and 26 s before "missing tensor".
+    let src = common::tiny_gguf(42, "f32", &[]);
+    let p = tmp("million_layers.gguf");
+    rewrite(
+        &src,
+        &p,
+        |k, v| {
+            Some(if k == "qwen2.block_count" {
+                Value::U32(1_000_000)
+            } else {
+                v.clone()
+            })
+        },
+        |_, ne, ty| Some((ne.to_vec(), ty)),
+    );
+    let t = std::time::Instant::now();
+    let (e, s) = load_err(&p);
+    assert!(
+        matches!(
+            e,
+            ModelError::BadKey {
+                key: "qwen2.block_count",
+                ..
+            }
+        ),
+        "{s}"
+    );
+    assert!(s.contains("1000000 layers"), "{s}");
+    // Not a timing test: a generous bound that only the old behaviour (building 10^7 names) would break.
+    assert!(t.elapsed().as_secs() < 20, "took {:?}", t.elapsed());
+}

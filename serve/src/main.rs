@@ -23,6 +23,12 @@ struct Args {
     /// The vision GGUF of a llama.cpp pair.
     #[arg(long, value_name = "FILE")]
     mmproj: Option<PathBuf>,
+    /// Where the weights live and the graphs run: auto, cpu or cuda.
+    #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
+    device: internvl::model::Device,
+    /// CPU weights: repacked (ggml's faster layouts where it has them) or mapped (zero copy).
+    #[arg(long, value_name = "LAYOUT", default_value = "repacked", value_parser = parse_layout)]
+    weights: internvl::model::WeightLayout,
     /// Tokenizer files (vocab.json, merges.txt, ...) for GGUFs without a tokenizer.
     #[arg(long, value_name = "DIR")]
     tokenizer: Option<PathBuf>,
@@ -74,6 +80,11 @@ struct Args {
     /// When a conversation does not fit the context, drop its oldest turns instead of failing.
     #[arg(long)]
     truncate_history: bool,
+    /// Memory budget of each session (e.g. 1.5G, 512M; powers of 1024; 0: no limit): the KV cache and
+    /// prefill buffer must fit at start, a request's image tiles before they are encoded (else the
+    /// request fails with the numbers). Weights are memory-mapped and shared, not counted.
+    #[arg(long, value_name = "BYTES", default_value = "0", value_parser = internvl::budget::parse_bytes)]
+    mem_budget: u64,
     /// Budget of the image-embedding cache shared by all sessions, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     image_cache_mb: usize,
@@ -141,8 +152,9 @@ fn run(args: Args) -> Result<(), String> {
     let load = LoadParams {
         mmproj: args.mmproj.clone(),
         tokenizer_dir: args.tokenizer.clone(),
+        weight_layout: args.weights,
     };
-    let model = Model::load(&args.model, &load).map_err(|e| e.to_string())?;
+    let model = Model::load_on(&args.model, &load, args.device).map_err(|e| e.to_string())?;
 
     let parallel = args.parallel.max(1);
     let threads = args
@@ -166,6 +178,7 @@ fn run(args: Args) -> Result<(), String> {
         truncate_history: args.truncate_history,
         // The shared cache holds the embeddings; each session keeps only its latest image.
         image_cache_bytes: 0,
+        mem_budget: args.mem_budget,
         ..ChatParams::default()
     };
     let images = SharedEmbeddingCache::new(args.image_cache_mb << 20);
@@ -252,4 +265,12 @@ async fn shutdown() {
         _ = term => {},
     }
     eprintln!("internvl-serve: shutting down");
+}
+
+fn parse_device(s: &str) -> Result<internvl::model::Device, String> {
+    internvl::model::Device::parse(s).ok_or_else(|| format!("`{s}` is not one of auto, cpu, cuda"))
+}
+
+fn parse_layout(s: &str) -> Result<internvl::model::WeightLayout, String> {
+    internvl::model::WeightLayout::parse(s).ok_or_else(|| format!("`{s}` is not one of repacked, mapped"))
 }

@@ -155,6 +155,8 @@ fn classify(e: EngineError) -> (ApiError, bool) {
         // Found before anything is evaluated: the session is untouched.
         EngineError::ContextOverflow { .. } => (ApiError::ContextLength(format!("the prompt does not fit: {e}")), true),
         EngineError::Placeholders { .. } => (ApiError::invalid("messages", e.to_string()), true),
+        // Refused before the images were preprocessed (--mem-budget): the session is untouched.
+        EngineError::Budget(_) => (ApiError::invalid("messages", e.to_string()), true),
         other => (ApiError::Internal(other.to_string()), false),
     }
 }

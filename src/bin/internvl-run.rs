@@ -48,6 +48,14 @@ struct Cli {
     /// llama.cpp's vision GGUF (mmproj) when --model is llama.cpp's text GGUF.
     #[arg(long, value_name = "FILE", requires = "model")]
     mmproj: Option<PathBuf>,
+    /// Where the weights live and the graphs run: auto (a GPU when this build has a GPU backend and
+    /// finds one, else the CPU), cpu, or cuda (an error when unavailable).
+    #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
+    device: internvl::model::Device,
+    /// CPU weights: repacked (ggml's interleaved layouts for its GEMM kernels where it has them, e.g.
+    /// q4_0; a copy at load) or mapped (every weight used in place from the file: zero copy).
+    #[arg(long, value_name = "LAYOUT", default_value = "repacked", value_parser = parse_layout)]
+    weights: internvl::model::WeightLayout,
     /// Directory with vocab.json, merges.txt, added_tokens.json, tokenizer_config.json, for GGUFs
     /// that carry no tokenizer (llama.cpp's).
     #[arg(long, value_name = "DIR")]
@@ -139,6 +147,11 @@ struct Cli {
     /// are evaluated again) instead of failing.
     #[arg(long)]
     truncate_history: bool,
+    /// Memory budget of the session (e.g. 1.5G, 512M; powers of 1024; 0: no limit): the KV cache and
+    /// prefill buffer must fit at start, each image's tiles before they are encoded, else an error
+    /// with the numbers. Weights are memory-mapped and not counted.
+    #[arg(long, value_name = "BYTES", default_value = "0", value_parser = internvl::budget::parse_bytes)]
+    mem_budget: u64,
 
     /// Grounding: keep the <ref>/<box> tokens in the answer, parse the boxes (0..1000 normalized)
     /// into pixel coordinates of the first image and print them as JSON after the answer.
@@ -235,6 +248,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         system: cli.system.clone(),
         tiling: Some(tiling),
         truncate_history: cli.truncate_history,
+        mem_budget: cli.mem_budget,
         ..Default::default()
     };
     let chat = model.chat(params)?;
@@ -296,8 +310,17 @@ fn load_model(cli: &Cli) -> Result<Model> {
     let lp = LoadParams {
         mmproj: cli.mmproj.clone(),
         tokenizer_dir: cli.tokenizer.clone(),
+        weight_layout: cli.weights,
     };
-    Ok(Model::load(&path, &lp)?)
+    Ok(Model::load_on(&path, &lp, cli.device)?)
+}
+
+fn parse_device(s: &str) -> std::result::Result<internvl::model::Device, String> {
+    internvl::model::Device::parse(s).ok_or_else(|| format!("`{s}` is not one of auto, cpu, cuda"))
+}
+
+fn parse_layout(s: &str) -> std::result::Result<internvl::model::WeightLayout, String> {
+    internvl::model::WeightLayout::parse(s).ok_or_else(|| format!("`{s}` is not one of repacked, mapped"))
 }
 
 /// Opens the images (or video frames) of the command line; returns them with the decode time.

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::budget;
 use crate::chat::{
     build_prompt_ids, clean_answer, multi_image_question, video_question, Conversation, PromptIds, Turn,
     IMAGE_PLACEHOLDER,
@@ -39,6 +40,11 @@ pub struct ChatParams {
     pub truncate_history: bool,
     /// Byte budget of the per-image embedding cache (least recently used evicted beyond it).
     pub image_cache_bytes: usize,
+    /// Memory budget of the session in bytes; 0: no limit. The KV cache and the prefill compute buffer
+    /// are checked when the chat opens, the tiles of new images before they are preprocessed; over
+    /// budget is [`EngineError::Budget`], with the numbers, before anything is allocated. Weights are
+    /// memory-mapped and not counted. See [`crate::budget`].
+    pub mem_budget: u64,
 }
 
 impl Default for ChatParams {
@@ -49,6 +55,7 @@ impl Default for ChatParams {
             tiling: None,
             truncate_history: false,
             image_cache_bytes: 512 << 20,
+            mem_budget: 0,
         }
     }
 }
@@ -277,6 +284,10 @@ pub struct Chat {
     embeddings: EmbeddingCache,
     /// A cache shared with other chats (looked up after `embeddings`), see [`Chat::share_image_cache`].
     shared_images: Option<SharedEmbeddingCache>,
+    /// What the session reserved when it opened (KV cache, prefill compute bound).
+    reserved: budget::SessionNeeds,
+    /// Vision compute buffer per tiles-per-graph, measured once (memory budget).
+    vision_compute: std::collections::HashMap<usize, u64>,
 }
 
 impl Chat {
@@ -284,6 +295,16 @@ impl Chat {
         if let Some(t) = &params.tiling {
             t.validate()?;
         }
+        // The budget is checked before the KV cache and the scheduler are allocated.
+        let sp = &params.session;
+        let reserved = budget::check_session(
+            model.hparams(),
+            sp.n_ctx,
+            sp.kv_type,
+            sp.n_batch,
+            params.mem_budget,
+            model.weight_bytes() as u64,
+        )?;
         let session = Session::new(model.inner().clone(), params.session.clone())?;
         let system = params
             .system
@@ -299,6 +320,8 @@ impl Chat {
             cached: Vec::new(),
             embeddings,
             shared_images: None,
+            reserved,
+            vision_compute: std::collections::HashMap::new(),
         })
     }
 
@@ -352,6 +375,33 @@ impl Chat {
     pub fn session_stats(&self) -> &crate::session::Stats {
         &self.session.stats
     }
+    /// Memory the session holds now, as the budget counts it: the KV cache, the compute buffer (what
+    /// the scheduler holds, at least the prefill bound reserved when the chat opened) and the image
+    /// cache.
+    pub fn memory_in_use(&self) -> budget::InUse {
+        budget::InUse {
+            kv_bytes: self.session.kv_bytes() as u64,
+            compute_bytes: (self.session.compute_buffer_bytes() as u64).max(self.reserved.compute_bytes),
+            image_cache_bytes: self.embeddings.bytes() as u64,
+        }
+    }
+
+    /// Bytes of the compute buffers the scheduler holds now (measured, not the bound).
+    pub fn compute_buffer_bytes(&self) -> usize {
+        self.session.compute_buffer_bytes()
+    }
+
+    /// The vision compute buffer for `tiles` tiles per graph, as ggml's allocator plans it (measured
+    /// once per batch size without allocating, see [`budget::measure_vision_compute`]).
+    pub fn vision_compute_bytes(&mut self, tiles: usize) -> Result<u64> {
+        if let Some(&b) = self.vision_compute.get(&tiles) {
+            return Ok(b);
+        }
+        let b = budget::measure_vision_compute(self.model.inner(), tiles)?;
+        self.vision_compute.insert(tiles, b);
+        Ok(b)
+    }
+
     /// Images whose embeddings are cached.
     pub fn cached_images(&self) -> usize {
         self.embeddings.len()
@@ -521,6 +571,19 @@ impl Chat {
             }
         }
         let total_tiles: usize = to_encode.iter().map(|im| im.n_tiles()).sum();
+        if self.params.mem_budget > 0 && !to_encode.is_empty() {
+            // Before any pixel tensor or vision graph is allocated.
+            let tiles: Vec<usize> = to_encode.iter().map(|im| im.n_tiles()).collect();
+            let batch = self
+                .params
+                .session
+                .vision_batch
+                .max(1)
+                .min(tiles.iter().copied().max().unwrap_or(1));
+            let compute = self.vision_compute_bytes(batch)?;
+            let needs = budget::ImageNeeds::new(self.model.hparams(), &tiles, batch, |_| compute);
+            budget::check_images(&needs, &self.memory_in_use(), self.params.mem_budget)?;
+        }
         let mut done_tiles = 0;
         for image in to_encode {
             let Some(r) = self.encode(image, &mut stats, &mut done_tiles, total_tiles, gen, &mut on_event)? else {
@@ -591,6 +654,16 @@ impl Chat {
         let finish = loop {
             if generated.len() >= gen.max_new_tokens {
                 break FinishReason::Length;
+            }
+            // NaN or infinite weights propagate to the logits; sampling them would give a silent
+            // stream of token 0 ("!!!!").
+            let bad = logits.iter().filter(|x| !x.is_finite()).count();
+            if bad > 0 {
+                return Err(EngineError::NonFiniteLogits {
+                    count: bad,
+                    n_vocab: logits.len(),
+                    position: self.session.n_past(),
+                });
             }
             let id = sampler.sample(&logits, &generated);
             if generated.is_empty() {

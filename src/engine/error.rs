@@ -72,6 +72,19 @@ pub enum EngineError {
     VideoFile(#[from] crate::image::ffmpeg::Error),
     #[error("invalid parameter: {0}")]
     Param(String),
+    /// The model computed NaN or infinite logits (NaN/Inf weights in the file, or an overflow).
+    #[error(
+        "the model computed {count} non-finite logits of {n_vocab} at position {position}: the weights hold NaN or \
+         infinite values (a corrupt file?) or the computation overflowed"
+    )]
+    NonFiniteLogits {
+        count: usize,
+        n_vocab: usize,
+        position: usize,
+    },
+    /// A session or an input over the memory budget (`ChatParams::mem_budget`), refused before allocating.
+    #[error("memory budget: {0}")]
+    Budget(#[from] crate::budget::BudgetError),
 }
 
 fn dropped_note(n: &usize) -> String {

@@ -21,6 +21,9 @@ pub struct LoadParams {
     /// tokenizer_config.json), for GGUFs that carry no tokenizer JSON (llama.cpp's). Overrides the
     /// file's own tokenizer when given.
     pub tokenizer_dir: Option<PathBuf>,
+    /// How CPU weights are held: ggml's repacked layouts where it has them (default, faster batched
+    /// products) or everything used in place from the mapped file (zero copy, fastest load).
+    pub weight_layout: model::WeightLayout,
 }
 
 /// A loaded model: weights (memory-mapped), tokenizer and prompt settings.
@@ -57,7 +60,7 @@ impl Model {
         if let Some(m) = &params.mmproj {
             paths.push(m);
         }
-        let inner = model::Model::load_on(&paths, device)?;
+        let inner = model::Model::load_with(&paths, device, params.weight_layout)?;
         let tokenizer = match (&params.tokenizer_dir, &inner.meta.tokenizer_json) {
             (Some(dir), _) => Tokenizer::from_dir(dir)?,
             (None, Some(json)) => Tokenizer::from_json(json)?,

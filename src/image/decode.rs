@@ -68,15 +68,34 @@ pub(super) fn read_file(path: &Path, limits: &Limits) -> Result<Vec<u8>> {
         path: path.to_path_buf(),
         source,
     };
-    let len = std::fs::metadata(path).map_err(io_err)?.len();
-    if len > limits.max_file_bytes {
-        return Err(Error::FileTooLarge {
-            origin: path.display().to_string(),
-            len,
-            limit: limits.max_file_bytes,
-        });
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    // A device or FIFO reports length 0 and may never end (/dev/zero) or never start (an idle FIFO).
+    if !meta.is_file() {
+        return Err(io_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a directory, device or FIFO)",
+        )));
     }
-    std::fs::read(path).map_err(io_err)
+    let too_large = |len| Error::FileTooLarge {
+        origin: path.display().to_string(),
+        len,
+        limit: limits.max_file_bytes,
+    };
+    if meta.len() > limits.max_file_bytes {
+        return Err(too_large(meta.len()));
+    }
+    // The file may grow between the check and the read (a file being written): read at most one byte past
+    // the limit, so memory stays bounded whatever the file does.
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limits.max_file_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io_err)?;
+    if bytes.len() as u64 > limits.max_file_bytes {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// Sniffs the format and returns a reader positioned at the start.

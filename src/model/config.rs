@@ -104,6 +104,21 @@ pub fn hparams_from_gguf(files: &[&GgufFile]) -> Result<Hparams, ModelError> {
         proj_ln_eps: opt_f32(files, key::PROJ_LN_EPS, 1e-5)?,
     };
     check_runnable(&hp)?;
+    // Every layer owns several tensors, so a layer count above the files' tensor count is a lie; checked
+    // before the per-layer name table is built (a count of 10^6 would cost gigabytes to find the first
+    // missing tensor).
+    let n_tensors: usize = files.iter().map(|f| f.tensors().len()).sum();
+    for (k, n) in [
+        (key::V_BLOCK_COUNT, hp.vision.n_layer),
+        (key::LLM_BLOCK_COUNT, hp.llm.n_layer),
+    ] {
+        if n > n_tensors {
+            return Err(ModelError::BadKey {
+                key: k,
+                detail: format!("{n} layers, but the file(s) hold only {n_tensors} tensors"),
+            });
+        }
+    }
     Ok(hp)
 }
 
