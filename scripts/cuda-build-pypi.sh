@@ -132,6 +132,11 @@ export CUDA_PATH="$ROOT" CUDACXX="$ROOT/bin/nvcc" CUDAToolkit_ROOT="$ROOT"
 export CUDA_LIBRARY_PATH="$ROOT:$ROOT/pypi-shim"     # roots: find_cuda_helper adds <root>/lib64
 export CMAKE_CUDA_ARCHITECTURES="$ARCHS"              # llama-cpp-sys-2 forwards CMAKE_* to ggml's CMake
 export CMAKE_BUILD_PARALLEL_LEVEL="$JOBS"
+# libinternvl.so (our cdylib) links ggml-cuda's objects into a shared library, so they must be position
+# independent: without this, nvcc's host objects are not, and the link fails with "relocation R_X86_64_PC32
+# cannot be used against symbol 'stderr'; recompile with -fPIC" (seen here on the first complete build).
+# Changing it after a build means deleting $CARGO_TARGET_DIR/release/build/llama-cpp-sys-2-*/out (a full rebuild).
+export CMAKE_POSITION_INDEPENDENT_CODE=ON
 export CARGO_BUILD_JOBS="$JOBS"
 # Shared cuBLAS, after all the static libraries on the link line (-C link-arg goes last), plus an rpath to the
 # toolkit dir for runs on this machine (elsewhere: LD_LIBRARY_PATH).
