@@ -456,14 +456,13 @@ impl BufferType {
         }
         // SAFETY: `a` is a metadata-only tensor of our own context, never computed; pointing its buffer at
         // the dummy only lets supports_op see the buffer type. It is reset before the dummy is freed.
-        let ok = unsafe {
+        unsafe {
             (*a.raw()).buffer = dummy;
             let ok = sys::ggml_backend_dev_supports_op(dev, op.raw());
             (*a.raw()).buffer = std::ptr::null_mut();
             sys::ggml_backend_buffer_free(dummy);
             ok
-        };
-        ok
+        }
     }
 
     /// Allocates every tensor of `ctx` in one buffer of this type (usage: weights).

@@ -10,6 +10,9 @@ use super::sys;
 use super::{GgmlError, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 
+/// A tensor pointer with its name.
+type Named = (String, NonNull<sys::ggml_tensor>);
+
 /// All weight tensors of a model. Built once, then only read (by graphs on any thread).
 pub struct WeightStore {
     ctx: Context,
@@ -70,39 +73,46 @@ impl WeightStore {
 
     /// Copies the same tensors into one buffer of `backend` (a GPU): weights then live in device memory.
     pub fn copy_to(&self, backend: &super::Backend) -> Result<Self> {
-        let ctx = Context::new(self.map.len() + 1, 0)?;
-        let mut names = Vec::with_capacity(self.map.len());
-        for name in self.map.keys() {
-            let src = self.get(name).ok_or_else(|| GgmlError::Tensor {
-                name: name.clone(),
-                detail: "vanished".into(),
-            })?;
-            let ne = src.ne();
-            let dims: Vec<usize> = ne.iter().map(|&d| d as usize).collect();
-            ctx.new_tensor(src.ty(), &dims)?.set_name(name);
-            names.push(name.clone());
-        }
-        let buf = backend.alloc_ctx_tensors(&ctx)?;
-        let mut map = HashMap::with_capacity(names.len());
-        for name in names {
-            let src = self.get(&name).ok_or_else(|| GgmlError::Tensor {
-                name: name.clone(),
-                detail: "vanished".into(),
-            })?;
-            let dst = ctx.tensor_by_name(&name)?;
-            dst.set_bytes(src.host_bytes()?)?;
-            map.insert(
-                name.clone(),
-                NonNull::new(dst.raw()).ok_or_else(|| GgmlError::Alloc { what: name.clone() })?,
-            );
-        }
+        let names: Vec<String> = self.map.keys().cloned().collect();
+        let (ctx, buf, map) = self.copy_tensors(&names, |ctx| backend.alloc_ctx_tensors(ctx))?;
         Ok(WeightStore {
             ctx,
-            map,
+            map: map.into_iter().collect(),
             _bufs: vec![buf],
             _moved: Vec::new(),
             bytes: self.bytes,
         })
+    }
+
+    /// Makes a context with a tensor of the same type and shape for each of `names`, allocates them all
+    /// with `alloc` (one buffer), and copies each tensor's bytes in (ggml converts to the buffer's layout).
+    /// Returns the new tensors by name, in the order given.
+    fn copy_tensors(
+        &self,
+        names: &[String],
+        alloc: impl FnOnce(&Context) -> Result<Buffer>,
+    ) -> Result<(Context, Buffer, Vec<Named>)> {
+        let src = |name: &String| {
+            self.get(name).ok_or_else(|| GgmlError::Tensor {
+                name: name.clone(),
+                detail: "vanished".into(),
+            })
+        };
+        let ctx = Context::new(names.len() + 1, 0)?;
+        for name in names {
+            let t = src(name)?;
+            let dims: Vec<usize> = t.ne().iter().map(|&d| d as usize).collect();
+            ctx.new_tensor(t.ty(), &dims)?.set_name(name);
+        }
+        let buf = alloc(&ctx)?;
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let dst = ctx.tensor_by_name(name)?;
+            dst.set_bytes(src(name)?.host_bytes()?)?;
+            let ptr = NonNull::new(dst.raw()).ok_or_else(|| GgmlError::Alloc { what: name.clone() })?;
+            out.push((name.clone(), ptr));
+        }
+        Ok((ctx, buf, out))
     }
 
     /// Moves each weight that `pick` selects and that one of the CPU's extra buffer types accepts as a
@@ -126,28 +136,13 @@ impl WeightStore {
                 continue;
             }
             names.retain(|n| !mine.contains(n));
-            let ctx = Context::new(mine.len() + 1, 0)?;
-            for name in &mine {
-                let src = self.get(name).ok_or_else(|| GgmlError::Tensor {
-                    name: name.clone(),
-                    detail: "vanished".into(),
-                })?;
-                let dims: Vec<usize> = src.ne().iter().map(|&d| d as usize).collect();
-                ctx.new_tensor(src.ty(), &dims)?.set_name(name);
-            }
-            let buf = buft.alloc_ctx_tensors(&ctx)?;
-            for name in &mine {
-                let src = self.get(name).ok_or_else(|| GgmlError::Tensor {
-                    name: name.clone(),
-                    detail: "vanished".into(),
-                })?;
-                let dst = ctx.tensor_by_name(name)?;
-                dst.set_bytes(src.host_bytes()?)?;
-                bytes += dst.nbytes();
+            let (ctx, buf, copied) = self.copy_tensors(&mine, |ctx| buft.alloc_ctx_tensors(ctx))?;
+            for (name, ptr) in copied {
+                // ptr is a tensor of `ctx`, which the store keeps (`_moved`) as long as it lives.
+                bytes += Tensor::from_raw(ptr, &ctx).nbytes();
                 count += 1;
-                let ptr = NonNull::new(dst.raw()).ok_or_else(|| GgmlError::Alloc { what: name.clone() })?;
-                self.map.insert(name.clone(), ptr);
-                moved(name);
+                moved(&name);
+                self.map.insert(name, ptr);
             }
             self._bufs.push(buf);
             self._moved.push(ctx);
