@@ -31,6 +31,8 @@ IMAGE = os.path.join(ROOT, "..", "shared", "media", "image1.jpg")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+# The reference preprocessing, transcribed from the InternVL2-1B README (spec §7). The one Python copy:
+# tests/py/make_image_fixtures.py and bench/bnb_common.py import it from here.
 def find_closest_aspect_ratio(aspect_ratio, target_ratios, width, height, image_size):
     best_ratio_diff = float('inf')
     best_ratio = (1, 1)
@@ -47,13 +49,19 @@ def find_closest_aspect_ratio(aspect_ratio, target_ratios, width, height, image_
     return best_ratio
 
 
-def dynamic_preprocess(image, min_num=1, max_num=12, image_size=448, use_thumbnail=False):
-    orig_width, orig_height = image.size
-    aspect_ratio = orig_width / orig_height
+def target_ratios_for(min_num, max_num):
+    """The README's candidate grids in CPython's order (a set, then a stable sort by tile count)."""
     target_ratios = set(
         (i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1) if
         i * j <= max_num and i * j >= min_num)
-    target_ratios = sorted(target_ratios, key=lambda x: x[0] * x[1])
+    return sorted(target_ratios, key=lambda x: x[0] * x[1])
+
+
+def dynamic_preprocess_with_grid(image, min_num=1, max_num=12, image_size=448, use_thumbnail=False):
+    """The README's dynamic_preprocess, also returning the chosen (columns, rows) grid."""
+    orig_width, orig_height = image.size
+    aspect_ratio = orig_width / orig_height
+    target_ratios = target_ratios_for(min_num, max_num)
     target_aspect_ratio = find_closest_aspect_ratio(
         aspect_ratio, target_ratios, orig_width, orig_height, image_size)
     target_width = image_size * target_aspect_ratio[0]
@@ -66,9 +74,14 @@ def dynamic_preprocess(image, min_num=1, max_num=12, image_size=448, use_thumbna
                ((i % (target_width // image_size)) + 1) * image_size,
                ((i // (target_width // image_size)) + 1) * image_size)
         processed_images.append(resized_img.crop(box))
+    assert len(processed_images) == blocks
     if use_thumbnail and len(processed_images) != 1:
         processed_images.append(image.resize((image_size, image_size)))
-    return processed_images
+    return processed_images, target_aspect_ratio
+
+
+def dynamic_preprocess(image, min_num=1, max_num=12, image_size=448, use_thumbnail=False):
+    return dynamic_preprocess_with_grid(image, min_num, max_num, image_size, use_thumbnail)[0]
 
 
 def make_transform():

@@ -98,7 +98,15 @@ fn u32_list(v: &Value, what: &str) -> Res<Vec<u32>> {
         .collect()
 }
 
-fn read_inputs(path: &Path) -> Res<(Vec<f32>, [usize; 4], usize, Vec<Prompt>)> {
+/// The harness's input set: normalized pixels (`[n, 3, S, S]` as `shape`), greedy tokens per prompt, prompts.
+struct Inputs {
+    pixels: Vec<f32>,
+    shape: [usize; 4],
+    gen: usize,
+    prompts: Vec<Prompt>,
+}
+
+fn read_inputs(path: &Path) -> Res<Inputs> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let m: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     if m["magic"] != MAGIC || m["version"].as_u64() != Some(VERSION) {
@@ -165,7 +173,12 @@ fn read_inputs(path: &Path) -> Res<(Vec<f32>, [usize; 4], usize, Vec<Prompt>)> {
             teacher,
         });
     }
-    Ok((pixels, shape, gen, prompts))
+    Ok(Inputs {
+        pixels,
+        shape,
+        gen,
+        prompts,
+    })
 }
 
 fn write_f32(path: &Path, data: &[f32]) -> Res<()> {
@@ -191,7 +204,12 @@ fn peak_rss() -> u64 {
 
 fn main() -> Res<()> {
     let args = parse_args()?;
-    let (pixels, shape, gen, prompts) = read_inputs(&args.inputs)?;
+    let Inputs {
+        pixels,
+        shape,
+        gen,
+        prompts,
+    } = read_inputs(&args.inputs)?;
     if gen == 0 {
         return Err("gen_tokens must be at least 1".into());
     }

@@ -18,7 +18,7 @@ fn flash_and_padded_product_attention_agree() {
     let tiles: Vec<f32> = (0..2 * per_tile)
         .map(|i| (((i * 7919) % 1000) as f32 / 500.0) - 1.0)
         .collect();
-    let mut run = || {
+    let run = || {
         let mut s = Session::new(
             model.clone(),
             SessionParams {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use internvl::engine::{ChatParams, KvType, LoadParams, Model, SessionParams, SharedEmbeddingCache};
+use internvl::engine::args::{ModelArgs, SessionArgs};
+use internvl::engine::{ChatParams, Model, SharedEmbeddingCache};
 use internvl_serve::api::RequestLimits;
 use internvl_serve::images::ImagePolicy;
 use internvl_serve::pool::{Pool, PoolConfig};
@@ -20,18 +21,8 @@ struct Args {
     /// The model GGUF (ours, or a llama.cpp text GGUF with --mmproj).
     #[arg(short = 'm', long, value_name = "FILE")]
     model: PathBuf,
-    /// The vision GGUF of a llama.cpp pair.
-    #[arg(long, value_name = "FILE")]
-    mmproj: Option<PathBuf>,
-    /// Where the weights live and the graphs run: auto, cpu or cuda.
-    #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
-    device: internvl::model::Device,
-    /// CPU weights: repacked (ggml's faster layouts where it has them) or mapped (zero copy).
-    #[arg(long, value_name = "LAYOUT", default_value = "repacked", value_parser = parse_layout)]
-    weights: internvl::model::WeightLayout,
-    /// Tokenizer files (vocab.json, merges.txt, ...) for GGUFs without a tokenizer.
-    #[arg(long, value_name = "DIR")]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    load: ModelArgs,
     /// The model name /v1/models lists (default: the file name without extension).
     #[arg(long, value_name = "NAME")]
     model_id: Option<String>,
@@ -59,32 +50,8 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 300.0)]
     timeout: f64,
 
-    /// Context size of each session in tokens (one image takes 256 tokens per tile).
-    #[arg(short = 'c', long = "ctx-size", value_name = "N", default_value_t = 4096)]
-    ctx_size: usize,
-    /// CPU threads per session (default: physical cores / --parallel, at least 1).
-    #[arg(short = 't', long, value_name = "N")]
-    threads: Option<usize>,
-    /// Prompt tokens evaluated per step of the prefill.
-    #[arg(short = 'b', long = "batch-size", value_name = "N", default_value_t = 512)]
-    batch_size: usize,
-    /// Tiles encoded per vision graph.
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    vision_batch: usize,
-    /// KV cache type: f32, f16, q8_0, q4_0.
-    #[arg(long, value_name = "TYPE", default_value = "f16", value_parser = parse_kv)]
-    kv_type: KvType,
-    /// Largest number of 448x448 tiles per image (default: the model's, 12).
-    #[arg(long, value_name = "N")]
-    max_tiles: Option<u32>,
-    /// When a conversation does not fit the context, drop its oldest turns instead of failing.
-    #[arg(long)]
-    truncate_history: bool,
-    /// Memory budget of each session (e.g. 1.5G, 512M; powers of 1024; 0: no limit): the KV cache and
-    /// prefill buffer must fit at start, a request's image tiles before they are encoded (else the
-    /// request fails with the numbers). Weights are memory-mapped and shared, not counted.
-    #[arg(long, value_name = "BYTES", default_value = "0", value_parser = internvl::budget::parse_bytes)]
-    mem_budget: u64,
+    #[command(flatten)]
+    session: SessionArgs,
     /// Budget of the image-embedding cache shared by all sessions, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     image_cache_mb: usize,
@@ -123,10 +90,6 @@ struct Args {
     verbose: bool,
 }
 
-fn parse_kv(s: &str) -> Result<KvType, String> {
-    KvType::parse(s).ok_or_else(|| format!("unknown KV cache type {s:?} (f32, f16, q8_0, q4_0)"))
-}
-
 fn seconds(name: &str, v: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a non-negative number of seconds, got {v}"))
 }
@@ -149,38 +112,20 @@ fn run(args: Args) -> Result<(), String> {
     if args.max_tokens == 0 {
         return Err("--max-tokens must be at least 1".into());
     }
-    let load = LoadParams {
-        mmproj: args.mmproj.clone(),
-        tokenizer_dir: args.tokenizer.clone(),
-        weight_layout: args.weights,
-    };
-    let model = Model::load_on(&args.model, &load, args.device).map_err(|e| e.to_string())?;
+    let model = Model::load_on(&args.model, &args.load.load_params(), args.load.device).map_err(|e| e.to_string())?;
 
     let parallel = args.parallel.max(1);
     let threads = args
+        .session
         .threads
         .unwrap_or_else(|| (internvl::session::physical_cores() / parallel).max(1));
-    let mut tiling = model.tiling();
-    if let Some(n) = args.max_tiles {
-        tiling.max_tiles = n;
-        tiling.min_tiles = tiling.min_tiles.min(n);
-        tiling.validate().map_err(|e| format!("--max-tiles {n}: {e}"))?;
-    }
     let chat = ChatParams {
-        session: SessionParams {
-            n_ctx: args.ctx_size,
-            kv_type: args.kv_type,
-            n_threads: threads,
-            n_batch: args.batch_size,
-            vision_batch: args.vision_batch,
-        },
-        tiling: Some(tiling),
-        truncate_history: args.truncate_history,
         // The shared cache holds the embeddings; each session keeps only its latest image.
         image_cache_bytes: 0,
-        mem_budget: args.mem_budget,
-        ..ChatParams::default()
+        ..args.session.chat_params(&model, threads).map_err(|e| e.to_string())?
     };
+    // The tiling the sessions use (the model's, with --max-tiles) also bounds what requests may send.
+    let tiling = chat.tiling.unwrap_or_else(|| model.tiling());
     let images = SharedEmbeddingCache::new(args.image_cache_mb << 20);
     let pool_cfg = PoolConfig {
         sessions: parallel,
@@ -233,7 +178,7 @@ fn run(args: Args) -> Result<(), String> {
             "internvl-serve: {} session(s) x {} thread(s), context {}, queue {}, api key {}",
             parallel,
             threads,
-            args.ctx_size,
+            args.session.ctx_size,
             args.queue,
             if args.api_key.is_some() { "required" } else { "off" }
         );
@@ -265,12 +210,4 @@ async fn shutdown() {
         _ = term => {},
     }
     eprintln!("internvl-serve: shutting down");
-}
-
-fn parse_device(s: &str) -> Result<internvl::model::Device, String> {
-    internvl::model::Device::parse(s).ok_or_else(|| format!("`{s}` is not one of auto, cpu, cuda"))
-}
-
-fn parse_layout(s: &str) -> Result<internvl::model::WeightLayout, String> {
-    internvl::model::WeightLayout::parse(s).ok_or_else(|| format!("`{s}` is not one of repacked, mapped"))
 }

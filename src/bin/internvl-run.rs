@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use internvl::chat::grounding::{self, GroundedBox};
+use internvl::engine::args::{ModelArgs, SessionArgs};
 use internvl::engine::{
-    draw, hf, mem, Chat, ChatParams, EngineError, Event, Flow, GenerateParams, Image, KvType, LoadParams, Message,
-    Model, Reply, SamplingParams, SessionParams, TilingParams, TurnStats,
+    draw, hf, mem, Chat, ChatParams, EngineError, Event, Flow, GenerateParams, Image, Message, Model, Reply,
+    SamplingParams, TilingParams, TurnStats,
 };
 
 const EXAMPLES: &str = "\
@@ -45,21 +46,8 @@ struct Cli {
     /// Model GGUF written by internvl-convert (or llama.cpp's text GGUF together with --mmproj).
     #[arg(short = 'm', long, value_name = "FILE", required_unless_present_any = ["hf", "from_answer"])]
     model: Option<PathBuf>,
-    /// llama.cpp's vision GGUF (mmproj) when --model is llama.cpp's text GGUF.
-    #[arg(long, value_name = "FILE", requires = "model")]
-    mmproj: Option<PathBuf>,
-    /// Where the weights live and the graphs run: auto (a GPU when this build has a GPU backend and
-    /// finds one, else the CPU), cpu, or cuda (an error when unavailable).
-    #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
-    device: internvl::model::Device,
-    /// CPU weights: repacked (ggml's interleaved layouts for its GEMM kernels where it has them, e.g.
-    /// q4_0; a copy at load) or mapped (every weight used in place from the file: zero copy).
-    #[arg(long, value_name = "LAYOUT", default_value = "repacked", value_parser = parse_layout)]
-    weights: internvl::model::WeightLayout,
-    /// Directory with vocab.json, merges.txt, added_tokens.json, tokenizer_config.json, for GGUFs
-    /// that carry no tokenizer (llama.cpp's).
-    #[arg(long, value_name = "DIR")]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    load: ModelArgs,
     /// Use a Hugging Face checkpoint from the local HF cache ($HF_HOME/hub, ~/.cache/huggingface/hub),
     /// converted once to a cached GGUF ($INTERNVL_CACHE or ~/.cache/internvl) with the
     /// internvl-convert binary found next to this one. This build does not download: when the
@@ -105,19 +93,8 @@ struct Cli {
     /// Maximum number of tokens to generate.
     #[arg(short = 'n', long = "n-predict", value_name = "N", default_value_t = 1024)]
     n_predict: usize,
-    /// Context size in tokens (KV cache). One image takes 256 tokens per tile (up to 13 tiles:
-    /// 3328 tokens).
-    #[arg(short = 'c', long = "ctx-size", value_name = "N", default_value_t = 4096)]
-    ctx_size: usize,
-    /// CPU threads (default: the number of physical cores).
-    #[arg(short = 't', long, value_name = "N")]
-    threads: Option<usize>,
-    /// Prompt tokens evaluated per step of the prefill.
-    #[arg(short = 'b', long = "batch-size", value_name = "N", default_value_t = 512)]
-    batch_size: usize,
-    /// Tiles encoded per vision graph.
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    vision_batch: usize,
+    #[command(flatten)]
+    session: SessionArgs,
     /// Sampling temperature; 0 is greedy decoding (the reference's default).
     #[arg(long = "temp", value_name = "T", default_value_t = 0.0)]
     temp: f32,
@@ -136,22 +113,6 @@ struct Cli {
     /// Random seed for sampling (-1: from the clock). The same seed gives the same answer.
     #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
     seed: i64,
-    /// Largest number of 448x448 tiles per image (1..=40; the model was trained with 12). Fewer
-    /// tiles: faster, less detail.
-    #[arg(long, value_name = "N")]
-    max_tiles: Option<u32>,
-    /// KV cache type: f32, f16, q8_0, q4_0.
-    #[arg(long, value_name = "TYPE", default_value = "f16", value_parser = parse_kv)]
-    kv_type: KvType,
-    /// When the conversation no longer fits the context, drop the oldest turns (the kept turns
-    /// are evaluated again) instead of failing.
-    #[arg(long)]
-    truncate_history: bool,
-    /// Memory budget of the session (e.g. 1.5G, 512M; powers of 1024; 0: no limit): the KV cache and
-    /// prefill buffer must fit at start, each image's tiles before they are encoded, else an error
-    /// with the numbers. Weights are memory-mapped and not counted.
-    #[arg(long, value_name = "BYTES", default_value = "0", value_parser = internvl::budget::parse_bytes)]
-    mem_budget: u64,
 
     /// Grounding: keep the <ref>/<box> tokens in the answer, parse the boxes (0..1000 normalized)
     /// into pixel coordinates of the first image and print them as JSON after the answer.
@@ -176,10 +137,6 @@ struct Cli {
     /// No progress indicator (it is shown only when stderr is a terminal).
     #[arg(long)]
     no_progress: bool,
-}
-
-fn parse_kv(s: &str) -> std::result::Result<KvType, String> {
-    KvType::parse(s).ok_or_else(|| format!("unknown KV cache type {s:?} (f32, f16, q8_0, q4_0)"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -231,25 +188,9 @@ fn run(cli: &Cli) -> Result<ExitCode> {
     let t_load = Instant::now();
     let model = load_model(cli)?;
     let load_time = t_load.elapsed();
-    let mut tiling = model.tiling();
-    if let Some(m) = cli.max_tiles {
-        tiling.max_tiles = m;
-        tiling.min_tiles = tiling.min_tiles.min(m.max(1));
-    }
-    tiling.validate().map_err(EngineError::from)?;
     let params = ChatParams {
-        session: SessionParams {
-            n_ctx: cli.ctx_size,
-            kv_type: cli.kv_type,
-            n_threads: cli.threads.unwrap_or_else(internvl::session::physical_cores).max(1),
-            n_batch: cli.batch_size.max(1),
-            vision_batch: cli.vision_batch.max(1),
-        },
         system: cli.system.clone(),
-        tiling: Some(tiling),
-        truncate_history: cli.truncate_history,
-        mem_budget: cli.mem_budget,
-        ..Default::default()
+        ..cli.session.chat_params(&model, internvl::session::physical_cores())?
     };
     let chat = model.chat(params)?;
     let seed = if cli.seed < 0 {
@@ -307,20 +248,7 @@ fn load_model(cli: &Cli) -> Result<Model> {
         }
         (None, None) => return Err(CliError::Usage("give a model with -m FILE or --hf OWNER/NAME".into())),
     };
-    let lp = LoadParams {
-        mmproj: cli.mmproj.clone(),
-        tokenizer_dir: cli.tokenizer.clone(),
-        weight_layout: cli.weights,
-    };
-    Ok(Model::load_on(&path, &lp, cli.device)?)
-}
-
-fn parse_device(s: &str) -> std::result::Result<internvl::model::Device, String> {
-    internvl::model::Device::parse(s).ok_or_else(|| format!("`{s}` is not one of auto, cpu, cuda"))
-}
-
-fn parse_layout(s: &str) -> std::result::Result<internvl::model::WeightLayout, String> {
-    internvl::model::WeightLayout::parse(s).ok_or_else(|| format!("`{s}` is not one of repacked, mapped"))
+    Ok(Model::load_on(&path, &cli.load.load_params(), cli.load.device)?)
 }
 
 /// Opens the images (or video frames) of the command line; returns them with the decode time.

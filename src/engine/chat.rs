@@ -817,6 +817,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // a list of image spans that happens to hold one
     fn tags_mark_image_rows_by_content() {
         let t = TilingParams::default();
         let a = Image::from_rgb(::image::RgbImage::new(8, 8), &t).unwrap();
@@ -824,7 +825,7 @@ mod tests {
             ids: vec![1, 9, 9, 2],
             image_spans: vec![1..3],
         };
-        let tags = tags_of(&p, &[a.clone()]);
+        let tags = tags_of(&p, std::slice::from_ref(&a));
         assert_eq!(
             tags,
             vec![

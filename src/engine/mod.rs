@@ -25,8 +25,9 @@
 //!
 //! Modules: `model` (loading), `image` (images, content keys, the embedding cache), `chat` (turns,
 //! KV reuse, generation), `transcript` (save/load), `draw` (grounding boxes), `hf` (the Hugging Face
-//! cache), `mem` (peak RSS).
+//! cache), `mem` (peak RSS), `args` (the command-line flags internvl-run and internvl-serve share).
 
+pub mod args;
 mod chat;
 pub mod draw;
 mod error;

@@ -20,7 +20,7 @@ pub use config::ModelMeta;
 /// Everything that can be wrong with a model file, named precisely.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
+    #[error("{}", gguf_message(.path, .source))]
     Gguf { path: String, source: GgufError },
     #[error("missing metadata key '{0}'")]
     MissingKey(&'static str),
@@ -46,6 +46,14 @@ pub enum ModelError {
     Input(String),
     #[error(transparent)]
     Ggml(#[from] GgmlError),
+}
+
+/// "path: error", except that an I/O error already names the path (no "a.gguf: a.gguf: not found").
+fn gguf_message(path: &str, source: &GgufError) -> String {
+    match source {
+        GgufError::Io { path: p, .. } if p.as_os_str() == std::ffi::OsStr::new(path) => source.to_string(),
+        _ => format!("{path}: {source}"),
+    }
 }
 
 /// The matrix types `internvl-convert` writes (`--type` and its per-part overrides). The one list: the

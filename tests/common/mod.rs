@@ -8,8 +8,15 @@ use std::sync::Mutex;
 
 static LOCK: Mutex<()> = Mutex::new(());
 
+/// The workspace root. This file is also compiled into serve/'s tests (their manifest dir is serve/), so
+/// the root is found as the directory holding Cargo.lock.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if dir.join("Cargo.lock").is_file() {
+        dir
+    } else {
+        dir.join("..")
+    }
 }
 
 pub fn shared() -> PathBuf {

@@ -3,9 +3,9 @@
 
 Run from the repository root:  python3 tests/py/make_image_fixtures.py
 Needs: Pillow (13 used), numpy; torch + torchvision for normalize_lut.json (skipped with a warning if
-missing, keeping the committed file). The reference functions below are transcribed from the
-InternVL2-1B README (`dynamic_preprocess`, `find_closest_aspect_ratio`, `build_transform`,
-`get_index`); see spec §7.
+missing, keeping the committed file). The reference functions are transcribed from the
+InternVL2-1B README: `dynamic_preprocess` and `find_closest_aspect_ratio` in bench/pillow_preprocess.py
+(shared with the benchmarks), `build_transform` and `get_index` below; see spec §7.
 
 Outputs (all small; inputs are deterministic from fixed seeds):
   manifest.json          magic/version, Pillow version, and the case lists below
@@ -35,52 +35,10 @@ VERSION = 1
 
 
 # ---- reference code (README, transcribed) -------------------------------------------------------
-def find_closest_aspect_ratio(aspect_ratio, target_ratios, width, height, image_size):
-    best_ratio_diff = float('inf')
-    best_ratio = (1, 1)
-    area = width * height
-    for ratio in target_ratios:
-        target_aspect_ratio = ratio[0] / ratio[1]
-        ratio_diff = abs(aspect_ratio - target_aspect_ratio)
-        if ratio_diff < best_ratio_diff:
-            best_ratio_diff = ratio_diff
-            best_ratio = ratio
-        elif ratio_diff == best_ratio_diff:
-            if area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
-                best_ratio = ratio
-    return best_ratio
-
-
-def target_ratios_for(min_num, max_num):
-    target_ratios = set(
-        (i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1) if
-        i * j <= max_num and i * j >= min_num)
-    return sorted(target_ratios, key=lambda x: x[0] * x[1])
-
-
-def dynamic_preprocess(image, min_num=1, max_num=12, image_size=448, use_thumbnail=False):
-    orig_width, orig_height = image.size
-    aspect_ratio = orig_width / orig_height
-    target_ratios = target_ratios_for(min_num, max_num)
-    target_aspect_ratio = find_closest_aspect_ratio(
-        aspect_ratio, target_ratios, orig_width, orig_height, image_size)
-    target_width = image_size * target_aspect_ratio[0]
-    target_height = image_size * target_aspect_ratio[1]
-    blocks = target_aspect_ratio[0] * target_aspect_ratio[1]
-    resized_img = image.resize((target_width, target_height))
-    processed_images = []
-    for i in range(blocks):
-        box = (
-            (i % (target_width // image_size)) * image_size,
-            (i // (target_width // image_size)) * image_size,
-            ((i % (target_width // image_size)) + 1) * image_size,
-            ((i // (target_width // image_size)) + 1) * image_size
-        )
-        processed_images.append(resized_img.crop(box))
-    assert len(processed_images) == blocks
-    if use_thumbnail and len(processed_images) != 1:
-        processed_images.append(image.resize((image_size, image_size)))
-    return processed_images, target_aspect_ratio
+# dynamic_preprocess and its helpers live in bench/pillow_preprocess.py (the one Python copy).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
+from pillow_preprocess import (  # noqa: E402
+    dynamic_preprocess_with_grid as dynamic_preprocess, find_closest_aspect_ratio, target_ratios_for)
 
 
 def get_index(bound, fps, max_frame, first_idx=0, num_segments=32):

@@ -1,97 +1,23 @@
-//! Shared test helpers: the tiny synthetic model (built with the workspace's `internvl-convert`, as in
-//! the root crate's tests/common), a server process on 127.0.0.1 with an ephemeral port, and a small
-//! HTTP client (ureq) with time limits. Nothing here talks to anything but loopback.
+//! Shared test helpers: the tiny synthetic model (the root crate's tests/common, compiled in here), a
+//! server process on 127.0.0.1 with an ephemeral port, and a small HTTP client (ureq) with time limits.
+//! Nothing here talks to anything but loopback.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-static LOCK: Mutex<()> = Mutex::new(());
+// The tiny-model builder is the root crate's own (one copy of the converter lookup, the cache and its
+// freshness rules).
+#[path = "../../../tests/common/mod.rs"]
+mod root;
 
-/// The workspace root (serve/..).
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-pub fn shared() -> PathBuf {
-    repo().join("../shared")
-}
-
-/// target/release (the directory holding this test binary's parent `deps/`).
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .expect("target dir")
-}
-
-/// The converter binary (`INTERNVL_CONVERTER` overrides it, as in the root tests).
-pub fn converter() -> PathBuf {
-    let p = match std::env::var_os("INTERNVL_CONVERTER") {
-        Some(p) => PathBuf::from(p),
-        None => target_dir().join("internvl-convert"),
-    };
-    assert!(
-        p.is_file(),
-        "{} is missing: run the tests with `cargo test --release --workspace` (it builds the converter)",
-        p.display()
-    );
-    p
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("run internvl-convert");
-    assert!(
-        out.status.success(),
-        "{:?} failed:\n{}",
-        cmd,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn newer(a: &Path, b: &Path) -> bool {
-    std::fs::metadata(a).and_then(|m| m.modified()).ok() >= std::fs::metadata(b).and_then(|m| m.modified()).ok()
-}
-
-/// The tiny synthetic checkpoint for `seed`, cached under target/release/test-models (shared with
-/// the root crate's tests).
-pub fn tiny_checkpoint(seed: u64) -> PathBuf {
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = target_dir().join("test-models").join(format!("tiny-{seed}"));
-    let conv = converter();
-    let stamp = dir.join(".done");
-    if !(stamp.is_file() && newer(&stamp, &conv)) {
-        let _ = std::fs::remove_dir_all(&dir);
-        run(Command::new(&conv)
-            .args(["synth", "--preset", "tiny", "--seed", &seed.to_string(), "-q", "-o"])
-            .arg(&dir)
-            .arg("--tokenizer-from")
-            .arg(shared().join("model/InternVL2-1B")));
-        std::fs::write(&stamp, b"ok").expect("stamp");
-    }
-    dir
-}
-
-/// The tiny model as a q8_0 GGUF, cached.
+/// The tiny model as a q8_0 GGUF, cached under target/release/test-models (shared with the root tests).
 pub fn tiny_gguf() -> PathBuf {
-    let ck = tiny_checkpoint(42);
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let out = target_dir().join("test-models").join("tiny-42-q8_0.gguf");
-    if !out.is_file() || !newer(&out, &ck.join(".done")) {
-        run(Command::new(converter())
-            .arg("convert")
-            .arg(&ck)
-            .arg("-o")
-            .arg(&out)
-            .args(["--type", "q8_0", "-q"]));
-    }
-    out
+    root::tiny_gguf(42, "q8_0", &[])
 }
 
 /// An `internvl-serve` process on 127.0.0.1 (ephemeral port), killed when dropped.
