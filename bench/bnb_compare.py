@@ -9,7 +9,9 @@
 tokenizer files), as `internvl-convert synth` writes it or as OpenGVLab publishes it.
 
 What it does (details in docs/bnb_comparison.md, which it writes):
- 1. builds internvl-convert and examples/eval_dump (cargo, release);
+ 1. builds internvl-convert and examples/eval_dump (cargo, release; by default for this CPU, as
+    scripts/bench.sh does: RUSTFLAGS="-C target-cpu=native", so ggml gets GGML_NATIVE=ON and uses the AVX-512 /
+    VNNI kernels PyTorch also picks at run time; --build portable uses the default AVX2 build in target/);
  2. makes ONE input set: the fixed prompts of bnb_common.PROMPTS (Hermes-2 template, InternVL tiling with Pillow,
     float32 normalization of tests/reference/common.py, ids from the checkpoint's tokenizer) -> inputs.json +
     pixels.f32, read by every system;
@@ -115,11 +117,24 @@ def ensure_gguf(ckpt, converter, flags, path):
     bc.write_json(stamp_path, stamp)
 
 
-def cargo_build(root):
+def build_env(root, build):
+    """(environment for cargo, target dir) of a build kind: `native` (this CPU's instructions, in the target dir
+    scripts/bench.sh uses) or `portable` (cargo's defaults, target/)."""
+    env = dict(os.environ)
+    if build == "portable":
+        return env, env.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
+    env["RUSTFLAGS"] = env.get("RUSTFLAGS", "-C target-cpu=native")
+    if "CARGO_TARGET_DIR" not in env:
+        shared = os.path.join(root, "..", "target-native")
+        env["CARGO_TARGET_DIR"] = shared if os.path.isdir(shared) else os.path.join(root, "target", "native")
+    return env, env["CARGO_TARGET_DIR"]
+
+
+def cargo_build(root, env):
     for cmd in (["cargo", "build", "--release", "-p", "internvl-convert", "--bin", "internvl-convert"],
                 ["cargo", "build", "--release", "-p", "internvl", "--example", "eval_dump"]):
         print("+ " + " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, cwd=root)
+        subprocess.run(cmd, check=True, cwd=root, env=env)
 
 
 def main():
@@ -141,6 +156,9 @@ def main():
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the report from the raw outputs in --work of an earlier run (no model runs)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build first")
+    ap.add_argument("--build", default="native", choices=["native", "portable"],
+                    help="ours built for this CPU (default; RUSTFLAGS=-C target-cpu=native, CARGO_TARGET_DIR "
+                         "../target-native or target/native) or with cargo's portable defaults (target/)")
     ap.add_argument("--name", default="bnb_comparison", help="report file stem in --out (default bnb_comparison)")
     args = ap.parse_args()
 
@@ -166,10 +184,11 @@ def main():
 
     if args.report_only:
         return write_report(args, work, variants)
+    env, target_dir = build_env(bc.ROOT, args.build)
     if not args.no_build:
-        cargo_build(bc.ROOT)
-    converter = os.path.join(bc.ROOT, "target", "release", "internvl-convert")
-    eval_dump = os.path.join(bc.ROOT, "target", "release", "examples", "eval_dump")
+        cargo_build(bc.ROOT, env)
+    converter = os.path.join(target_dir, "release", "internvl-convert")
+    eval_dump = os.path.join(target_dir, "release", "examples", "eval_dump")
 
     inputs_dir = os.path.join(work, "inputs")
     inputs = bc.build_inputs(ckpt, images, args.prompts, args.gen_tokens, inputs_dir)
@@ -217,6 +236,7 @@ def main():
             bc.write_json(inputs_path, inputs)
 
     meta = bnb_report.environment(ckpt, threads, args, work, time.time() - started)
+    meta["build"] = {"kind": args.build, "rustflags": env.get("RUSTFLAGS", ""), "target_dir": target_dir}
     meta["loadavg_start"] = loadavg_start
     meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     bc.write_json(os.path.join(work, "run.json"), {"meta": meta, "failures": failures, "ggufs": ggufs})

@@ -151,7 +151,8 @@ def environment(ckpt, threads, args, work, total_s):
         "git_dirty": bool(_cmd(["git", "status", "--porcelain", "--untracked-files=no"])),
         "kv_type": args.kv_type, "gen_tokens": args.gen_tokens, "work": work, "total_s": total_s,
         "command": "python3 bench/bnb_compare.py --ckpt " + ckpt + " --out " + args.out
-                   + ("" if args.prompts == len(bc.PROMPTS) else f" --prompts {args.prompts}"),
+                   + ("" if args.prompts == len(bc.PROMPTS) else f" --prompts {args.prompts}")
+                   + ("" if getattr(args, "build", "native") == "native" else f" --build {args.build}"),
     }
 
 
@@ -449,6 +450,18 @@ def verdict(rows, meta):
     return out
 
 
+def build_line(meta):
+    b = meta.get("build")
+    if not b:
+        return "build not recorded"
+    if b["kind"] == "native":
+        return (f"built for this CPU (`RUSTFLAGS=\"{b['rustflags']}\"`: llama-cpp-sys-2 configures ggml with "
+                "GGML_NATIVE=ON, so its AVX-512/VNNI kernels are compiled in, as PyTorch selects its AVX-512 kernels "
+                "at run time)")
+    return (f"portable build (cargo defaults{', RUSTFLAGS=' + repr(b['rustflags']) if b['rustflags'] else ''}: ggml "
+            "compiled for AVX2, the build CI and packages use)")
+
+
 def setup(meta, inputs, rows):
     prompts = inputs["prompts"]
     n_pos = next(iter(rows.values()))["n_positions"] if rows else 0
@@ -478,7 +491,8 @@ def setup(meta, inputs, rows):
         "in bf16 on its own; the LLM-only variant adds `llm_int8_skip_modules=[model.vision_tower, "
         "model.multi_modal_projector, lm_head]`. bitsandbytes casts the bf16 activations to fp16 to quantize them.",
         f"- ours: `internvl-convert convert` per variant, KV cache {meta['kv_type']} (the runtime's default) unless "
-        "said, CPU backend.",
+        "said, CPU backend, default weight layout (repacked where ggml has a layout for the type); " + build_line(meta)
+        + ".",
         "- what each variant quantizes (transformers: Linear layers per part and their type; ours: converter flags):",
     ]
     for v, r in rows.items():
