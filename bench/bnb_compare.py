@@ -19,7 +19,9 @@ What it does (details in docs/bnb_comparison.md, which it writes):
     tests/reference/make_goldens.py) and converts it to one GGUF per "ours" variant with internvl-convert;
  4. runs every variant in its own process (bench/bnb_hf_worker.py for transformers/bitsandbytes, eval_dump for
     ours), the f32 reference first: its greedy tokens become the teacher-forced continuation of all the others;
- 5. compares each variant with the f32 reference (bench/bnb_report.py) and writes docs/bnb_comparison.md, the
+ 5. times the single matrix products behind the speed differences (examples/gemm_probe.rs for ggml,
+    bench/gemm_torch.py for PyTorch and bitsandbytes) on the ViT's and the prefill's shapes;
+ 6. compares each variant with the f32 reference (bench/bnb_report.py) and writes docs/bnb_comparison.md, the
     plot docs/bnb_comparison.png and the raw figures WORK/summary.json.
 Converted files are cached in --work (keyed on the checkpoint's files and the converter binary).
 """
@@ -132,9 +134,41 @@ def build_env(root, build):
 
 def cargo_build(root, env):
     for cmd in (["cargo", "build", "--release", "-p", "internvl-convert", "--bin", "internvl-convert"],
-                ["cargo", "build", "--release", "-p", "internvl", "--example", "eval_dump"]):
+                ["cargo", "build", "--release", "-p", "internvl", "--example", "eval_dump", "--example", "gemm_probe"]):
         print("+ " + " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=root, env=env)
+
+
+def parse_gemm(text):
+    """Rows `shape label... ms GFLOP/s` of gemm_probe / gemm_torch output -> [{shape, kind, ms, gflops}]."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 4 or parts[0].count("x") != 2 or not parts[0].replace("x", "").isdigit():
+            continue
+        try:
+            ms, gflops = float(parts[-2]), float(parts[-1])
+        except ValueError:
+            continue  # a "failed: ..." line
+        rows.append({"shape": parts[0], "kind": " ".join(parts[1:-2]), "ms": ms, "gflops": gflops})
+    return rows
+
+
+def gemm_probes(probe, threads, n_prompt):
+    """The ViT's largest product (1025 tokens, 1024 -> 4096) and the prefill's (this run's prompt length,
+    896 -> 4864), timed alone in ggml (per weight type) and in PyTorch/bitsandbytes. Failures are recorded,
+    not fatal: the comparison itself does not depend on them."""
+    shapes = f"1025x1024x4096,{n_prompt}x896x4864"
+    env = dict(os.environ, T=str(threads), SHAPES=shapes, TYPES="f32,f16,q8_0,q4_0")
+    out = {"shapes": shapes}
+    for name, cmd in (("ours", [probe]), ("torch", [sys.executable, os.path.join(bc.BENCH, "gemm_torch.py")])):
+        print("+ " + " ".join(cmd) + f"  (SHAPES={shapes})", flush=True)
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        print(r.stdout, end="", flush=True)
+        out[name] = parse_gemm(r.stdout)
+        if r.returncode != 0 or not out[name]:
+            out[name + "_error"] = (r.stderr or r.stdout)[-2000:]
+    return out
 
 
 def main():
@@ -235,7 +269,10 @@ def main():
                 p["teacher"] = r["greedy"]
             bc.write_json(inputs_path, inputs)
 
+    gemm = gemm_probes(os.path.join(target_dir, "release", "examples", "gemm_probe"), threads,
+                       max(len(p["ids"]) for p in inputs["prompts"]))
     meta = bnb_report.environment(ckpt, threads, args, work, time.time() - started)
+    meta["gemm"] = gemm
     meta["build"] = {"kind": args.build, "rustflags": env.get("RUSTFLAGS", ""), "target_dir": target_dir}
     meta["loadavg_start"] = loadavg_start
     meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())

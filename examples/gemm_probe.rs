@@ -31,9 +31,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reps: usize = env_or("REPS", "5").parse()?;
     // The ViT's products per tile (1025 tokens: qkv 1024->3072, out 1024->1024, fc1 1024->4096, fc2
     // 4096->1024) and the LLM's prefill ones for 512 tokens (q 896->896, gate/up 896->4864, down 4864->896).
-    let shapes = env_or("SHAPES", "1025x1024x3072,1025x1024x4096,1025x4096x1024,512x896x4864,512x4864x896");
+    let shapes = env_or(
+        "SHAPES",
+        "1025x1024x3072,1025x1024x4096,1025x4096x1024,512x896x4864,512x4864x896",
+    );
     let types = env_or("TYPES", "f32,f16,q8_0,q4_0");
-    println!("ggml features: {:?}; {threads} thread(s)", internvl::ggml::cpu_features());
+    println!(
+        "ggml features: {:?}; {threads} thread(s)",
+        internvl::ggml::cpu_features()
+    );
     println!("{:<16} {:<14} {:>10} {:>10}", "shape MxKxN", "weight", "ms", "GFLOP/s");
     for shape in shapes.split(',') {
         let d: Vec<usize> = shape.split('x').map(|v| v.parse()).collect::<Result<_, _>>()?;

@@ -158,6 +158,11 @@ pub fn v_pos_embd() -> String {
 pub fn v_blk(l: usize, what: &str, suffix: &str) -> String {
     format!("v.blk.{l}.{what}.{suffix}")
 }
+/// True for the weights of the vision blocks (`v.blk.*.weight`: matrices, and 1-D norm weights, which are
+/// f32 already), fused or split qkv alike.
+pub fn is_vision_block_weight(name: &str) -> bool {
+    name.starts_with("v.blk.") && name.ends_with(".weight")
+}
 /// Projector `mm.model.mlp.{idx}.{suffix}`, idx 0 (LayerNorm), 1 and 3 (Linear).
 pub fn mm(idx: usize, suffix: &str) -> String {
     format!("mm.model.mlp.{idx}.{suffix}")

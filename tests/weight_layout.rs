@@ -59,3 +59,34 @@ fn repacked_q4_0_matches_mapped() {
     assert!(cp > 0.9999, "projector cosine {cp}");
     assert!(cl > 0.9999, "logits cosine {cl}");
 }
+
+#[test]
+fn f32_vision_widens_only_the_vision_matrices() {
+    let path = common::tiny_gguf(42, "f16", &[]);
+    let load = |layout| Arc::new(Model::load_with(&[&path], Device::Cpu, layout).expect("load"));
+    let (mapped, repacked, widened) = (
+        load(WeightLayout::Mapped),
+        load(WeightLayout::Repacked),
+        load(WeightLayout::F32Vision),
+    );
+    assert_eq!(mapped.widened, (0, 0));
+    assert_eq!(repacked.widened, (0, 0));
+    // The fused qkv, the output projection and the two MLP matrices of every vision block, 4 bytes a value.
+    let v = &widened.hp.vision;
+    let per_block = 3 * v.n_embd * v.n_embd + v.n_embd * v.n_embd + 2 * v.n_embd * v.n_ff;
+    eprintln!("widened {:?}", widened.widened);
+    assert_eq!(widened.widened, (4 * v.n_layer, 4 * v.n_layer * per_block));
+    let (p_map, _) = run(mapped);
+    let (p_rep, l_rep) = run(repacked);
+    let (p_wid, l_wid) = run(widened);
+    // The language model is held the same way in both: identical logits.
+    assert_eq!(l_rep, l_wid, "f32-vision changed the language model");
+    // Vision: the same weight values, multiplied in f32 instead of with f16 activations.
+    let (c, c_rep) = (cosine(&p_map, &p_wid), cosine(&p_map, &p_rep));
+    eprintln!("projector cosine vs mapped f16: f32-vision {c:.7}, repacked {c_rep:.7}");
+    assert!(c > 0.9999, "projector cosine {c}");
+    assert_ne!(
+        p_map, p_wid,
+        "the vision products did not change precision: nothing was widened in effect"
+    );
+}
