@@ -149,6 +149,8 @@ def environment(ckpt, threads, args, work, total_s):
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "git": _cmd(["git", "rev-parse", "--short", "HEAD"]),
         "git_dirty": bool(_cmd(["git", "status", "--porcelain", "--untracked-files=no"])),
+        # Which files: uncommitted documentation is not uncommitted code.
+        "git_dirty_files": (_cmd(["git", "diff", "--name-only", "HEAD"]) or "").split(),
         "kv_type": args.kv_type, "gen_tokens": args.gen_tokens, "work": work, "total_s": total_s,
         "command": "python3 bench/bnb_compare.py --ckpt " + ckpt + " --out " + args.out
                    + ("" if args.prompts == len(bc.PROMPTS) else f" --prompts {args.prompts}")
@@ -343,8 +345,9 @@ def gemm_section(meta):
                 f"AVX-512 VNNI instructions) runs at {im['gflops']:,.0f}. In eval mode bitsandbytes 0.50 on the CPU does run LLM.int8() "
                 "(in training mode it dequantizes the weight and runs a float product instead). ggml's q8_0 product "
                 "instead multiplies blocks of 32 weights, each with its own f16 scale, against activations "
-                "quantized in blocks of 32, and rescales every block's integer sum in floating point: the per-block "
-                "work and its narrower vectors keep it far below the int8 peak. That gap, not the rest of the "
+                "quantized in blocks of 32, and rescales every block's integer sum in floating point (how much of "
+                "the gap that per-block work explains, and how much the kernel's vector width and blocking, is not "
+                "measured here). That gap, not the rest of the "
                 "graph, is why our vision and prefill are slower than bitsandbytes' while our decode (one token "
                 "per product, bound by reading the weights) is faster."]
     return out + [""]
@@ -497,6 +500,13 @@ def verdict(rows, meta):
     return out
 
 
+def dirty_note(meta):
+    if not meta.get("git_dirty"):
+        return ""
+    files = meta.get("git_dirty_files")
+    return f" (uncommitted changes in: {', '.join(files)})" if files else " (with uncommitted changes)"
+
+
 def build_line(meta):
     b = meta.get("build")
     if not b:
@@ -519,7 +529,7 @@ def setup(meta, inputs, rows):
         f"{meta['loadavg_start']} at the start, {meta['loadavg_end']} at the end.",
         f"- versions: torch {meta['torch']}, transformers {meta['transformers']}, bitsandbytes "
         f"{meta['bitsandbytes']}, python {meta['python']}; ours at git {meta['git']}"
-        f"{' (with uncommitted changes)' if meta['git_dirty'] else ''}; pinned in bench/requirements-bnb.txt.",
+        f"{dirty_note(meta)}; pinned in bench/requirements-bnb.txt.",
         f"- checkpoint: `{meta['ckpt']}` ({'random weights' if meta['weights']['synthetic'] else 'not synthetic'}: "
         f"{meta['weights']['how']}).",
         f"- inputs: {len(prompts)} prompts, {inputs['pixel_shape'][0]} tiles of 448x448, pixel sha256 "
