@@ -196,7 +196,7 @@ typedef struct ivl_box {
 // Every weight used in place from the memory-mapped file: no copy, the fastest load.
 #define IVL_WEIGHTS_MAPPED 1
 
-// IVL_WEIGHTS_REPACKED, and the vision tower's matrices converted to f32 at load: faster image encoding
+// `IVL_WEIGHTS_REPACKED`, and the vision tower's matrices converted to f32 at load: faster image encoding
 // on CPUs without native f16/bf16 arithmetic, for more memory (+600 MB over an f16 file).
 #define IVL_WEIGHTS_F32_VISION 2
 
