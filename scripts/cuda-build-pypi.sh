@@ -17,7 +17,8 @@
 #
 # Idempotent: an existing venv with the pinned versions is kept, the toolkit dir is re-linked, cargo rebuilds
 # only what changed. NOTE: ggml's CMake cache lives in $CARGO_TARGET_DIR/release/build/llama-cpp-sys-2-*/out and
-# is not re-configured by later builds (docs/jetson.md); to change CUDA_ARCHS afterwards, delete that directory.
+# is not re-configured by later builds (docs/jetson.md); to change CUDA_ARCHS afterwards, run
+# `CARGO_TARGET_DIR=... cargo clean --release -p llama-cpp-sys-2` first.
 #
 # Why CUDA 13.0 and not 12.x: the cu12 nvcc wheels (nvidia-cuda-nvcc-cu12, every version up to 12.9.86) ship only
 # ptxas, libnvvm and libdevice, no nvcc driver, cicc, cudafe++, fatbinary or nvlink. The CUDA 13 wheels
@@ -135,7 +136,9 @@ export CMAKE_BUILD_PARALLEL_LEVEL="$JOBS"
 # libinternvl.so (our cdylib) links ggml-cuda's objects into a shared library, so they must be position
 # independent: without this, nvcc's host objects are not, and the link fails with "relocation R_X86_64_PC32
 # cannot be used against symbol 'stderr'; recompile with -fPIC" (seen here on the first complete build).
-# Changing it after a build means deleting $CARGO_TARGET_DIR/release/build/llama-cpp-sys-2-*/out (a full rebuild).
+# Changing it after a build means `cargo clean --release -p llama-cpp-sys-2` in $CARGO_TARGET_DIR (a full rebuild;
+# deleting only .../build/llama-cpp-sys-2-*/out is not enough: Cargo keeps the build script's fingerprint and then
+# fails with "couldn't read .../out/bindings.rs").
 export CMAKE_POSITION_INDEPENDENT_CODE=ON
 export CARGO_BUILD_JOBS="$JOBS"
 # Shared cuBLAS, after all the static libraries on the link line (-C link-arg goes last), plus an rpath to the
