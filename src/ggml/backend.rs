@@ -48,10 +48,15 @@ impl Backend {
         // SAFETY: registry queries; NULL means no such device.
         let dev = unsafe { sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_GPU) };
         if dev.is_null() {
-            return Err(GgmlError::Backend(
-                "no GPU device: this build has no GPU backend (build with `--features cuda`) or no GPU was found"
-                    .into(),
-            ));
+            // SAFETY: registry query by a NUL-terminated name; NULL when no such backend was compiled in.
+            let has_cuda = !unsafe { sys::ggml_backend_reg_by_name(c"CUDA".as_ptr()) }.is_null();
+            return Err(GgmlError::Backend(if has_cuda {
+                "no GPU device: this build has ggml's CUDA backend, but it found no usable GPU (no NVIDIA GPU, or no \
+                 driver, or a driver older than the CUDA runtime of the build: ggml's own message above says which)"
+                    .into()
+            } else {
+                "no GPU device: this build has no GPU backend (build with `--features cuda`)".into()
+            }));
         }
         // SAFETY: dev is a registered device; name is a static string.
         let name = unsafe {
