@@ -596,16 +596,22 @@ fn bad_input_returns_errors_and_the_process_survives() {
         Duration::from_secs(300),
         dir.path(),
     );
+    assert_checks_passed("bad_input", &out, 60);
+}
+
+/// A C check program (tests/c/*.c) printed "ok ..." per check and "N failure(s)": it exited 0, reported
+/// 0 failures, and ran at least `min_checks` checks.
+fn assert_checks_passed(program: &str, out: &Output, min_checks: usize) {
     let stdout = text(&out.stdout);
     assert!(
         out.status.success(),
-        "bad_input reported failures ({:?}):\n{stdout}\n{}",
+        "{program} reported failures ({:?}):\n{stdout}\n{}",
         out.status.code(),
         text(&out.stderr)
     );
     assert!(stdout.contains("0 failure(s)"), "{stdout}");
     let checks = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    assert!(checks >= 60, "only {checks} checks ran:\n{stdout}");
+    assert!(checks >= min_checks, "only {checks} checks ran:\n{stdout}");
 }
 
 /// API misuse (tests/c/misuse.c): wrong order, double frees, stale and foreign handles, re-entrant
@@ -616,18 +622,7 @@ fn bad_input_returns_errors_and_the_process_survives() {
 fn misuse_is_refused_and_the_model_outlives_its_handle() {
     let dir = tempfile::tempdir().expect("tempdir");
     let exe = build("tests/c/misuse.c", Link::Dynamic, dir.path());
-    let check = |out: &Output| {
-        let stdout = text(&out.stdout);
-        assert!(
-            out.status.success(),
-            "misuse reported failures ({:?}):\n{stdout}\n{}",
-            out.status.code(),
-            text(&out.stderr)
-        );
-        assert!(stdout.contains("0 failure(s)"), "{stdout}");
-        let checks = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-        assert!(checks >= 45, "only {checks} checks ran:\n{stdout}");
-    };
+    let check = |out: &Output| assert_checks_passed("misuse", out, 45);
     let out = run_bounded(Command::new(&exe).arg(model()), Duration::from_secs(300), dir.path());
     check(&out);
     if !have("valgrind") {

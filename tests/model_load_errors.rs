@@ -40,6 +40,16 @@ fn rewrite(
     w.finish().unwrap();
 }
 
+/// `src` with metadata key `key` set to `value`; every other key and every tensor unchanged.
+fn with_key(src: &Path, dst: &Path, key: &str, value: Value) {
+    rewrite(
+        src,
+        dst,
+        |k, v| Some(if k == key { value.clone() } else { v.clone() }),
+        |_, ne, ty| Some((ne.to_vec(), ty)),
+    );
+}
+
 fn load_err(p: &Path) -> (ModelError, String) {
     match Model::load(&[p]) {
         Ok(_) => panic!("{} loaded", p.display()),
@@ -120,18 +130,7 @@ fn wrong_shape_missing_tensor_missing_key_and_bad_type_are_refused() {
     );
 
     let p = tmp("bad_key_type.gguf");
-    rewrite(
-        &src,
-        &p,
-        |k, v| {
-            Some(if k == "qwen2.block_count" {
-                Value::Str("two".into())
-            } else {
-                v.clone()
-            })
-        },
-        |_, ne, ty| Some((ne.to_vec(), ty)),
-    );
+    with_key(&src, &p, "qwen2.block_count", Value::Str("two".into()));
     let (e, s) = load_err(&p);
     assert!(
         matches!(
@@ -158,18 +157,7 @@ fn wrong_shape_missing_tensor_missing_key_and_bad_type_are_refused() {
 
     // Dimensions the graphs cannot run (heads not dividing the width) are refused before ggml sees them.
     let p = tmp("bad_heads.gguf");
-    rewrite(
-        &src,
-        &p,
-        |k, v| {
-            Some(if k == "qwen2.attention.head_count" {
-                Value::U32(5)
-            } else {
-                v.clone()
-            })
-        },
-        |_, ne, ty| Some((ne.to_vec(), ty)),
-    );
+    with_key(&src, &p, "qwen2.attention.head_count", Value::U32(5));
     let (e, s) = load_err(&p);
     assert!(matches!(e, ModelError::Unsupported(_)), "{s}");
 }
@@ -179,18 +167,7 @@ fn absurd_layer_count_is_refused_before_building_the_name_table() {
     // Found by the hostile-input table: a million layers cost 3.4 GiB and 26 s before "missing tensor".
     let src = common::tiny_gguf(42, "f32", &[]);
     let p = tmp("million_layers.gguf");
-    rewrite(
-        &src,
-        &p,
-        |k, v| {
-            Some(if k == "qwen2.block_count" {
-                Value::U32(1_000_000)
-            } else {
-                v.clone()
-            })
-        },
-        |_, ne, ty| Some((ne.to_vec(), ty)),
-    );
+    with_key(&src, &p, "qwen2.block_count", Value::U32(1_000_000));
     let t = std::time::Instant::now();
     let (e, s) = load_err(&p);
     assert!(
