@@ -7,10 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{header, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -186,7 +185,41 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn chat_completions(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+/// After a body goes over `--max-body-bytes`, how much more of it is read (and dropped) before the
+/// 413 goes out, and for how long at most. A client that sends the whole body before it reads the
+/// answer (most do) would otherwise find the connection closed under it mid-send ("broken pipe")
+/// and never see the 413; past these bounds the server answers and closes anyway.
+const OVERLIMIT_DRAIN_BYTES: usize = 64 << 20;
+const OVERLIMIT_DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// The request body, at most `limit` bytes; over it, `BodyTooLarge` once the rest is drained
+/// (within the bounds above).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use futures_util::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadJson(format!("the request body could not be read: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            let mut seen = buf.len() + chunk.len();
+            drop(buf);
+            let drain = async {
+                while seen <= limit.saturating_add(OVERLIMIT_DRAIN_BYTES) {
+                    match chunks.next().await {
+                        Some(Ok(c)) => seen += c.len(),
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(OVERLIMIT_DRAIN_TIME, drain).await;
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+async fn chat_completions(State(st): State<Arc<AppState>>, body: Body) -> Response {
     let t0 = Instant::now();
     match complete(&st, body, t0).await {
         Ok(r) => r,
@@ -204,16 +237,8 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Result<Bytes, B
     }
 }
 
-async fn complete(st: &Arc<AppState>, body: Result<Bytes, BytesRejection>, t0: Instant) -> Result<Response, ApiError> {
-    let body = body.map_err(|rej| {
-        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge {
-                limit: st.cfg.max_body_bytes,
-            }
-        } else {
-            ApiError::BadJson(rej.body_text())
-        }
-    })?;
+async fn complete(st: &Arc<AppState>, body: Body, t0: Instant) -> Result<Response, ApiError> {
+    let body = read_body(body, st.cfg.max_body_bytes).await?;
     let req = api::parse(&body, &st.cfg.limits)?;
     drop(body);
     let turns = resolve_images(st, &req).await?;

@@ -358,10 +358,19 @@ fn malformed_and_invalid_requests_are_400s_in_openai_shape() {
 fn a_body_over_the_limit_is_a_413() {
     let s = Server::start(&["--max-body-bytes", "16384"]);
     let url = s.url("/v1/chat/completions");
-    let big = ask(&"a".repeat(40_000), 4);
-    let r = post(&url, &big);
-    assert_eq!((r.status, error_code(&r)), (413, "request_too_large"), "{}", r.body);
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("16384"));
+    // A client sends the whole body before it reads the answer: the 413 must reach it (not a
+    // connection closed under it mid-send), for a body a little over the limit and one far over
+    // the socket buffers.
+    for size in [40_000, 4 << 20] {
+        let r = post(&url, &ask(&"a".repeat(size), 4));
+        assert_eq!(
+            (r.status, error_code(&r)),
+            (413, "request_too_large"),
+            "{size}: {}",
+            r.body
+        );
+        assert!(r.body["error"]["message"].as_str().unwrap().contains("16384"));
+    }
     assert_eq!(post(&url, &ask("small", 4)).status, 200);
 }
 
