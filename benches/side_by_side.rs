@@ -14,7 +14,8 @@
 //! `$DIR/$PREFIX-split-$T.gguf` + `$DIR/mmproj-$PREFIX-split-$T.gguf` llama.cpp), BENCH_CKPT (checkpoint dir:
 //! tokenizer, and the PyTorch weights), BENCH_IMAGE, BENCH_THREADS (2), BENCH_SYSTEMS (ours,llama,torch),
 //! BENCH_VISION_TYPES (f16,q8_0,q4_0), BENCH_TEXT_TYPES (q8_0,q4_0), BENCH_TORCH_VARIANTS
-//! (ref-f32,ref-bf16,bnb-int8-all), BENCH_PYTHON (python3), BENCH_HF_DIR, BENCH_WORK, BENCH_OUT, BENCH_SMOKE
+//! (ref-f32,ref-bf16,bnb-int8-all), BENCH_OURS_LAYOUTS (int8-vision: ours' vision and TTFT jobs again
+//! with these `--weights` layouts, as extra rows; empty: the default layout only), BENCH_PYTHON (python3), BENCH_HF_DIR, BENCH_WORK, BENCH_OUT, BENCH_SMOKE
 //! (1: one repetition, 4 decode steps), BENCH_META (a line for the header: date, commit).
 mod llamacpp;
 
@@ -27,7 +28,7 @@ use serde_json::{json, Value};
 
 use internvl::chat::{build_prompt_ids, Conversation};
 use internvl::image::{self as ivl, Limits, TilingParams};
-use internvl::model::Model;
+use internvl::model::{Device, Model, WeightLayout};
 use internvl::sampling::argmax;
 use internvl::session::{Session, SessionParams};
 use internvl::tokenizer::Tokenizer;
@@ -166,9 +167,9 @@ impl Inputs {
 // ---------------------------------------------------------------------------------------------------------
 // Ours (children)
 
-fn ours_session(path: &str, n_ctx: usize, threads: usize) -> Result<(Session, f64), String> {
+fn ours_session(path: &str, n_ctx: usize, threads: usize, layout: WeightLayout) -> Result<(Session, f64), String> {
     let t0 = Instant::now();
-    let model = Model::load(&[Path::new(path)]).map_err(|e| format!("{path}: {e}"))?;
+    let model = Model::load_with(&[Path::new(path)], Device::Cpu, layout).map_err(|e| format!("{path}: {e}"))?;
     let params = SessionParams {
         n_ctx,
         n_threads: threads,
@@ -178,8 +179,8 @@ fn ours_session(path: &str, n_ctx: usize, threads: usize) -> Result<(Session, f6
     Ok((s, t0.elapsed().as_secs_f64()))
 }
 
-fn ours_vision(inp: &Inputs, path: &str, threads: usize) -> Result<Value, String> {
-    let (mut s, load_s) = ours_session(path, 256, threads)?;
+fn ours_vision(inp: &Inputs, path: &str, threads: usize, layout: WeightLayout) -> Result<Value, String> {
+    let (mut s, load_s) = ours_session(path, 256, threads, layout)?;
     let t1 = inp.tiles_f32("t1")?;
     let t13 = inp.tiles_f32("t13")?;
     let per = 3 * inp.image_size * inp.image_size;
@@ -206,9 +207,9 @@ fn ours_vision(inp: &Inputs, path: &str, threads: usize) -> Result<Value, String
     }))
 }
 
-fn ours_text(inp: &Inputs, path: &str, threads: usize) -> Result<Value, String> {
+fn ours_text(inp: &Inputs, path: &str, threads: usize, layout: WeightLayout) -> Result<Value, String> {
     let n_ctx = inp.prefill_ids.len().max(inp.decode_ids.len()) + inp.n_decode + 16;
-    let (mut s, load_s) = ours_session(path, n_ctx, threads)?;
+    let (mut s, load_s) = ours_session(path, n_ctx, threads, layout)?;
     let e = |e: internvl::model::ModelError| format!("text: {e}");
     // Warm-up: a few tokens and decode steps.
     let out = s
@@ -250,8 +251,8 @@ fn ours_text(inp: &Inputs, path: &str, threads: usize) -> Result<Value, String> 
     }))
 }
 
-fn ours_ttft(inp: &Inputs, path: &str, threads: usize, n_ctx: usize) -> Result<Value, String> {
-    let (mut s, load_s) = ours_session(path, n_ctx, threads)?;
+fn ours_ttft(inp: &Inputs, path: &str, threads: usize, n_ctx: usize, layout: WeightLayout) -> Result<Value, String> {
+    let (mut s, load_s) = ours_session(path, n_ctx, threads, layout)?;
     let e = |e: internvl::model::ModelError| format!("ttft: {e}");
     let tiles = inp.tiles_f32("t7")?;
     let t = Instant::now();
@@ -283,10 +284,14 @@ fn run_child_job(job: &Value) -> Result<Value, String> {
     };
     let threads = job["threads"].as_u64().unwrap_or(2) as usize;
     let n_ctx = job["n_ctx"].as_u64().unwrap_or(TTFT_CTX as u64) as usize;
+    let layout = match job["layout"].as_str() {
+        None => WeightLayout::default(),
+        Some(l) => WeightLayout::parse(l).ok_or_else(|| format!("child job: unknown weight layout {l}"))?,
+    };
     match (s("sys")?.as_str(), s("job")?.as_str()) {
-        ("ours", "vision") => ours_vision(&inp, &s("model")?, threads),
-        ("ours", "text") => ours_text(&inp, &s("model")?, threads),
-        ("ours", "ttft") => ours_ttft(&inp, &s("model")?, threads, n_ctx),
+        ("ours", "vision") => ours_vision(&inp, &s("model")?, threads, layout),
+        ("ours", "text") => ours_text(&inp, &s("model")?, threads, layout),
+        ("ours", "ttft") => ours_ttft(&inp, &s("model")?, threads, n_ctx, layout),
         ("llama", "vision") => llamacpp::vision(&inp, &s("model")?, &s("mmproj")?, threads),
         ("llama", "text") => {
             let mm = s("mmproj").ok();
@@ -314,6 +319,8 @@ struct Cfg {
     vision_types: Vec<String>,
     text_types: Vec<String>,
     torch_variants: Vec<String>,
+    /// Extra weight layouts of ours for the vision and TTFT jobs (BENCH_OURS_LAYOUTS), besides the default.
+    ours_layouts: Vec<String>,
     python: String,
     hf_dir: PathBuf,
     torch_f32_tiles13: usize,
@@ -355,6 +362,7 @@ impl Cfg {
             vision_types: list("BENCH_VISION_TYPES", "f16,q8_0,q4_0"),
             text_types: list("BENCH_TEXT_TYPES", "q8_0,q4_0"),
             torch_variants: list("BENCH_TORCH_VARIANTS", "ref-f32,ref-bf16,bnb-int8-all"),
+            ours_layouts: list("BENCH_OURS_LAYOUTS", "int8-vision"),
             python: env("BENCH_PYTHON", "python3"),
             hf_dir: PathBuf::from(env("BENCH_HF_DIR", &hf_default.to_string_lossy())),
             torch_f32_tiles13: env_usize("BENCH_TORCH_F32_TILES13", if smoke { 13 } else { 4 })?,
@@ -366,6 +374,17 @@ impl Cfg {
             smoke,
             work,
         })
+    }
+    /// Ours' weight layouts: the default (key suffix "") and each of BENCH_OURS_LAYOUTS ("@layout").
+    fn ours_variants(&self) -> Vec<(String, String)> {
+        let mut v = vec![(String::new(), "repacked".to_string())];
+        v.extend(
+            self.ours_layouts
+                .iter()
+                .filter(|l| l.as_str() != "repacked")
+                .map(|l| (format!("@{l}"), l.clone())),
+        );
+        v
     }
     fn has(&self, sys: &str) -> bool {
         self.systems.iter().any(|s| s == sys)
@@ -520,14 +539,16 @@ fn plan(cfg: &Cfg, reps: &Reps, n_decode: usize) -> Result<Vec<Job>, String> {
     for t in &cfg.vision_types {
         if cfg.has("ours") {
             let p = cfg.ours(t).to_string_lossy().into_owned();
-            let j = json!({"sys": "ours", "job": "vision", "model": p, "threads": th});
-            jobs.push(rust_job(
-                cfg,
-                &format!("ours/vision/{t}"),
-                format!("ours vision {t}"),
-                3.0 + vis_tiles * 2.5,
-                j,
-            )?);
+            for (key, layout) in cfg.ours_variants() {
+                let j = json!({"sys": "ours", "job": "vision", "model": p, "threads": th, "layout": layout});
+                jobs.push(rust_job(
+                    cfg,
+                    &format!("ours/vision/{t}{key}"),
+                    format!("ours vision {t}{key}"),
+                    3.0 + vis_tiles * 2.5,
+                    j,
+                )?);
+            }
         }
         if cfg.has("llama") {
             let j = json!({"sys": "llama", "job": "vision", "model": cfg.lc_text(t), "mmproj": cfg.lc_mmproj(t),
@@ -573,14 +594,17 @@ fn plan(cfg: &Cfg, reps: &Reps, n_decode: usize) -> Result<Vec<Job>, String> {
     let ttft_est = 3.0 + 7.0 * 2.5 + 1830.0 / 150.0;
     for t in &cfg.text_types {
         if cfg.has("ours") {
-            let j = json!({"sys": "ours", "job": "ttft", "model": cfg.ours(t), "threads": th, "n_ctx": TTFT_CTX});
-            jobs.push(rust_job(
-                cfg,
-                &format!("ours/ttft/{t}"),
-                format!("ours TTFT + RSS {t}"),
-                ttft_est,
-                j,
-            )?);
+            for (key, layout) in cfg.ours_variants() {
+                let j = json!({"sys": "ours", "job": "ttft", "model": cfg.ours(t), "threads": th, "n_ctx": TTFT_CTX,
+                               "layout": layout});
+                jobs.push(rust_job(
+                    cfg,
+                    &format!("ours/ttft/{t}{key}"),
+                    format!("ours TTFT + RSS {t}{key}"),
+                    ttft_est,
+                    j,
+                )?);
+            }
         }
         if cfg.has("llama") {
             let j = json!({"sys": "llama", "job": "ttft", "model": cfg.lc_text(t), "mmproj": cfg.lc_mmproj(t),
@@ -816,6 +840,14 @@ impl Row {
     }
 }
 
+/// A row's type column: the file's type, and ours' layout when not the default ("q8_0, ours int8-vision").
+fn type_label(t: &str, key: &str) -> String {
+    match key.strip_prefix('@') {
+        Some(layout) => format!("{t}, ours --weights {layout}"),
+        None => t.to_string(),
+    }
+}
+
 fn table(cfg: &Cfg, res: &std::collections::BTreeMap<String, Result<Value, String>>) -> Vec<String> {
     let tv = ["ref-f32", "ref-bf16", "bnb-int8-all"];
     let torch = |field: &str| -> [Option<f64>; 3] { tv.map(|v| get(res, &format!("torch/{v}"), field)) };
@@ -824,13 +856,17 @@ fn table(cfg: &Cfg, res: &std::collections::BTreeMap<String, Result<Value, Strin
         ("vision1_ms", "vision ms/tile, 1-tile image"),
         ("vision13_ms", "vision ms/tile, 13-tile image"),
     ] {
-        for t in &cfg.vision_types {
+        for (t, key) in cfg
+            .vision_types
+            .iter()
+            .flat_map(|t| cfg.ours_variants().into_iter().map(move |(k, _)| (t, k)))
+        {
             let tr = torch(field);
             rows.push(Row {
                 measure: name.into(),
-                ty: t.clone(),
+                ty: type_label(t, &key),
                 unit_digits: 0,
-                ours: get(res, &format!("ours/vision/{t}"), field),
+                ours: get(res, &format!("ours/vision/{t}{key}"), field),
                 llama: get(res, &format!("llama/vision/{t}"), field),
                 torch: tr,
                 anchors: vec![
@@ -871,14 +907,18 @@ fn table(cfg: &Cfg, res: &std::collections::BTreeMap<String, Result<Value, Strin
             target: Some(1.0),
         });
     }
-    for t in &cfg.text_types {
+    for (t, key) in cfg
+        .text_types
+        .iter()
+        .flat_map(|t| cfg.ours_variants().into_iter().map(move |(k, _)| (t, k)))
+    {
         let tr = torch("ttft_ms");
         let l = get(res, &format!("llama/ttft/{t}"), "ttft_ms");
         rows.push(Row {
             measure: "time to first token ms, image1.jpg 6 tiles + thumbnail, short question (load excluded)".into(),
-            ty: t.clone(),
+            ty: type_label(t, &key),
             unit_digits: 0,
-            ours: get(res, &format!("ours/ttft/{t}"), "ttft_ms"),
+            ours: get(res, &format!("ours/ttft/{t}{key}"), "ttft_ms"),
             llama: l,
             torch: tr,
             anchors: vec![
@@ -906,30 +946,32 @@ fn table(cfg: &Cfg, res: &std::collections::BTreeMap<String, Result<Value, Strin
         });
     }
     if cfg.text_types.iter().any(|t| t == "q4_0") {
-        let o = get(res, "ours/ttft/q4_0", "rss_mb");
-        let l = get(res, "llama/ttft/q4_0", "rss_mb");
-        rows.push(Row {
-            measure: format!("peak RSS MB, q4_0, 7-tile image, n_ctx {TTFT_CTX} (the TTFT process)"),
-            ty: "q4_0".into(),
-            unit_digits: 0,
-            ours: o,
-            llama: l,
-            torch: torch("rss_mb"),
-            anchors: vec![("llama.cpp q4_0".into(), l)],
-            lower_better: true,
-            target: Some(0.7),
-        });
-        rows.push(Row {
-            measure: "peak RSS MB against the 900 MB limit".into(),
-            ty: "q4_0".into(),
-            unit_digits: 0,
-            ours: o,
-            llama: l,
-            torch: [None, None, None],
-            anchors: vec![("limit".into(), Some(900.0))],
-            lower_better: true,
-            target: Some(1.0),
-        });
+        for (key, _) in cfg.ours_variants() {
+            let o = get(res, &format!("ours/ttft/q4_0{key}"), "rss_mb");
+            let l = get(res, "llama/ttft/q4_0", "rss_mb");
+            rows.push(Row {
+                measure: format!("peak RSS MB, q4_0, 7-tile image, n_ctx {TTFT_CTX} (the TTFT process)"),
+                ty: type_label("q4_0", &key),
+                unit_digits: 0,
+                ours: o,
+                llama: l,
+                torch: torch("rss_mb"),
+                anchors: vec![("llama.cpp q4_0".into(), l)],
+                lower_better: true,
+                target: Some(0.7),
+            });
+            rows.push(Row {
+                measure: "peak RSS MB against the 900 MB limit".into(),
+                ty: type_label("q4_0", &key),
+                unit_digits: 0,
+                ours: o,
+                llama: l,
+                torch: [None, None, None],
+                anchors: vec![("limit".into(), Some(900.0))],
+                lower_better: true,
+                target: Some(1.0),
+            });
+        }
     }
     let mut lines = vec![
         "| measure | type | ours | llama.cpp | PyTorch f32 | PyTorch bf16 | bnb int8 | best anchor | ours / best | target | |"

@@ -38,7 +38,7 @@ fn main() {
         blobs.push(bytes);
     }
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut f = std::fs::File::create(out.join("model.safetensors")).unwrap();

@@ -18,7 +18,7 @@ fn cpu_s() -> f64 {
 fn main() {
     let path = std::env::args().nth(1).expect("gguf");
     let (t, c) = (Instant::now(), cpu_s());
-    // LAYOUT=mapped|repacked|f32-vision (default: the library's default).
+    // LAYOUT=mapped|repacked|f32-vision|int8-vision (default: the library's default).
     let layout = std::env::var("LAYOUT")
         .ok()
         .and_then(|l| internvl::model::WeightLayout::parse(&l))
@@ -26,13 +26,17 @@ fn main() {
     let model =
         Arc::new(Model::load_with(&[std::path::Path::new(&path)], internvl::model::Device::Cpu, layout).unwrap());
     eprintln!(
-        "load: {:.2} s (cpu {:.2} s), repacked {} tensors / {:.0} MB, widened to f32 {} tensors / {:.0} MB",
+        "load: {:.2} s (cpu {:.2} s), repacked {} tensors / {:.0} MB, widened to f32 {} tensors / {:.0} MB, \
+         int8 {} tensors / {:.0} MB ({})",
         t.elapsed().as_secs_f64(),
         cpu_s() - c,
         model.repacked.0,
         model.repacked.1 as f64 / 1e6,
         model.widened.0,
-        model.widened.1 as f64 / 1e6
+        model.widened.1 as f64 / 1e6,
+        model.int8_packed().0,
+        model.int8_packed().1 as f64 / 1e6,
+        internvl::int8::kernel_name()
     );
     let mut s = Session::new(
         model,

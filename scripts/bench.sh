@@ -15,7 +15,7 @@
 # `internvl-convert synth --preset full --seed 1`), BENCH_DIR/BENCH_PREFIX-{f16,q8_0,q4_0}.gguf (ours) and
 # BENCH_DIR/BENCH_PREFIX-split-T.gguf + BENCH_DIR/mmproj-BENCH_PREFIX-split-T.gguf (llama.cpp, `convert --split`).
 # Other knobs (see benches/side_by_side.rs): BENCH_THREADS, BENCH_SYSTEMS=ours,llama,torch,
-# BENCH_VISION_TYPES, BENCH_TEXT_TYPES, BENCH_TORCH_VARIANTS, BENCH_PYTHON, BENCH_OUT, BENCH_WORK;
+# BENCH_VISION_TYPES, BENCH_TEXT_TYPES, BENCH_TORCH_VARIANTS, BENCH_OURS_LAYOUTS, BENCH_PYTHON, BENCH_OUT, BENCH_WORK;
 # BENCH_PLAN_ONLY=1 checks the files, writes the inputs and prints the job list with time estimates, then stops.
 set -euo pipefail
 

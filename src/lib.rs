@@ -5,6 +5,7 @@
 //! `model` checks a GGUF and builds the vision, projector and Qwen2 graphs; `session` runs them with a KV
 //! cache; `sampling` picks tokens; `image` (tiling, Pillow-exact bicubic), `tokenizer` and `chat` build the
 //! exact inputs.
+pub mod attention;
 pub mod budget;
 pub mod capi;
 pub mod chat;
@@ -13,6 +14,7 @@ pub mod ggml;
 pub mod gguf;
 pub mod hparams;
 pub mod image;
+pub mod int8;
 pub mod model;
 pub mod names;
 pub mod sampling;

@@ -23,7 +23,7 @@ fn tiny_model_runs_end_to_end() {
     assert_eq!(v.proj.len(), 2 * 256 * hp.llm.n_embd);
     assert!(v.proj.iter().all(|x| x.is_finite()));
     let mut ids = vec![151644u32, 872, 198, 151646];
-    ids.extend(std::iter::repeat(151648).take(512));
+    ids.extend(std::iter::repeat_n(151648, 512));
     ids.extend([151647, 198, 151645, 151644, 77091, 198]);
     let out = s.eval(&ids, &v.proj, true).unwrap();
     assert_eq!(out.logits.len(), hp.llm.n_vocab);

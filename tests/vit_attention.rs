@@ -1,6 +1,7 @@
-//! The ViT's two attention paths (flash attention, the default; two matrix products over a sequence padded
-//! to a multiple of 16, `INTERNVL_VIT_FLASH_ATTN=0`) agree on the tiny model, and padding changes nothing.
-//! One test in its own binary: it switches the path through the environment.
+//! The ViT's three CPU attention paths (ours, the default; ggml's flash attention, `INTERNVL_VIT_ATTN=flash`;
+//! two ggml matrix products over a sequence padded to a multiple of 16, `INTERNVL_VIT_ATTN=products`) agree
+//! on the tiny model, and padding changes nothing. One test in its own binary: it switches the path through
+//! the environment.
 mod common;
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use internvl::model::Model;
 use internvl::session::{Session, SessionParams};
 
 #[test]
-fn flash_and_padded_product_attention_agree() {
+fn ours_flash_and_padded_product_attention_agree() {
     let path = common::tiny_gguf(42, "f32", &[]);
     let model = Arc::new(Model::load(&[&path]).expect("load"));
     let hp = model.hp.clone();
@@ -31,29 +32,32 @@ fn flash_and_padded_product_attention_agree() {
         let out = s.encode_tiles(&tiles, true).expect("encode");
         (out.vit.expect("vit"), out.proj)
     };
-    std::env::remove_var("INTERNVL_VIT_FLASH_ATTN");
+    std::env::remove_var("INTERNVL_VIT_ATTN");
+    let (vit_ours, proj_ours) = run();
+    std::env::set_var("INTERNVL_VIT_ATTN", "flash");
     let (vit_fa, proj_fa) = run();
-    std::env::set_var("INTERNVL_VIT_FLASH_ATTN", "0");
+    std::env::set_var("INTERNVL_VIT_ATTN", "products");
     let (vit_mm, proj_mm) = run();
-    std::env::remove_var("INTERNVL_VIT_FLASH_ATTN");
+    std::env::remove_var("INTERNVL_VIT_ATTN");
 
     let n_tok = hp.vision.n_patches() + 1;
     assert_eq!(
-        vit_fa.len(),
+        vit_ours.len(),
         2 * n_tok * hp.vision.n_embd,
         "ViT output has the real tokens only"
     );
-    assert_eq!(vit_fa.len(), vit_mm.len());
-    assert_eq!(proj_fa.len(), proj_mm.len());
     let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     let scale = |a: &[f32]| a.iter().map(|x| x.abs()).fold(0f32, f32::max);
-    let (dv, dp) = (max_diff(&vit_fa, &vit_mm), max_diff(&proj_fa, &proj_mm));
-    eprintln!(
-        "max |flash - products|: vit {dv:.3e} (max |vit| {:.3}), proj {dp:.3e} (max |proj| {:.3})",
-        scale(&vit_fa),
-        scale(&proj_fa)
-    );
-    assert!(vit_fa.iter().chain(&proj_fa).all(|x| x.is_finite()));
-    assert!(dv <= 1e-4 * scale(&vit_fa).max(1.0), "vit differs by {dv}");
-    assert!(dp <= 1e-4 * scale(&proj_fa).max(1.0), "proj differs by {dp}");
+    for (name, vit, proj) in [("flash", &vit_fa, &proj_fa), ("products", &vit_mm, &proj_mm)] {
+        assert_eq!((vit.len(), proj.len()), (vit_ours.len(), proj_ours.len()), "{name}");
+        let (dv, dp) = (max_diff(&vit_ours, vit), max_diff(&proj_ours, proj));
+        eprintln!(
+            "max |ours - {name}|: vit {dv:.3e} (max |vit| {:.3}), proj {dp:.3e} (max |proj| {:.3})",
+            scale(&vit_ours),
+            scale(&proj_ours)
+        );
+        assert!(vit.iter().chain(proj.iter()).all(|x| x.is_finite()), "{name}");
+        assert!(dv <= 1e-4 * scale(&vit_ours).max(1.0), "{name}: vit differs by {dv}");
+        assert!(dp <= 1e-4 * scale(&proj_ours).max(1.0), "{name}: proj differs by {dp}");
+    }
 }

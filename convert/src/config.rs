@@ -214,30 +214,30 @@ pub fn hparams_from_config_json(cfg: &Value) -> Result<Hparams, ConfigError> {
     }
 
     // Structural constraints of the graphs.
-    if vision.image_size % vision.patch_size != 0 {
+    if !vision.image_size.is_multiple_of(vision.patch_size) {
         diffs.push(format!(
             "image_size {} is not a multiple of patch_size {}",
             vision.image_size, vision.patch_size
         ));
     }
-    if vision.n_embd % vision.n_head != 0 {
+    if !vision.n_embd.is_multiple_of(vision.n_head) {
         diffs.push(format!(
             "vision hidden_size {} is not divisible by {} heads",
             vision.n_embd, vision.n_head
         ));
     }
-    if llm.n_embd % llm.n_head != 0 {
+    if !llm.n_embd.is_multiple_of(llm.n_head) {
         diffs.push(format!(
             "llm hidden_size {} is not divisible by {} heads",
             llm.n_embd, llm.n_head
         ));
-    } else if (llm.n_embd / llm.n_head) % 2 != 0 {
+    } else if !(llm.n_embd / llm.n_head).is_multiple_of(2) {
         diffs.push(format!(
             "llm head_dim {} is odd; NEOX RoPE rotates halves",
             llm.n_embd / llm.n_head
         ));
     }
-    if llm.n_head % llm.n_head_kv != 0 {
+    if !llm.n_head.is_multiple_of(llm.n_head_kv) {
         diffs.push(format!(
             "llm num_attention_heads {} is not a multiple of num_key_value_heads {}",
             llm.n_head, llm.n_head_kv
@@ -249,8 +249,8 @@ pub fn hparams_from_config_json(cfg: &Value) -> Result<Hparams, ConfigError> {
         diffs.push(format!(
             "downsample_ratio {downsample_ratio} is not 1/n for an integer n"
         ));
-    } else if vision.image_size % vision.patch_size == 0
-        && (vision.image_size / vision.patch_size) % (factor as usize) != 0
+    } else if vision.image_size.is_multiple_of(vision.patch_size)
+        && !(vision.image_size / vision.patch_size).is_multiple_of(factor as usize)
     {
         diffs.push(format!(
             "the {0}x{0} patch grid cannot be pixel-shuffled by {factor}",

@@ -103,7 +103,7 @@ fn round(clients: usize, secs: u64, max_tokens: usize, url: &str, frame: &str) -
                     let mut errors = Vec::new();
                     let mut i = 0usize;
                     while Instant::now() < deadline {
-                        let body = if i % 2 == 0 {
+                        let body = if i.is_multiple_of(2) {
                             ask(&format!("client {c} question {i}: what do you see?"), max_tokens)
                         } else {
                             ask_image(

@@ -147,7 +147,7 @@ impl Buffer {
     /// `owner` keeps the memory alive; `data` must point into it.
     pub fn cpu_from_host(owner: Arc<dyn Send + Sync>, data: &[u8]) -> Result<Self> {
         // ggml asserts 32-byte alignment of host buffers; a mapped GGUF's data section always has it.
-        if data.as_ptr() as usize % 32 != 0 {
+        if !(data.as_ptr() as usize).is_multiple_of(32) {
             return Err(GgmlError::Alloc {
                 what: "a CPU buffer over memory that is not 32-byte aligned".into(),
             });

@@ -74,7 +74,7 @@ impl Context {
     }
 
     /// Reserves room for `n` more tensors, or errors before ggml would abort.
-    fn reserve(&self, n: usize) -> Result<()> {
+    pub(super) fn reserve(&self, n: usize) -> Result<()> {
         let used = self.used.get();
         if used + n > self.capacity {
             return Err(GgmlError::ContextFull {
@@ -86,7 +86,7 @@ impl Context {
         Ok(())
     }
 
-    fn wrap<'a>(&'a self, p: *mut sys::ggml_tensor, op: &'static str) -> Result<Tensor<'a>> {
+    pub(super) fn wrap<'a>(&'a self, p: *mut sys::ggml_tensor, op: &'static str) -> Result<Tensor<'a>> {
         NonNull::new(p)
             .map(|ptr| Tensor { ptr, _ctx: PhantomData })
             .ok_or_else(|| GgmlError::Alloc {
@@ -111,7 +111,7 @@ impl Context {
                 .ok_or_else(|| shape("new_tensor", format!("{ne:?} overflows")))?;
             ne64[i] = n;
         }
-        if ne[0] % ty.block_size() != 0 {
+        if !ne[0].is_multiple_of(ty.block_size()) {
             return Err(GgmlError::Type {
                 op: "new_tensor",
                 ty: ty.name().into(),
@@ -347,7 +347,7 @@ impl Context {
         if pos.ty() != GgmlType::I32 || p[1] != 1 || p[2] != 1 || p[3] != 1 || x[2] != p[0] {
             return Err(shape("rope", format!("positions {} for {}", pos.desc(), a.desc())));
         }
-        if n_dims == 0 || n_dims % 2 != 0 || n_dims as i64 > x[0] {
+        if n_dims == 0 || !n_dims.is_multiple_of(2) || n_dims as i64 > x[0] {
             return Err(shape("rope", format!("n_dims {n_dims} for {}", a.desc())));
         }
         self.reserve(1)?;
@@ -421,7 +421,7 @@ impl Context {
         if !a.is_contiguous() || n != a.nelements() || ne.contains(&0) {
             return Err(shape("reshape", format!("{} to {ne:?}", a.desc())));
         }
-        if ne[0] % a.ty().block_size() != 0 {
+        if !ne[0].is_multiple_of(a.ty().block_size()) {
             return Err(ty_err("reshape", a, "new row length not a multiple of the block size"));
         }
         self.reserve(1)?;
@@ -608,11 +608,11 @@ impl Drop for Context {
     }
 }
 
-fn shape(op: &'static str, detail: String) -> GgmlError {
+pub(super) fn shape(op: &'static str, detail: String) -> GgmlError {
     GgmlError::Shape { op, detail }
 }
 
-fn ty_err(op: &'static str, t: Tensor<'_>, detail: &str) -> GgmlError {
+pub(super) fn ty_err(op: &'static str, t: Tensor<'_>, detail: &str) -> GgmlError {
     GgmlError::Type {
         op,
         ty: t.ty().name().into(),

@@ -11,7 +11,7 @@ use crate::gguf::GgmlType;
 const ROWS_PER_TASK: usize = 16;
 
 fn check_rows(ty: GgmlType, n: usize, n_per_row: usize) -> Result<usize> {
-    if n_per_row == 0 || n % n_per_row != 0 {
+    if n_per_row == 0 || !n.is_multiple_of(n_per_row) {
         return Err(GgmlError::Quantize(format!(
             "{n} values are not whole rows of {n_per_row}"
         )));

@@ -200,6 +200,11 @@ impl WeightStore {
         (count, bytes)
     }
 
+    /// Every weight's name.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+
     /// The tensor called `name`, valid as long as the store is borrowed.
     pub(crate) fn get(&self, name: &str) -> Option<Tensor<'_>> {
         self.map.get(name).map(|p| Tensor::from_raw(*p, &self.ctx))

@@ -127,7 +127,7 @@ pub fn check_runnable(hp: &Hparams) -> Result<(), ModelError> {
     let v = &hp.vision;
     let t = &hp.llm;
     let bad = |what: &str, detail: String| Err(ModelError::Unsupported(format!("{what}: {detail}")));
-    if v.image_size % v.patch_size != 0 {
+    if !v.image_size.is_multiple_of(v.patch_size) {
         return bad(
             "vision",
             format!(
@@ -136,14 +136,14 @@ pub fn check_runnable(hp: &Hparams) -> Result<(), ModelError> {
             ),
         );
     }
-    if v.n_embd % v.n_head != 0 {
+    if !v.n_embd.is_multiple_of(v.n_head) {
         return bad(
             "vision",
             format!("width {} is not a multiple of {} heads", v.n_embd, v.n_head),
         );
     }
     let f = hp.shuffle_factor();
-    if (hp.downsample_ratio * f as f32 - 1.0).abs() > 1e-6 || f == 0 || v.grid() % f != 0 {
+    if (hp.downsample_ratio * f as f32 - 1.0).abs() > 1e-6 || f == 0 || !v.grid().is_multiple_of(f) {
         return bad(
             "pixel shuffle",
             format!("ratio {} on a {}x{} grid", hp.downsample_ratio, v.grid(), v.grid()),
@@ -155,13 +155,13 @@ pub fn check_runnable(hp: &Hparams) -> Result<(), ModelError> {
             format!("ps_version {:?} (only v2 is implemented)", hp.ps_version),
         );
     }
-    if t.n_embd % t.n_head != 0 || t.n_head % t.n_head_kv != 0 {
+    if !t.n_embd.is_multiple_of(t.n_head) || !t.n_head.is_multiple_of(t.n_head_kv) {
         return bad(
             "llm",
             format!("{} wide, {} heads, {} kv heads", t.n_embd, t.n_head, t.n_head_kv),
         );
     }
-    if t.head_dim() % 2 != 0 {
+    if !t.head_dim().is_multiple_of(2) {
         return bad("llm", format!("head dim {} must be even for RoPE", t.head_dim()));
     }
     Ok(())

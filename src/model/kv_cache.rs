@@ -56,7 +56,7 @@ impl KvCache {
             )));
         }
         let n_embd_kv = hp.n_embd_kv();
-        if n_embd_kv % ty.ggml().block_size() != 0 || hp.head_dim() % ty.ggml().block_size() != 0 {
+        if !n_embd_kv.is_multiple_of(ty.ggml().block_size()) || !hp.head_dim().is_multiple_of(ty.ggml().block_size()) {
             return Err(ModelError::Unsupported(format!(
                 "KV cache type {} needs a head size that is a multiple of {} (head size {})",
                 ty.ggml().name(),

@@ -10,9 +10,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::ggml::{Backend, BackendKind, GgmlError, Tensor, WeightStore};
+use crate::ggml::{Backend, BackendKind, Context, GgmlError, Tensor, WeightStore};
 use crate::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
 use crate::hparams::Hparams;
+use crate::int8::PackedWeights;
 use crate::names::{self, Role, TensorSpec};
 
 pub use config::ModelMeta;
@@ -139,6 +140,9 @@ pub struct Model {
     pub repacked: (usize, usize),
     /// Weights converted to f32 at load (`WeightLayout::F32Vision`): (tensors, bytes of f32 data).
     pub widened: (usize, usize),
+    /// Matrices quantized to int8 panels at load (`WeightLayout::Int8Vision`), by tensor name; the
+    /// graphs multiply by these instead of the mapped tensor of the same name.
+    int8: HashMap<String, PackedWeights>,
 }
 
 /// How weights are held when they stay on the CPU.
@@ -157,6 +161,12 @@ pub enum WeightLayout {
     /// conversion in its inner loop, which makes the ViT faster on CPUs without native f16/bf16
     /// arithmetic, for more memory (those weights take 4 bytes each: +600 MB over an f16 file).
     F32Vision,
+    /// `Repacked`, and the vision tower's matrices quantized at load to int8 with one scale per row
+    /// (`crate::int8`), multiplied by our AVX-512 VNNI kernel: the fastest ViT on CPUs that have VNNI
+    /// (elsewhere a slow portable kernel runs: do not choose it there), for a small accuracy cost
+    /// (LLM.int8()'s scheme without outlier columns; docs/benchmarks.md) and +300 MB over a q8_0 file
+    /// whose vision pages are released.
+    Int8Vision,
 }
 
 impl WeightLayout {
@@ -165,6 +175,7 @@ impl WeightLayout {
             "repacked" | "repack" => Some(WeightLayout::Repacked),
             "mapped" | "mmap" => Some(WeightLayout::Mapped),
             "f32-vision" | "vision-f32" => Some(WeightLayout::F32Vision),
+            "int8-vision" | "vision-int8" => Some(WeightLayout::Int8Vision),
             _ => None,
         }
     }
@@ -220,8 +231,14 @@ impl Model {
             if layout == WeightLayout::F32Vision {
                 model.widened = model.weights.widen_cpu(names::is_vision_block_weight, release)?;
             }
+            if layout == WeightLayout::Int8Vision {
+                model.pack_int8(names::is_vision_block_weight, release)?;
+            }
             let token_embd = names::token_embd();
-            model.repacked = model.weights.repack_cpu(|name| name != token_embd, release)?;
+            let int8 = &model.int8;
+            model.repacked = model
+                .weights
+                .repack_cpu(|name| name != token_embd && !int8.contains_key(name), release)?;
         }
         Ok(model)
     }
@@ -292,6 +309,7 @@ impl Model {
             token_embd,
             repacked: (0, 0),
             widened: (0, 0),
+            int8: HashMap::new(),
         })
     }
 
@@ -300,6 +318,51 @@ impl Model {
         self.weights
             .get(name)
             .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+    }
+
+    /// Quantizes each matrix that `pick` selects into int8 panels (from its mapped data, dequantized);
+    /// `release` is told each name, whose mapped pages are then unused.
+    fn pack_int8(&mut self, pick: impl Fn(&str) -> bool, mut release: impl FnMut(&str)) -> Result<(), ModelError> {
+        let mut names: Vec<String> = self.weights.names().filter(|n| pick(n)).map(str::to_owned).collect();
+        names.sort();
+        for name in names {
+            let t = self.w(&name)?;
+            let ne = t.ne();
+            if ne[2] != 1 || ne[3] != 1 || ne[1] == 1 {
+                continue; // vectors (norm weights) stay as they are
+            }
+            let (k, n) = (ne[0] as usize, ne[1] as usize);
+            let values = crate::ggml::dequantize(t.ty(), t.host_bytes()?, k * n)?;
+            self.int8.insert(name.clone(), PackedWeights::pack(&values, n, k));
+            release(&name);
+        }
+        Ok(())
+    }
+
+    /// Matrices held as int8 panels (`WeightLayout::Int8Vision`): (tensors, bytes).
+    pub fn int8_packed(&self) -> (usize, usize) {
+        (self.int8.len(), self.int8.values().map(PackedWeights::bytes).sum())
+    }
+
+    /// `x·Wᵀ + b` for the Linear layer whose weight is called `w` and bias `b`: by our int8 kernel when
+    /// the weight was packed for it at load, else by ggml's product of the weight tensor.
+    pub(crate) fn linear<'a>(
+        &'a self,
+        ctx: &'a Context,
+        x: Tensor<'a>,
+        w: &str,
+        b: &str,
+    ) -> Result<Tensor<'a>, ModelError> {
+        let bias = self.w(b)?;
+        let Some(packed) = self.int8.get(w) else {
+            return Ok(ctx.linear(x, self.w(w)?, Some(bias))?);
+        };
+        let x = if x.is_contiguous() { x } else { ctx.cont(x)? };
+        if bias.ty() == GgmlType::F32 {
+            Ok(ctx.linear_int8(x, packed, Some(bias))?)
+        } else {
+            Ok(ctx.add(ctx.linear_int8(x, packed, None)?, bias)?)
+        }
     }
 
     /// Bytes of weights (mapped in place).

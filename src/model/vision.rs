@@ -50,7 +50,7 @@ pub fn patchify(hp: &Hparams, tiles: &[f32]) -> Result<Vec<f32>, ModelError> {
     let v = &hp.vision;
     let (s, p, c, g) = (v.image_size, v.patch_size, v.n_channels, v.grid());
     let per_tile = c * s * s;
-    if tiles.is_empty() || tiles.len() % per_tile != 0 {
+    if tiles.is_empty() || !tiles.len().is_multiple_of(per_tile) {
         return Err(ModelError::Input(format!(
             "{} values are not whole {c}x{s}x{s} tiles",
             tiles.len()
@@ -123,10 +123,12 @@ pub fn build<'a>(
     let mut x = ctx.add(x, pos)?.set_name("vit_embd");
 
     // The matrix-product attention runs on a sequence padded to a multiple of 16 (see `padded_tokens`).
-    // On a GPU the products are kept: ggml-cuda's flash attention wants f16 K/V, and an unsupported op
-    // would fall back to the CPU.
-    let flash = use_flash_attn() && m.device == crate::ggml::BackendKind::Cpu;
-    let n_seq = if flash { n_tok } else { padded_tokens(n_tok) };
+    let attn = VitAttention::choose(m.device);
+    let n_seq = if attn == VitAttention::Products {
+        padded_tokens(n_tok)
+    } else {
+        n_tok
+    };
     let mut inp_pad = None;
     let mut mask = None;
     if n_seq > n_tok {
@@ -143,21 +145,43 @@ pub fn build<'a>(
         let h = layer_norm(ctx, x, wl("ln1", "weight")?, wl("ln1", "bias")?, v.ln_eps)?;
         // q, k, v each [hd, n_head, n_tok, T] -> permuted to [hd, n_tok, n_head, T] for attention.
         let (q, kk, vv) = if m.split_qkv {
-            let q = ctx.linear(h, wl("attn_q", "weight")?, Some(wl("attn_q", "bias")?))?;
-            let kk = ctx.linear(h, wl("attn_k", "weight")?, Some(wl("attn_k", "bias")?))?;
-            let vv = ctx.linear(h, wl("attn_v", "weight")?, Some(wl("attn_v", "bias")?))?;
+            let q = m.linear(
+                ctx,
+                h,
+                &names::v_blk(l, "attn_q", "weight"),
+                &names::v_blk(l, "attn_q", "bias"),
+            )?;
+            let kk = m.linear(
+                ctx,
+                h,
+                &names::v_blk(l, "attn_k", "weight"),
+                &names::v_blk(l, "attn_k", "bias"),
+            )?;
+            let vv = m.linear(
+                ctx,
+                h,
+                &names::v_blk(l, "attn_v", "weight"),
+                &names::v_blk(l, "attn_v", "bias"),
+            )?;
             let r = |x| ctx.reshape(x, &[hd, n_head, n_seq, t]);
             (r(q)?, r(kk)?, r(vv)?)
         } else {
             // Fused rows: Q | K | V blocks of D, each head h owning rows h*hd..(h+1)*hd (spec §2.1).
-            let qkv = ctx.linear(h, wl("attn_qkv", "weight")?, Some(wl("attn_qkv", "bias")?))?; // [3D, n_seq, T]
+            let qkv = m.linear(
+                ctx,
+                h,
+                &names::v_blk(l, "attn_qkv", "weight"),
+                &names::v_blk(l, "attn_qkv", "bias"),
+            )?; // [3D, n_seq, T]
             let row = 3 * d * 4;
             let nb = [hd * 4, row, row * n_seq];
             let view = |i: usize| ctx.view(qkv, &[hd, n_head, n_seq, t], &nb, i * d * 4);
             (view(0)?, view(1)?, view(2)?)
         };
         // Bidirectional softmax((q·scale)·kᵀ)·v over all tokens (spec §3.5); only padding is masked.
-        let a = if flash {
+        let a = if attn == VitAttention::Ours {
+            ctx.vit_attention(q, kk, vv, scale)? // [hd, n_head, n_tok, T]
+        } else if attn == VitAttention::Flash {
             let q = ctx.permute(q, [0, 2, 1, 3])?;
             let kk = ctx.permute(kk, [0, 2, 1, 3])?;
             let vv = ctx.permute(vv, [0, 2, 1, 3])?;
@@ -176,13 +200,28 @@ pub fn build<'a>(
             ctx.cont(ctx.permute(kqv, [0, 2, 1, 3])?)? // [hd, n_head, n_tok, T]
         };
         let a = ctx.reshape(a, &[d, n_seq, t])?; // heads concatenated in head order
-        let a = ctx.linear(a, wl("attn_out", "weight")?, Some(wl("attn_out", "bias")?))?;
+        let a = m.linear(
+            ctx,
+            a,
+            &names::v_blk(l, "attn_out", "weight"),
+            &names::v_blk(l, "attn_out", "bias"),
+        )?;
         x = ctx.add(x, ctx.mul(a, wl("ls1", "weight")?)?)?;
 
         let h = layer_norm(ctx, x, wl("ln2", "weight")?, wl("ln2", "bias")?, v.ln_eps)?;
-        let h = ctx.linear(h, wl("ffn_up", "weight")?, Some(wl("ffn_up", "bias")?))?;
+        let h = m.linear(
+            ctx,
+            h,
+            &names::v_blk(l, "ffn_up", "weight"),
+            &names::v_blk(l, "ffn_up", "bias"),
+        )?;
         let h = ctx.gelu_erf(h)?; // exact erf GELU (spec §1.1)
-        let h = ctx.linear(h, wl("ffn_down", "weight")?, Some(wl("ffn_down", "bias")?))?;
+        let h = m.linear(
+            ctx,
+            h,
+            &names::v_blk(l, "ffn_down", "weight"),
+            &names::v_blk(l, "ffn_down", "bias"),
+        )?;
         x = ctx
             .add(x, ctx.mul(h, wl("ls2", "weight")?)?)?
             .set_name(&format!("vit_l{l}"));
@@ -230,12 +269,29 @@ pub fn build<'a>(
     })
 }
 
-/// The ViT's attention is ggml's fused flash attention unless `INTERNVL_VIT_FLASH_ATTN=0`, which selects
-/// two matrix products over a padded sequence. Measured on the full model, one thread, 448 tile (CPU
-/// seconds, AVX-512 build): f16 weights 11.3 (flash) vs 12.2 (products); q4_0 repacked 9.2 vs 9.9; AVX2
-/// build q4_0 13.5 vs 15.1. Flash attention also never materializes the 1040x1040 score matrix per head.
-fn use_flash_attn() -> bool {
-    std::env::var_os("INTERNVL_VIT_FLASH_ATTN").map_or(true, |v| v != "0")
+/// How the ViT computes attention. On the CPU our own kernel (`crate::attention`: f32 products and
+/// softmax per block of queries), unless `INTERNVL_VIT_ATTN` names one of ggml's: `flash` (its fused
+/// flash attention) or `products` (two matrix products over a sequence padded to a multiple of 16, what
+/// a GPU runs). Measured on the full model, one thread, one 448 tile, AVX-512 build, CPU seconds of the
+/// whole tile with `--weights int8-vision`: ours OURS_S, flash 4.76, products 5.26 (the attention alone:
+/// ~2.4 s for flash; earlier, with f16 weights: flash 11.3 vs products 12.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VitAttention {
+    Ours,
+    Flash,
+    Products,
+}
+
+impl VitAttention {
+    fn choose(device: crate::ggml::BackendKind) -> Self {
+        match std::env::var("INTERNVL_VIT_ATTN").as_deref() {
+            Ok("flash") if device == crate::ggml::BackendKind::Cpu => VitAttention::Flash,
+            Ok("products") => VitAttention::Products,
+            _ if device == crate::ggml::BackendKind::Cpu => VitAttention::Ours,
+            // ggml-cuda's flash attention wants f16 K/V, and a custom op would run on the CPU.
+            _ => VitAttention::Products,
+        }
+    }
 }
 
 /// Upper bound of tensors a vision graph of any tile count creates (for sizing its context).

@@ -1,0 +1,122 @@
+//! `crate::int8`'s product as two ggml custom nodes on the CPU backend: one quantizes the activations,
+//! the next multiplies them by a packed weight. Two nodes because ggml's barrier between nodes is the only
+//! way to know every thread has finished quantizing before any starts multiplying; both split their work
+//! by blocks of `int8::MR` tokens over ggml's threads.
+use std::ffi::c_void;
+use std::ops::Range;
+
+use super::context::{shape, ty_err, Context, Tensor};
+use super::{sys, Result};
+use crate::gguf::GgmlType;
+use crate::int8::{self, PackedWeights, MR};
+
+impl Context {
+    /// `x·Wᵀ + b` with `w` in int8 panels: `x` contiguous f32 `[k, ...]`, `b` f32 `[n]` -> f32 `[n, ...]`.
+    /// `w` is borrowed for as long as the context: the graph reads it when computed.
+    pub fn linear_int8<'a>(&'a self, x: Tensor<'a>, w: &'a PackedWeights, b: Option<Tensor<'a>>) -> Result<Tensor<'a>> {
+        let ne = x.ne();
+        if ne[0] as usize != w.k() {
+            return Err(shape(
+                "linear_int8",
+                format!("x has {} inputs, the weight {}", ne[0], w.k()),
+            ));
+        }
+        if x.ty() != GgmlType::F32 || !x.is_contiguous() {
+            return Err(ty_err("linear_int8", x, "x must be contiguous f32"));
+        }
+        if let Some(b) = b {
+            if b.ty() != GgmlType::F32 || !b.is_contiguous() || b.nelements() as usize != w.n() {
+                return Err(ty_err(
+                    "linear_int8",
+                    b,
+                    &format!("the bias must be {} contiguous f32", w.n()),
+                ));
+            }
+        }
+        let t = (ne[1] * ne[2] * ne[3]) as usize;
+        self.reserve(2)?;
+        let mut args = [x.raw()];
+        // SAFETY: the shapes and types the callback relies on are checked above; `args` outlives the call
+        // (ggml copies the pointers into the node); n_tasks -1 = all of the backend's threads.
+        let acts = unsafe {
+            sys::ggml_custom_4d(
+                self.raw(),
+                GgmlType::I8 as u32 as sys::ggml_type,
+                int8::acts_bytes(t, w.k()) as i64,
+                1,
+                1,
+                1,
+                args.as_mut_ptr(),
+                1,
+                Some(quantize_node),
+                sys::GGML_N_TASKS_MAX,
+                std::ptr::null_mut(),
+            )
+        };
+        let acts = self.wrap(acts, "linear_int8 (quantize)")?;
+        let mut args = [acts.raw(), b.map_or(std::ptr::null_mut(), |b| b.raw())];
+        let n_args = if b.is_some() { 2 } else { 1 };
+        // SAFETY: as above; userdata points at `w`, which outlives the context ('a) and so every
+        // computation of a graph built in it; the callback only reads it.
+        let y = unsafe {
+            sys::ggml_custom_4d(
+                self.raw(),
+                GgmlType::F32 as u32 as sys::ggml_type,
+                w.n() as i64,
+                ne[1],
+                ne[2],
+                ne[3],
+                args.as_mut_ptr(),
+                n_args,
+                Some(gemm_node),
+                sys::GGML_N_TASKS_MAX,
+                (w as *const PackedWeights).cast_mut().cast::<c_void>(),
+            )
+        };
+        self.wrap(y, "linear_int8")
+    }
+}
+
+/// Token blocks `ith` of `nth` threads takes.
+fn share(blocks: usize, ith: i32, nth: i32) -> Range<usize> {
+    let (i, n) = (ith.max(0) as usize, nth.max(1) as usize);
+    blocks * i / n..blocks * (i + 1) / n
+}
+
+unsafe extern "C" fn quantize_node(dst: *mut sys::ggml_tensor, ith: i32, nth: i32, _: *mut c_void) {
+    // SAFETY: ggml calls this with the node built in `linear_int8`: dst is its I8 buffer of
+    // acts_bytes(t, k) bytes, src[0] the contiguous f32 x of t rows of k (checked there), both allocated.
+    // Each thread writes only its own blocks' bytes and scales (disjoint ranges), and reads x.
+    unsafe {
+        let x = &*(*dst).src[0];
+        let k = x.ne[0] as usize;
+        let t = (x.ne[1] * x.ne[2] * x.ne[3]) as usize;
+        let xs = std::slice::from_raw_parts(x.data as *const f32, t * k);
+        let blocks = int8::token_blocks(t);
+        let mine = share(blocks, ith, nth);
+        let per = int8::block_bytes(k);
+        let base = (*dst).data as *mut u8;
+        let data = std::slice::from_raw_parts_mut(base.add(mine.start * per), mine.len() * per);
+        let scales = std::slice::from_raw_parts_mut(base.add(blocks * per + mine.start * MR * 4), mine.len() * MR * 4);
+        int8::quantize_blocks(xs, k, t, k, mine, data, scales);
+    }
+}
+
+unsafe extern "C" fn gemm_node(dst: *mut sys::ggml_tensor, ith: i32, nth: i32, w: *mut c_void) {
+    // SAFETY: ggml calls this with the node built in `linear_int8`: userdata is the PackedWeights it was
+    // given (alive while the graph is), src[0] the quantized activations of t tokens (acts_bytes(t, k)
+    // bytes), src[1] (when present) an f32 bias of n, dst contiguous f32 [n, t]. Each thread writes
+    // the rows of its own token blocks only.
+    unsafe {
+        let w = &*(w as *const PackedWeights);
+        let d = &*dst;
+        let (n, t) = (d.ne[0] as usize, (d.ne[1] * d.ne[2] * d.ne[3]) as usize);
+        let acts = &*d.src[0];
+        let acts = std::slice::from_raw_parts(acts.data as *const u8, int8::acts_bytes(t, w.k()));
+        let bias = (!d.src[1].is_null()).then(|| std::slice::from_raw_parts((*d.src[1]).data as *const f32, n));
+        let mine = share(int8::token_blocks(t), ith, nth);
+        let rows = (mine.end * MR).min(t) - (mine.start * MR).min(t);
+        let out = std::slice::from_raw_parts_mut((d.data as *mut f32).add(mine.start * MR * n), rows * n);
+        int8::gemm(acts, t, w, bias, mine, out, n);
+    }
+}

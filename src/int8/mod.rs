@@ -1,0 +1,456 @@
+//! An int8 matrix product for the large products (the ViT's 1025-token sequences): weights quantized once
+//! at load to int8 with one scale per output row, activations quantized per token at the start of each
+//! product, int32 accumulation, one float multiply per output.
+//!
+//! Why our own: ggml 0.26's CPU products run at 150-240 GFLOP/s on this machine's 2 cores (q8_0 148, f32
+//! 243, repacked q4_0 223) while an int8 GEMM on AVX-512 VNNI (`vpdpbusd`, 64 multiply-adds per
+//! instruction) runs at ~1,200 GOP/s in PyTorch's `torch._int_mm` (docs/benchmarks.md, "one matrix
+//! product"). The scheme is LLM.int8()'s without the outlier columns: per-row weight scales, per-token
+//! activation scales; its error is checked against the f32 reference like every weight type.
+//!
+//! Layouts (both chosen so that the inner loop reads one pointer each):
+//! - weights: panels of `NR` = 32 outputs; in a panel, for every 4 inputs, 32 x 4 int8 (two 64-byte
+//!   vectors, one `vpdpbusd` operand each); `n` padded to 32 and `k` to 4 with zeros.
+//! - activations: blocks of `MR` = 12 tokens; in a block, for every 4 inputs, 12 x 4 bytes (one 32-bit
+//!   broadcast per token); values stored as `q + 128` (unsigned, what `vpdpbusd` multiplies), the `+128`
+//!   taken back out with each weight row's sum; after the blocks, one f32 scale per token.
+//!
+//! The AVX-512 VNNI kernel (`avx512`, chosen at run time) and the portable one here compute the same
+//! integers and the same float epilogue in the same order, so their outputs are bit-identical.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+use std::ops::Range;
+
+/// Outputs per weight panel (two 16-lane int32 vectors).
+pub const NR: usize = 32;
+/// Tokens per activation block (12 x 2 accumulators + 2 weight vectors fit AVX-512's 32 registers).
+pub const MR: usize = 12;
+/// Token blocks that share one pass over the weights (12 x 10 tokens x up to 4096 inputs stay in L2).
+const MC_BLOCKS: usize = 10;
+
+/// Which kernel runs here.
+pub fn kernel_name() -> &'static str {
+    if avx512_vnni() {
+        "avx512-vnni"
+    } else {
+        "portable"
+    }
+}
+
+fn avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Bytes on a 64-byte boundary, without unsafe: a vector 63 bytes longer and the offset of its first
+/// aligned byte (vectors then never straddle a cache line).
+struct AlignedBytes {
+    buf: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl AlignedBytes {
+    fn zeroed(len: usize) -> Self {
+        let buf = vec![0u8; len + 63];
+        let off = buf.as_ptr().align_offset(64).min(63);
+        AlignedBytes { buf, off, len }
+    }
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
+/// A weight matrix `[n outputs][k inputs]` in int8 panels.
+pub struct PackedWeights {
+    n: usize,
+    k: usize,
+    data: AlignedBytes,
+    /// Per output (padded to `NR`): the row's scale (max |w| / 127; 0 for an all-zero row).
+    scale: Vec<f32>,
+    /// Per output (padded): 128 x the row's int8 sum, what the unsigned activations add.
+    corr: Vec<i32>,
+}
+
+impl PackedWeights {
+    /// Quantizes and packs `w`, row-major `[n][k]` f32 (ggml's layout of a weight: `ne0 = k`).
+    pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "int8 pack: {n} x {k} weight has {} values", w.len());
+        let (k4, panels) = (k.div_ceil(4), n.div_ceil(NR));
+        let mut data = AlignedBytes::zeroed(panels * k4 * NR * 4);
+        let mut scale = vec![0f32; panels * NR];
+        let mut corr = vec![0i32; panels * NR];
+        let bytes = data.as_mut_slice();
+        for (row, vals) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+            let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let s = amax / 127.0;
+            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+            scale[row] = s;
+            let (p, lane) = (row / NR, row % NR);
+            let mut sum = 0i32;
+            for (i, &v) in vals.iter().enumerate() {
+                let q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+                sum += i32::from(q);
+                bytes[((p * k4 + i / 4) * NR + lane) * 4 + i % 4] = q as u8;
+            }
+            corr[row] = 128 * sum;
+        }
+        PackedWeights {
+            n,
+            k,
+            data,
+            scale,
+            corr,
+        }
+    }
+
+    /// Outputs.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Inputs.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Memory held, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.data.len + self.scale.len() * 4 + self.corr.len() * 4
+    }
+    fn k4(&self) -> usize {
+        self.k.div_ceil(4)
+    }
+}
+
+/// Bytes of the quantized activations of `t` tokens of `k` inputs (blocks, then the scales).
+pub fn acts_bytes(t: usize, k: usize) -> usize {
+    let blocks = t.div_ceil(MR);
+    blocks * MR * k.div_ceil(4) * 4 + blocks * MR * 4
+}
+
+/// Token blocks of `t` tokens.
+pub fn token_blocks(t: usize) -> usize {
+    t.div_ceil(MR)
+}
+
+/// Quantizes token block `block` (tokens `block * MR ..`, the last block may be short: its missing tokens
+/// get scale 0) of `x` (`t` rows of `k` f32, row `i` at `x[i * ldx..]`) into `data` (the block's
+/// `MR * k4 * 4` bytes) and `scales` (its `MR` scales).
+pub fn quantize_block(x: &[f32], ldx: usize, t: usize, k: usize, block: usize, data: &mut [u8], scales: &mut [f32]) {
+    let k4 = k.div_ceil(4);
+    assert!(
+        data.len() == k4 * MR * 4 && scales.len() == MR,
+        "int8 quantize: block buffer size"
+    );
+    for (r, scale) in scales.iter_mut().enumerate() {
+        let tok = block * MR + r;
+        if tok >= t {
+            *scale = 0.0;
+            for g in 0..k4 {
+                data[(g * MR + r) * 4..][..4].fill(128);
+            }
+            continue;
+        }
+        let row = &x[tok * ldx..tok * ldx + k];
+        let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = amax / 127.0;
+        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+        *scale = s;
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            avx512::quantize_row(row, inv, r, data);
+            continue;
+        }
+        quantize_row(row, inv, r, data);
+    }
+}
+
+/// One token's values into its 4-byte slots of a block: `round_ties_even(v / s) + 128` (the rounding of
+/// the vector instructions, so both paths give the same bytes), inputs past `k` as 0 (byte 128).
+fn quantize_row(row: &[f32], inv: f32, r: usize, data: &mut [u8]) {
+    quantize_row_tail(row, 0, inv, r, data);
+}
+
+/// `quantize_row` from value `from` (a multiple of 4) on.
+fn quantize_row_tail(row: &[f32], from: usize, inv: f32, r: usize, data: &mut [u8]) {
+    for g in from / 4..row.len().div_ceil(4) {
+        let dst = &mut data[(g * MR + r) * 4..][..4];
+        for (j, d) in dst.iter_mut().enumerate() {
+            let v = row.get(g * 4 + j).copied().unwrap_or(0.0);
+            *d = quantize_value(v, inv);
+        }
+    }
+}
+
+fn quantize_value(v: f32, inv: f32) -> u8 {
+    ((v * inv).round_ties_even().clamp(-127.0, 127.0) as i32 + 128) as u8
+}
+
+/// Bytes of one token block's quantized values (`MR` tokens x `k` rounded up to 4).
+pub fn block_bytes(k: usize) -> usize {
+    MR * k.div_ceil(4) * 4
+}
+
+/// Quantizes the token blocks `blocks` of `x` (`t` rows of `k` f32, row `i` at `x[i * ldx..]`): `data`
+/// is those blocks' part of the block area (`blocks.len() * block_bytes(k)`), `scales` their part of
+/// the scale area (`blocks.len() * MR * 4` bytes, little-endian f32). Threads quantize disjoint ranges.
+pub fn quantize_blocks(
+    x: &[f32],
+    ldx: usize,
+    t: usize,
+    k: usize,
+    blocks: Range<usize>,
+    data: &mut [u8],
+    scales: &mut [u8],
+) {
+    let per = block_bytes(k);
+    assert!(
+        data.len() == blocks.len() * per && scales.len() == blocks.len() * MR * 4,
+        "int8 quantize: buffer sizes"
+    );
+    let mut sc = [0f32; MR];
+    for (i, b) in blocks.enumerate() {
+        quantize_block(x, ldx, t, k, b, &mut data[i * per..(i + 1) * per], &mut sc);
+        for (r, s) in sc.iter().enumerate() {
+            scales[(i * MR + r) * 4..][..4].copy_from_slice(&s.to_le_bytes());
+        }
+    }
+}
+
+/// Reads the scales of a quantized-activation buffer.
+fn read_scales(acts: &[u8], t: usize, k: usize) -> Vec<f32> {
+    let blocks = t.div_ceil(MR);
+    let at = blocks * block_bytes(k);
+    acts[at..at + blocks * MR * 4]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// Quantizes `t` rows of `x` (row stride `ldx`) into `acts` (`acts_bytes(t, k)` long), one thread.
+pub fn quantize(x: &[f32], ldx: usize, t: usize, k: usize, acts: &mut [u8]) {
+    assert_eq!(acts.len(), acts_bytes(t, k), "int8 quantize: activation buffer size");
+    let blocks = token_blocks(t);
+    let (data, scales) = acts.split_at_mut(blocks * block_bytes(k));
+    quantize_blocks(x, ldx, t, k, 0..blocks, data, scales);
+}
+
+/// `out[i][j] = sum_k x[i][k] w[j][k] (+ bias[j])` for the tokens of token blocks `blocks`, from the
+/// quantized activations of all `t` tokens; `out` holds those blocks' rows only (the first row is token
+/// `blocks.start * MR`), `ldo` apart, `w.n()` used of each.
+pub fn gemm(
+    acts: &[u8],
+    t: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    blocks: Range<usize>,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let k4 = w.k4();
+    let per = block_bytes(w.k);
+    assert_eq!(acts.len(), acts_bytes(t, w.k), "int8 gemm: activation buffer size");
+    assert!(blocks.end <= t.div_ceil(MR), "int8 gemm: block range");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), w.n, "int8 gemm: bias length");
+    }
+    let rows = (blocks.end * MR).min(t) - (blocks.start * MR).min(t);
+    assert!(
+        ldo >= w.n && out.len() >= rows.saturating_sub(1) * ldo + w.n,
+        "int8 gemm: output size"
+    );
+    let scales = read_scales(acts, t, w.k);
+    let panels = w.n.div_ceil(NR);
+    let wdata = w.data.as_slice();
+    let mut sb = blocks.start;
+    while sb < blocks.end {
+        let se = (sb + MC_BLOCKS).min(blocks.end);
+        for p in 0..panels {
+            let panel = &wdata[p * k4 * NR * 4..(p + 1) * k4 * NR * 4];
+            for b in sb..se {
+                let a = &acts[b * per..(b + 1) * per];
+                let mut acc = [[0i32; NR]; MR];
+                tile(a, panel, k4, &mut acc);
+                let n0 = p * NR;
+                let nn = NR.min(w.n - n0);
+                for (r, acc_r) in acc.iter().enumerate() {
+                    let tok = b * MR + r;
+                    if tok >= t {
+                        break;
+                    }
+                    let o = &mut out[(tok - blocks.start * MR) * ldo + n0..][..nn];
+                    let sa = scales[tok];
+                    for (j, o) in o.iter_mut().enumerate() {
+                        let v = (acc_r[j] - w.corr[n0 + j]) as f32 * (w.scale[n0 + j] * sa);
+                        *o = match bias {
+                            Some(bias) => v + bias[n0 + j],
+                            None => v,
+                        };
+                    }
+                }
+            }
+        }
+        sb = se;
+    }
+}
+
+/// One block of `MR` tokens times one panel of `NR` outputs: the int32 sums of (q + 128) x w.
+fn tile(a: &[u8], panel: &[u8], k4: usize, acc: &mut [[i32; NR]; MR]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        avx512::tile(a, panel, k4, acc);
+        return;
+    }
+    tile_portable(a, panel, k4, acc);
+}
+
+fn tile_portable(a: &[u8], panel: &[u8], k4: usize, acc: &mut [[i32; NR]; MR]) {
+    *acc = [[0; NR]; MR];
+    for g in 0..k4 {
+        let wg = &panel[g * NR * 4..(g + 1) * NR * 4];
+        let ag = &a[g * MR * 4..(g + 1) * MR * 4];
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let av = &ag[r * 4..r * 4 + 4];
+            for (j, acc) in acc_r.iter_mut().enumerate() {
+                let wv = &wg[j * 4..j * 4 + 4];
+                *acc += (0..4).map(|i| i32::from(av[i]) * i32::from(wv[i] as i8)).sum::<i32>();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn product(t: usize, k: usize, n: usize, with_bias: bool) -> (Vec<f32>, Vec<f32>) {
+        let x = values(t * k, 1);
+        let w = values(n * k, 2);
+        let bias = with_bias.then(|| values(n, 3));
+        let pw = PackedWeights::pack(&w, n, k);
+        let mut acts = vec![0u8; acts_bytes(t, k)];
+        quantize(&x, k, t, k, &mut acts);
+        let mut out = vec![f32::NAN; t * n];
+        gemm(&acts, t, &pw, bias.as_deref(), 0..token_blocks(t), &mut out, n);
+        let mut want = vec![0f32; t * n];
+        for i in 0..t {
+            for j in 0..n {
+                let d: f64 = (0..k).map(|c| f64::from(x[i * k + c]) * f64::from(w[j * k + c])).sum();
+                want[i * n + j] = d as f32 + bias.as_ref().map_or(0.0, |b| b[j]);
+            }
+        }
+        (out, want)
+    }
+
+    #[test]
+    fn matches_the_f32_product_within_int8_error() {
+        // Odd sizes: a short last token block, a short last panel, k not a multiple of 4.
+        for &(t, k, n, b) in &[
+            (1, 4, 1, false),
+            (13, 70, 33, true),
+            (25, 257, 64, true),
+            (40, 1024, 96, false),
+        ] {
+            let (out, want) = product(t, k, n, b);
+            let (mut err, mut norm) = (0f64, 0f64);
+            for (o, w) in out.iter().zip(&want) {
+                assert!(o.is_finite(), "{t}x{k}x{n}: non-finite output");
+                err += f64::from(o - w).powi(2);
+                norm += f64::from(*w).powi(2);
+            }
+            let rel = (err / norm).sqrt();
+            // Uniform values: each side's rounding error is ~1/(127 sqrt 3) of its scale, ~0.5% relative.
+            assert!(rel < 0.02, "{t}x{k}x{n}: relative error {rel}");
+        }
+    }
+
+    /// The vector kernels against the portable ones: same bytes, same sums (odd sizes: k not a multiple
+    /// of 16 or 4 exercises the tails).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx512_kernels_give_the_portable_kernels_bits() {
+        if !avx512::available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let (t, k, n) = (30, 203, 70);
+        let x = values(t * k, 5);
+        let w = values(n * k, 6);
+        let pw = PackedWeights::pack(&w, n, k);
+        let k4 = pw.k4();
+        let inv = 127.0 / 1.5;
+        for row in x.chunks_exact(k) {
+            let (mut a, mut b) = (vec![0u8; k4 * MR * 4], vec![0u8; k4 * MR * 4]);
+            avx512::quantize_row(row, inv, 5, &mut a);
+            quantize_row(row, inv, 5, &mut b);
+            assert_eq!(a, b);
+        }
+        // Rounding ties (2.5, -2.5, 1.5 at inv 2) go to even on both paths.
+        let mut row = vec![0.1f32; 20];
+        row[..3].copy_from_slice(&[1.25, -1.25, 0.75]);
+        let (mut a, mut b) = (vec![0u8; 5 * MR * 4], vec![0u8; 5 * MR * 4]);
+        avx512::quantize_row(&row, 2.0, 0, &mut a);
+        quantize_row(&row, 2.0, 0, &mut b);
+        assert_eq!((a[..3].to_vec(), a), (vec![130, 126, 130], b));
+        let mut acts = vec![0u8; acts_bytes(t, k)];
+        quantize(&x, k, t, k, &mut acts);
+        let per = MR * k4 * 4;
+        for b in 0..token_blocks(t) {
+            for p in 0..n.div_ceil(NR) {
+                let a = &acts[b * per..(b + 1) * per];
+                let panel = &pw.data.as_slice()[p * k4 * NR * 4..][..k4 * NR * 4];
+                let (mut fast, mut portable) = ([[0i32; NR]; MR], [[0i32; NR]; MR]);
+                avx512::tile(a, panel, k4, &mut fast);
+                tile_portable(a, panel, k4, &mut portable);
+                assert_eq!(fast, portable, "block {b} panel {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_split_over_token_blocks_gives_the_same_rows() {
+        let (t, k, n) = (50, 64, 40);
+        let x = values(t * k, 7);
+        let w = values(n * k, 8);
+        let pw = PackedWeights::pack(&w, n, k);
+        let mut acts = vec![0u8; acts_bytes(t, k)];
+        quantize(&x, k, t, k, &mut acts);
+        let mut whole = vec![0f32; t * n];
+        gemm(&acts, t, &pw, None, 0..token_blocks(t), &mut whole, n);
+        let mid = 2;
+        let mut second = vec![0f32; (t - mid * MR) * n];
+        gemm(&acts, t, &pw, None, mid..token_blocks(t), &mut second, n);
+        assert_eq!(&whole[mid * MR * n..], &second[..]);
+    }
+
+    #[test]
+    fn zero_rows_and_tokens_give_zero() {
+        let (t, k, n) = (3, 8, 2);
+        let pw = PackedWeights::pack(&vec![0.0; n * k], n, k);
+        let mut acts = vec![0u8; acts_bytes(t, k)];
+        quantize(&vec![0.0; t * k], k, t, k, &mut acts);
+        let mut out = vec![1f32; t * n];
+        gemm(&acts, t, &pw, None, 0..1, &mut out, n);
+        assert!(out.iter().all(|&v| v == 0.0));
+    }
+}
