@@ -200,9 +200,9 @@ typedef struct ivl_box {
 // on CPUs without native f16/bf16 arithmetic, for more memory (+600 MB over an f16 file).
 #define IVL_WEIGHTS_F32_VISION 2
 
-// `IVL_WEIGHTS_REPACKED`, and the vision tower's matrices quantized to int8 (one scale per row) at load
+// `IVL_WEIGHTS_REPACKED`, and the vision tower's matrices quantized to int8 (a scale per 128 inputs) at load
 // for an AVX-512 VNNI kernel: the fastest image encoding on CPUs with VNNI (elsewhere a slow portable
-// kernel runs), vision error about twice q8_0's.
+// kernel runs), with about q8_0's accuracy.
 #define IVL_WEIGHTS_INT8_VISION 3
 
 #define IVL_KV_F16 0

@@ -115,9 +115,9 @@ pub const IVL_WEIGHTS_MAPPED: ivl_weight_layout = 1;
 /// `IVL_WEIGHTS_REPACKED`, and the vision tower's matrices converted to f32 at load: faster image encoding
 /// on CPUs without native f16/bf16 arithmetic, for more memory (+600 MB over an f16 file).
 pub const IVL_WEIGHTS_F32_VISION: ivl_weight_layout = 2;
-/// `IVL_WEIGHTS_REPACKED`, and the vision tower's matrices quantized to int8 (one scale per row) at load
+/// `IVL_WEIGHTS_REPACKED`, and the vision tower's matrices quantized to int8 (a scale per 128 inputs) at load
 /// for an AVX-512 VNNI kernel: the fastest image encoding on CPUs with VNNI (elsewhere a slow portable
-/// kernel runs), vision error about twice q8_0's.
+/// kernel runs), with about q8_0's accuracy.
 pub const IVL_WEIGHTS_INT8_VISION: ivl_weight_layout = 3;
 
 /// Storage type of the KV cache (one of `IVL_KV_*`).

@@ -22,7 +22,7 @@ pub struct ModelArgs {
     /// f32-vision (repacked, and the vision tower's matrices converted to f32 at load: faster image
     /// encoding on CPUs without native f16/bf16 arithmetic, +600 MB over an f16 file), or int8-vision
     /// (repacked, and the vision tower's matrices quantized to int8 at load for our AVX-512 VNNI kernel:
-    /// the fastest image encoding on CPUs with VNNI, vision error about twice q8_0's).
+    /// the fastest image encoding on CPUs with VNNI, with about q8_0's accuracy).
     #[arg(long, value_name = "LAYOUT", default_value = "repacked", value_parser = parse_layout)]
     pub weights: WeightLayout,
     /// Directory with vocab.json, merges.txt, added_tokens.json, tokenizer_config.json, for GGUFs

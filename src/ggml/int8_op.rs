@@ -97,7 +97,9 @@ unsafe extern "C" fn quantize_node(dst: *mut sys::ggml_tensor, ith: i32, nth: i3
         let per = int8::block_bytes(k);
         let base = (*dst).data as *mut u8;
         let data = std::slice::from_raw_parts_mut(base.add(mine.start * per), mine.len() * per);
-        let scales = std::slice::from_raw_parts_mut(base.add(blocks * per + mine.start * MR * 4), mine.len() * MR * 4);
+        let sper = int8::scale_bytes_per_block(k);
+        let scales =
+            std::slice::from_raw_parts_mut(base.add(int8::scales_at(t, k) + mine.start * sper), mine.len() * sper);
         int8::quantize_blocks(xs, k, t, k, mine, data, scales);
     }
 }

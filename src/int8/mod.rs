@@ -1,19 +1,22 @@
-//! An int8 matrix product for the large products (the ViT's 1025-token sequences): weights quantized once
-//! at load to int8 with one scale per output row, activations quantized per token at the start of each
-//! product, int32 accumulation, one float multiply per output.
+//! An int8 matrix product for the large products (the ViT's 1025-token sequences, prefill): weights
+//! quantized once at load to int8 with one scale per output and group of 128 inputs, activations
+//! quantized at the start of each product with one scale per token and group, int32 accumulation within
+//! a group, f32 across groups.
 //!
 //! Why our own: ggml 0.26's CPU products run at 150-240 GFLOP/s on this machine's 2 cores (q8_0 148, f32
 //! 243, repacked q4_0 223) while an int8 GEMM on AVX-512 VNNI (`vpdpbusd`, 64 multiply-adds per
 //! instruction) runs at ~1,200 GOP/s in PyTorch's `torch._int_mm` (docs/benchmarks.md, "one matrix
-//! product"). The scheme is LLM.int8()'s without the outlier columns: per-row weight scales, per-token
-//! activation scales; its error is checked against the f32 reference like every weight type.
+//! product"). Why groups: with one scale per row (LLM.int8() without its outlier columns) the full
+//! model's vision output came out at cosine 0.99949 to the f32 reference, about twice q8_0's error
+//! (0.99974); with groups of 128 it is 0.99971, for ~14% more time (the f32 rescaling per group).
 //!
 //! Layouts (both chosen so that the inner loop reads one pointer each):
 //! - weights: panels of `NR` = 32 outputs; in a panel, for every 4 inputs, 32 x 4 int8 (two 64-byte
-//!   vectors, one `vpdpbusd` operand each); `n` padded to 32 and `k` to 4 with zeros.
+//!   vectors, one `vpdpbusd` operand each); `n` padded to 32 and `k` to 4 with zeros; per panel, group
+//!   and output a scale and 128 x the group's sum (what the activations' offset adds).
 //! - activations: blocks of `MR` = 12 tokens; in a block, for every 4 inputs, 12 x 4 bytes (one 32-bit
-//!   broadcast per token); values stored as `q + 128` (unsigned, what `vpdpbusd` multiplies), the `+128`
-//!   taken back out with each weight row's sum; after the blocks, one f32 scale per token.
+//!   broadcast per token); values stored as `q + 128` (unsigned, what `vpdpbusd` multiplies); after the
+//!   blocks, per block, group and token one f32 scale.
 //!
 //! The AVX-512 VNNI kernel (`avx512`, chosen at run time) and the portable one here compute the same
 //! integers and the same float epilogue in the same order, so their outputs are bit-identical.
@@ -27,6 +30,10 @@ use std::ops::Range;
 pub const NR: usize = 32;
 /// Tokens per activation block (12 x 2 accumulators + 2 weight vectors fit AVX-512's 32 registers).
 pub const MR: usize = 12;
+/// Inputs per quantization group: one scale per group of 128 inputs for the weights (per output) and
+/// the activations (per token), so that one large value costs precision within its group only. A
+/// multiple of 16 (one vector of f32 in the quantizer).
+pub const GROUP: usize = 128;
 /// Token blocks that share one pass over the weights (12 x 10 tokens x up to 4096 inputs stay in L2).
 const MC_BLOCKS: usize = 10;
 
@@ -77,9 +84,10 @@ pub struct PackedWeights {
     n: usize,
     k: usize,
     data: AlignedBytes,
-    /// Per output (padded to `NR`): the row's scale (max |w| / 127; 0 for an all-zero row).
+    /// Per panel, group and output (`[panels][groups][NR]`): the group's scale (max |w| / 127; 0 for an
+    /// all-zero group).
     scale: Vec<f32>,
-    /// Per output (padded): 128 x the row's int8 sum, what the unsigned activations add.
+    /// Same layout: 128 x the group's int8 sum, what the unsigned activations' offset adds.
     corr: Vec<i32>,
 }
 
@@ -87,24 +95,27 @@ impl PackedWeights {
     /// Quantizes and packs `w`, row-major `[n][k]` f32 (ggml's layout of a weight: `ne0 = k`).
     pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "int8 pack: {n} x {k} weight has {} values", w.len());
-        let (k4, panels) = (k.div_ceil(4), n.div_ceil(NR));
+        let (k4, panels, groups) = (k.div_ceil(4), n.div_ceil(NR), groups(k));
         let mut data = AlignedBytes::zeroed(panels * k4 * NR * 4);
-        let mut scale = vec![0f32; panels * NR];
-        let mut corr = vec![0i32; panels * NR];
+        let mut scale = vec![0f32; panels * groups * NR];
+        let mut corr = vec![0i32; panels * groups * NR];
         let bytes = data.as_mut_slice();
         for (row, vals) in w.chunks_exact(k.max(1)).enumerate().take(n) {
-            let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let s = amax / 127.0;
-            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-            scale[row] = s;
             let (p, lane) = (row / NR, row % NR);
-            let mut sum = 0i32;
-            for (i, &v) in vals.iter().enumerate() {
-                let q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-                sum += i32::from(q);
-                bytes[((p * k4 + i / 4) * NR + lane) * 4 + i % 4] = q as u8;
+            for (g, gv) in vals.chunks(GROUP).enumerate() {
+                let amax = gv.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let s = amax / 127.0;
+                let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+                let mut sum = 0i32;
+                for (j, &v) in gv.iter().enumerate() {
+                    let i = g * GROUP + j;
+                    let q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+                    sum += i32::from(q);
+                    bytes[((p * k4 + i / 4) * NR + lane) * 4 + i % 4] = q as u8;
+                }
+                scale[(p * groups + g) * NR + lane] = s;
+                corr[(p * groups + g) * NR + lane] = 128 * sum;
             }
-            corr[row] = 128 * sum;
         }
         PackedWeights {
             n,
@@ -132,10 +143,24 @@ impl PackedWeights {
     }
 }
 
+/// Groups of `GROUP` inputs in a row of `k` (the last may be short).
+fn groups(k: usize) -> usize {
+    k.div_ceil(GROUP).max(1)
+}
+
+/// Bytes of one token block's quantized values (`MR` tokens x `k` rounded up to 4).
+pub fn block_bytes(k: usize) -> usize {
+    MR * k.div_ceil(4) * 4
+}
+
+/// Bytes of one token block's scales (`MR` tokens x groups, f32).
+fn block_scale_bytes(k: usize) -> usize {
+    MR * groups(k) * 4
+}
+
 /// Bytes of the quantized activations of `t` tokens of `k` inputs (blocks, then the scales).
 pub fn acts_bytes(t: usize, k: usize) -> usize {
-    let blocks = t.div_ceil(MR);
-    blocks * MR * k.div_ceil(4) * 4 + blocks * MR * 4
+    t.div_ceil(MR) * (block_bytes(k) + block_scale_bytes(k))
 }
 
 /// Token blocks of `t` tokens.
@@ -145,49 +170,58 @@ pub fn token_blocks(t: usize) -> usize {
 
 /// Quantizes token block `block` (tokens `block * MR ..`, the last block may be short: its missing tokens
 /// get scale 0) of `x` (`t` rows of `k` f32, row `i` at `x[i * ldx..]`) into `data` (the block's
-/// `MR * k4 * 4` bytes) and `scales` (its `MR` scales).
+/// `block_bytes(k)`) and `scales` (its `[groups][MR]` scales).
 pub fn quantize_block(x: &[f32], ldx: usize, t: usize, k: usize, block: usize, data: &mut [u8], scales: &mut [f32]) {
-    let k4 = k.div_ceil(4);
+    let (k4, ng) = (k.div_ceil(4), groups(k));
     assert!(
-        data.len() == k4 * MR * 4 && scales.len() == MR,
+        data.len() == k4 * MR * 4 && scales.len() == ng * MR,
         "int8 quantize: block buffer size"
     );
-    for (r, scale) in scales.iter_mut().enumerate() {
+    let mut invs = vec![0f32; ng];
+    for r in 0..MR {
         let tok = block * MR + r;
         if tok >= t {
-            *scale = 0.0;
+            for g in 0..ng {
+                scales[g * MR + r] = 0.0;
+            }
             for g in 0..k4 {
                 data[(g * MR + r) * 4..][..4].fill(128);
             }
             continue;
         }
         let row = &x[tok * ldx..tok * ldx + k];
-        let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let s = amax / 127.0;
-        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-        *scale = s;
+        for (g, gv) in row.chunks(GROUP).enumerate() {
+            let amax = gv.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let s = amax / 127.0;
+            scales[g * MR + r] = s;
+            invs[g] = if s > 0.0 { 1.0 / s } else { 0.0 };
+        }
         #[cfg(target_arch = "x86_64")]
         if avx512::available() {
-            avx512::quantize_row(row, inv, r, data);
+            avx512::quantize_row(row, &invs, r, data);
             continue;
         }
-        quantize_row(row, inv, r, data);
+        quantize_row(row, &invs, r, data);
     }
 }
 
-/// One token's values into its 4-byte slots of a block: `round_ties_even(v / s) + 128` (the rounding of
-/// the vector instructions, so both paths give the same bytes), inputs past `k` as 0 (byte 128).
-fn quantize_row(row: &[f32], inv: f32, r: usize, data: &mut [u8]) {
-    quantize_row_tail(row, 0, inv, r, data);
+/// One token's values into its 4-byte slots of a block: `round_ties_even(v / s) + 128` with the scale
+/// of the value's group (the rounding of the vector instructions, so both paths give the same bytes),
+/// inputs past `k` as 0 (byte 128).
+fn quantize_row(row: &[f32], invs: &[f32], r: usize, data: &mut [u8]) {
+    quantize_row_tail(row, 0, invs, r, data);
 }
 
 /// `quantize_row` from value `from` (a multiple of 4) on.
-fn quantize_row_tail(row: &[f32], from: usize, inv: f32, r: usize, data: &mut [u8]) {
+fn quantize_row_tail(row: &[f32], from: usize, invs: &[f32], r: usize, data: &mut [u8]) {
     for g in from / 4..row.len().div_ceil(4) {
         let dst = &mut data[(g * MR + r) * 4..][..4];
         for (j, d) in dst.iter_mut().enumerate() {
-            let v = row.get(g * 4 + j).copied().unwrap_or(0.0);
-            *d = quantize_value(v, inv);
+            let i = g * 4 + j;
+            *d = match row.get(i) {
+                Some(&v) => quantize_value(v, invs[i / GROUP]),
+                None => 128,
+            };
         }
     }
 }
@@ -196,14 +230,10 @@ fn quantize_value(v: f32, inv: f32) -> u8 {
     ((v * inv).round_ties_even().clamp(-127.0, 127.0) as i32 + 128) as u8
 }
 
-/// Bytes of one token block's quantized values (`MR` tokens x `k` rounded up to 4).
-pub fn block_bytes(k: usize) -> usize {
-    MR * k.div_ceil(4) * 4
-}
-
 /// Quantizes the token blocks `blocks` of `x` (`t` rows of `k` f32, row `i` at `x[i * ldx..]`): `data`
 /// is those blocks' part of the block area (`blocks.len() * block_bytes(k)`), `scales` their part of
-/// the scale area (`blocks.len() * MR * 4` bytes, little-endian f32). Threads quantize disjoint ranges.
+/// the scale area (`blocks.len()` x the block's scale bytes, little-endian f32). Threads quantize
+/// disjoint ranges.
 pub fn quantize_blocks(
     x: &[f32],
     ldx: usize,
@@ -213,25 +243,34 @@ pub fn quantize_blocks(
     data: &mut [u8],
     scales: &mut [u8],
 ) {
-    let per = block_bytes(k);
+    let (per, sper) = (block_bytes(k), block_scale_bytes(k));
     assert!(
-        data.len() == blocks.len() * per && scales.len() == blocks.len() * MR * 4,
+        data.len() == blocks.len() * per && scales.len() == blocks.len() * sper,
         "int8 quantize: buffer sizes"
     );
-    let mut sc = [0f32; MR];
+    let mut sc = vec![0f32; MR * groups(k)];
     for (i, b) in blocks.enumerate() {
         quantize_block(x, ldx, t, k, b, &mut data[i * per..(i + 1) * per], &mut sc);
-        for (r, s) in sc.iter().enumerate() {
-            scales[(i * MR + r) * 4..][..4].copy_from_slice(&s.to_le_bytes());
+        for (j, s) in sc.iter().enumerate() {
+            scales[i * sper + j * 4..][..4].copy_from_slice(&s.to_le_bytes());
         }
     }
 }
 
-/// Reads the scales of a quantized-activation buffer.
+/// Where the scale area of a quantized-activation buffer starts.
+pub fn scales_at(t: usize, k: usize) -> usize {
+    t.div_ceil(MR) * block_bytes(k)
+}
+
+/// Bytes of one token block's scales, as laid out in the scale area.
+pub fn scale_bytes_per_block(k: usize) -> usize {
+    block_scale_bytes(k)
+}
+
+/// Reads the scales of a quantized-activation buffer (`[blocks][groups][MR]`).
 fn read_scales(acts: &[u8], t: usize, k: usize) -> Vec<f32> {
-    let blocks = t.div_ceil(MR);
-    let at = blocks * block_bytes(k);
-    acts[at..at + blocks * MR * 4]
+    let at = scales_at(t, k);
+    acts[at..at + t.div_ceil(MR) * block_scale_bytes(k)]
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
@@ -240,9 +279,8 @@ fn read_scales(acts: &[u8], t: usize, k: usize) -> Vec<f32> {
 /// Quantizes `t` rows of `x` (row stride `ldx`) into `acts` (`acts_bytes(t, k)` long), one thread.
 pub fn quantize(x: &[f32], ldx: usize, t: usize, k: usize, acts: &mut [u8]) {
     assert_eq!(acts.len(), acts_bytes(t, k), "int8 quantize: activation buffer size");
-    let blocks = token_blocks(t);
-    let (data, scales) = acts.split_at_mut(blocks * block_bytes(k));
-    quantize_blocks(x, ldx, t, k, 0..blocks, data, scales);
+    let (data, scales) = acts.split_at_mut(scales_at(t, k));
+    quantize_blocks(x, ldx, t, k, 0..token_blocks(t), data, scales);
 }
 
 /// `out[i][j] = sum_k x[i][k] w[j][k] (+ bias[j])` for the tokens of token blocks `blocks`, from the
@@ -257,7 +295,7 @@ pub fn gemm(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let k4 = w.k4();
+    let (k4, ng) = (w.k4(), groups(w.k));
     let per = block_bytes(w.k);
     assert_eq!(acts.len(), acts_bytes(t, w.k), "int8 gemm: activation buffer size");
     assert!(blocks.end <= t.div_ceil(MR), "int8 gemm: block range");
@@ -276,11 +314,18 @@ pub fn gemm(
     while sb < blocks.end {
         let se = (sb + MC_BLOCKS).min(blocks.end);
         for p in 0..panels {
-            let panel = &wdata[p * k4 * NR * 4..(p + 1) * k4 * NR * 4];
+            let panel = Panel {
+                data: &wdata[p * k4 * NR * 4..(p + 1) * k4 * NR * 4],
+                scale: &w.scale[p * ng * NR..(p + 1) * ng * NR],
+                corr: &w.corr[p * ng * NR..(p + 1) * ng * NR],
+            };
             for b in sb..se {
-                let a = &acts[b * per..(b + 1) * per];
-                let mut acc = [[0i32; NR]; MR];
-                tile(a, panel, k4, &mut acc);
+                let a = Block {
+                    data: &acts[b * per..(b + 1) * per],
+                    scale: &scales[b * ng * MR..(b + 1) * ng * MR],
+                };
+                let mut acc = [[0f32; NR]; MR];
+                tile(&a, &panel, k4, &mut acc);
                 let n0 = p * NR;
                 let nn = NR.min(w.n - n0);
                 for (r, acc_r) in acc.iter().enumerate() {
@@ -289,13 +334,13 @@ pub fn gemm(
                         break;
                     }
                     let o = &mut out[(tok - blocks.start * MR) * ldo + n0..][..nn];
-                    let sa = scales[tok];
-                    for (j, o) in o.iter_mut().enumerate() {
-                        let v = (acc_r[j] - w.corr[n0 + j]) as f32 * (w.scale[n0 + j] * sa);
-                        *o = match bias {
-                            Some(bias) => v + bias[n0 + j],
-                            None => v,
-                        };
+                    match bias {
+                        Some(bias) => {
+                            for ((o, a), b) in o.iter_mut().zip(acc_r).zip(&bias[n0..n0 + nn]) {
+                                *o = a + b;
+                            }
+                        }
+                        None => o.copy_from_slice(&acc_r[..nn]),
                     }
                 }
             }
@@ -304,26 +349,58 @@ pub fn gemm(
     }
 }
 
-/// One block of `MR` tokens times one panel of `NR` outputs: the int32 sums of (q + 128) x w.
-fn tile(a: &[u8], panel: &[u8], k4: usize, acc: &mut [[i32; NR]; MR]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
-        avx512::tile(a, panel, k4, acc);
-        return;
-    }
-    tile_portable(a, panel, k4, acc);
+/// One token block's quantized values and scales (`[groups][MR]`).
+struct Block<'a> {
+    data: &'a [u8],
+    scale: &'a [f32],
 }
 
-fn tile_portable(a: &[u8], panel: &[u8], k4: usize, acc: &mut [[i32; NR]; MR]) {
-    *acc = [[0; NR]; MR];
-    for g in 0..k4 {
-        let wg = &panel[g * NR * 4..(g + 1) * NR * 4];
-        let ag = &a[g * MR * 4..(g + 1) * MR * 4];
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            let av = &ag[r * 4..r * 4 + 4];
-            for (j, acc) in acc_r.iter_mut().enumerate() {
-                let wv = &wg[j * 4..j * 4 + 4];
-                *acc += (0..4).map(|i| i32::from(av[i]) * i32::from(wv[i] as i8)).sum::<i32>();
+/// One weight panel's values, scales and offset corrections (`[groups][NR]`).
+struct Panel<'a> {
+    data: &'a [u8],
+    scale: &'a [f32],
+    corr: &'a [i32],
+}
+
+/// One block of `MR` tokens times one panel of `NR` outputs: per group of inputs, the int32 sums of
+/// (q + 128) x w, less the offset's share, times both scales, summed in f32 over the groups.
+fn tile(a: &Block, w: &Panel, k4: usize, acc: &mut [[f32; NR]; MR]) {
+    let ng = k4.div_ceil(GROUP / 4);
+    assert!(
+        a.data.len() >= k4 * MR * 4 && w.data.len() >= k4 * NR * 4,
+        "int8 tile: short operands"
+    );
+    assert!(
+        a.scale.len() >= ng * MR && w.scale.len() >= ng * NR && w.corr.len() >= ng * NR,
+        "int8 tile: short scales"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        avx512::tile(a.data, a.scale, w.data, w.scale, w.corr, k4, acc);
+        return;
+    }
+    tile_portable(a, w, k4, acc);
+}
+
+fn tile_portable(a: &Block, w: &Panel, k4: usize, acc: &mut [[f32; NR]; MR]) {
+    *acc = [[0.0; NR]; MR];
+    for g in 0..k4.div_ceil(GROUP / 4) {
+        let mut sums = [[0i32; NR]; MR];
+        for kk in g * GROUP / 4..((g + 1) * GROUP / 4).min(k4) {
+            let wg = &w.data[kk * NR * 4..(kk + 1) * NR * 4];
+            let ag = &a.data[kk * MR * 4..(kk + 1) * MR * 4];
+            for (r, sums_r) in sums.iter_mut().enumerate() {
+                let av = &ag[r * 4..r * 4 + 4];
+                for (j, s) in sums_r.iter_mut().enumerate() {
+                    let wv = &wg[j * 4..j * 4 + 4];
+                    *s += (0..4).map(|i| i32::from(av[i]) * i32::from(wv[i] as i8)).sum::<i32>();
+                }
+            }
+        }
+        for (r, (acc_r, sums_r)) in acc.iter_mut().zip(&sums).enumerate() {
+            let sa = a.scale[g * MR + r];
+            for (j, (o, s)) in acc_r.iter_mut().zip(sums_r).enumerate() {
+                *o += (s - w.corr[g * NR + j]) as f32 * (w.scale[g * NR + j] * sa);
             }
         }
     }
@@ -393,35 +470,43 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX-512 VNNI");
             return;
         }
-        let (t, k, n) = (30, 203, 70);
+        let (t, k, n) = (30, 203 + GROUP, 70); // two groups, the second short
         let x = values(t * k, 5);
         let w = values(n * k, 6);
         let pw = PackedWeights::pack(&w, n, k);
         let k4 = pw.k4();
-        let inv = 127.0 / 1.5;
+        let invs = vec![127.0 / 1.5, 127.0 / 0.7, 127.0 / 1.1];
         for row in x.chunks_exact(k) {
             let (mut a, mut b) = (vec![0u8; k4 * MR * 4], vec![0u8; k4 * MR * 4]);
-            avx512::quantize_row(row, inv, 5, &mut a);
-            quantize_row(row, inv, 5, &mut b);
+            avx512::quantize_row(row, &invs, 5, &mut a);
+            quantize_row(row, &invs, 5, &mut b);
             assert_eq!(a, b);
         }
         // Rounding ties (2.5, -2.5, 1.5 at inv 2) go to even on both paths.
         let mut row = vec![0.1f32; 20];
         row[..3].copy_from_slice(&[1.25, -1.25, 0.75]);
         let (mut a, mut b) = (vec![0u8; 5 * MR * 4], vec![0u8; 5 * MR * 4]);
-        avx512::quantize_row(&row, 2.0, 0, &mut a);
-        quantize_row(&row, 2.0, 0, &mut b);
+        avx512::quantize_row(&row, &[2.0], 0, &mut a);
+        quantize_row(&row, &[2.0], 0, &mut b);
         assert_eq!((a[..3].to_vec(), a), (vec![130, 126, 130], b));
         let mut acts = vec![0u8; acts_bytes(t, k)];
         quantize(&x, k, t, k, &mut acts);
-        let per = MR * k4 * 4;
+        let (per, ng) = (block_bytes(k), groups(k));
+        let scales = read_scales(&acts, t, k);
         for b in 0..token_blocks(t) {
             for p in 0..n.div_ceil(NR) {
-                let a = &acts[b * per..(b + 1) * per];
-                let panel = &pw.data.as_slice()[p * k4 * NR * 4..][..k4 * NR * 4];
-                let (mut fast, mut portable) = ([[0i32; NR]; MR], [[0i32; NR]; MR]);
-                avx512::tile(a, panel, k4, &mut fast);
-                tile_portable(a, panel, k4, &mut portable);
+                let a = Block {
+                    data: &acts[b * per..(b + 1) * per],
+                    scale: &scales[b * ng * MR..(b + 1) * ng * MR],
+                };
+                let w = Panel {
+                    data: &pw.data.as_slice()[p * k4 * NR * 4..][..k4 * NR * 4],
+                    scale: &pw.scale[p * ng * NR..(p + 1) * ng * NR],
+                    corr: &pw.corr[p * ng * NR..(p + 1) * ng * NR],
+                };
+                let (mut fast, mut portable) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
+                avx512::tile(a.data, a.scale, w.data, w.scale, w.corr, k4, &mut fast);
+                tile_portable(&a, &w, k4, &mut portable);
                 assert_eq!(fast, portable, "block {b} panel {p}");
             }
         }

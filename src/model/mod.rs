@@ -161,11 +161,11 @@ pub enum WeightLayout {
     /// conversion in its inner loop, which makes the ViT faster on CPUs without native f16/bf16
     /// arithmetic, for more memory (those weights take 4 bytes each: +600 MB over an f16 file).
     F32Vision,
-    /// `Repacked`, and the vision tower's matrices quantized at load to int8 with one scale per row
-    /// (`crate::int8`), multiplied by our AVX-512 VNNI kernel: the fastest ViT on CPUs that have VNNI
-    /// (elsewhere a slow portable kernel runs: do not choose it there), for a small accuracy cost
-    /// (LLM.int8()'s scheme without outlier columns; docs/benchmarks.md) and +300 MB over a q8_0 file
-    /// whose vision pages are released.
+    /// `Repacked`, and the vision tower's matrices quantized at load to int8 (one scale per row and group
+    /// of 128 inputs, `crate::int8`), multiplied by our AVX-512 VNNI kernel: the fastest ViT on CPUs that
+    /// have VNNI (elsewhere a slow portable kernel runs: do not choose it there), with about q8_0's
+    /// accuracy (vision cosine 0.99971 to the f32 reference vs 0.99974); 321 MB of int8 weights in
+    /// place of the file's vision matrices, whose mapped pages are released.
     Int8Vision,
 }
 
