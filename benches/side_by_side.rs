@@ -14,8 +14,8 @@
 //! `$DIR/$PREFIX-split-$T.gguf` + `$DIR/mmproj-$PREFIX-split-$T.gguf` llama.cpp), BENCH_CKPT (checkpoint dir:
 //! tokenizer, and the PyTorch weights), BENCH_IMAGE, BENCH_THREADS (2), BENCH_SYSTEMS (ours,llama,torch),
 //! BENCH_VISION_TYPES (f16,q8_0,q4_0), BENCH_TEXT_TYPES (q8_0,q4_0), BENCH_TORCH_VARIANTS
-//! (ref-f32,ref-bf16,bnb-int8-all), BENCH_OURS_LAYOUTS (int8-vision: ours' vision and TTFT jobs again
-//! with these `--weights` layouts, as extra rows; empty: the default layout only), BENCH_PYTHON (python3), BENCH_HF_DIR, BENCH_WORK, BENCH_OUT, BENCH_SMOKE
+//! (ref-f32,ref-bf16,bnb-int8-all), BENCH_OURS_LAYOUTS (int8: every job of ours again with these
+//! `--weights` layouts, as extra rows; empty: the default layout only), BENCH_PYTHON (python3), BENCH_HF_DIR, BENCH_WORK, BENCH_OUT, BENCH_SMOKE
 //! (1: one repetition, 4 decode steps), BENCH_META (a line for the header: date, commit).
 mod llamacpp;
 
@@ -319,7 +319,7 @@ struct Cfg {
     vision_types: Vec<String>,
     text_types: Vec<String>,
     torch_variants: Vec<String>,
-    /// Extra weight layouts of ours for the vision and TTFT jobs (BENCH_OURS_LAYOUTS), besides the default.
+    /// Extra weight layouts of ours (BENCH_OURS_LAYOUTS), besides the default: each job of ours runs again.
     ours_layouts: Vec<String>,
     python: String,
     hf_dir: PathBuf,
@@ -362,7 +362,7 @@ impl Cfg {
             vision_types: list("BENCH_VISION_TYPES", "f16,q8_0,q4_0"),
             text_types: list("BENCH_TEXT_TYPES", "q8_0,q4_0"),
             torch_variants: list("BENCH_TORCH_VARIANTS", "ref-f32,ref-bf16,bnb-int8-all"),
-            ours_layouts: list("BENCH_OURS_LAYOUTS", "int8-vision"),
+            ours_layouts: list("BENCH_OURS_LAYOUTS", "int8"),
             python: env("BENCH_PYTHON", "python3"),
             hf_dir: PathBuf::from(env("BENCH_HF_DIR", &hf_default.to_string_lossy())),
             torch_f32_tiles13: env_usize("BENCH_TORCH_F32_TILES13", if smoke { 13 } else { 4 })?,
@@ -566,14 +566,16 @@ fn plan(cfg: &Cfg, reps: &Reps, n_decode: usize) -> Result<Vec<Job>, String> {
         3.0 + (reps.prefill as f64 + 1.0) * N_PREFILL as f64 / 150.0 + 2.5 + (reps.decode * n_decode) as f64 / 60.0;
     for t in &cfg.text_types {
         if cfg.has("ours") {
-            let j = json!({"sys": "ours", "job": "text", "model": cfg.ours(t), "threads": th});
-            jobs.push(rust_job(
-                cfg,
-                &format!("ours/text/{t}"),
-                format!("ours prefill+decode {t}"),
-                text_est,
-                j,
-            )?);
+            for (key, layout) in cfg.ours_variants() {
+                let j = json!({"sys": "ours", "job": "text", "model": cfg.ours(t), "threads": th, "layout": layout});
+                jobs.push(rust_job(
+                    cfg,
+                    &format!("ours/text/{t}{key}"),
+                    format!("ours prefill+decode {t}{key}"),
+                    text_est,
+                    j,
+                )?);
+            }
         }
         if cfg.has("llama") {
             // Without mtmd the image rows of the decode context are constants (decode speed is the same).
@@ -840,7 +842,7 @@ impl Row {
     }
 }
 
-/// A row's type column: the file's type, and ours' layout when not the default ("q8_0, ours int8-vision").
+/// A row's type column: the file's type, and ours' layout when not the default ("q8_0, ours --weights int8").
 fn type_label(t: &str, key: &str) -> String {
     match key.strip_prefix('@') {
         Some(layout) => format!("{t}, ours --weights {layout}"),
@@ -879,13 +881,17 @@ fn table(cfg: &Cfg, res: &std::collections::BTreeMap<String, Result<Value, Strin
             });
         }
     }
-    for t in &cfg.text_types {
+    for (t, key) in cfg
+        .text_types
+        .iter()
+        .flat_map(|t| cfg.ours_variants().into_iter().map(move |(k, _)| (t, k)))
+    {
         let l = get(res, &format!("llama/text/{t}"), "decode_tps");
         rows.push(Row {
             measure: "decode tok/s, 1-tile image + 256 text tokens in context".into(),
-            ty: t.clone(),
+            ty: type_label(t, &key),
             unit_digits: 1,
-            ours: get(res, &format!("ours/text/{t}"), "decode_tps"),
+            ours: get(res, &format!("ours/text/{t}{key}"), "decode_tps"),
             llama: l,
             torch: torch("decode_tps"),
             anchors: vec![(format!("llama.cpp {t}"), l)],
@@ -893,13 +899,17 @@ fn table(cfg: &Cfg, res: &std::collections::BTreeMap<String, Result<Value, Strin
             target: Some(1.1),
         });
     }
-    for t in &cfg.text_types {
+    for (t, key) in cfg
+        .text_types
+        .iter()
+        .flat_map(|t| cfg.ours_variants().into_iter().map(move |(k, _)| (t, k)))
+    {
         let l = get(res, &format!("llama/text/{t}"), "prefill_tps");
         rows.push(Row {
             measure: format!("prefill tok/s, {N_PREFILL} text tokens"),
-            ty: t.clone(),
+            ty: type_label(t, &key),
             unit_digits: 1,
-            ours: get(res, &format!("ours/text/{t}"), "prefill_tps"),
+            ours: get(res, &format!("ours/text/{t}{key}"), "prefill_tps"),
             llama: l,
             torch: torch("prefill_tps"),
             anchors: vec![(format!("llama.cpp {t}"), l)],
@@ -931,13 +941,17 @@ fn table(cfg: &Cfg, res: &std::collections::BTreeMap<String, Result<Value, Strin
             target: Some(0.8),
         });
     }
-    for t in &cfg.text_types {
+    for (t, key) in cfg
+        .text_types
+        .iter()
+        .flat_map(|t| cfg.ours_variants().into_iter().map(move |(k, _)| (t, k)))
+    {
         let l = get(res, &format!("llama/ttft/{t}"), "load_s");
         rows.push(Row {
             measure: "load s (weights + context, before the TTFT request)".into(),
-            ty: t.clone(),
+            ty: type_label(t, &key),
             unit_digits: 2,
-            ours: get(res, &format!("ours/ttft/{t}"), "load_s"),
+            ours: get(res, &format!("ours/ttft/{t}{key}"), "load_s"),
             llama: l,
             torch: torch("load_s"),
             anchors: vec![(format!("llama.cpp {t}"), l)],

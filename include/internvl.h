@@ -205,6 +205,11 @@ typedef struct ivl_box {
 // kernel runs), with about q8_0's accuracy.
 #define IVL_WEIGHTS_INT8_VISION 3
 
+// `IVL_WEIGHTS_INT8_VISION`, and int8 copies of the language model's matrices for prefill (batches of 16
+// tokens or more): 2.5-4x faster prefill on CPUs with VNNI, for ~380 MB more memory; decoding keeps the
+// file's weights.
+#define IVL_WEIGHTS_INT8 4
+
 #define IVL_KV_F16 0
 
 // Exact, twice the memory of f16.

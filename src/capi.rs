@@ -119,6 +119,10 @@ pub const IVL_WEIGHTS_F32_VISION: ivl_weight_layout = 2;
 /// for an AVX-512 VNNI kernel: the fastest image encoding on CPUs with VNNI (elsewhere a slow portable
 /// kernel runs), with about q8_0's accuracy.
 pub const IVL_WEIGHTS_INT8_VISION: ivl_weight_layout = 3;
+/// `IVL_WEIGHTS_INT8_VISION`, and int8 copies of the language model's matrices for prefill (batches of 16
+/// tokens or more): 2.5-4x faster prefill on CPUs with VNNI, for ~380 MB more memory; decoding keeps the
+/// file's weights.
+pub const IVL_WEIGHTS_INT8: ivl_weight_layout = 4;
 
 /// Storage type of the KV cache (one of `IVL_KV_*`).
 pub type ivl_kv_type = u32;
@@ -755,10 +759,11 @@ pub unsafe extern "C" fn ivl_model_load(
             IVL_WEIGHTS_MAPPED => WeightLayout::Mapped,
             IVL_WEIGHTS_F32_VISION => WeightLayout::F32Vision,
             IVL_WEIGHTS_INT8_VISION => WeightLayout::Int8Vision,
+            IVL_WEIGHTS_INT8 => WeightLayout::Int8,
             w => {
                 return Err(Failure::arg(format!(
                     "weight_layout {w} is not one of IVL_WEIGHTS_REPACKED (0), IVL_WEIGHTS_MAPPED (1), \
-                     IVL_WEIGHTS_F32_VISION (2), IVL_WEIGHTS_INT8_VISION (3)"
+                     IVL_WEIGHTS_F32_VISION (2), IVL_WEIGHTS_INT8_VISION (3), IVL_WEIGHTS_INT8 (4)"
                 )))
             }
         };

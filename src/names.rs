@@ -163,6 +163,23 @@ pub fn v_blk(l: usize, what: &str, suffix: &str) -> String {
 pub fn is_vision_block_weight(name: &str) -> bool {
     name.starts_with("v.blk.") && name.ends_with(".weight")
 }
+/// True for the matrices of the language model's blocks (`blk.*.{attn_q,attn_k,attn_v,attn_output,
+/// ffn_gate,ffn_up,ffn_down}.weight`), not their norm weights.
+pub fn is_text_block_matrix(name: &str) -> bool {
+    name.starts_with("blk.")
+        && name.ends_with(".weight")
+        && [
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ]
+        .iter()
+        .any(|m| name.contains(&format!(".{m}.")))
+}
 /// Projector `mm.model.mlp.{idx}.{suffix}`, idx 0 (LayerNorm), 1 and 3 (Linear).
 pub fn mm(idx: usize, suffix: &str) -> String {
     format!("mm.model.mlp.{idx}.{suffix}")

@@ -70,9 +70,27 @@ pub fn build<'a>(
         let (ck, cv) = kv.layer(l)?;
         // RMSNorm in f32, then the weight (spec §4, eps from the file).
         let h = ctx.mul(ctx.rms_norm(x, t.rms_eps)?, wl("attn_norm", "weight")?)?;
-        let q = ctx.linear(h, wl("attn_q", "weight")?, Some(wl("attn_q", "bias")?))?;
-        let k = ctx.linear(h, wl("attn_k", "weight")?, Some(wl("attn_k", "bias")?))?;
-        let v = ctx.linear(h, wl("attn_v", "weight")?, Some(wl("attn_v", "bias")?))?;
+        let q = m.linear(
+            ctx,
+            h,
+            &names::blk(l, "attn_q", "weight"),
+            Some(&names::blk(l, "attn_q", "bias")),
+            n,
+        )?;
+        let k = m.linear(
+            ctx,
+            h,
+            &names::blk(l, "attn_k", "weight"),
+            Some(&names::blk(l, "attn_k", "bias")),
+            n,
+        )?;
+        let v = m.linear(
+            ctx,
+            h,
+            &names::blk(l, "attn_v", "weight"),
+            Some(&names::blk(l, "attn_v", "bias")),
+            n,
+        )?;
         // NEOX (rotate-half) RoPE after the bias, full head dim, theta from the file (spec §4).
         let q = ctx.rope_neox(ctx.reshape(q, &[hd, nh, n])?, inp_pos, hd, t.rope_theta, t.n_ctx_train)?;
         let k = ctx.rope_neox(ctx.reshape(k, &[hd, nkv, n])?, inp_pos, hd, t.rope_theta, t.n_ctx_train)?;
@@ -88,14 +106,14 @@ pub fn build<'a>(
         let qp = ctx.permute(q, [0, 2, 1, 3])?; // [hd, n, nh]
         let a = ctx.flash_attn_ext(qp, kview, vview, Some(inp_mask), scale)?; // [hd, nh, n]
         let a = ctx.reshape(a, &[d, n])?;
-        let a = ctx.mul_mat(wl("attn_output", "weight")?, a)?; // o_proj has no bias
+        let a = m.linear(ctx, a, &names::blk(l, "attn_output", "weight"), None, n)?; // o_proj has no bias
         x = ctx.add(x, a)?;
 
         let h = ctx.mul(ctx.rms_norm(x, t.rms_eps)?, wl("ffn_norm", "weight")?)?;
-        let gate = ctx.mul_mat(wl("ffn_gate", "weight")?, h)?;
-        let up = ctx.mul_mat(wl("ffn_up", "weight")?, h)?;
+        let gate = m.linear(ctx, h, &names::blk(l, "ffn_gate", "weight"), None, n)?;
+        let up = m.linear(ctx, h, &names::blk(l, "ffn_up", "weight"), None, n)?;
         let h = ctx.swiglu(gate, up)?; // SiLU(gate) ⊙ up
-        let h = ctx.mul_mat(wl("ffn_down", "weight")?, h)?;
+        let h = m.linear(ctx, h, &names::blk(l, "ffn_down", "weight"), None, n)?;
         x = ctx.add(x, h)?.set_name(&format!("l_out_{l}"));
     }
     let x = ctx.mul(ctx.rms_norm(x, t.rms_eps)?, m.w(&names::output_norm())?)?;

@@ -149,19 +149,22 @@ pub fn build<'a>(
                 ctx,
                 h,
                 &names::v_blk(l, "attn_q", "weight"),
-                &names::v_blk(l, "attn_q", "bias"),
+                Some(&names::v_blk(l, "attn_q", "bias")),
+                n_seq * t,
             )?;
             let kk = m.linear(
                 ctx,
                 h,
                 &names::v_blk(l, "attn_k", "weight"),
-                &names::v_blk(l, "attn_k", "bias"),
+                Some(&names::v_blk(l, "attn_k", "bias")),
+                n_seq * t,
             )?;
             let vv = m.linear(
                 ctx,
                 h,
                 &names::v_blk(l, "attn_v", "weight"),
-                &names::v_blk(l, "attn_v", "bias"),
+                Some(&names::v_blk(l, "attn_v", "bias")),
+                n_seq * t,
             )?;
             let r = |x| ctx.reshape(x, &[hd, n_head, n_seq, t]);
             (r(q)?, r(kk)?, r(vv)?)
@@ -171,7 +174,8 @@ pub fn build<'a>(
                 ctx,
                 h,
                 &names::v_blk(l, "attn_qkv", "weight"),
-                &names::v_blk(l, "attn_qkv", "bias"),
+                Some(&names::v_blk(l, "attn_qkv", "bias")),
+                n_seq * t,
             )?; // [3D, n_seq, T]
             let row = 3 * d * 4;
             let nb = [hd * 4, row, row * n_seq];
@@ -204,7 +208,8 @@ pub fn build<'a>(
             ctx,
             a,
             &names::v_blk(l, "attn_out", "weight"),
-            &names::v_blk(l, "attn_out", "bias"),
+            Some(&names::v_blk(l, "attn_out", "bias")),
+            n_seq * t,
         )?;
         x = ctx.add(x, ctx.mul(a, wl("ls1", "weight")?)?)?;
 
@@ -213,14 +218,16 @@ pub fn build<'a>(
             ctx,
             h,
             &names::v_blk(l, "ffn_up", "weight"),
-            &names::v_blk(l, "ffn_up", "bias"),
+            Some(&names::v_blk(l, "ffn_up", "bias")),
+            n_seq * t,
         )?;
         let h = ctx.gelu_erf(h)?; // exact erf GELU (spec §1.1)
         let h = m.linear(
             ctx,
             h,
             &names::v_blk(l, "ffn_down", "weight"),
-            &names::v_blk(l, "ffn_down", "bias"),
+            Some(&names::v_blk(l, "ffn_down", "bias")),
+            n_seq * t,
         )?;
         x = ctx
             .add(x, ctx.mul(h, wl("ls2", "weight")?)?)?
