@@ -55,6 +55,13 @@ VARIANTS = {
     # q8_0, to separate "8-bit scheme" from "what gets quantized".
     "ours-q8_0-f16head": {"kind": "ours", "convert": ["--type", "q8_0", "--embd-type", "f16", "--output-type", "f16"],
                           "label": "ours q8_0, f16 embd + lm_head (like bnb)"},
+    # Our int8 kernels (--weights int8: the vision matrices in int8 with a scale per 128 inputs, and int8
+    # copies of the language model's for prefill; decoding, and so the teacher-forced logits, use the file's
+    # q8_0 weights over the cache the int8 prefill filled).
+    "ours-q8_0-int8": {"kind": "ours", "convert": ["--type", "q8_0"], "weights": "int8",
+                       "label": "ours q8_0, --weights int8"},
+    "ours-f16-int8": {"kind": "ours", "convert": ["--type", "f16"], "weights": "int8",
+                      "label": "ours f16, --weights int8"},
     "ours-q4_0": {"kind": "ours", "convert": ["--type", "q4_0"], "label": "ours q4_0"},
     "ours-mixed": {"kind": "ours", "convert": ["--llm-type", "q4_0", "--vision-type", "q8_0"],
                    "label": "ours mixed (q4_0 LLM, q8_0 vision)"},

@@ -253,7 +253,8 @@ def main():
                    "--inputs", inputs_path, "--out", out, "--threads", str(threads)]
         else:
             cmd = [eval_dump, "--model", ggufs[v], "--inputs", inputs_path, "--out", out,
-                   "--threads", str(threads), "--kv-type", spec.get("kv", args.kv_type)]
+                   "--threads", str(threads), "--kv-type", spec.get("kv", args.kv_type),
+                   "--weights", spec.get("weights", "repacked")]
         print(f"== {v}: {spec['label']}", flush=True)
         ok, rc, tail = run_logged(cmd, os.path.join(out, "log.txt"))
         if not ok:

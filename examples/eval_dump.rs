@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use internvl::model::kv_cache::KvType;
-use internvl::model::Model;
+use internvl::model::{Device, Model, WeightLayout};
 use internvl::sampling::argmax;
 use internvl::session::{physical_cores, Session, SessionParams};
 use serde_json::{json, Value};
@@ -40,6 +40,7 @@ struct Args {
     out: PathBuf,
     threads: usize,
     kv: KvType,
+    weights: WeightLayout,
 }
 
 fn parse_args() -> Res<Args> {
@@ -48,6 +49,7 @@ fn parse_args() -> Res<Args> {
     let mut out = None;
     let mut threads = physical_cores();
     let mut kv = KvType::F16;
+    let mut weights = WeightLayout::default();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
@@ -60,9 +62,14 @@ fn parse_args() -> Res<Args> {
                 let v = val()?;
                 kv = KvType::parse(&v).ok_or_else(|| format!("--kv-type {v}: expected f32, f16, q8_0 or q4_0"))?
             }
+            "--weights" => {
+                let v = val()?;
+                weights = WeightLayout::parse(&v).ok_or_else(|| format!("--weights {v}: not a weight layout"))?
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: eval_dump --model M.gguf --inputs DIR/inputs.json --out OUT [--threads N] [--kv-type f16]"
+                    "usage: eval_dump --model M.gguf --inputs DIR/inputs.json --out OUT [--threads N] [--kv-type f16] \
+                     [--weights repacked|mapped|f32-vision|int8-vision|int8]"
                 );
                 std::process::exit(0);
             }
@@ -75,6 +82,7 @@ fn parse_args() -> Res<Args> {
         out: out.ok_or("--out is required")?,
         threads: threads.max(1),
         kv,
+        weights,
     })
 }
 
@@ -217,7 +225,7 @@ fn main() -> Res<()> {
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
 
     let t0 = Instant::now();
-    let model = Arc::new(Model::load(&[args.model.as_path()])?);
+    let model = Arc::new(Model::load_with(&[args.model.as_path()], Device::Cpu, args.weights)?);
     let n_ctx = prompts.iter().map(|p| p.ids.len() + gen).max().unwrap_or(0) + 8;
     let params = SessionParams {
         n_ctx,

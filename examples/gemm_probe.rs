@@ -9,8 +9,9 @@
 //! REPS (5) timed runs after one warm-up; q4_0 also with the weight in ggml's repacked CPU layout.
 use std::time::Instant;
 
-use internvl::ggml::{quantize, Backend, Context, Sched};
+use internvl::ggml::{quantize, Backend, Context, Sched, Tensor};
 use internvl::gguf::GgmlType;
+use internvl::int8::PackedWeights;
 
 /// Deterministic values in [-1, 1) (timing only: any values in range do).
 fn vals(n: usize, seed: usize) -> Vec<f32> {
@@ -32,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "SHAPES",
         "1025x1024x3072,1025x1024x4096,1025x4096x1024,512x896x4864,512x4864x896",
     );
-    let types = env_or("TYPES", "f32,f16,q8_0,q4_0");
+    let types = env_or("TYPES", "f32,f16,q8_0,q4_0,int8");
     println!(
         "ggml features: {:?}; {threads} thread(s)",
         internvl::ggml::cpu_features()
@@ -46,6 +47,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let w = vals(k * n, 1);
         let x = vals(k * m, 2);
         for ty in types.split(',') {
+            if ty == "int8" {
+                // Ours (`internvl::int8`, the kernel behind `--weights int8`): quantize + multiply nodes.
+                let packed = PackedWeights::pack(&w, n, k);
+                let backend = Backend::cpu(threads)?;
+                let ctx = Context::new(8, 1)?;
+                let tx = ctx.new_f32(&[k, m])?.set_name("x").set_input();
+                let y = ctx.linear_int8(tx, &packed, None)?;
+                let ms = time_graph(&backend, &ctx, tx, y, &x, reps)?;
+                let gflops = 2.0 * (m * k * n) as f64 / (ms * 1e6);
+                let label = format!("int8 ({})", internvl::int8::kernel_name());
+                println!("{shape:<16} {label:<14} {ms:>10.1} {gflops:>10.1}");
+                continue;
+            }
             let ty = GgmlType::from_name(ty).ok_or_else(|| format!("unknown type {ty}"))?;
             let layouts: &[bool] = if ty == GgmlType::Q4_0 { &[false, true] } else { &[false] };
             for &repack in layouts {
@@ -86,10 +100,23 @@ fn time_one(
     tw.set_bytes(&quantize(ty, w, k)?)?;
     let ctx = Context::new(8, 1)?;
     let tx = ctx.new_f32(&[k, m])?.set_name("x").set_input();
-    let y = ctx.mul_mat(tw, tx)?.set_name("y").set_output();
+    let y = ctx.mul_mat(tw, tx)?;
+    time_graph(&backend, &ctx, tx, y, x, reps)
+}
+
+/// Median milliseconds of `reps` computations (after one warm-up) of the graph that ends in `y`, input `tx`.
+fn time_graph<'a>(
+    backend: &Backend,
+    ctx: &'a Context,
+    tx: Tensor<'a>,
+    y: Tensor<'a>,
+    x: &[f32],
+    reps: usize,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let y = y.set_name("y").set_output();
     let mut g = ctx.new_graph()?;
     g.build_forward(y)?;
-    let mut sched = Sched::new(&[&backend], 16)?;
+    let mut sched = Sched::new(&[backend], 16)?;
     let mut times = Vec::with_capacity(reps);
     for i in 0..=reps {
         sched.alloc(&g)?;

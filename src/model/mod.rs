@@ -336,7 +336,9 @@ impl Model {
     }
 
     /// Quantizes each matrix that `pick` selects into int8 panels (from its mapped data, dequantized;
-    /// the matrices in parallel); `release` is told each name, whose mapped pages are then unused.
+    /// a few matrices at a time in parallel); `release` is told each name as soon as its matrix is
+    /// packed, so that its mapped pages can go before the next ones are read (the peak resident memory
+    /// holds the packed weights and a few source matrices, not every source page).
     fn pack_int8(&mut self, pick: impl Fn(&str) -> bool, mut release: impl FnMut(&str)) -> Result<(), ModelError> {
         use rayon::prelude::*;
         let mut jobs = Vec::new();
@@ -348,17 +350,24 @@ impl Model {
             }
             jobs.push((name.to_owned(), t.ty(), t.host_bytes()?, ne[0] as usize, ne[1] as usize));
         }
-        let packed: Vec<(String, PackedWeights)> = jobs
-            .into_par_iter()
-            .map(|(name, ty, bytes, k, n)| {
-                let values = crate::ggml::dequantize(ty, bytes, k * n)?;
-                Ok((name, PackedWeights::pack(&values, n, k)))
-            })
-            .collect::<Result<_, ModelError>>()?;
-        for (name, p) in packed {
-            release(&name);
-            self.int8.insert(name, p);
+        jobs.sort_by(|a, b| a.0.cmp(&b.0));
+        let at_once = 2 * rayon::current_num_threads();
+        let mut done = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(at_once) {
+            let packed: Vec<(String, PackedWeights)> = chunk
+                .par_iter()
+                .map(|(name, ty, bytes, k, n)| {
+                    let values = crate::ggml::dequantize(*ty, bytes, k * n)?;
+                    Ok((name.clone(), PackedWeights::pack(&values, *n, *k)))
+                })
+                .collect::<Result<_, ModelError>>()?;
+            for (name, p) in packed {
+                release(&name);
+                done.push((name, p));
+            }
         }
+        drop(jobs);
+        self.int8.extend(done);
         Ok(())
     }
 
