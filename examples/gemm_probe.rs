@@ -38,7 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ggml features: {:?}; {threads} thread(s)",
         internvl::ggml::cpu_features()
     );
-    println!("{:<16} {:<14} {:>10} {:>10}", "shape MxKxN", "weight", "ms", "GFLOP/s");
+    println!("{:<16} {:<20} {:>10} {:>10}", "shape MxKxN", "weight", "ms", "GFLOP/s");
     for shape in shapes.split(',') {
         let d: Vec<usize> = shape.split('x').map(|v| v.parse()).collect::<Result<_, _>>()?;
         let [m, k, n] = d[..] else {
@@ -57,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let ms = time_graph(&backend, &ctx, tx, y, &x, reps)?;
                 let gflops = 2.0 * (m * k * n) as f64 / (ms * 1e6);
                 let label = format!("int8 ({})", internvl::int8::kernel_name());
-                println!("{shape:<16} {label:<14} {ms:>10.1} {gflops:>10.1}");
+                println!("{shape:<16} {label:<20} {ms:>10.1} {gflops:>10.1}");
                 continue;
             }
             let ty = GgmlType::from_name(ty).ok_or_else(|| format!("unknown type {ty}"))?;
@@ -66,7 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let ms = time_one(ty, repack, m, k, n, &w, &x, threads, reps)?;
                 let label = format!("{}{}", ty.name(), if repack { " repacked" } else { "" });
                 let gflops = 2.0 * (m * k * n) as f64 / (ms * 1e6);
-                println!("{shape:<16} {label:<14} {ms:>10.1} {gflops:>10.1}");
+                println!("{shape:<16} {label:<20} {ms:>10.1} {gflops:>10.1}");
             }
         }
     }

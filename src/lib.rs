@@ -4,7 +4,9 @@
 //! hostile-input safe); `names` names every key and tensor; `hparams` holds the model's dimensions;
 //! `model` checks a GGUF and builds the vision, projector and Qwen2 graphs; `session` runs them with a KV
 //! cache; `sampling` picks tokens; `image` (tiling, Pillow-exact bicubic), `tokenizer` and `chat` build the
-//! exact inputs.
+//! exact inputs. `int8` (int8 matrix products for the ViT and prefill) and `attention` (the ViT's attention)
+//! are our own CPU kernels, run as ggml custom ops; their only `unsafe` is the SIMD intrinsics, in one
+//! `avx512.rs` each, behind safe functions that check every slice bound first.
 pub mod attention;
 pub mod budget;
 pub mod capi;

@@ -276,12 +276,14 @@ pub fn build<'a>(
     })
 }
 
-/// How the ViT computes attention. On the CPU our own kernel (`crate::attention`: f32 products and
-/// softmax per block of queries), unless `INTERNVL_VIT_ATTN` names one of ggml's: `flash` (its fused
-/// flash attention) or `products` (two matrix products over a sequence padded to a multiple of 16, what
-/// a GPU runs). Measured on the full model, one thread, one 448 tile, AVX-512 build, CPU seconds of the
-/// whole tile with `--weights int8-vision`: ours OURS_S, flash 4.76, products 5.26 (the attention alone:
-/// ~2.4 s for flash; earlier, with f16 weights: flash 11.3 vs products 12.2).
+/// How the ViT computes attention. On a CPU with AVX-512 our own kernel (`crate::attention`: f32
+/// products and softmax per block of queries); on other CPUs ggml's fused flash attention (our portable
+/// kernel is correct everywhere but not tuned: on x86 without FMA in the baseline its fused multiply-adds
+/// are library calls). `INTERNVL_VIT_ATTN` chooses: `ours`, `flash`, or `products` (two ggml matrix
+/// products over a sequence padded to a multiple of 16, what a GPU runs). Measured on the full model, one
+/// thread, one 448 tile, AVX-512 build, CPU seconds of the whole tile with `--weights int8-vision`: ours
+/// 3.1, flash 4.8, products 5.3 (the attention alone: about 2.4 s with ggml's flash attention, 0.6-0.9 s
+/// with ours); with the default layout, 2 threads, q4_0 file: 3.9 s per tile against 4.6 with flash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum VitAttention {
     Ours,
@@ -291,10 +293,13 @@ enum VitAttention {
 
 impl VitAttention {
     fn choose(device: crate::ggml::BackendKind) -> Self {
+        let cpu = device == crate::ggml::BackendKind::Cpu;
         match std::env::var("INTERNVL_VIT_ATTN").as_deref() {
-            Ok("flash") if device == crate::ggml::BackendKind::Cpu => VitAttention::Flash,
+            Ok("ours") if cpu => VitAttention::Ours,
+            Ok("flash") if cpu => VitAttention::Flash,
             Ok("products") => VitAttention::Products,
-            _ if device == crate::ggml::BackendKind::Cpu => VitAttention::Ours,
+            _ if cpu && crate::attention::kernel_name() == "avx512" => VitAttention::Ours,
+            _ if cpu => VitAttention::Flash,
             // ggml-cuda's flash attention wants f16 K/V, and a custom op would run on the CPU.
             _ => VitAttention::Products,
         }
