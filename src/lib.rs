@@ -22,3 +22,20 @@ pub mod names;
 pub mod sampling;
 pub mod session;
 pub mod tokenizer;
+
+/// Deterministic test values for the kernels' unit tests (any spread of values in range does).
+#[cfg(test)]
+pub(crate) mod test_values {
+    /// `n` values in [-1, 1) from an xorshift sequence started at `seed`.
+    pub fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+}

@@ -234,18 +234,7 @@ fn exp_nonpositive(x0: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_values::values;
 
     fn reference(q: &[f32], k: &[f32], v: &[f32], ld: usize, n: usize, hd: usize, scale: f32) -> Vec<f64> {
         let mut out = vec![0f64; n * hd];
@@ -298,38 +287,29 @@ mod tests {
         let q: Vec<f32> = q.iter().map(|x| x * 4.0).collect(); // peaked rows as well as flat ones
         let scale = 0.125;
         let want = reference(&q, &k, &v, ld, n, hd, scale);
-        let mut out = vec![f32::NAN; n * hd];
-        head(
-            &q,
-            &k,
-            &v,
-            ld,
-            n,
-            hd,
-            scale,
-            0..n.div_ceil(MR),
-            &mut out,
-            hd,
-            &mut Scratch::default(),
-        );
+        let run = |blocks: std::ops::Range<usize>| {
+            let mut out = vec![f32::NAN; (n - blocks.start * MR) * hd];
+            head(
+                &q,
+                &k,
+                &v,
+                ld,
+                n,
+                hd,
+                scale,
+                blocks,
+                &mut out,
+                hd,
+                &mut Scratch::default(),
+            );
+            out
+        };
+        let out = run(0..n.div_ceil(MR));
         for (i, (o, w)) in out.iter().zip(&want).enumerate() {
             assert!((f64::from(*o) - w).abs() < 1e-5, "output {i}: {o} vs {w}");
         }
         // A later range of blocks gives the same rows.
-        let mut tail = vec![0f32; (n - MR) * hd];
-        head(
-            &q,
-            &k,
-            &v,
-            ld,
-            n,
-            hd,
-            scale,
-            1..n.div_ceil(MR),
-            &mut tail,
-            hd,
-            &mut Scratch::default(),
-        );
+        let tail = run(1..n.div_ceil(MR));
         assert_eq!(&out[MR * hd..], &tail[..]);
     }
 

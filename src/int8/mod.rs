@@ -409,16 +409,7 @@ fn tile_portable(a: &Block, w: &Panel, k4: usize, acc: &mut [[f32; NR]; MR]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_values::values;
 
     fn product(t: usize, k: usize, n: usize, with_bias: bool) -> (Vec<f32>, Vec<f32>) {
         let x = values(t * k, 1);
