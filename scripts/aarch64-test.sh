@@ -4,7 +4,7 @@
 # (tests/model_goldens.rs) then check that ggml's ARM NEON kernels give the numbers the x86 build gives.
 #
 #   bash scripts/aarch64-test.sh                 # build, then run the default test list
-#   bash scripts/aarch64-test.sh tokenizer chat  # build, then run only these tests (names in tests/)
+#   bash scripts/aarch64-test.sh tokenizer chat  # build, then run only these tests (names in tests/; lib: unit tests)
 #   bash scripts/aarch64-test.sh model_goldens -- --nocapture   # arguments after -- go to the test binaries
 #   AARCH64_ALL=1 bash scripts/aarch64-test.sh   # run every test of the workspace (slow under qemu)
 #
@@ -21,7 +21,8 @@ SYSROOT=/usr/aarch64-linux-gnu                # Debian's cross sysroot (libc6-de
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${AARCH64_TARGET_DIR:-$ROOT/target/aarch64}
 OUT_DIR=$TARGET_DIR/$TARGET/release
-DEFAULT_TESTS=(ggml_graph gguf_reader model_goldens image_parity tokenizer chat)
+# `lib`: the library's unit tests (the int8 and attention kernels' portable paths against their references).
+DEFAULT_TESTS=(ggml_graph gguf_reader model_goldens image_parity tokenizer chat weight_layout vit_attention lib)
 
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -106,7 +107,9 @@ elif [ ${#TESTS[@]} -eq 0 ]; then
 fi
 if [ "${TESTS[0]}" != all ]; then
     TEST_ARGS=(-p internvl)
-    for t in "${TESTS[@]}"; do TEST_ARGS+=(--test "$t"); done
+    for t in "${TESTS[@]}"; do
+        if [ "$t" = lib ]; then TEST_ARGS+=(--lib); else TEST_ARGS+=(--test "$t"); fi
+    done
 fi
 
 step "building test binaries: ${TESTS[*]}"
@@ -139,7 +142,9 @@ mkdir -p "$LOG_DIR"
 declare -a SUMMARY=()
 failed=0
 for t in "${TESTS[@]}"; do
-    if [ "$t" = all ]; then args=("${TEST_ARGS[@]}"); else args=(-p internvl --test "$t"); fi
+    if [ "$t" = all ]; then args=("${TEST_ARGS[@]}");
+    elif [ "$t" = lib ]; then args=(-p internvl --lib);
+    else args=(-p internvl --test "$t"); fi
     step "cargo test --release --target $TARGET ${args[*]}   (under qemu)"
     T0=$(now)
     set +e
