@@ -401,6 +401,21 @@ def busy_note(meta):
             "on a quiet machine for timings.")
 
 
+def speed_parts(o, r):
+    """"vision ms/tile A vs B (1.23x)" for each speed measure of ours `o` against `r`, and the measures where ours
+    is slower."""
+    parts, slower = [], []
+    for key, name, higher_better in (("vision_ms_per_tile", "vision ms/tile", False),
+                                     ("prefill_tok_s", "prefill tok/s", True),
+                                     ("decode_tok_s", "decode tok/s", True)):
+        ours_better = (o[key] > r[key]) if higher_better else (o[key] < r[key])
+        x = _ratio(o[key], r[key]) if higher_better else _ratio(r[key], o[key])
+        parts.append(f"{name} {_num(o[key])} vs {_num(r[key])} ({x:.2f}x{'' if ours_better else ', ours SLOWER'})")
+        if not ours_better:
+            slower.append(name)
+    return parts, slower
+
+
 def verdict(rows, meta):
     """Plain statements of where ours q8_0 stands against each bnb variant, with the reason where it loses."""
     native_bf16 = any(f in meta.get("cpu_flags", "") for f in ("avx512_bf16", "amx"))
@@ -455,16 +470,7 @@ def verdict(rows, meta):
                      "plus the KV cache and the graph buffers sized for the largest batch.")
         out.append(line)
         # Speed.
-        parts = []
-        slower = []
-        for key, name, higher_better in (("vision_ms_per_tile", "vision ms/tile", False),
-                                         ("prefill_tok_s", "prefill tok/s", True),
-                                         ("decode_tok_s", "decode tok/s", True)):
-            ours_better = (o[key] > r[key]) if higher_better else (o[key] < r[key])
-            x = _ratio(o[key], r[key]) if higher_better else _ratio(r[key], o[key])
-            parts.append(f"{name} {_num(o[key])} vs {_num(r[key])} ({x:.2f}x{'' if ours_better else ', ours SLOWER'})")
-            if not ours_better:
-                slower.append(name)
+        parts, slower = speed_parts(o, r)
         line = "- Speed: " + "; ".join(parts) + ". "
         reasons = {
             "vision ms/tile": ("the ViT's 1025-token matrix products are large GEMMs, where bitsandbytes' "
@@ -507,13 +513,7 @@ def verdict(rows, meta):
         out += [line, ""]
     i8, b = rows.get("ours-q8_0-int8"), rows.get("bnb-int8-all")
     if i8 and b:
-        parts = []
-        for key, name, higher_better in (("vision_ms_per_tile", "vision ms/tile", False),
-                                         ("prefill_tok_s", "prefill tok/s", True),
-                                         ("decode_tok_s", "decode tok/s", True)):
-            ours_better = (i8[key] > b[key]) if higher_better else (i8[key] < b[key])
-            x = _ratio(i8[key], b[key]) if higher_better else _ratio(b[key], i8[key])
-            parts.append(f"{name} {_num(i8[key])} vs {_num(b[key])} ({x:.2f}x{'' if ours_better else ', ours SLOWER'})")
+        parts, _ = speed_parts(i8, b)
         out += [f"**Ours with its own int8 kernels** (`--weights int8` on the q8_0 file: the vision matrices in int8 "
                 f"with a scale per 128 inputs, int8 copies of the language model's for prefill, AVX-512 VNNI) against "
                 f"{b['label']}: " + "; ".join(parts) + f"; KL {i8['kl_mean']:.3g} vs {b['kl_mean']:.3g} (ours q8_0 "

@@ -18,12 +18,12 @@ pub struct ModelArgs {
     #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
     pub device: Device,
     /// CPU weights: repacked (ggml's interleaved layouts for its GEMM kernels where it has them, e.g.
-    /// q4_0; a copy at load), mapped (every weight used in place from the file: zero copy), or
-    /// f32-vision (repacked, and the vision tower's matrices converted to f32 at load: faster image
-    /// encoding on CPUs without native f16/bf16 arithmetic, +600 MB over an f16 file), or int8-vision
-    /// (repacked, and the vision tower's matrices quantized to int8 at load for our AVX-512 VNNI kernel:
-    /// the fastest image encoding on CPUs with VNNI, with about q8_0's accuracy), or int8 (int8-vision,
-    /// and int8 copies of the language model's matrices for prefill: 2.5-4x faster prefill, +380 MB).
+    /// q4_0; a copy at load), mapped (every weight used in place from the file: zero copy), f32-vision
+    /// (repacked, and the vision tower's matrices converted to f32 at load: faster image encoding on CPUs
+    /// without native f16/bf16 arithmetic, +600 MB over an f16 file), int8-vision (repacked, and the
+    /// vision tower's matrices quantized to int8 at load for our AVX-512 VNNI kernel: the fastest image
+    /// encoding on CPUs with VNNI, with about q8_0's accuracy), or int8 (int8-vision, and int8 copies of
+    /// the language model's matrices for prefill: 2-3x faster prefill, +380 MB).
     #[arg(long, value_name = "LAYOUT", default_value = "repacked", value_parser = parse_layout)]
     pub weights: WeightLayout,
     /// Directory with vocab.json, merges.txt, added_tokens.json, tokenizer_config.json, for GGUFs
