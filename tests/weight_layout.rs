@@ -129,12 +129,12 @@ fn int8_copies_serve_batches_and_short_evaluations_keep_the_file_weights() {
     let (count, _) = int8.int8_packed();
     // The vision matrices (4 per block) and the language model's 7 per block.
     assert_eq!(count, 4 * int8.hp.vision.n_layer + 7 * int8.hp.llm.n_layer);
-    let eval = |m: &Arc<Model>, n: u32| {
+    let eval_on = |m: &Arc<Model>, n: u32, n_threads: usize| {
         let mut s = Session::new(
             m.clone(),
             SessionParams {
                 n_ctx: 128,
-                n_threads: 2,
+                n_threads,
                 ..Default::default()
             },
         )
@@ -142,6 +142,7 @@ fn int8_copies_serve_batches_and_short_evaluations_keep_the_file_weights() {
         let ids: Vec<u32> = (0..n).map(|i| 1000 + i * 37).collect();
         s.eval(&ids, &[], false).expect("eval").logits
     };
+    let eval = |m: &Arc<Model>, n: u32| eval_on(m, n, 2);
     let short = internvl::model::INT8_MIN_TOKENS as u32 - 1;
     assert_eq!(
         eval(&exact, short),
@@ -154,6 +155,10 @@ fn int8_copies_serve_batches_and_short_evaluations_keep_the_file_weights() {
     let (c, c_q8) = (cosine(&a, &b), cosine(&a, &eval(&q8, 40)));
     eprintln!("prefill logits cosine to f32: int8 {c:.7}, q8_0 file {c_q8:.7}");
     assert!(a != b, "the int8 copies did not run");
+    // More threads than blocks of 12 tokens (16 tokens: 2 blocks, 6 threads): the idle threads do nothing, and
+    // the split does not change the result.
+    let n = internvl::model::INT8_MIN_TOKENS as u32;
+    assert_eq!(eval_on(&int8, n, 6), eval_on(&int8, n, 1));
     assert!(
         1.0 - c <= 2.0 * (1.0 - c_q8),
         "int8 prefill cosine {c} vs q8_0's {c_q8}"

@@ -303,8 +303,11 @@ pub fn gemm(
         assert_eq!(b.len(), w.n, "int8 gemm: bias length");
     }
     let rows = (blocks.end * MR).min(t) - (blocks.start * MR).min(t);
+    if rows == 0 {
+        return; // a thread with no block (more threads than blocks)
+    }
     assert!(
-        ldo >= w.n && out.len() >= rows.saturating_sub(1) * ldo + w.n,
+        ldo >= w.n && out.len() >= (rows - 1) * ldo + w.n,
         "int8 gemm: output size"
     );
     let scales = read_scales(acts, t, w.k);
@@ -517,6 +520,8 @@ mod tests {
         let mut second = vec![0f32; (t - mid * MR) * n];
         gemm(&acts, t, &pw, None, mid..token_blocks(t), &mut second, n);
         assert_eq!(&whole[mid * MR * n..], &second[..]);
+        // A thread without a block (more threads than blocks) does nothing.
+        gemm(&acts, t, &pw, None, 2..2, &mut [], n);
     }
 
     #[test]
