@@ -390,11 +390,7 @@ impl Model {
         let bias = b.map(|b| self.w(b)).transpose()?;
         let packed = self.int8.get(w).filter(|_| n_tokens >= INT8_MIN_TOKENS);
         let Some(packed) = packed else {
-            let y = ctx.mul_mat(self.w(w)?, x)?;
-            return Ok(match bias {
-                Some(b) => ctx.add(y, b)?,
-                None => y,
-            });
+            return Ok(ctx.linear(x, self.w(w)?, bias)?);
         };
         let x = if x.is_contiguous() { x } else { ctx.cont(x)? };
         match bias {

@@ -142,41 +142,22 @@ pub fn build<'a>(
     let scale = 1.0 / (hd as f32).sqrt();
     for l in 0..v.n_layer {
         let wl = |what: &str, suffix: &str| m.w(&names::v_blk(l, what, suffix));
+        // A Linear layer of this block (int8 when packed at load, see `Model::linear`) over all tokens.
+        let linear = |x, what: &str| {
+            let (w, b) = (names::v_blk(l, what, "weight"), names::v_blk(l, what, "bias"));
+            m.linear(ctx, x, &w, Some(&b), n_seq * t)
+        };
         let h = layer_norm(ctx, x, wl("ln1", "weight")?, wl("ln1", "bias")?, v.ln_eps)?;
         // q, k, v each [hd, n_head, n_tok, T] -> permuted to [hd, n_tok, n_head, T] for attention.
         let (q, kk, vv) = if m.split_qkv {
-            let q = m.linear(
-                ctx,
-                h,
-                &names::v_blk(l, "attn_q", "weight"),
-                Some(&names::v_blk(l, "attn_q", "bias")),
-                n_seq * t,
-            )?;
-            let kk = m.linear(
-                ctx,
-                h,
-                &names::v_blk(l, "attn_k", "weight"),
-                Some(&names::v_blk(l, "attn_k", "bias")),
-                n_seq * t,
-            )?;
-            let vv = m.linear(
-                ctx,
-                h,
-                &names::v_blk(l, "attn_v", "weight"),
-                Some(&names::v_blk(l, "attn_v", "bias")),
-                n_seq * t,
-            )?;
+            let q = linear(h, "attn_q")?;
+            let kk = linear(h, "attn_k")?;
+            let vv = linear(h, "attn_v")?;
             let r = |x| ctx.reshape(x, &[hd, n_head, n_seq, t]);
             (r(q)?, r(kk)?, r(vv)?)
         } else {
             // Fused rows: Q | K | V blocks of D, each head h owning rows h*hd..(h+1)*hd (spec §2.1).
-            let qkv = m.linear(
-                ctx,
-                h,
-                &names::v_blk(l, "attn_qkv", "weight"),
-                Some(&names::v_blk(l, "attn_qkv", "bias")),
-                n_seq * t,
-            )?; // [3D, n_seq, T]
+            let qkv = linear(h, "attn_qkv")?; // [3D, n_seq, T]
             let row = 3 * d * 4;
             let nb = [hd * 4, row, row * n_seq];
             let view = |i: usize| ctx.view(qkv, &[hd, n_head, n_seq, t], &nb, i * d * 4);
@@ -204,31 +185,13 @@ pub fn build<'a>(
             ctx.cont(ctx.permute(kqv, [0, 2, 1, 3])?)? // [hd, n_head, n_tok, T]
         };
         let a = ctx.reshape(a, &[d, n_seq, t])?; // heads concatenated in head order
-        let a = m.linear(
-            ctx,
-            a,
-            &names::v_blk(l, "attn_out", "weight"),
-            Some(&names::v_blk(l, "attn_out", "bias")),
-            n_seq * t,
-        )?;
+        let a = linear(a, "attn_out")?;
         x = ctx.add(x, ctx.mul(a, wl("ls1", "weight")?)?)?;
 
         let h = layer_norm(ctx, x, wl("ln2", "weight")?, wl("ln2", "bias")?, v.ln_eps)?;
-        let h = m.linear(
-            ctx,
-            h,
-            &names::v_blk(l, "ffn_up", "weight"),
-            Some(&names::v_blk(l, "ffn_up", "bias")),
-            n_seq * t,
-        )?;
+        let h = linear(h, "ffn_up")?;
         let h = ctx.gelu_erf(h)?; // exact erf GELU (spec §1.1)
-        let h = m.linear(
-            ctx,
-            h,
-            &names::v_blk(l, "ffn_down", "weight"),
-            Some(&names::v_blk(l, "ffn_down", "bias")),
-            n_seq * t,
-        )?;
+        let h = linear(h, "ffn_down")?;
         x = ctx
             .add(x, ctx.mul(h, wl("ls2", "weight")?)?)?
             .set_name(&format!("vit_l{l}"));
