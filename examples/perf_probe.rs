@@ -26,10 +26,12 @@ fn main() {
     let model =
         Arc::new(Model::load_with(&[std::path::Path::new(&path)], internvl::model::Device::Cpu, layout).unwrap());
     eprintln!(
-        "load: {:.2} s (cpu {:.2} s), repacked {} tensors / {:.0} MB, widened to f32 {} tensors / {:.0} MB, \
+        "load: {:.2} s (cpu {:.2} s), panels {} tensors / {:.0} MB, repacked {} tensors / {:.0} MB, widened to f32 {} tensors / {:.0} MB, \
          int8 {} tensors / {:.0} MB ({})",
         t.elapsed().as_secs_f64(),
         cpu_s() - c,
+        model.panels_packed().0,
+        model.panels_packed().1 as f64 / 1e6,
         model.repacked.0,
         model.repacked.1 as f64 / 1e6,
         model.widened.0,

@@ -204,7 +204,7 @@ fn sum16(row: &[f32]) -> f32 {
 /// exp(x) for x <= 0, relative error ~2e-7 (Cephes' expf polynomial after reducing by ln 2), 0 below
 /// -87 (where f32 goes subnormal). Plain multiplies and adds, so every build rounds it the same way.
 #[inline(always)]
-fn exp_nonpositive(x0: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x0: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;

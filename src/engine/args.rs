@@ -17,13 +17,16 @@ pub struct ModelArgs {
     /// finds one, else the CPU), cpu, or cuda (an error when unavailable).
     #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
     pub device: Device,
-    /// CPU weights: repacked (ggml's interleaved layouts for its GEMM kernels where it has them, e.g.
-    /// q4_0; a copy at load), mapped (every weight used in place from the file: zero copy), f32-vision
+    /// CPU weights: repacked (on CPUs with AVX-512 VNNI, q4_0 and q8_0 matrices in our own panel layout
+    /// for our kernels, the fastest here; otherwise ggml's interleaved layouts where it has them, e.g.
+    /// q4_0; a rearranging copy at load, the file's pages released), mapped (every weight used in place
+    /// from the file: zero copy, ggml's kernels), f32-vision
     /// (repacked, and the vision tower's matrices converted to f32 at load: faster image encoding on CPUs
     /// without native f16/bf16 arithmetic, +600 MB over an f16 file), int8-vision (repacked, and the
     /// vision tower's matrices quantized to int8 at load for our AVX-512 VNNI kernel: the fastest image
-    /// encoding on CPUs with VNNI, with about q8_0's accuracy), or int8 (int8-vision, and int8 copies of
-    /// the language model's matrices for prefill: 2-3x faster prefill, +380 MB).
+    /// encoding from an f16 or f32 file on CPUs with VNNI, with about q8_0's accuracy), or int8
+    /// (int8-vision, and int8 copies of the language model's f16/f32 matrices for prefill: 2-3x faster
+    /// prefill, +380 MB; q4_0 and q8_0 matrices are not requantized: they use the panels).
     #[arg(long, value_name = "LAYOUT", default_value = "repacked", value_parser = parse_layout)]
     pub weights: WeightLayout,
     /// Directory with vocab.json, merges.txt, added_tokens.json, tokenizer_config.json, for GGUFs

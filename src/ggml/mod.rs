@@ -5,10 +5,12 @@
 //! graph size, buffer sizes. The pattern is ggml's own (`examples/simple/simple-backend.cpp`): a
 //! metadata-only context, build a graph, let `ggml_backend_sched` allocate it, set inputs, compute, read.
 
+mod activation_op;
 mod attention_op;
 pub mod backend;
 pub mod context;
 mod int8_op;
+mod panels_op;
 pub mod quant;
 pub mod store;
 pub mod sys;

@@ -39,14 +39,15 @@ const MC_BLOCKS: usize = 10;
 
 /// Which kernel runs here.
 pub fn kernel_name() -> &'static str {
-    if avx512_vnni() {
+    if vnni_available() {
         "avx512-vnni"
     } else {
         "portable"
     }
 }
 
-fn avx512_vnni() -> bool {
+/// Whether this CPU has AVX-512 F, BW and VNNI (checked once; `crate::q4` uses it too).
+pub(crate) fn vnni_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         avx512::available()
@@ -59,22 +60,22 @@ fn avx512_vnni() -> bool {
 
 /// Bytes on a 64-byte boundary, without unsafe: a vector 63 bytes longer and the offset of its first
 /// aligned byte (vectors then never straddle a cache line).
-struct AlignedBytes {
+pub(crate) struct AlignedBytes {
     buf: Vec<u8>,
     off: usize,
     len: usize,
 }
 
 impl AlignedBytes {
-    fn zeroed(len: usize) -> Self {
+    pub(crate) fn zeroed(len: usize) -> Self {
         let buf = vec![0u8; len + 63];
         let off = buf.as_ptr().align_offset(64).min(63);
         AlignedBytes { buf, off, len }
     }
-    fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         &self.buf[self.off..self.off + self.len]
     }
-    fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.buf[self.off..self.off + self.len]
     }
 }

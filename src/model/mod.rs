@@ -15,6 +15,7 @@ use crate::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
 use crate::hparams::Hparams;
 use crate::int8::PackedWeights;
 use crate::names::{self, Role, TensorSpec};
+use crate::panels::{PanelType, Panels};
 
 pub use config::ModelMeta;
 
@@ -143,6 +144,10 @@ pub struct Model {
     /// Matrices quantized to int8 panels at load (`WeightLayout::Int8Vision`), by tensor name; the
     /// graphs multiply by these instead of the mapped tensor of the same name.
     int8: HashMap<String, PackedWeights>,
+    /// q4_0 and q8_0 matrices rearranged at load into `crate::panels` (every layout but `Mapped` on a CPU
+    /// with AVX-512 VNNI; `Int8Vision` and `Int8` anywhere), by tensor name: used for every product with
+    /// them, decoding included.
+    panels: HashMap<String, Panels>,
 }
 
 /// How weights are held when they stay on the CPU.
@@ -153,6 +158,11 @@ pub enum WeightLayout {
     /// kernels read several rows per pass, which is what batched work (the ViT's 1025-token tiles,
     /// prefill) needs. Costs load time and anonymous memory of the same size; the file pages they came
     /// from are released, so resident memory stays about the same. Everything else stays mapped.
+    ///
+    /// On CPUs with AVX-512 VNNI, q4_0 and q8_0 matrices (the ViT's and the language model's, lm_head
+    /// included) go to our own panel layout instead (`crate::panels`: the same bytes, rearranged; the
+    /// mapped pages are released), whose kernels decode, prefill and encode images faster than ggml's
+    /// (docs/benchmarks.md), with ggml's arithmetic for those types.
     #[default]
     Repacked,
     /// Every weight used in place from the mapped file: no copy, the fastest load.
@@ -165,12 +175,14 @@ pub enum WeightLayout {
     /// of 128 inputs, `crate::int8`), multiplied by our AVX-512 VNNI kernel: the fastest ViT on CPUs that
     /// have VNNI (elsewhere a slow portable kernel runs: do not choose it there), with about q8_0's
     /// accuracy (vision cosine 0.99971 to the f32 reference vs 0.99974); 321 MB of int8 weights in
-    /// place of the file's vision matrices, whose mapped pages are released.
+    /// place of the file's vision matrices, whose mapped pages are released. (q4_0 and q8_0 matrices are
+    /// not requantized: they go to `crate::panels`, on any CPU.)
     Int8Vision,
     /// `Int8Vision`, and int8 copies (same scheme) of the language model's block matrices for
     /// evaluating batches of at least `INT8_MIN_TOKENS` tokens (prefill, where the products are large
-    /// GEMMs); decoding keeps the file's weights. For a faster prefill and time to first token, for
-    /// ~380 MB more memory (the copies) and about q8_0's accuracy in the prefill's logits.
+    /// GEMMs); decoding keeps the file's weights. For a faster prefill and time to first token from an
+    /// f16 or f32 file, for ~380 MB more memory (the copies) and about q8_0's accuracy in the prefill's
+    /// logits. (q4_0 and q8_0 matrices are in `crate::panels` instead, which serve prefill without copies.)
     Int8,
 }
 
@@ -241,7 +253,20 @@ impl Model {
             if layout == WeightLayout::F32Vision {
                 model.widened = model.weights.widen_cpu(names::is_vision_block_weight, release)?;
             }
-            if matches!(layout, WeightLayout::Int8Vision | WeightLayout::Int8) {
+            // q4_0 and q8_0 matrices go to our panels (same bytes, faster than ggml for every product on
+            // CPUs with AVX-512 VNNI; elsewhere only when an int8 layout asks for our kernels).
+            let int8 = matches!(layout, WeightLayout::Int8Vision | WeightLayout::Int8);
+            if int8 || crate::panels::kernel_name() == "avx512-vnni" {
+                model.pack_panels(
+                    |name| {
+                        names::is_vision_block_weight(name)
+                            || names::is_text_block_matrix(name)
+                            || name == names::output()
+                    },
+                    release,
+                )?;
+            }
+            if int8 {
                 model.pack_int8(names::is_vision_block_weight, release)?;
             }
             if layout == WeightLayout::Int8 {
@@ -249,9 +274,13 @@ impl Model {
                 model.pack_int8(names::is_text_block_matrix, |_| {})?;
             }
             let token_embd = names::token_embd();
-            let vision_int8 = &model.int8;
+            let (vision_int8, panels) = (&model.int8, &model.panels);
             model.repacked = model.weights.repack_cpu(
-                |name| name != token_embd && !(names::is_vision_block_weight(name) && vision_int8.contains_key(name)),
+                |name| {
+                    name != token_embd
+                        && !panels.contains_key(name)
+                        && !(names::is_vision_block_weight(name) && vision_int8.contains_key(name))
+                },
                 release,
             )?;
         }
@@ -325,6 +354,7 @@ impl Model {
             repacked: (0, 0),
             widened: (0, 0),
             int8: HashMap::new(),
+            panels: HashMap::new(),
         })
     }
 
@@ -342,7 +372,11 @@ impl Model {
     fn pack_int8(&mut self, pick: impl Fn(&str) -> bool, mut release: impl FnMut(&str)) -> Result<(), ModelError> {
         use rayon::prelude::*;
         let mut jobs = Vec::new();
-        for name in self.weights.names().filter(|n| pick(n)) {
+        for name in self
+            .weights
+            .names()
+            .filter(|n| pick(n) && !self.panels.contains_key(*n))
+        {
             let t = self.w(name)?;
             let ne = t.ne();
             if ne[2] != 1 || ne[3] != 1 || ne[1] == 1 {
@@ -371,14 +405,52 @@ impl Model {
         Ok(())
     }
 
+    /// Rearranges each q4_0 or q8_0 matrix that `pick` selects into `crate::panels` (in parallel);
+    /// `release` is told each name once its panels are built.
+    fn pack_panels(&mut self, pick: impl Fn(&str) -> bool, mut release: impl FnMut(&str)) -> Result<(), ModelError> {
+        use rayon::prelude::*;
+        let mut jobs = Vec::new();
+        for name in self.weights.names().filter(|n| pick(n)) {
+            let t = self.w(name)?;
+            let ne = t.ne();
+            let ty = match t.ty() {
+                GgmlType::Q4_0 => PanelType::Q4_0,
+                GgmlType::Q8_0 => PanelType::Q8_0,
+                _ => continue,
+            };
+            if ne[2] != 1 || ne[3] != 1 || ne[1] == 1 {
+                continue;
+            }
+            jobs.push((name.to_owned(), ty, t.host_bytes()?, ne[0] as usize, ne[1] as usize));
+        }
+        let packed: Vec<(String, Panels)> = jobs
+            .par_iter()
+            .map(|(name, ty, bytes, k, n)| {
+                let p = Panels::new(*ty, bytes, *n, *k).map_err(|e| ModelError::Unsupported(format!("{name}: {e}")))?;
+                Ok((name.clone(), p))
+            })
+            .collect::<Result<_, ModelError>>()?;
+        for (name, p) in packed {
+            release(&name);
+            self.panels.insert(name, p);
+        }
+        Ok(())
+    }
+
+    /// Matrices held as q4_0/q8_0 panels: (tensors, bytes).
+    pub fn panels_packed(&self) -> (usize, usize) {
+        (self.panels.len(), self.panels.values().map(Panels::bytes).sum())
+    }
+
     /// Matrices held as int8 panels (`WeightLayout::Int8Vision`): (tensors, bytes).
     pub fn int8_packed(&self) -> (usize, usize) {
         (self.int8.len(), self.int8.values().map(PackedWeights::bytes).sum())
     }
 
     /// `x·Wᵀ (+ b)` for the Linear layer whose weight is called `w` and bias `b`, over `n_tokens` tokens:
-    /// by our int8 kernel when the weight was packed for it at load and the batch is at least
-    /// `INT8_MIN_TOKENS`, else by ggml's product of the weight tensor.
+    /// by our panel kernels when the weight was laid out for them at load (any batch), by our int8
+    /// kernel when it was packed for it and the batch is at least `INT8_MIN_TOKENS`, else by ggml's
+    /// product of the weight tensor.
     pub(crate) fn linear<'a>(
         &'a self,
         ctx: &'a Context,
@@ -388,15 +460,25 @@ impl Model {
         n_tokens: usize,
     ) -> Result<Tensor<'a>, ModelError> {
         let bias = b.map(|b| self.w(b)).transpose()?;
-        let packed = self.int8.get(w).filter(|_| n_tokens >= INT8_MIN_TOKENS);
-        let Some(packed) = packed else {
-            return Ok(ctx.linear(x, self.w(w)?, bias)?);
+        enum Own<'m> {
+            Panels(&'m Panels),
+            Int8(&'m PackedWeights),
+        }
+        let which = match (self.panels.get(w), self.int8.get(w)) {
+            (Some(p), _) => Own::Panels(p),
+            (None, Some(p)) if n_tokens >= INT8_MIN_TOKENS => Own::Int8(p),
+            _ => return Ok(ctx.linear(x, self.w(w)?, bias)?),
         };
         let x = if x.is_contiguous() { x } else { ctx.cont(x)? };
+        // Our nodes add an f32 bias themselves; any other goes through ggml's add.
+        let own = |b| match which {
+            Own::Panels(p) => ctx.linear_panels(x, p, b),
+            Own::Int8(p) => ctx.linear_int8(x, p, b),
+        };
         match bias {
-            Some(b) if b.ty() == GgmlType::F32 => Ok(ctx.linear_int8(x, packed, Some(b))?),
-            Some(b) => Ok(ctx.add(ctx.linear_int8(x, packed, None)?, b)?),
-            None => Ok(ctx.linear_int8(x, packed, None)?),
+            Some(b) if b.ty() == GgmlType::F32 => Ok(own(Some(b))?),
+            Some(b) => Ok(ctx.add(own(None)?, b)?),
+            None => Ok(own(None)?),
         }
     }
 

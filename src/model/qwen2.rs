@@ -128,8 +128,8 @@ pub fn build<'a>(
     } else {
         ctx.view(x, &[d, n_out], &[d * 4], (n - n_out) * d * 4)?
     };
-    let logits = ctx
-        .mul_mat(m.w(&names::output())?, last)?
+    let logits = m
+        .linear(ctx, last, &names::output(), None, n_out)?
         .set_name("logits")
         .set_output();
     Ok(LlmGraph {

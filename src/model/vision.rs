@@ -139,6 +139,11 @@ pub fn build<'a>(
         mask = Some(m);
     }
 
+    // The erf GELU: ours on the CPU (ggml's calls the C library's scalar erff per value), ggml's on a GPU
+    // (a custom op would run on the CPU).
+    let cpu = m.device == crate::ggml::BackendKind::Cpu;
+    let gelu = |x| if cpu { ctx.gelu_erf_cpu(x) } else { ctx.gelu_erf(x) };
+
     let scale = 1.0 / (hd as f32).sqrt();
     for l in 0..v.n_layer {
         let wl = |what: &str, suffix: &str| m.w(&names::v_blk(l, what, suffix));
@@ -190,7 +195,7 @@ pub fn build<'a>(
 
         let h = layer_norm(ctx, x, wl("ln2", "weight")?, wl("ln2", "bias")?, v.ln_eps)?;
         let h = linear(h, "ffn_up")?;
-        let h = ctx.gelu_erf(h)?; // exact erf GELU (spec §1.1)
+        let h = gelu(h)?; // exact erf GELU (spec §1.1)
         let h = linear(h, "ffn_down")?;
         x = ctx
             .add(x, ctx.mul(h, wl("ls2", "weight")?)?)?
@@ -228,7 +233,7 @@ pub fn build<'a>(
         hp.proj_ln_eps,
     )?;
     let y = ctx.linear(y, m.w(&names::mm(1, "weight"))?, Some(m.w(&names::mm(1, "bias"))?))?;
-    let y = ctx.gelu_erf(y)?;
+    let y = gelu(y)?;
     let y = ctx.linear(y, m.w(&names::mm(3, "weight"))?, Some(m.w(&names::mm(3, "bias"))?))?;
     let proj_out = y.set_name("proj_out").set_output();
     Ok(VisionGraph {

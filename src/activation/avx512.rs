@@ -1,0 +1,19 @@
+//! `super::gelu_erf_slice` compiled for AVX-512 F (16 values per instruction; same operations).
+use std::sync::OnceLock;
+
+/// Whether this CPU has AVX-512 F (checked once).
+pub fn available() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
+}
+
+pub fn gelu_erf(src: &[f32], dst: &mut [f32]) {
+    assert!(available(), "gelu: AVX-512 code on a CPU without it");
+    // SAFETY: the CPU has AVX-512 F (checked above); the function is safe code otherwise.
+    unsafe { gelu_erf_avx512(src, dst) }
+}
+
+#[target_feature(enable = "avx512f")]
+fn gelu_erf_avx512(src: &[f32], dst: &mut [f32]) {
+    super::gelu_erf_slice(src, dst)
+}

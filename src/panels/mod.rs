@@ -1,0 +1,615 @@
+//! Matrix products for q4_0 and q8_0 weights in our own layout: the file's quantized values and f16
+//! scales, rearranged at load (same bytes, no extra memory; the mapped pages are released) so that one
+//! 64-byte load is an operand of AVX-512 VNNI's `vpdpbusd` (16 outputs x 4 inputs; for q4_0 twice over,
+//! its low and high 4-bit halves). One layout serves both shapes of work:
+//! - decoding (1 token): a matrix-vector product that streams the weights once at memory speed; ggml's
+//!   own kernels for these types spend more instructions per byte (unpacking, 32-byte lanes) and are
+//!   compute bound on this machine's 2 cores (q4_0 decoded at 11.5 GB/s, q8_0 at 14.7).
+//! - prefill and the ViT's 1025-token tiles: a 12 token x 32 output tile, like `crate::int8`'s, without
+//!   int8 copies of the weights.
+//!
+//! The arithmetic is ggml's for these types: activations quantized to int8 with one scale per 32 inputs
+//! (q8_0's blocks, f32 scales here where ggml rounds them to f16), integer dot products per block of 32,
+//! scaled by both blocks' scales and summed in f32. So a file gives its type's results, with no second
+//! rounding of the weights.
+//!
+//! Layout of `Panels` (`k` a multiple of 32, as both types require): panels of `NR` = 32 outputs (`n`
+//! padded with zero-scale outputs); in a panel, per block of 32 inputs, the 32 outputs' f16 scales (64
+//! bytes), then the values:
+//! - q4_0 (576 bytes a block): four 128-byte chunks, chunk `c` holding inputs `8c..8c+8`: two 64-byte
+//!   vectors (outputs 0-15, 16-31), 4 bytes per output, byte `i` = the 4-bit value (`q + 8`, 0..15) of
+//!   input `8c + i` in its low half and of input `8c + 4 + i` in its high half;
+//! - q8_0 (1088 bytes): eight 128-byte chunks, chunk `c` holding inputs `4c..4c+4` of outputs 0-15, then
+//!   16-31, 4 signed bytes per output.
+//!
+//! Activations (`quantize_blocks`): blocks of `MR` = 12 tokens; in a block, for every 4 inputs, 12 x 4
+//! bytes (signed for q4_0, whose 4-bit values are the unsigned operand; `q + 128` for q8_0, whose values
+//! are signed); after all blocks, per block, group and token, the f32 scale and `8 x` the group's int sum
+//! (the share of q4_0's `+ 8` offset; q8_0's `+ 128` offset is taken out per output instead, by a
+//! product of the weights with ones).
+//!
+//! The AVX-512 kernels (`avx512`, chosen at run time) compute the same integers and the same float
+//! steps in the same order as the portable ones here, so the outputs are bit-identical, and a token's
+//! row is the same whether it went through the matrix-vector or the tile kernel.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+use std::ops::Range;
+
+use half::f16;
+
+/// Outputs per panel.
+pub const NR: usize = 32;
+/// Tokens per activation block and tile.
+pub const MR: usize = 12;
+/// Inputs per block (both types').
+pub const QK: usize = 32;
+/// Bytes of one q4_0 block in a GGUF file: an f16 scale, 16 bytes of two 4-bit values.
+const Q4_0_BLOCK: usize = 2 + QK / 2;
+/// Bytes of one q8_0 block in a GGUF file: an f16 scale, 32 signed bytes.
+const Q8_0_BLOCK: usize = 2 + QK;
+
+/// The file type a `Panels` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanelType {
+    Q4_0,
+    Q8_0,
+}
+
+impl PanelType {
+    /// Bytes per panel and block of inputs: 32 f16 scales and 32 x 32 values.
+    const fn panel_block(self) -> usize {
+        match self {
+            PanelType::Q4_0 => NR * 2 + NR * QK / 2,
+            PanelType::Q8_0 => NR * 2 + NR * QK,
+        }
+    }
+    /// Bytes of one block of the file's type.
+    const fn file_block(self) -> usize {
+        match self {
+            PanelType::Q4_0 => Q4_0_BLOCK,
+            PanelType::Q8_0 => Q8_0_BLOCK,
+        }
+    }
+}
+/// Token blocks that share one pass over a thread's panels (12 x 10 tokens x up to 4864 inputs stay in
+/// L2 next to a panel).
+const MC_BLOCKS: usize = 10;
+/// Below this many tokens the matrix-vector kernel runs per token (a tile would compute 12).
+const TILE_MIN_TOKENS: usize = 4;
+
+/// Which kernel runs here.
+pub fn kernel_name() -> &'static str {
+    if vnni() {
+        "avx512-vnni"
+    } else {
+        "portable"
+    }
+}
+
+fn vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A q4_0 or q8_0 matrix `[n outputs][k inputs]` in panels.
+pub struct Panels {
+    ty: PanelType,
+    n: usize,
+    k: usize,
+    data: crate::int8::AlignedBytes,
+}
+
+/// Why a tensor cannot be laid out as panels.
+#[derive(Debug, PartialEq)]
+pub struct PackError(pub String);
+
+impl std::fmt::Display for PackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "weight panels: {}", self.0)
+    }
+}
+
+impl Panels {
+    /// Rearranges `ty` data (`n` rows of `k / 32` blocks in ggml's layout: an f16 scale, then for q4_0 16
+    /// bytes whose low halves are inputs 0-15 and high halves inputs 16-31, each value stored as `q + 8`;
+    /// for q8_0 32 signed bytes).
+    pub fn new(ty: PanelType, bytes: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
+        if k == 0 || !k.is_multiple_of(QK) || n == 0 {
+            return Err(PackError(format!(
+                "a {n} x {k} matrix (inputs must be a non-zero multiple of 32)"
+            )));
+        }
+        let (nb, fb, pbs) = (k / QK, ty.file_block(), ty.panel_block());
+        if bytes.len() != n * nb * fb {
+            return Err(PackError(format!(
+                "{} bytes for a {n} x {k} {ty:?} matrix (expected {})",
+                bytes.len(),
+                n * nb * fb
+            )));
+        }
+        let mut data = crate::int8::AlignedBytes::zeroed(n.div_ceil(NR) * nb * pbs);
+        let out = data.as_mut_slice();
+        for (row, blocks) in bytes.chunks_exact(nb * fb).enumerate() {
+            let (p, lane) = (row / NR, row % NR);
+            let lane_at = (lane / 16) * 64 + (lane % 16) * 4;
+            for (g, blk) in blocks.chunks_exact(fb).enumerate() {
+                let dst = &mut out[(p * nb + g) * pbs..][..pbs];
+                dst[lane * 2..lane * 2 + 2].copy_from_slice(&blk[..2]);
+                let qs = &blk[2..];
+                for e in 0..QK {
+                    match ty {
+                        PanelType::Q4_0 => {
+                            let v = if e < 16 { qs[e] & 15 } else { qs[e - 16] >> 4 };
+                            let (c, within) = (e / 8, e % 8);
+                            dst[NR * 2 + c * 128 + lane_at + within % 4] |= if within < 4 { v } else { v << 4 };
+                        }
+                        PanelType::Q8_0 => dst[NR * 2 + (e / 4) * 128 + lane_at + e % 4] = qs[e],
+                    }
+                }
+            }
+        }
+        Ok(Panels { ty, n, k, data })
+    }
+
+    /// The file type whose values these are.
+    pub fn ty(&self) -> PanelType {
+        self.ty
+    }
+    /// Outputs.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Inputs.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Memory held, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.data.as_slice().len()
+    }
+    /// Panels of `NR` outputs.
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+    fn panel(&self, p: usize) -> &[u8] {
+        let per = self.k / QK * self.ty.panel_block();
+        &self.data.as_slice()[p * per..(p + 1) * per]
+    }
+}
+
+/// Bytes of one token block's values.
+pub fn block_bytes(k: usize) -> usize {
+    MR * k
+}
+
+/// Bytes of one token block's scales and offset shares (`[groups][MR]` f32, then the same of i32).
+pub fn block_meta_bytes(k: usize) -> usize {
+    2 * MR * (k / QK) * 4
+}
+
+/// Bytes of the quantized activations of `t` tokens of `k` inputs.
+pub fn acts_bytes(t: usize, k: usize) -> usize {
+    t.div_ceil(MR) * (block_bytes(k) + block_meta_bytes(k))
+}
+
+/// Token blocks of `t` tokens.
+pub fn token_blocks(t: usize) -> usize {
+    t.div_ceil(MR)
+}
+
+/// Quantizes the token blocks `blocks` of `x` (`t` rows of `k` f32, `k` a multiple of 32) into `acts`
+/// (`acts_bytes(t, k)`): this call writes only those blocks' values and metadata, so threads can
+/// quantize disjoint ranges of one buffer (the ggml node hands each its own pieces: `values` is the
+/// blocks' value area, `meta` their metadata area). `ty`: the weights' type, which sets the values' form.
+pub fn quantize_blocks(
+    ty: PanelType,
+    x: &[f32],
+    t: usize,
+    k: usize,
+    blocks: Range<usize>,
+    values: &mut [u8],
+    meta: &mut [u8],
+) {
+    let offset = if ty == PanelType::Q8_0 { 0x8080_8080u32 } else { 0 };
+    let (per, mper, ng) = (block_bytes(k), block_meta_bytes(k), k / QK);
+    assert!(
+        k.is_multiple_of(QK) && x.len() >= t * k,
+        "panels quantize: {t} x {k} activations"
+    );
+    assert!(
+        values.len() == blocks.len() * per && meta.len() == blocks.len() * mper,
+        "panels quantize: buffer sizes"
+    );
+    let mut q = [0i8; QK];
+    for (i, b) in blocks.enumerate() {
+        let (vals, meta) = (&mut values[i * per..(i + 1) * per], &mut meta[i * mper..(i + 1) * mper]);
+        let (scales, shares) = meta.split_at_mut(mper / 2);
+        for r in 0..MR {
+            let tok = b * MR + r;
+            for g in 0..ng {
+                let (s, sum) = match x.get(tok * k + g * QK..tok * k + (g + 1) * QK) {
+                    Some(v) if tok < t => quantize_group(v, &mut q),
+                    _ => {
+                        q = [0; QK];
+                        (0.0, 0)
+                    }
+                };
+                scales[(g * MR + r) * 4..][..4].copy_from_slice(&s.to_le_bytes());
+                shares[(g * MR + r) * 4..][..4].copy_from_slice(&(8 * sum).to_le_bytes());
+                // Four inputs at a time into their token's 4-byte slot.
+                for (j, four) in q.chunks_exact(4).enumerate() {
+                    let slot =
+                        u32::from_le_bytes([four[0] as u8, four[1] as u8, four[2] as u8, four[3] as u8]) ^ offset;
+                    vals[((g * QK / 4 + j) * MR + r) * 4..][..4].copy_from_slice(&slot.to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// One group of 32 values to int8 with scale `max |v| / 127` (rounded to nearest even, like the vector
+/// conversion), returning the scale and the sum of the integers.
+fn quantize_group(v: &[f32], q: &mut [i8; QK]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        return avx512::quantize_group(v, q);
+    }
+    quantize_group_portable(v, q)
+}
+
+fn quantize_group_portable(v: &[f32], q: &mut [i8; QK]) -> (f32, i32) {
+    let amax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let s = amax / 127.0;
+    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+    let mut sum = 0;
+    for (d, &x) in q.iter_mut().zip(v) {
+        *d = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        sum += i32::from(*d);
+    }
+    (s, sum)
+}
+
+/// One token block's values, scales and offset shares, read from a quantized-activation buffer.
+struct Block<'a> {
+    values: &'a [u8],
+    scale: Vec<f32>,
+    share: Vec<i32>,
+}
+
+fn block<'a>(acts: &'a [u8], t: usize, k: usize, b: usize) -> Block<'a> {
+    let (per, mper) = (block_bytes(k), block_meta_bytes(k));
+    let meta = &acts[t.div_ceil(MR) * per + b * mper..][..mper];
+    let (s, c) = meta.split_at(mper / 2);
+    let f = |b: &[u8]| [b[0], b[1], b[2], b[3]];
+    Block {
+        values: &acts[b * per..(b + 1) * per],
+        scale: s.chunks_exact(4).map(|b| f32::from_le_bytes(f(b))).collect(),
+        share: c.chunks_exact(4).map(|b| i32::from_le_bytes(f(b))).collect(),
+    }
+}
+
+/// `x·Wᵀ (+ bias)` for the panels `panels` of `w` over all `t` tokens of `acts`; each finished run of
+/// outputs goes to `emit(token, first output, values)` (threads given disjoint panel ranges write
+/// disjoint columns of one output).
+pub fn product(
+    acts: &[u8],
+    t: usize,
+    w: &Panels,
+    bias: Option<&[f32]>,
+    panels: Range<usize>,
+    mut emit: impl FnMut(usize, usize, &[f32]),
+) {
+    assert_eq!(acts.len(), acts_bytes(t, w.k), "panels product: activation buffer size");
+    assert!(panels.end <= w.panels(), "panels product: panel range");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), w.n, "panels product: bias length");
+    }
+    let mut finish = |tok: usize, p: usize, acc: &mut [f32; NR]| {
+        let n0 = p * NR;
+        let nn = NR.min(w.n - n0);
+        if let Some(b) = bias {
+            for (a, b) in acc.iter_mut().zip(&b[n0..n0 + nn]) {
+                *a += b;
+            }
+        }
+        emit(tok, n0, &acc[..nn]);
+    };
+    let ng = w.k / QK;
+    let blocks = token_blocks(t);
+    if t < TILE_MIN_TOKENS {
+        for b in 0..blocks {
+            let a = block(acts, t, w.k, b);
+            for r in 0..MR.min(t - b * MR) {
+                for p in panels.clone() {
+                    let mut acc = [0f32; NR];
+                    row(w.ty, &a, r, w.panel(p), ng, &mut acc);
+                    finish(b * MR + r, p, &mut acc);
+                }
+            }
+        }
+        return;
+    }
+    let mut sb = 0;
+    while sb < blocks {
+        let se = (sb + MC_BLOCKS).min(blocks);
+        let chunk: Vec<Block> = (sb..se).map(|b| block(acts, t, w.k, b)).collect();
+        let mut acc = [[0f32; NR]; MR];
+        for p in panels.clone() {
+            for (a, b) in chunk.iter().zip(sb..) {
+                tile(w.ty, a, w.panel(p), ng, &mut acc);
+                for (r, acc_r) in acc.iter_mut().enumerate().take(MR.min(t - b * MR)) {
+                    finish(b * MR + r, p, acc_r);
+                }
+            }
+        }
+        sb = se;
+    }
+}
+
+/// One token (row `r` of a block) times one panel.
+fn row(ty: PanelType, a: &Block, r: usize, w: &[u8], ng: usize, acc: &mut [f32; NR]) {
+    let pbs = ty.panel_block();
+    assert!(
+        a.values.len() >= ng * QK * MR && w.len() >= ng * pbs && a.scale.len() >= ng * MR,
+        "panels row: short operands"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        avx512::row(ty, a.values, &a.scale, &a.share, r, w, ng, acc);
+        return;
+    }
+    *acc = [0.0; NR];
+    for g in 0..ng {
+        let pb = &w[g * pbs..(g + 1) * pbs];
+        epilogue(a, r, pb, g, &dots(ty, a, r, pb, g), acc);
+    }
+}
+
+/// One token block times one panel.
+fn tile(ty: PanelType, a: &Block, w: &[u8], ng: usize, acc: &mut [[f32; NR]; MR]) {
+    let pbs = ty.panel_block();
+    assert!(
+        a.values.len() >= ng * QK * MR && w.len() >= ng * pbs && a.scale.len() >= ng * MR,
+        "panels tile: short operands"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        avx512::tile(ty, a.values, &a.scale, &a.share, w, ng, acc);
+        return;
+    }
+    *acc = [[0.0; NR]; MR];
+    for g in 0..ng {
+        let pb = &w[g * pbs..(g + 1) * pbs];
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            epilogue(a, r, pb, g, &dots(ty, a, r, pb, g), acc_r);
+        }
+    }
+}
+
+/// The 32 outputs' integer dot products over block `g` for token `r` (the weights' `q` times the
+/// activations' `q`: what the vector kernels' sums come to once the offsets are taken out).
+fn dots(ty: PanelType, a: &Block, r: usize, pb: &[u8], g: usize) -> [i32; NR] {
+    let mut s = [0i32; NR];
+    for e in 0..QK {
+        let kk = g * QK / 4 + e / 4;
+        let byte = a.values[(kk * MR + r) * 4 + e % 4];
+        let av = match ty {
+            PanelType::Q4_0 => i32::from(byte as i8),
+            PanelType::Q8_0 => i32::from(byte) - 128,
+        };
+        for (lane, s) in s.iter_mut().enumerate() {
+            let lane_at = (lane / 16) * 64 + (lane % 16) * 4;
+            let wv = match ty {
+                PanelType::Q4_0 => {
+                    let (c, within) = (e / 8, e % 8);
+                    let byte = pb[NR * 2 + c * 128 + lane_at + within % 4];
+                    i32::from(if within < 4 { byte & 15 } else { byte >> 4 }) - 8
+                }
+                PanelType::Q8_0 => i32::from(pb[NR * 2 + (e / 4) * 128 + lane_at + e % 4] as i8),
+            };
+            *s += wv * av;
+        }
+    }
+    s
+}
+
+/// `acc += sum as f32 * (w scale * a scale)`, the vector kernels' order.
+fn epilogue(a: &Block, r: usize, pb: &[u8], g: usize, s: &[i32; NR], acc: &mut [f32; NR]) {
+    let sa = a.scale[g * MR + r];
+    for (lane, (o, s)) in acc.iter_mut().zip(s).enumerate() {
+        let ws = f16::from_le_bytes([pb[lane * 2], pb[lane * 2 + 1]]).to_f32();
+        *o += *s as f32 * (ws * sa);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_values::values;
+
+    /// `w` (rows of `k`) in the file blocks of `ty`, ggml's rounding (q4_0: scale = the value of largest
+    /// magnitude / -8; q8_0: max |v| / 127).
+    fn encode(ty: PanelType, w: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for blk in w.chunks_exact(QK) {
+            match ty {
+                PanelType::Q4_0 => {
+                    let m = blk.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                    let d = m / -8.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    out.extend(f16::from_f32(d).to_le_bytes());
+                    let q: Vec<u8> = blk
+                        .iter()
+                        .map(|&v| ((v * id + 8.5) as i32).clamp(0, 15) as u8)
+                        .collect();
+                    out.extend((0..16).map(|i| q[i] | (q[i + 16] << 4)));
+                }
+                PanelType::Q8_0 => {
+                    let d = blk.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    out.extend(f16::from_f32(d).to_le_bytes());
+                    out.extend(blk.iter().map(|&v| (v * id).round() as i8 as u8));
+                }
+            }
+        }
+        out
+    }
+
+    /// The matrix the file blocks stand for.
+    fn decode(ty: PanelType, bytes: &[u8]) -> Vec<f32> {
+        let mut w = Vec::new();
+        for blk in bytes.chunks_exact(ty.file_block()) {
+            let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+            match ty {
+                PanelType::Q4_0 => {
+                    w.extend(blk[2..].iter().map(|b| (i32::from(b & 15) - 8) as f32 * d));
+                    w.extend(blk[2..].iter().map(|b| (i32::from(b >> 4) - 8) as f32 * d));
+                }
+                PanelType::Q8_0 => w.extend(blk[2..].iter().map(|&b| f32::from(b as i8) * d)),
+            }
+        }
+        w
+    }
+
+    fn quantized(ty: PanelType, x: &[f32], t: usize, k: usize) -> Vec<u8> {
+        let mut acts = vec![0u8; acts_bytes(t, k)];
+        let split = acts.len() - token_blocks(t) * block_meta_bytes(k);
+        let (v, m) = acts.split_at_mut(split);
+        quantize_blocks(ty, x, t, k, 0..token_blocks(t), v, m);
+        acts
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        ty: PanelType,
+        t: usize,
+        k: usize,
+        n: usize,
+        bias: Option<&[f32]>,
+        x: &[f32],
+        q: &[u8],
+        panels: Range<usize>,
+    ) -> Vec<f32> {
+        let w = Panels::new(ty, q, n, k).expect("pack");
+        let acts = quantized(ty, x, t, k);
+        let mut out = vec![f32::NAN; t * n];
+        product(&acts, t, &w, bias, panels, |tok, n0, vals| {
+            out[tok * n + n0..tok * n + n0 + vals.len()].copy_from_slice(vals)
+        });
+        out
+    }
+
+    const TYPES: [PanelType; 2] = [PanelType::Q4_0, PanelType::Q8_0];
+
+    #[test]
+    fn matches_the_product_of_the_file_matrix() {
+        for ty in TYPES {
+            for &(t, k, n, with_bias) in &[
+                (1, 32, 1, false),
+                (3, 64, 40, true),
+                (13, 96, 33, true),
+                (30, 256, 64, false),
+            ] {
+                let x = values(t * k, 1);
+                let q = encode(ty, &values(n * k, 2));
+                let wf = decode(ty, &q);
+                let bias = with_bias.then(|| values(n, 3));
+                let out = run(ty, t, k, n, bias.as_deref(), &x, &q, 0..n.div_ceil(NR));
+                let (mut err, mut norm) = (0f64, 0f64);
+                for i in 0..t {
+                    for j in 0..n {
+                        let d: f64 = (0..k).map(|c| f64::from(x[i * k + c]) * f64::from(wf[j * k + c])).sum();
+                        let want = d + bias.as_ref().map_or(0.0, |b| f64::from(b[j]));
+                        let o = out[i * n + j];
+                        assert!(o.is_finite(), "{ty:?} {t}x{k}x{n}: output {i},{j} not written");
+                        err += (f64::from(o) - want).powi(2);
+                        norm += want.powi(2);
+                    }
+                }
+                // Only the activations are rounded (the weights are the file's values exactly): ~0.5%.
+                let rel = (err / norm).sqrt();
+                assert!(rel < 0.01, "{ty:?} {t}x{k}x{n}: relative error {rel}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_token_gets_the_same_row_alone_or_in_a_tile_and_panels_split_cleanly() {
+        for ty in TYPES {
+            let (t, k, n) = (14, 128, 96);
+            let x = values(t * k, 4);
+            let q = encode(ty, &values(n * k, 5));
+            let all = run(ty, t, k, n, None, &x, &q, 0..3);
+            // Token 13 alone (the matrix-vector kernel) against its row in the 14-token tiles.
+            let one = run(ty, 1, k, n, None, &x[13 * k..], &q, 0..3);
+            assert_eq!(&all[13 * n..], &one[..], "{ty:?}");
+            // Panels 1..3 alone leave panel 0's columns unwritten and give the same others.
+            let part = run(ty, t, k, n, None, &x, &q, 1..3);
+            for i in 0..t {
+                assert!(part[i * n..i * n + NR].iter().all(|v| v.is_nan()));
+                assert_eq!(&part[i * n + NR..(i + 1) * n], &all[i * n + NR..(i + 1) * n], "{ty:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_and_sizes_are_errors() {
+        use PanelType::{Q4_0, Q8_0};
+        assert!(Panels::new(Q4_0, &[0; 18], 1, 33).is_err());
+        assert!(Panels::new(Q4_0, &[0; 17], 1, 32).is_err());
+        assert!(Panels::new(Q4_0, &[], 0, 32).is_err());
+        assert!(Panels::new(Q4_0, &[0; 18], 1, 32).is_ok());
+        assert!(Panels::new(Q8_0, &[0; 18], 1, 32).is_err());
+        assert!(Panels::new(Q8_0, &[0; 34], 1, 32).is_ok());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx512_kernels_give_the_portable_kernels_bits() {
+        if !avx512::available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let (t, k, n) = (25, 160, 64);
+        let mut x = values(t * k, 6);
+        x[40] = 2.5 / 127.0; // a tie, and an all-zero group
+        x[k..k + QK].fill(0.0);
+        for g in x.chunks_exact(QK) {
+            let (mut a, mut b) = ([0i8; QK], [0i8; QK]);
+            assert_eq!(avx512::quantize_group(g, &mut a), quantize_group_portable(g, &mut b));
+            assert_eq!(a, b);
+        }
+        for ty in TYPES {
+            let w = Panels::new(ty, &encode(ty, &values(n * k, 7)), n, k).expect("pack");
+            let acts = quantized(ty, &x, t, k);
+            let (ng, pbs) = (k / QK, ty.panel_block());
+            for b in 0..token_blocks(t) {
+                let a = block(&acts, t, k, b);
+                for p in 0..w.panels() {
+                    let (mut fast, mut slow) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
+                    avx512::tile(ty, a.values, &a.scale, &a.share, w.panel(p), ng, &mut fast);
+                    for g in 0..ng {
+                        let pb = &w.panel(p)[g * pbs..(g + 1) * pbs];
+                        for (r, acc_r) in slow.iter_mut().enumerate() {
+                            epilogue(&a, r, pb, g, &dots(ty, &a, r, pb, g), acc_r);
+                        }
+                    }
+                    assert_eq!(fast, slow, "{ty:?} tile: block {b} panel {p}");
+                    for (r, want) in slow.iter().enumerate() {
+                        let mut got = [0f32; NR];
+                        avx512::row(ty, a.values, &a.scale, &a.share, r, w.panel(p), ng, &mut got);
+                        assert_eq!(&got, want, "{ty:?} row {r}: block {b} panel {p}");
+                    }
+                }
+            }
+        }
+    }
+}
