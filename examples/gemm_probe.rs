@@ -12,6 +12,7 @@ use std::time::Instant;
 use internvl::ggml::{quantize, Backend, Context, Sched, Tensor};
 use internvl::gguf::GgmlType;
 use internvl::int8::PackedWeights;
+use internvl::panels::{PanelType, Panels};
 
 /// Deterministic values in [-1, 1) (timing only: any values in range do).
 fn vals(n: usize, seed: usize) -> Vec<f32> {
@@ -33,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "SHAPES",
         "1025x1024x3072,1025x1024x4096,1025x4096x1024,512x896x4864,512x4864x896",
     );
-    let types = env_or("TYPES", "f32,f16,q8_0,q4_0,int8");
+    let types = env_or("TYPES", "f32,f16,q8_0,q4_0,int8,panels-q8_0,panels-q4_0");
     println!(
         "ggml features: {:?}; {threads} thread(s)",
         internvl::ggml::cpu_features()
@@ -57,6 +58,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let ms = time_graph(&backend, &ctx, tx, y, &x, reps)?;
                 let gflops = 2.0 * (m * k * n) as f64 / (ms * 1e6);
                 let label = format!("int8 ({})", internvl::int8::kernel_name());
+                println!("{shape:<16} {label:<20} {ms:>10.1} {gflops:>10.1}");
+                continue;
+            }
+            if let Some(file_ty) = ty.strip_prefix("panels-") {
+                // Ours (`internvl::panels`, the default for q4_0/q8_0 on VNNI CPUs): the file's blocks,
+                // rearranged; quantize + multiply nodes.
+                let (pty, gty) = match file_ty {
+                    "q4_0" => (PanelType::Q4_0, GgmlType::Q4_0),
+                    "q8_0" => (PanelType::Q8_0, GgmlType::Q8_0),
+                    _ => return Err(format!("unknown panel type {file_ty}").into()),
+                };
+                let panels = Panels::new(pty, &quantize(gty, &w, k)?, n, k)?;
+                let backend = Backend::cpu(threads)?;
+                let ctx = Context::new(8, 1)?;
+                let tx = ctx.new_f32(&[k, m])?.set_name("x").set_input();
+                let y = ctx.linear_panels(tx, &panels, None)?;
+                let ms = time_graph(&backend, &ctx, tx, y, &x, reps)?;
+                let gflops = 2.0 * (m * k * n) as f64 / (ms * 1e6);
+                let label = format!("{ty} ({})", internvl::panels::kernel_name());
                 println!("{shape:<16} {label:<20} {ms:>10.1} {gflops:>10.1}");
                 continue;
             }

@@ -189,8 +189,10 @@ typedef struct ivl_box {
 // A GPU; `ivl_model_load` fails with `IVL_STATUS_DEVICE` when there is none.
 #define IVL_DEVICE_GPU 2
 
-// ggml's interleaved layouts where its CPU kernels have them (q4_0 on AVX2/AVX-512/ARM dot-product
-// CPUs): faster image encoding and prefill; the weights are copied once at load.
+// The fastest kernels this CPU has: with AVX-512 VNNI, q4_0 and q8_0 matrices rearranged at load for our
+// own kernels (the same bytes; faster decoding, prefill and image encoding); otherwise ggml's interleaved
+// layouts where its CPU kernels have them (q4_0 on AVX2/ARM dot-product CPUs). A copy at load; the
+// file's pages are released.
 #define IVL_WEIGHTS_REPACKED 0
 
 // Every weight used in place from the memory-mapped file: no copy, the fastest load.
@@ -201,13 +203,13 @@ typedef struct ivl_box {
 #define IVL_WEIGHTS_F32_VISION 2
 
 // `IVL_WEIGHTS_REPACKED`, and the vision tower's matrices quantized to int8 (a scale per 128 inputs) at load
-// for an AVX-512 VNNI kernel: the fastest image encoding on CPUs with VNNI (elsewhere a slow portable
-// kernel runs), with about q8_0's accuracy.
+// for an AVX-512 VNNI kernel: the fastest image encoding from f16/f32 files on CPUs with VNNI (elsewhere a
+// slow portable kernel runs), with about q8_0's accuracy. (q4_0 and q8_0 matrices are not requantized.)
 #define IVL_WEIGHTS_INT8_VISION 3
 
-// `IVL_WEIGHTS_INT8_VISION`, and int8 copies of the language model's matrices for prefill (batches of 16
-// tokens or more): 2.5-4x faster prefill on CPUs with VNNI, for ~380 MB more memory; decoding keeps the
-// file's weights.
+// `IVL_WEIGHTS_INT8_VISION`, and int8 copies of the language model's f16/f32 matrices for prefill (batches
+// of 16 tokens or more): 2-3x faster prefill on CPUs with VNNI, for ~380 MB more memory; decoding keeps
+// the file's weights. (q4_0 and q8_0 matrices are not requantized: they use the rearranged layout.)
 #define IVL_WEIGHTS_INT8 4
 
 #define IVL_KV_F16 0

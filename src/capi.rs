@@ -107,8 +107,10 @@ pub const IVL_DEVICE_GPU: ivl_device = 2;
 
 /// How CPU weights are held (one of `IVL_WEIGHTS_*`).
 pub type ivl_weight_layout = u32;
-/// ggml's interleaved layouts where its CPU kernels have them (q4_0 on AVX2/AVX-512/ARM dot-product
-/// CPUs): faster image encoding and prefill; the weights are copied once at load.
+/// The fastest kernels this CPU has: with AVX-512 VNNI, q4_0 and q8_0 matrices rearranged at load for our
+/// own kernels (the same bytes; faster decoding, prefill and image encoding); otherwise ggml's interleaved
+/// layouts where its CPU kernels have them (q4_0 on AVX2/ARM dot-product CPUs). A copy at load; the
+/// file's pages are released.
 pub const IVL_WEIGHTS_REPACKED: ivl_weight_layout = 0;
 /// Every weight used in place from the memory-mapped file: no copy, the fastest load.
 pub const IVL_WEIGHTS_MAPPED: ivl_weight_layout = 1;
@@ -116,12 +118,12 @@ pub const IVL_WEIGHTS_MAPPED: ivl_weight_layout = 1;
 /// on CPUs without native f16/bf16 arithmetic, for more memory (+600 MB over an f16 file).
 pub const IVL_WEIGHTS_F32_VISION: ivl_weight_layout = 2;
 /// `IVL_WEIGHTS_REPACKED`, and the vision tower's matrices quantized to int8 (a scale per 128 inputs) at load
-/// for an AVX-512 VNNI kernel: the fastest image encoding on CPUs with VNNI (elsewhere a slow portable
-/// kernel runs), with about q8_0's accuracy.
+/// for an AVX-512 VNNI kernel: the fastest image encoding from f16/f32 files on CPUs with VNNI (elsewhere a
+/// slow portable kernel runs), with about q8_0's accuracy. (q4_0 and q8_0 matrices are not requantized.)
 pub const IVL_WEIGHTS_INT8_VISION: ivl_weight_layout = 3;
-/// `IVL_WEIGHTS_INT8_VISION`, and int8 copies of the language model's matrices for prefill (batches of 16
-/// tokens or more): 2.5-4x faster prefill on CPUs with VNNI, for ~380 MB more memory; decoding keeps the
-/// file's weights.
+/// `IVL_WEIGHTS_INT8_VISION`, and int8 copies of the language model's f16/f32 matrices for prefill (batches
+/// of 16 tokens or more): 2-3x faster prefill on CPUs with VNNI, for ~380 MB more memory; decoding keeps
+/// the file's weights. (q4_0 and q8_0 matrices are not requantized: they use the rearranged layout.)
 pub const IVL_WEIGHTS_INT8: ivl_weight_layout = 4;
 
 /// Storage type of the KV cache (one of `IVL_KV_*`).

@@ -7,13 +7,13 @@ pub fn available() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
 }
 
-pub fn gelu_erf(src: &[f32], dst: &mut [f32]) {
+pub fn gelu_erf(values: &mut [f32]) {
     assert!(available(), "gelu: AVX-512 code on a CPU without it");
     // SAFETY: the CPU has AVX-512 F (checked above); the function is safe code otherwise.
-    unsafe { gelu_erf_avx512(src, dst) }
+    unsafe { gelu_erf_avx512(values) }
 }
 
 #[target_feature(enable = "avx512f")]
-fn gelu_erf_avx512(src: &[f32], dst: &mut [f32]) {
-    super::gelu_erf_slice(src, dst)
+fn gelu_erf_avx512(values: &mut [f32]) {
+    super::gelu_erf_slice(values)
 }

@@ -10,21 +10,20 @@
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
-/// `dst[i] = 0.5 x (1 + erf(x / sqrt 2))` for `x = src[i]`.
-pub fn gelu_erf(src: &[f32], dst: &mut [f32]) {
-    assert_eq!(src.len(), dst.len(), "gelu: {} values into {}", src.len(), dst.len());
+/// `x = 0.5 x (1 + erf(x / sqrt 2))` for every value, in place.
+pub fn gelu_erf(values: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx512::available() {
-        avx512::gelu_erf(src, dst);
+        avx512::gelu_erf(values);
         return;
     }
-    gelu_erf_slice(src, dst);
+    gelu_erf_slice(values);
 }
 
 #[inline(always)]
-fn gelu_erf_slice(src: &[f32], dst: &mut [f32]) {
-    for (d, &x) in dst.iter_mut().zip(src) {
-        *d = gelu(x);
+fn gelu_erf_slice(values: &mut [f32]) {
+    for x in values.iter_mut() {
+        *x = gelu(*x);
     }
 }
 
@@ -89,8 +88,8 @@ mod tests {
             .map(|i| i as f32 / 100.0)
             .chain([0.0, -0.0, 1e-30, -1e-30, 50.0, -50.0])
             .collect();
-        let mut out = vec![0f32; xs.len()];
-        gelu_erf(&xs, &mut out);
+        let mut out = xs.clone();
+        gelu_erf(&mut out);
         for (&x, &y) in xs.iter().zip(&out) {
             let want = gelu64(f64::from(x));
             let err = (f64::from(y) - want).abs();
@@ -103,9 +102,8 @@ mod tests {
     #[test]
     fn special_values() {
         // -inf gives NaN (-inf x 0), as the formula does in ggml and PyTorch.
-        let xs = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -200.0];
-        let mut out = [1f32; 4];
-        gelu_erf(&xs, &mut out);
+        let mut out = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -200.0];
+        gelu_erf(&mut out);
         assert_eq!(out[0], f32::INFINITY);
         assert!(out[1].is_nan() && out[2].is_nan() && out[3] == 0.0, "{out:?}");
     }
@@ -118,9 +116,9 @@ mod tests {
             return;
         }
         let xs: Vec<f32> = (0..4099).map(|i| (i as f32 * 0.618).sin() * 9.0).collect();
-        let (mut a, mut b) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
-        avx512::gelu_erf(&xs, &mut a);
-        gelu_erf_slice(&xs, &mut b);
+        let (mut a, mut b) = (xs.clone(), xs);
+        avx512::gelu_erf(&mut a);
+        gelu_erf_slice(&mut b);
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
 }

@@ -405,7 +405,7 @@ impl Model {
         Ok(())
     }
 
-    /// Rearranges each q4_0 or q8_0 matrix that `pick` selects into `crate::panels` (in parallel);
+    /// Rearranges each q4_0 or q8_0 matrix that `pick` selects into `crate::panels` (a few in parallel);
     /// `release` is told each name once its panels are built.
     fn pack_panels(&mut self, pick: impl Fn(&str) -> bool, mut release: impl FnMut(&str)) -> Result<(), ModelError> {
         use rayon::prelude::*;
@@ -423,17 +423,25 @@ impl Model {
             }
             jobs.push((name.to_owned(), ty, t.host_bytes()?, ne[0] as usize, ne[1] as usize));
         }
-        let packed: Vec<(String, Panels)> = jobs
-            .par_iter()
-            .map(|(name, ty, bytes, k, n)| {
-                let p = Panels::new(*ty, bytes, *n, *k).map_err(|e| ModelError::Unsupported(format!("{name}: {e}")))?;
-                Ok((name.clone(), p))
-            })
-            .collect::<Result<_, ModelError>>()?;
-        for (name, p) in packed {
-            release(&name);
-            self.panels.insert(name, p);
+        // A few matrices at a time, each source released once its panels exist: the peak resident memory
+        // holds the panels and a few source matrices, not every source page as well.
+        let mut done = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(2 * rayon::current_num_threads()) {
+            let packed: Vec<(String, Panels)> = chunk
+                .par_iter()
+                .map(|(name, ty, bytes, k, n)| {
+                    let p =
+                        Panels::new(*ty, bytes, *n, *k).map_err(|e| ModelError::Unsupported(format!("{name}: {e}")))?;
+                    Ok((name.clone(), p))
+                })
+                .collect::<Result<_, ModelError>>()?;
+            for (name, p) in packed {
+                release(&name);
+                done.push((name, p));
+            }
         }
+        drop(jobs);
+        self.panels.extend(done);
         Ok(())
     }
 

@@ -117,6 +117,8 @@ impl std::fmt::Display for PackError {
     }
 }
 
+impl std::error::Error for PackError {}
+
 impl Panels {
     /// Rearranges `ty` data (`n` rows of `k / 32` blocks in ggml's layout: an f16 scale, then for q4_0 16
     /// bytes whose low halves are inputs 0-15 and high halves inputs 16-31, each value stored as `q + 8`;
