@@ -371,7 +371,7 @@ fn row(ty: PanelType, a: &Block, r: usize, w: &[u8], ng: usize, acc: &mut [f32; 
     *acc = [0.0; NR];
     for g in 0..ng {
         let pb = &w[g * pbs..(g + 1) * pbs];
-        epilogue(a, r, pb, g, &dots(ty, a, r, pb, g), acc);
+        epilogue(a, r, pb, g, &dots(ty, a, r, &weights(ty, pb), g), acc);
     }
 }
 
@@ -390,35 +390,45 @@ fn tile(ty: PanelType, a: &Block, w: &[u8], ng: usize, acc: &mut [[f32; NR]; MR]
     *acc = [[0.0; NR]; MR];
     for g in 0..ng {
         let pb = &w[g * pbs..(g + 1) * pbs];
+        let wq = weights(ty, pb);
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            epilogue(a, r, pb, g, &dots(ty, a, r, pb, g), acc_r);
+            epilogue(a, r, pb, g, &dots(ty, a, r, &wq, g), acc_r);
         }
     }
 }
 
-/// The 32 outputs' integer dot products over block `g` for token `r` (the weights' `q` times the
-/// activations' `q`: what the vector kernels' sums come to once the offsets are taken out).
-fn dots(ty: PanelType, a: &Block, r: usize, pb: &[u8], g: usize) -> [i32; NR] {
-    let mut s = [0i32; NR];
-    for e in 0..QK {
-        let kk = g * QK / 4 + e / 4;
-        let byte = a.values[(kk * MR + r) * 4 + e % 4];
-        let av = match ty {
+/// A panel block's weights as signed integers, `[output][input]` (what the portable kernels multiply).
+fn weights(ty: PanelType, pb: &[u8]) -> [[i8; QK]; NR] {
+    let mut w = [[0i8; QK]; NR];
+    for (lane, wl) in w.iter_mut().enumerate() {
+        let lane_at = NR * 2 + (lane / 16) * 64 + (lane % 16) * 4;
+        for (e, v) in wl.iter_mut().enumerate() {
+            *v = match ty {
+                PanelType::Q4_0 => {
+                    let byte = pb[lane_at + (e / 8) * 128 + e % 4];
+                    (if e % 8 < 4 { byte & 15 } else { byte >> 4 }) as i8 - 8
+                }
+                PanelType::Q8_0 => pb[lane_at + (e / 4) * 128 + e % 4] as i8,
+            };
+        }
+    }
+    w
+}
+
+/// The 32 outputs' integer dot products over block `g` for token `r`, weights `w` (the weights' `q`
+/// times the activations' `q`: what the vector kernels' sums come to once the offsets are taken out).
+fn dots(ty: PanelType, a: &Block, r: usize, w: &[[i8; QK]; NR], g: usize) -> [i32; NR] {
+    let mut av = [0i32; QK];
+    for (e, v) in av.iter_mut().enumerate() {
+        let byte = a.values[((g * QK / 4 + e / 4) * MR + r) * 4 + e % 4];
+        *v = match ty {
             PanelType::Q4_0 => i32::from(byte as i8),
             PanelType::Q8_0 => i32::from(byte) - 128,
         };
-        for (lane, s) in s.iter_mut().enumerate() {
-            let lane_at = (lane / 16) * 64 + (lane % 16) * 4;
-            let wv = match ty {
-                PanelType::Q4_0 => {
-                    let (c, within) = (e / 8, e % 8);
-                    let byte = pb[NR * 2 + c * 128 + lane_at + within % 4];
-                    i32::from(if within < 4 { byte & 15 } else { byte >> 4 }) - 8
-                }
-                PanelType::Q8_0 => i32::from(pb[NR * 2 + (e / 4) * 128 + lane_at + e % 4] as i8),
-            };
-            *s += wv * av;
-        }
+    }
+    let mut s = [0i32; NR];
+    for (s, wl) in s.iter_mut().zip(w) {
+        *s = wl.iter().zip(&av).map(|(&w, &a)| i32::from(w) * a).sum();
     }
     s
 }
@@ -601,7 +611,7 @@ mod tests {
                     for g in 0..ng {
                         let pb = &w.panel(p)[g * pbs..(g + 1) * pbs];
                         for (r, acc_r) in slow.iter_mut().enumerate() {
-                            epilogue(&a, r, pb, g, &dots(ty, &a, r, pb, g), acc_r);
+                            epilogue(&a, r, pb, g, &dots(ty, &a, r, &weights(ty, pb), g), acc_r);
                         }
                     }
                     assert_eq!(fast, slow, "{ty:?} tile: block {b} panel {p}");
