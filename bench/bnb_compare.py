@@ -159,7 +159,7 @@ def gemm_probes(probe, threads, n_prompt):
     896 -> 4864), timed alone in ggml (per weight type) and in PyTorch/bitsandbytes. Failures are recorded,
     not fatal: the comparison itself does not depend on them."""
     shapes = f"1025x1024x4096,{n_prompt}x896x4864"
-    env = dict(os.environ, T=str(threads), SHAPES=shapes, TYPES="f32,f16,q8_0,q4_0,int8")
+    env = dict(os.environ, T=str(threads), SHAPES=shapes, TYPES="f32,f16,q8_0,q4_0,int8,panels-q8_0")
     out = {"shapes": shapes}
     for name, cmd in (("ours", [probe]), ("torch", [sys.executable, os.path.join(bc.BENCH, "gemm_torch.py")])):
         print("+ " + " ".join(cmd) + f"  (SHAPES={shapes})", flush=True)

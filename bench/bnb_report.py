@@ -318,9 +318,11 @@ def gemm_section(meta):
     if not g or not g.get("ours") or not g.get("torch"):
         return []
     shapes = g["shapes"].split(",")
-    kinds = [("ours", "f32", "ggml f32"), ("ours", "f16", "ggml f16"), ("ours", "q8_0", "ggml q8_0 (ours q8_0)"),
-             ("ours", "q4_0", "ggml q4_0"), ("ours", "q4_0 repacked", "ggml q4_0, repacked layout (ours q4_0)"),
-             ("ours", "int8 (avx512-vnni)", "our int8 kernel (ours `--weights int8`)"),
+    kinds = [("ours", "f32", "ggml f32"), ("ours", "f16", "ggml f16"),
+             ("ours", "q8_0", "ggml q8_0 (ours q8_0 without AVX-512 VNNI)"),
+             ("ours", "q4_0", "ggml q4_0"), ("ours", "q4_0 repacked", "ggml q4_0, repacked layout"),
+             ("ours", "panels-q8_0 (avx512-vnni)", "our q8_0 panel kernel (ours q8_0 on this CPU)"),
+             ("ours", "int8 (avx512-vnni)", "our int8 kernel (ours `--weights int8` on f16/f32 weights)"),
              ("torch", "f32", "PyTorch f32"), ("torch", "bf16", "PyTorch bf16"),
              ("torch", "int8 torch._int_mm", "PyTorch int8 `torch._int_mm` alone"),
              ("torch", "bnb Linear8bitLt", "bitsandbytes `Linear8bitLt` (bnb int8)")]
@@ -346,14 +348,17 @@ def gemm_section(meta):
                 f"AVX-512 VNNI instructions) runs at {im['gflops']:,.0f}. In eval mode bitsandbytes 0.50 on the CPU does run LLM.int8() "
                 "(in training mode it dequantizes the weight and runs a float product instead). ggml's q8_0 product "
                 "instead multiplies blocks of 32 weights, each with its own f16 scale, against activations "
-                "quantized in blocks of 32, and rescales every block's integer sum in floating point (how much of "
-                "the gap that per-block work explains, and how much the kernel's vector width and blocking, is not "
-                "measured here). That gap, not the rest of the "
-                "graph, is why our q8_0 vision and prefill are slower than bitsandbytes' while our decode (one token "
-                "per product, bound by reading the weights) is faster."]
+                "quantized in blocks of 32, and rescales every block's integer sum in floating point. On CPUs with "
+                "AVX-512 VNNI ours no longer uses it: the q8_0 values are rearranged at load into panels for our "
+                "own kernel, the same block arithmetic with `vpdpbusd` on 64-byte operands (src/panels/)."]
+        pq8 = _gemm_pick(g["ours"], vit, "panels-q8_0 (avx512-vnni)")
+        if pq8:
+            out[-1] += (f" It reaches {pq8['gflops']:,.0f} GOP/s here, quantization included: "
+                        f"{pq8['gflops'] / q8['gflops']:.1f}x ggml's q8_0 and {pq8['gflops'] / bnb['gflops']:.1f}x "
+                        "bitsandbytes' layer.")
         i8 = _gemm_pick(g["ours"], vit, "int8 (avx512-vnni)")
         if i8:
-            out += ["", f"Our own int8 kernel (`--weights int8`: `vpdpbusd` on weights packed at load, a 12 x 32 "
+            out += ["", f"Our own int8 kernel (`--weights int8` on f16/f32 weights: `vpdpbusd` on weights packed at load, a 12 x 32 "
                     f"register tile, activations quantized per token and group of 128) reaches {i8['gflops']:,.0f} "
                     f"GOP/s on the same product, quantization included: {i8['gflops'] / q8['gflops']:.1f}x ggml's "
                     f"q8_0 and {i8['gflops'] / bnb['gflops']:.1f}x bitsandbytes' layer, "
@@ -483,7 +488,9 @@ def verdict(rows, meta):
                              "overhead (graph build and scheduling per token) rather than at the kernels"),
         }
         if not slower:
-            line += ("Why: ggml's q8_0 kernels multiply the 8-bit weights directly, while LLM.int8() on the CPU "
+            line += ("Why: ours multiplies the 8-bit weights directly (on CPUs with AVX-512 VNNI our panel "
+                     "kernels, `vpdpbusd` on the file's q8_0 values rearranged at load; elsewhere ggml's q8_0 "
+                     "kernels), while LLM.int8() on the CPU "
                      "quantizes each activation row, searches it for outlier columns, runs torch._int_mm, "
                      "rescales and adds the fp16 outlier product as separate PyTorch operations, and every other "
                      "operation (attention, norms, the bf16 lm_head" + ("" if native_bf16 else
@@ -511,17 +518,19 @@ def verdict(rows, meta):
             line += (f" with the token embedding and lm_head at f16 (what bitsandbytes leaves unquantized) it is "
                      f"{head['kl_mean']:.3g}.")
         out += [line, ""]
-    i8, b = rows.get("ours-q8_0-int8"), rows.get("bnb-int8-all")
+    i8, b = rows.get("ours-f16-int8"), rows.get("bnb-int8-all")
     if i8 and b:
         parts, _ = speed_parts(i8, b)
-        out += [f"**Ours with its own int8 kernels** (`--weights int8` on the q8_0 file: the vision matrices in int8 "
-                f"with a scale per 128 inputs, int8 copies of the language model's for prefill, AVX-512 VNNI) against "
+        out += [f"**Ours with its own int8 kernels** (`--weights int8` on the f16 file: the vision matrices in int8 "
+                f"with a scale per 128 inputs, int8 copies of the language model's for prefill, AVX-512 VNNI; on a "
+                f"q8_0 file the same flag keeps the q8_0 values in the panels, so row `ours q8_0, --weights int8` is "
+                f"the default layout again) against "
                 f"{b['label']}: " + "; ".join(parts) + f"; KL {i8['kl_mean']:.3g} vs {b['kl_mean']:.3g} (ours q8_0 "
-                f"without them: {o['kl_mean']:.3g}), vision cosine min {i8['vision_cos_min']:.6f} vs "
+                f"at the defaults: {o['kl_mean']:.3g}), vision cosine min {i8['vision_cos_min']:.6f} vs "
                 f"{b['vision_cos_min']:.6f}; peak RSS {_mb(i8['peak_rss_bytes'])} MB vs {_mb(b['peak_rss_bytes'])} MB. "
                 "The same instruction as bitsandbytes' torch._int_mm (vpdpbusd), on weights packed once at load, a "
                 "register-tiled kernel, and finer scales (per 128 inputs instead of per row); decoding, and so the "
-                "teacher-forced logits here, still runs on the q8_0 weights over the cache the int8 prefill filled.",
+                "teacher-forced logits here, still runs on the f16 weights over the cache the int8 prefill filled.",
                 ""]
     return out
 
@@ -574,7 +583,7 @@ def setup(meta, inputs, rows):
         "in bf16 on its own; the LLM-only variant adds `llm_int8_skip_modules=[model.vision_tower, "
         "model.multi_modal_projector, lm_head]`. bitsandbytes casts the bf16 activations to fp16 to quantize them.",
         f"- ours: `internvl-convert convert` per variant, KV cache {meta['kv_type']} (the runtime's default) unless "
-        "said, CPU backend, default weight layout (repacked where ggml has a layout for the type); " + build_line(meta)
+        "said, CPU backend, default weight layout (on CPUs with AVX-512 VNNI q8_0/q4_0 matrices in our panels, elsewhere ggml's repacked layout where it has one for the type); " + build_line(meta)
         + ".",
         "- what each variant quantizes (transformers: Linear layers per part and their type; ours: converter flags):",
     ]
