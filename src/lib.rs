@@ -4,8 +4,8 @@
 //! hostile-input safe); `names` names every key and tensor; `hparams` holds the model's dimensions;
 //! `model` checks a GGUF and builds the vision, projector and Qwen2 graphs; `session` runs them with a KV
 //! cache; `sampling` picks tokens; `image` (tiling, Pillow-exact bicubic), `tokenizer` and `chat` build the
-//! exact inputs. `panels` (q4_0 and q8_0 weights rearranged for AVX-512 VNNI: every product with them,
-//! decoding included), `int8` (int8 matrix products for f16/f32 weights in the ViT and prefill),
+//! exact inputs. `panels` (q4_0 and q8_0 weights rearranged for AVX-512 VNNI: the ViT's and the language
+//! model's products with them, decoding included), `int8` (int8 matrix products for f16/f32 weights in the ViT and prefill),
 //! `attention` (the ViT's attention) and `activation` (its erf GELU) are our own CPU kernels, run as ggml custom ops; their only `unsafe`
 //! is the SIMD intrinsics, in one `avx512.rs` each, behind safe functions that check every slice bound
 //! first.

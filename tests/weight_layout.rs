@@ -57,8 +57,9 @@ fn repacked_q4_0_matches_mapped() {
     eprintln!("cosine repacked vs mapped: projector {cp:.7}, logits {cl:.7}");
     // Same quantized weights and q8_0-like activations; only the summation order differs (and, where
     // `Repacked` puts q4_0 in our panels, on AVX-512 VNNI, the activation scales' rounding: 0.99991).
-    assert!(cp > 0.9995, "projector cosine {cp}");
-    assert!(cl > 0.9995, "logits cosine {cl}");
+    let min = if internvl::panels::available() { 0.9995 } else { 0.9999 };
+    assert!(cp > min, "projector cosine {cp}");
+    assert!(cl > min, "logits cosine {cl}");
 }
 
 #[test]
@@ -179,22 +180,26 @@ fn panels_against_ggml(ty: &str) {
     let (mapped, panels) = (load(WeightLayout::Mapped), load(WeightLayout::Int8));
     assert_eq!(mapped.panels_packed(), (0, 0));
     let (v, l) = (&panels.hp.vision, &panels.hp.llm);
-    // Every vision block matrix (4 a block), language model block matrix (7) and the lm_head: the file's
-    // values in panels (as many bytes as the file's), nothing requantized to int8.
+    // Every vision block matrix (4 a block), and with AVX-512 VNNI every language model block matrix (7) and
+    // the lm_head: the file's values in panels (as many bytes as the file's), nothing requantized to int8.
+    // Without VNNI the language model keeps ggml's kernels for decoding and int8 copies for prefill.
     let (count, bytes) = panels.panels_packed();
+    let vnni = internvl::panels::available();
     eprintln!(
         "{ty} panels: {count} tensors, {bytes} bytes ({} kernel)",
         internvl::panels::kernel_name()
     );
-    assert_eq!(count, 4 * v.n_layer + 7 * l.n_layer + 1);
-    assert_eq!(panels.int8_packed(), (0, 0));
+    assert_eq!(count, 4 * v.n_layer + if vnni { 7 * l.n_layer + 1 } else { 0 });
+    assert_eq!(panels.int8_packed().0, if vnni { 0 } else { 7 * l.n_layer });
     let (p_map, l_map) = run(mapped.clone());
     let (p_pan, l_pan) = run(panels.clone());
     let (cp, cl) = (cosine(&p_map, &p_pan), cosine(&l_map, &l_pan));
     eprintln!("{ty}: cosine panels vs ggml on the mapped file: projector {cp:.7}, prefill logits {cl:.7}");
     // The same weights and q8_0-like activations (f32 scales here, f16 in ggml): only roundings and the
-    // summation order differ (q4_0 here: 0.99991; a wrong value order would give ~0).
-    assert!(cp > 0.9995 && cl > 0.9995, "{ty}: cosines {cp} {cl}");
+    // summation order differ (q4_0 here: 0.99991; a wrong value order would give ~0). Without VNNI the
+    // prefill runs on int8 copies (the values quantized again): a looser bound for its logits.
+    let min_l = if vnni { 0.9995 } else { 0.999 };
+    assert!(cp > 0.9995 && cl > min_l, "{ty}: cosines {cp} {cl}");
     assert!(p_map != p_pan && l_map != l_pan, "{ty}: the panels were not used");
     // Decoding (one token: the matrix-vector kernel, panels split over the threads).
     let decode = |m: &Arc<Model>, n_threads: usize| {

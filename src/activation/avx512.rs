@@ -1,10 +1,7 @@
 //! `super::gelu_erf_slice` compiled for AVX-512 F (16 values per instruction; same operations).
-use std::sync::OnceLock;
-
-/// Whether this CPU has AVX-512 F (checked once).
+/// Whether this CPU has AVX-512 F (`crate::attention`'s check, done once).
 pub fn available() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    crate::attention::avx512_available()
 }
 
 pub fn gelu_erf(values: &mut [f32]) {

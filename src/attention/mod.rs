@@ -29,7 +29,8 @@ pub fn kernel_name() -> &'static str {
     }
 }
 
-fn avx512_available() -> bool {
+/// Whether this CPU has AVX-512 F (checked once; `crate::activation` uses it too).
+pub(crate) fn avx512_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         avx512::available()

@@ -3,10 +3,9 @@
 //! way to know every thread has finished quantizing before any starts multiplying; both split their work
 //! by blocks of `int8::MR` tokens over ggml's threads.
 use std::ffi::c_void;
-use std::ops::Range;
 
 use super::context::{shape, ty_err, Context, Tensor};
-use super::{sys, Result};
+use super::{share, sys, Result};
 use crate::gguf::GgmlType;
 use crate::int8::{self, PackedWeights, MR};
 
@@ -75,12 +74,6 @@ impl Context {
         };
         self.wrap(y, "linear_int8")
     }
-}
-
-/// Token blocks `ith` of `nth` threads takes.
-fn share(blocks: usize, ith: i32, nth: i32) -> Range<usize> {
-    let (i, n) = (ith.max(0) as usize, nth.max(1) as usize);
-    blocks * i / n..blocks * (i + 1) / n
 }
 
 unsafe extern "C" fn quantize_node(dst: *mut sys::ggml_tensor, ith: i32, nth: i32, _: *mut c_void) {

@@ -21,6 +21,14 @@ pub use quant::{dequantize, quantize};
 pub use store::WeightStore;
 
 use std::ffi::CStr;
+use std::ops::Range;
+
+/// The part of `items` (token blocks, panels) that thread `ith` of `nth` takes in our custom nodes:
+/// contiguous, disjoint, possibly empty (more threads than items).
+fn share(items: usize, ith: i32, nth: i32) -> Range<usize> {
+    let (i, n) = (ith.max(0) as usize, nth.max(1) as usize);
+    items * i / n..items * (i + 1) / n
+}
 
 // The ggml libraries are built and linked by this crate; the `use` makes sure they are linked even though we
 // call ggml through our own bindings.

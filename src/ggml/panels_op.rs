@@ -1,12 +1,11 @@
 //! `crate::panels`' product as two ggml custom nodes on the CPU backend: one quantizes the activations
-//! (threads split the blocks of `panels::MR` tokens), the next multiplies them by the q4_0 panels (threads
+//! (threads split the blocks of `panels::MR` tokens), the next multiplies them by the q4_0/q8_0 panels (threads
 //! split the panels of `panels::NR` outputs, so that a single decoded token keeps every thread busy). Two
 //! nodes because ggml's barrier between nodes is what tells every thread the quantization is done.
 use std::ffi::c_void;
-use std::ops::Range;
 
 use super::context::{shape, ty_err, Context, Tensor};
-use super::{sys, Result};
+use super::{share, sys, Result};
 use crate::gguf::GgmlType;
 use crate::panels::{self, Panels};
 
@@ -76,12 +75,6 @@ impl Context {
         };
         self.wrap(y, "linear_panels")
     }
-}
-
-/// The share of `items` thread `ith` of `nth` takes.
-fn share(items: usize, ith: i32, nth: i32) -> Range<usize> {
-    let (i, n) = (ith.max(0) as usize, nth.max(1) as usize);
-    items * i / n..items * (i + 1) / n
 }
 
 unsafe extern "C" fn quantize_node(dst: *mut sys::ggml_tensor, ith: i32, nth: i32, w: *mut c_void) {

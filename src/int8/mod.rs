@@ -46,7 +46,7 @@ pub fn kernel_name() -> &'static str {
     }
 }
 
-/// Whether this CPU has AVX-512 F, BW and VNNI (checked once; `crate::q4` uses it too).
+/// Whether this CPU has AVX-512 F, BW and VNNI (checked once; `crate::panels` uses it too).
 pub(crate) fn vnni_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

@@ -144,9 +144,10 @@ pub struct Model {
     /// Matrices quantized to int8 panels at load (`WeightLayout::Int8Vision`), by tensor name; the
     /// graphs multiply by these instead of the mapped tensor of the same name.
     int8: HashMap<String, PackedWeights>,
-    /// q4_0 and q8_0 matrices rearranged at load into `crate::panels` (every layout but `Mapped` on a CPU
-    /// with AVX-512 VNNI; `Int8Vision` and `Int8` anywhere), by tensor name: used for every product with
-    /// them, decoding included.
+    /// q4_0 and q8_0 matrices rearranged at load into `crate::panels` (the ViT's and the language model's
+    /// block matrices and the lm_head in every layout but `Mapped` on a CPU with AVX-512 VNNI; elsewhere
+    /// the ViT's only, under `Int8Vision` and `Int8`), by tensor name: used for every product with them,
+    /// decoding included.
     panels: HashMap<String, Panels>,
 }
 
@@ -255,14 +256,13 @@ impl Model {
             }
             // q4_0 and q8_0 matrices go to our panels (same bytes, faster than ggml for every product on
             // CPUs with AVX-512 VNNI; elsewhere only when an int8 layout asks for our kernels).
+            // Without VNNI the int8 layouts put only the vision matrices there (decoding stays on ggml).
             let int8 = matches!(layout, WeightLayout::Int8Vision | WeightLayout::Int8);
-            if int8 || crate::panels::kernel_name() == "avx512-vnni" {
+            let vnni = crate::panels::available();
+            if int8 || vnni {
+                let text = |name: &str| names::is_text_block_matrix(name) || name == names::output();
                 model.pack_panels(
-                    |name| {
-                        names::is_vision_block_weight(name)
-                            || names::is_text_block_matrix(name)
-                            || name == names::output()
-                    },
+                    |name| names::is_vision_block_weight(name) || (vnni && text(name)),
                     release,
                 )?;
             }

@@ -147,7 +147,8 @@ pub fn build<'a>(
     let scale = 1.0 / (hd as f32).sqrt();
     for l in 0..v.n_layer {
         let wl = |what: &str, suffix: &str| m.w(&names::v_blk(l, what, suffix));
-        // A Linear layer of this block (int8 when packed at load, see `Model::linear`) over all tokens.
+        // A Linear layer of this block (our panels or int8 when prepared at load, see `Model::linear`)
+        // over all tokens.
         let linear = |x, what: &str| {
             let (w, b) = (names::v_blk(l, what, "weight"), names::v_blk(l, what, "bias"));
             m.linear(ctx, x, &w, Some(&b), n_seq * t)

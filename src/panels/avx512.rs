@@ -36,7 +36,7 @@ unsafe fn quantize_group_avx512(v: *const f32, q: *mut i8) -> (f32, i32) {
         let (a, b) = (_mm512_loadu_ps(v), _mm512_loadu_ps(v.add(16)));
         let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
         let s = amax / 127.0;
-        let inv = _mm512_set1_ps(if s > 0.0 { 1.0 / s } else { 0.0 });
+        let inv = _mm512_set1_ps(if (1.0 / s).is_finite() { 1.0 / s } else { 0.0 });
         let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
         // cvtps rounds to nearest even under the default MXCSR, like round_ties_even.
         let qa = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(a, inv)), lo), hi);
@@ -192,7 +192,7 @@ unsafe fn row_q4(
 ) {
     let mut o = [_mm512_setzero_ps(); 2];
     for g in 0..ng {
-        // SAFETY: as in `tile_vnni`; r < MR.
+        // SAFETY: as in `tile_q4`; r < MR.
         unsafe {
             let pb = w.add(g * PanelType::Q4_0.panel_block());
             // Four chains (low and high halves apart) so that consecutive vpdpbusd do not wait on each other.

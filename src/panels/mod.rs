@@ -1,5 +1,6 @@
 //! Matrix products for q4_0 and q8_0 weights in our own layout: the file's quantized values and f16
-//! scales, rearranged at load (same bytes, no extra memory; the mapped pages are released) so that one
+//! scales, rearranged at load (a copy of about the file's size, padded to whole panels; the mapped pages
+//! are released, so resident memory stays about the same) so that one
 //! 64-byte load is an operand of AVX-512 VNNI's `vpdpbusd` (16 outputs x 4 inputs; for q4_0 twice over,
 //! its low and high 4-bit halves). One layout serves both shapes of work:
 //! - decoding (1 token): a matrix-vector product that streams the weights once at memory speed; ggml's
@@ -29,8 +30,9 @@
 //! product of the weights with ones).
 //!
 //! The AVX-512 kernels (`avx512`, chosen at run time) compute the same integers and the same float
-//! steps in the same order as the portable ones here, so the outputs are bit-identical, and a token's
-//! row is the same whether it went through the matrix-vector or the tile kernel.
+//! steps in the same order as the portable ones here, so the outputs are bit-identical for finite inputs
+//! (NaN activations give finite but unspecified values), and a token's row is the same whether it went
+//! through the matrix-vector or the tile kernel.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -78,6 +80,12 @@ impl PanelType {
 const MC_BLOCKS: usize = 10;
 /// Below this many tokens the matrix-vector kernel runs per token (a tile would compute 12).
 const TILE_MIN_TOKENS: usize = 4;
+const _: () = assert!(TILE_MIN_TOKENS <= MR);
+
+/// Whether the AVX-512 VNNI kernels run here (elsewhere the portable ones: correct, slow).
+pub fn available() -> bool {
+    vnni()
+}
 
 /// Which kernel runs here.
 pub fn kernel_name() -> &'static str {
@@ -270,7 +278,8 @@ fn quantize_group(v: &[f32], q: &mut [i8; QK]) -> (f32, i32) {
 fn quantize_group_portable(v: &[f32], q: &mut [i8; QK]) -> (f32, i32) {
     let amax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
     let s = amax / 127.0;
-    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+    // 0 for an all-zero group, and for one so small that 1 / s overflows (the vector path's rule too).
+    let inv = if (1.0 / s).is_finite() { 1.0 / s } else { 0.0 };
     let mut sum = 0;
     for (d, &x) in q.iter_mut().zip(v) {
         *d = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
@@ -326,15 +335,17 @@ pub fn product(
     };
     let ng = w.k / QK;
     let blocks = token_blocks(t);
+    if panels.is_empty() || t == 0 {
+        return; // a thread without a panel (more threads than panels)
+    }
     if t < TILE_MIN_TOKENS {
-        for b in 0..blocks {
-            let a = block(acts, t, w.k, b);
-            for r in 0..MR.min(t - b * MR) {
-                for p in panels.clone() {
-                    let mut acc = [0f32; NR];
-                    row(w.ty, &a, r, w.panel(p), ng, &mut acc);
-                    finish(b * MR + r, p, &mut acc);
-                }
+        // One block (TILE_MIN_TOKENS <= MR); panels outside, so the weights stream once for all tokens.
+        let a = block(acts, t, w.k, 0);
+        for p in panels {
+            for r in 0..t {
+                let mut acc = [0f32; NR];
+                row(w.ty, &a, r, w.panel(p), ng, &mut acc);
+                finish(r, p, &mut acc);
             }
         }
         return;
@@ -553,6 +564,28 @@ mod tests {
         }
     }
 
+    /// ggml's own quantizer's bytes (the layout the files hold) give the product of ggml's own dequantized
+    /// matrix: our reading of the file format checked against ggml, not against our test encoder.
+    #[test]
+    fn reads_ggml_blocks_as_ggml_does() {
+        use crate::gguf::GgmlType;
+        for (ty, gty) in [(PanelType::Q4_0, GgmlType::Q4_0), (PanelType::Q8_0, GgmlType::Q8_0)] {
+            let (t, k, n) = (5, 96, 40); // a padded second panel
+            let q = crate::ggml::quantize(gty, &values(n * k, 9), k).expect("ggml quantize");
+            let wf = crate::ggml::dequantize(gty, &q, n * k).expect("ggml dequantize");
+            let x = values(t * k, 10);
+            let out = run(ty, t, k, n, None, &x, &q, 0..2);
+            for i in 0..t {
+                for j in 0..n {
+                    let want: f64 = (0..k).map(|c| f64::from(x[i * k + c]) * f64::from(wf[j * k + c])).sum();
+                    let scale: f64 = (0..k).map(|c| f64::from(x[i * k + c] * wf[j * k + c]).abs()).sum();
+                    let err = (f64::from(out[i * n + j]) - want).abs();
+                    assert!(err <= 0.02 * scale, "{ty:?} {i},{j}: {} vs {want}", out[i * n + j]);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_token_gets_the_same_row_alone_or_in_a_tile_and_panels_split_cleanly() {
         for ty in TYPES {
@@ -592,14 +625,17 @@ mod tests {
         }
         let (t, k, n) = (25, 160, 64);
         let mut x = values(t * k, 6);
-        x[40] = 2.5 / 127.0; // a tie, and an all-zero group
+        x[40] = 2.5 / 127.0; // a tie, an all-zero group, a group too small for 1 / scale
         x[k..k + QK].fill(0.0);
+        x[2 * k..2 * k + QK].fill(1e-38);
+        x[2 * k + 3] = -2e-38;
         for g in x.chunks_exact(QK) {
             let (mut a, mut b) = ([0i8; QK], [0i8; QK]);
             assert_eq!(avx512::quantize_group(g, &mut a), quantize_group_portable(g, &mut b));
             assert_eq!(a, b);
         }
         for ty in TYPES {
+            let n = n - 9; // a padded last panel
             let w = Panels::new(ty, &encode(ty, &values(n * k, 7)), n, k).expect("pack");
             let acts = quantized(ty, &x, t, k);
             let (ng, pbs) = (k / QK, ty.panel_block());
