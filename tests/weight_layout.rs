@@ -7,17 +7,25 @@ use std::sync::Arc;
 use internvl::model::{Device, Model, WeightLayout};
 use internvl::session::{Session, SessionParams};
 
+/// A session of 128 tokens on `n_threads` threads.
+fn session(model: &Arc<Model>, n_threads: usize) -> Session {
+    let p = SessionParams {
+        n_ctx: 128,
+        n_threads,
+        ..Default::default()
+    };
+    Session::new(model.clone(), p).expect("session")
+}
+
+/// `n` text tokens evaluated in one batch on a fresh session: the last token's logits.
+fn eval_on(model: &Arc<Model>, n: u32, n_threads: usize) -> Vec<f32> {
+    let ids: Vec<u32> = (0..n).map(|i| 1000 + i * 37).collect();
+    session(model, n_threads).eval(&ids, &[], false).expect("eval").logits
+}
+
 fn run(model: Arc<Model>) -> (Vec<f32>, Vec<f32>) {
     let hp = model.hp.clone();
-    let mut s = Session::new(
-        model,
-        SessionParams {
-            n_ctx: 128,
-            n_threads: 2,
-            ..Default::default()
-        },
-    )
-    .expect("session");
+    let mut s = session(&model, 2);
     let per_tile = hp.vision.n_channels * hp.vision.image_size * hp.vision.image_size;
     let tile: Vec<f32> = (0..per_tile)
         .map(|i| (((i * 7919) % 1000) as f32 / 500.0) - 1.0)
@@ -131,19 +139,6 @@ fn int8_copies_serve_batches_and_short_evaluations_keep_the_file_weights() {
     let (count, _) = int8.int8_packed();
     // The vision matrices (4 per block) and the language model's 7 per block.
     assert_eq!(count, 4 * int8.hp.vision.n_layer + 7 * int8.hp.llm.n_layer);
-    let eval_on = |m: &Arc<Model>, n: u32, n_threads: usize| {
-        let mut s = Session::new(
-            m.clone(),
-            SessionParams {
-                n_ctx: 128,
-                n_threads,
-                ..Default::default()
-            },
-        )
-        .expect("session");
-        let ids: Vec<u32> = (0..n).map(|i| 1000 + i * 37).collect();
-        s.eval(&ids, &[], false).expect("eval").logits
-    };
     let eval = |m: &Arc<Model>, n: u32| eval_on(m, n, 2);
     let short = internvl::model::INT8_MIN_TOKENS as u32 - 1;
     assert_eq!(
@@ -203,15 +198,7 @@ fn panels_against_ggml(ty: &str) {
     assert!(p_map != p_pan && l_map != l_pan, "{ty}: the panels were not used");
     // Decoding (one token: the matrix-vector kernel, panels split over the threads).
     let decode = |m: &Arc<Model>, n_threads: usize| {
-        let mut s = Session::new(
-            m.clone(),
-            SessionParams {
-                n_ctx: 128,
-                n_threads,
-                ..Default::default()
-            },
-        )
-        .expect("session");
+        let mut s = session(m, n_threads);
         let ids: Vec<u32> = (0..20u32).map(|i| 1000 + i * 37).collect();
         s.eval(&ids, &[], false).expect("prefill");
         s.eval(&[4242], &[], false).expect("decode").logits

@@ -1,78 +1,25 @@
-//! `crate::int8`'s product as two ggml custom nodes on the CPU backend: one quantizes the activations,
-//! the next multiplies them by a packed weight. Two nodes because ggml's barrier between nodes is the only
-//! way to know every thread has finished quantizing before any starts multiplying; both split their work
-//! by blocks of `int8::MR` tokens over ggml's threads.
+//! `crate::int8`'s product as `own_product`'s two custom nodes (quantize, multiply), both splitting their
+//! work by blocks of `int8::MR` tokens over ggml's threads.
 use std::ffi::c_void;
 
-use super::context::{shape, ty_err, Context, Tensor};
+use super::context::{Context, Tensor};
+use super::own_product::OwnProduct;
 use super::{share, sys, Result};
-use crate::gguf::GgmlType;
 use crate::int8::{self, PackedWeights, MR};
 
 impl Context {
     /// `x·Wᵀ + b` with `w` in int8 panels: `x` contiguous f32 `[k, ...]`, `b` f32 `[n]` -> f32 `[n, ...]`.
     /// `w` is borrowed for as long as the context: the graph reads it when computed.
     pub fn linear_int8<'a>(&'a self, x: Tensor<'a>, w: &'a PackedWeights, b: Option<Tensor<'a>>) -> Result<Tensor<'a>> {
-        let ne = x.ne();
-        if ne[0] as usize != w.k() {
-            return Err(shape(
-                "linear_int8",
-                format!("x has {} inputs, the weight {}", ne[0], w.k()),
-            ));
-        }
-        if x.ty() != GgmlType::F32 || !x.is_contiguous() {
-            return Err(ty_err("linear_int8", x, "x must be contiguous f32"));
-        }
-        if let Some(b) = b {
-            if b.ty() != GgmlType::F32 || !b.is_contiguous() || b.nelements() as usize != w.n() {
-                return Err(ty_err(
-                    "linear_int8",
-                    b,
-                    &format!("the bias must be {} contiguous f32", w.n()),
-                ));
-            }
-        }
-        let t = (ne[1] * ne[2] * ne[3]) as usize;
-        self.reserve(2)?;
-        let mut args = [x.raw()];
-        // SAFETY: the shapes and types the callback relies on are checked above; `args` outlives the call
-        // (ggml copies the pointers into the node); n_tasks -1 = all of the backend's threads.
-        let acts = unsafe {
-            sys::ggml_custom_4d(
-                self.raw(),
-                GgmlType::I8 as u32 as sys::ggml_type,
-                int8::acts_bytes(t, w.k()) as i64,
-                1,
-                1,
-                1,
-                args.as_mut_ptr(),
-                1,
-                Some(quantize_node),
-                sys::GGML_N_TASKS_MAX,
-                std::ptr::null_mut(),
-            )
+        let p = OwnProduct {
+            op: "linear_int8",
+            k: w.k(),
+            n: w.n(),
+            acts_bytes: int8::acts_bytes,
+            quantize: quantize_node,
+            product: gemm_node,
         };
-        let acts = self.wrap(acts, "linear_int8 (quantize)")?;
-        let mut args = [acts.raw(), b.map_or(std::ptr::null_mut(), |b| b.raw())];
-        let n_args = if b.is_some() { 2 } else { 1 };
-        // SAFETY: as above; userdata points at `w`, which outlives the context ('a) and so every
-        // computation of a graph built in it; the callback only reads it.
-        let y = unsafe {
-            sys::ggml_custom_4d(
-                self.raw(),
-                GgmlType::F32 as u32 as sys::ggml_type,
-                w.n() as i64,
-                ne[1],
-                ne[2],
-                ne[3],
-                args.as_mut_ptr(),
-                n_args,
-                Some(gemm_node),
-                sys::GGML_N_TASKS_MAX,
-                (w as *const PackedWeights).cast_mut().cast::<c_void>(),
-            )
-        };
-        self.wrap(y, "linear_int8")
+        self.own_product(x, w, b, p)
     }
 }
 

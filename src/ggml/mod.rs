@@ -10,6 +10,7 @@ mod attention_op;
 pub mod backend;
 pub mod context;
 mod int8_op;
+mod own_product;
 mod panels_op;
 pub mod quant;
 pub mod store;

@@ -1,79 +1,27 @@
-//! `crate::panels`' product as two ggml custom nodes on the CPU backend: one quantizes the activations
-//! (threads split the blocks of `panels::MR` tokens), the next multiplies them by the q4_0/q8_0 panels (threads
-//! split the panels of `panels::NR` outputs, so that a single decoded token keeps every thread busy). Two
-//! nodes because ggml's barrier between nodes is what tells every thread the quantization is done.
+//! `crate::panels`' product as `own_product`'s two custom nodes: the first quantizes the activations
+//! (threads split the blocks of `panels::MR` tokens), the next multiplies them by the q4_0/q8_0 panels
+//! (threads split the panels of `panels::NR` outputs, so that a single decoded token keeps every thread
+//! busy).
 use std::ffi::c_void;
 
-use super::context::{shape, ty_err, Context, Tensor};
+use super::context::{Context, Tensor};
+use super::own_product::OwnProduct;
 use super::{share, sys, Result};
-use crate::gguf::GgmlType;
 use crate::panels::{self, Panels};
 
 impl Context {
     /// `x·Wᵀ + b` with `w` as q4_0/q8_0 panels: `x` contiguous f32 `[k, ...]`, `b` f32 `[n]` -> f32 `[n, ...]`.
     /// `w` is borrowed for as long as the context: the graph reads it when computed.
     pub fn linear_panels<'a>(&'a self, x: Tensor<'a>, w: &'a Panels, b: Option<Tensor<'a>>) -> Result<Tensor<'a>> {
-        let ne = x.ne();
-        if ne[0] as usize != w.k() {
-            return Err(shape(
-                "linear_panels",
-                format!("x has {} inputs, the weight {}", ne[0], w.k()),
-            ));
-        }
-        if x.ty() != GgmlType::F32 || !x.is_contiguous() {
-            return Err(ty_err("linear_panels", x, "x must be contiguous f32"));
-        }
-        if let Some(b) = b {
-            if b.ty() != GgmlType::F32 || !b.is_contiguous() || b.nelements() as usize != w.n() {
-                return Err(ty_err(
-                    "linear_panels",
-                    b,
-                    &format!("the bias must be {} contiguous f32", w.n()),
-                ));
-            }
-        }
-        let t = (ne[1] * ne[2] * ne[3]) as usize;
-        self.reserve(2)?;
-        let mut args = [x.raw()];
-        // SAFETY: the shapes and types the callback relies on are checked above; `args` outlives the call
-        // (ggml copies the pointers into the node); n_tasks -1 = all of the backend's threads; userdata
-        // points at `w` (read for its type), which outlives the context ('a).
-        let acts = unsafe {
-            sys::ggml_custom_4d(
-                self.raw(),
-                GgmlType::I8 as u32 as sys::ggml_type,
-                panels::acts_bytes(t, w.k()) as i64,
-                1,
-                1,
-                1,
-                args.as_mut_ptr(),
-                1,
-                Some(quantize_node),
-                sys::GGML_N_TASKS_MAX,
-                (w as *const Panels).cast_mut().cast::<c_void>(),
-            )
+        let p = OwnProduct {
+            op: "linear_panels",
+            k: w.k(),
+            n: w.n(),
+            acts_bytes: panels::acts_bytes,
+            quantize: quantize_node,
+            product: product_node,
         };
-        let acts = self.wrap(acts, "linear_panels (quantize)")?;
-        let mut args = [acts.raw(), b.map_or(std::ptr::null_mut(), |b| b.raw())];
-        let n_args = if b.is_some() { 2 } else { 1 };
-        // SAFETY: as above; userdata points at `w`, which outlives the context ('a) and so every
-        // computation of a graph built in it; the callback only reads it.
-        let y = unsafe {
-            sys::ggml_custom_4d(
-                self.raw(),
-                GgmlType::F32 as u32 as sys::ggml_type,
-                w.n() as i64,
-                ne[1],
-                ne[2],
-                ne[3],
-                args.as_mut_ptr(),
-                n_args,
-                Some(product_node),
-                sys::GGML_N_TASKS_MAX,
-                (w as *const Panels).cast_mut().cast::<c_void>(),
-            )
-        };
-        self.wrap(y, "linear_panels")
+        self.own_product(x, w, b, p)
     }
 }
 
