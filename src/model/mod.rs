@@ -365,84 +365,77 @@ impl Model {
             .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
     }
 
-    /// Quantizes each matrix that `pick` selects into int8 panels (from its mapped data, dequantized;
-    /// a few matrices at a time in parallel); `release` is told each name as soon as its matrix is
-    /// packed, so that its mapped pages can go before the next ones are read (the peak resident memory
-    /// holds the packed weights and a few source matrices, not every source page).
-    fn pack_int8(&mut self, pick: impl Fn(&str) -> bool, mut release: impl FnMut(&str)) -> Result<(), ModelError> {
-        use rayon::prelude::*;
-        let mut jobs = Vec::new();
-        for name in self
-            .weights
-            .names()
-            .filter(|n| pick(n) && !self.panels.contains_key(*n))
-        {
-            let t = self.w(name)?;
-            let ne = t.ne();
-            if ne[2] != 1 || ne[3] != 1 || ne[1] == 1 {
-                continue; // vectors (norm weights) stay as they are
-            }
-            jobs.push((name.to_owned(), t.ty(), t.host_bytes()?, ne[0] as usize, ne[1] as usize));
-        }
-        jobs.sort_by(|a, b| a.0.cmp(&b.0));
-        let at_once = 2 * rayon::current_num_threads();
-        let mut done = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(at_once) {
-            let packed: Vec<(String, PackedWeights)> = chunk
-                .par_iter()
-                .map(|(name, ty, bytes, k, n)| {
-                    let values = crate::ggml::dequantize(*ty, bytes, k * n)?;
-                    Ok((name.clone(), PackedWeights::pack(&values, *n, *k)))
-                })
-                .collect::<Result<_, ModelError>>()?;
-            for (name, p) in packed {
-                release(&name);
-                done.push((name, p));
-            }
-        }
-        drop(jobs);
+    /// Quantizes each matrix that `pick` selects into int8 panels (from its mapped data, dequantized),
+    /// except those already in `crate::panels`.
+    fn pack_int8(&mut self, pick: impl Fn(&str) -> bool, release: impl FnMut(&str)) -> Result<(), ModelError> {
+        let done = self.build_from_matrices(
+            |name, _| pick(name) && !self.panels.contains_key(name),
+            |ty, bytes, k, n| Ok(PackedWeights::pack(&crate::ggml::dequantize(ty, bytes, k * n)?, n, k)),
+            release,
+        )?;
         self.int8.extend(done);
         Ok(())
     }
 
-    /// Rearranges each q4_0 or q8_0 matrix that `pick` selects into `crate::panels` (a few in parallel);
-    /// `release` is told each name once its panels are built.
-    fn pack_panels(&mut self, pick: impl Fn(&str) -> bool, mut release: impl FnMut(&str)) -> Result<(), ModelError> {
+    /// Rearranges each q4_0 or q8_0 matrix that `pick` selects into `crate::panels`.
+    fn pack_panels(&mut self, pick: impl Fn(&str) -> bool, release: impl FnMut(&str)) -> Result<(), ModelError> {
+        let panel_type = |ty| match ty {
+            GgmlType::Q4_0 => Some(PanelType::Q4_0),
+            GgmlType::Q8_0 => Some(PanelType::Q8_0),
+            _ => None,
+        };
+        let done = self.build_from_matrices(
+            |name, ty| pick(name) && panel_type(ty).is_some(),
+            |ty, bytes, k, n| {
+                let ty = panel_type(ty).ok_or_else(|| ModelError::Unsupported(format!("panels of {}", ty.name())))?;
+                Panels::new(ty, bytes, n, k).map_err(|e| ModelError::Unsupported(e.to_string()))
+            },
+            release,
+        )?;
+        self.panels.extend(done);
+        Ok(())
+    }
+
+    /// Builds a `P` from each matrix (not a vector: norm weights stay as they are) that `pick` selects by
+    /// name and type, with `build(type, data, inputs, outputs)`, a few matrices at a time in parallel;
+    /// `release` is told each name as soon as its matrix is built, so that its mapped pages can go before
+    /// the next ones are read (the peak resident memory holds what was built and a few source matrices,
+    /// not every source page as well).
+    fn build_from_matrices<P: Send>(
+        &self,
+        pick: impl Fn(&str, GgmlType) -> bool,
+        build: impl Fn(GgmlType, &[u8], usize, usize) -> Result<P, ModelError> + Sync,
+        mut release: impl FnMut(&str),
+    ) -> Result<Vec<(String, P)>, ModelError> {
         use rayon::prelude::*;
         let mut jobs = Vec::new();
-        for name in self.weights.names().filter(|n| pick(n)) {
+        for name in self.weights.names() {
             let t = self.w(name)?;
             let ne = t.ne();
-            let ty = match t.ty() {
-                GgmlType::Q4_0 => PanelType::Q4_0,
-                GgmlType::Q8_0 => PanelType::Q8_0,
-                _ => continue,
-            };
-            if ne[2] != 1 || ne[3] != 1 || ne[1] == 1 {
+            if !pick(name, t.ty()) || ne[2] != 1 || ne[3] != 1 || ne[1] == 1 {
                 continue;
             }
-            jobs.push((name.to_owned(), ty, t.host_bytes()?, ne[0] as usize, ne[1] as usize));
+            jobs.push((name.to_owned(), t.ty(), t.host_bytes()?, ne[0] as usize, ne[1] as usize));
         }
-        // A few matrices at a time, each source released once its panels exist: the peak resident memory
-        // holds the panels and a few source matrices, not every source page as well.
+        jobs.sort_by(|a, b| a.0.cmp(&b.0));
         let mut done = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(2 * rayon::current_num_threads()) {
-            let packed: Vec<(String, Panels)> = chunk
+            let built: Vec<(String, P)> = chunk
                 .par_iter()
                 .map(|(name, ty, bytes, k, n)| {
-                    let p =
-                        Panels::new(*ty, bytes, *n, *k).map_err(|e| ModelError::Unsupported(format!("{name}: {e}")))?;
+                    let p = build(*ty, bytes, *k, *n).map_err(|e| match e {
+                        ModelError::Unsupported(m) => ModelError::Unsupported(format!("{name}: {m}")),
+                        e => e,
+                    })?;
                     Ok((name.clone(), p))
                 })
                 .collect::<Result<_, ModelError>>()?;
-            for (name, p) in packed {
+            for (name, p) in built {
                 release(&name);
                 done.push((name, p));
             }
         }
-        drop(jobs);
-        self.panels.extend(done);
-        Ok(())
+        Ok(done)
     }
 
     /// Matrices held as q4_0/q8_0 panels: (tensors, bytes).

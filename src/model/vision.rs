@@ -267,7 +267,7 @@ impl VitAttention {
             Ok("ours") if cpu => VitAttention::Ours,
             Ok("flash") if cpu => VitAttention::Flash,
             Ok("products") => VitAttention::Products,
-            _ if cpu && crate::attention::kernel_name() == "avx512" => VitAttention::Ours,
+            _ if cpu && crate::attention::avx512_available() => VitAttention::Ours,
             _ if cpu => VitAttention::Flash,
             // ggml-cuda's flash attention wants f16 K/V, and a custom op would run on the CPU.
             _ => VitAttention::Products,
