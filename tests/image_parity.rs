@@ -1,8 +1,10 @@
 //! Pixel parity with Pillow (spec §7.1, §7.2).
 //!
-//! - `image1_jpeg_tiles_close_to_reference`: the 13 uint8 tiles of `../shared/media/image1.jpg` vs
-//!   `../shared/reference/image1_tiles_uint8.npy` (Pillow 13 + libjpeg-turbo). JPEG decoders differ,
-//!   so this one has a tolerance (see the test).
+//! - `image1_jpeg_tiles_bit_identical`: the 13 uint8 tiles of `../shared/media/image1.jpg` vs
+//!   `../shared/reference/image1_tiles_uint8.npy` (Pillow 13 + libjpeg-turbo), max |diff| 0.
+//! - `jpeg_decode_bit_identical`, `jpeg_tiles_bit_identical`: the JPEG fixtures of
+//!   `tests/fixtures/images/jpeg/` (`tests/py/make_jpeg_fixtures.py`: every subsampling, progressive, restart
+//!   markers, grey, CMYK with and without Adobe marker, odd sizes) decode and tile exactly as Pillow.
 //! - `lossless_tiles_bit_identical`: every tiling case of `tests/fixtures/images/manifest.json`
 //!   (Pillow-made, `tests/py/make_image_fixtures.py`) must match bit for bit.
 //! - `resize_bit_identical`: `resize_bicubic` vs `Image.resize` on awkward sizes.
@@ -166,17 +168,10 @@ fn sha256_known_answers() {
 
 // ---- tests -------------------------------------------------------------------------------------
 
-/// image1.jpg through our decoder vs Pillow's tiles.
-///
-/// Bound: the `image` crate decodes JPEG with zune-jpeg, Pillow with libjpeg-turbo (ISLOW IDCT,
-/// fancy upsampling). Both are exact-integer decoders but not the same arithmetic, so decoded
-/// pixels may differ by a few levels; bicubic resampling mixes neighbours and cannot amplify a
-/// difference beyond the filter's absolute gain (~1.3). We require mean |diff| < 0.5 level (a
-/// different decoder family, or any tiling/resize bug, gives far more: a one-pixel shift of this
-/// photo gives a mean of several levels) and max |diff| <= 16 levels (tolerates isolated chroma
-/// upsampling differences at sharp colour edges). The figures are printed.
+/// image1.jpg through our decoder vs Pillow's tiles: bit-identical (JPEG is decoded by libjpeg-turbo at
+/// Pillow's settings, src/image/jpeg.rs). The figures are printed either way.
 #[test]
-fn image1_jpeg_tiles_close_to_reference() {
+fn image1_jpeg_tiles_bit_identical() {
     let npy = shared().join("reference/image1_tiles_uint8.npy");
     let jpg = shared().join("media/image1.jpg");
     if !npy.exists() || !jpg.exists() {
@@ -209,8 +204,10 @@ fn image1_jpeg_tiles_close_to_reference() {
         let (m, mn, _) = diff_stats(a, b);
         println!("  tile {k:2}: max {m:3} mean {mn:.4}");
     }
-    assert!(mean < 0.5, "mean |diff| {mean} too large");
-    assert!(max <= 16, "max |diff| {max} too large");
+    assert_eq!(
+        count, 0,
+        "image1.jpg tiles differ from Pillow: max {max}, mean {mean:.4}"
+    );
 
     // The normalised tensor is the LUT applied to these same uint8 tiles.
     let t = ivl::preprocess(&rgb, &TilingParams::default()).unwrap();
@@ -318,9 +315,8 @@ fn lossless_decode_bit_identical() {
     }
 }
 
-/// Lossy formats: different decoders, so a tolerance; the figures are printed.
-/// Bounds: JPEG (zune-jpeg vs libjpeg-turbo) mean < 0.5 and max <= 16 as for image1; lossy WebP
-/// (image-webp vs libwebp) the same bounds.
+/// Lossy formats of the general manifest: JPEG must be exact (libjpeg-turbo, as Pillow); lossy WebP
+/// (image-webp vs libwebp) is a different decoder, bound mean < 0.5 and max <= 16 levels. Figures printed.
 #[test]
 fn lossy_decode_close() {
     let m = manifest();
@@ -331,6 +327,108 @@ fn lossy_decode_close() {
         let expected = expected_rgb(case["rgb"].as_str().unwrap());
         let (max, mean, count) = diff_stats(ours.as_raw(), expected.as_raw());
         println!("{input}: vs Pillow max |diff| {max}, mean {mean:.4}, {count} values differ");
-        assert!(mean < 0.5 && max <= 16, "{input}: max {max} mean {mean}");
+        if input.ends_with(".jpg") {
+            assert_eq!(count, 0, "{input}: max {max} mean {mean}");
+        } else {
+            assert!(mean < 0.5 && max <= 16, "{input}: max {max} mean {mean}");
+        }
+    }
+}
+
+// ---- JPEG fixtures (tests/py/make_jpeg_fixtures.py) ---------------------------------------------
+
+fn jpeg_dir() -> PathBuf {
+    fixtures().join("jpeg")
+}
+
+fn jpeg_manifest() -> serde_json::Value {
+    let text = std::fs::read_to_string(jpeg_dir().join("jpeg.json")).expect("jpeg/jpeg.json");
+    let m: serde_json::Value = serde_json::from_str(&text).expect("jpeg.json is JSON");
+    assert_eq!(
+        m["magic"], "internvl-jpeg-fixtures",
+        "regenerate with {}",
+        m["regenerate"]
+    );
+    assert_eq!(m["version"], 1, "regenerate with {}", m["regenerate"]);
+    m
+}
+
+/// Every JPEG fixture decodes to exactly Pillow's `convert('RGB')`. Prints the table (name, size,
+/// subsampling, Pillow mode, progressive, max |diff|).
+#[test]
+fn jpeg_decode_bit_identical() {
+    let m = jpeg_manifest();
+    let cases = m["decode"].as_array().expect("decode cases");
+    assert!(cases.len() >= 20);
+    println!(
+        "JPEG fixtures vs Pillow {} (libjpeg-turbo {}):",
+        m["pillow"], m["libjpeg_turbo"]
+    );
+    let mut failures = Vec::new();
+    for case in cases {
+        let input = case["input"].as_str().unwrap();
+        let ours =
+            ivl::load_path(&jpeg_dir().join(input), &Limits::default()).unwrap_or_else(|e| panic!("{input}: {e}"));
+        let size = serde_json::json!([ours.width(), ours.height()]);
+        assert_eq!(size, case["size"], "{input}: size");
+        let digest_ok = sha256_hex(ours.as_raw()) == case["rgb_sha256"].as_str().unwrap();
+        let max = match case["rgb"].as_str() {
+            Some(png) => {
+                let expected = ::image::open(jpeg_dir().join(png)).expect(png).to_rgb8();
+                diff_stats(ours.as_raw(), expected.as_raw()).0.to_string()
+            }
+            None => (if digest_ok { "0" } else { "?" }).to_string(),
+        };
+        println!(
+            "  {input:34} {:>9} {:10} {:4} progressive={:5} max |diff| {max}",
+            format!("{}x{}", ours.width(), ours.height()),
+            case["subsampling"].as_str().unwrap(),
+            case["pillow_mode"].as_str().unwrap(),
+            case["progressive"],
+        );
+        if !digest_ok || max != "0" {
+            failures.push(format!("{input} (max |diff| {max})"));
+        }
+    }
+    assert!(failures.is_empty(), "differ from Pillow: {failures:?}");
+}
+
+/// The tiles (InternVL dynamic tiling + Pillow bicubic) of JPEG inputs, 12 tiles + thumbnail included.
+#[test]
+fn jpeg_tiles_bit_identical() {
+    let m = jpeg_manifest();
+    for case in m["tiling"].as_array().unwrap() {
+        let input = case["input"].as_str().unwrap();
+        let p = &case["params"];
+        let params = TilingParams {
+            image_size: p["image_size"].as_u64().unwrap() as u32,
+            min_tiles: p["min_tiles"].as_u64().unwrap() as u32,
+            max_tiles: p["max_tiles"].as_u64().unwrap() as u32,
+            use_thumbnail: p["use_thumbnail"].as_bool().unwrap(),
+        };
+        let rgb =
+            ivl::load_path(&jpeg_dir().join(input), &Limits::default()).unwrap_or_else(|e| panic!("{input}: {e}"));
+        let grid = ivl::choose_grid(rgb.width(), rgb.height(), &params).unwrap();
+        assert_eq!(serde_json::json!([grid.0, grid.1]), case["grid"], "{input}: grid");
+        let tiles = ivl::tile_u8(&rgb, &params).unwrap();
+        assert_eq!(
+            tiles.len() as u64,
+            case["n_tiles"].as_u64().unwrap(),
+            "{input}: tile count"
+        );
+        if let Some(strip) = case["tiles"].as_str() {
+            let expected = ::image::open(jpeg_dir().join(strip)).expect(strip).to_rgb8();
+            let ours: Vec<u8> = tiles.iter().flat_map(|t| t.as_raw().iter().copied()).collect();
+            let (max, mean, count) = diff_stats(&ours, expected.as_raw());
+            assert_eq!(count, 0, "{input}: {count} values differ (max {max}, mean {mean:.4})");
+        }
+        for (k, (tile, want)) in tiles.iter().zip(case["tiles_sha256"].as_array().unwrap()).enumerate() {
+            assert_eq!(
+                sha256_hex(tile.as_raw()),
+                want.as_str().unwrap(),
+                "{input}: tile {k} differs from Pillow"
+            );
+        }
+        println!("{input}: {} tiles (grid {grid:?}) bit-identical to Pillow", tiles.len());
     }
 }

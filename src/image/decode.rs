@@ -1,4 +1,5 @@
 //! Decoding to RGB8 the way Pillow's `Image.open(...).convert('RGB')` does (spec §7.1 step 1).
+//! JPEG goes to libjpeg-turbo (`jpeg.rs`, bit-identical to Pillow); every other format to the `image` crate.
 //!
 //! Pillow's conversion rules, checked with Pillow 13 (see `tests/py/make_image_fixtures.py`):
 //! - alpha is dropped, never composited (vLLM composites onto white; the reference does not);
@@ -153,6 +154,10 @@ fn decode(bytes: &[u8], origin: &str, limits: &Limits) -> Result<RgbImage> {
             origin: origin.into(),
             detail,
         })?;
+    }
+    // JPEG: libjpeg-turbo, as Pillow (jpeg.rs); the `image` crate's JPEG decoder is never used.
+    if r.format() == Some(::image::ImageFormat::Jpeg) {
+        return super::jpeg::decode(bytes, origin, limits);
     }
     // The decoder reads only the header here (its own buffers are capped by `decoder_limits`; its
     // `set_limits` checks no allocation yet), so the pixel check below runs before the image

@@ -1,5 +1,6 @@
 //! Image and video-frame inputs for InternVL2-1B (spec §7): decoding, InternVL dynamic tiling, a
-//! Pillow-exact bicubic resize and ImageNet normalisation. Pure Rust: no ggml, no `unsafe`.
+//! Pillow-exact bicubic resize and ImageNet normalisation. No ggml and no `unsafe` here (JPEG goes through
+//! the `turbojpeg` crate's safe API to libjpeg-turbo).
 //!
 //! The reference pipeline (HF README `load_image`) is
 //! `Image.open(f).convert('RGB')` → `dynamic_preprocess` → per tile `ToTensor` + `Normalize`.
@@ -14,9 +15,10 @@
 //! | `build_transform` + `torch.stack`           | [`preprocess`] → [`Tiles`]             |
 //! | `get_index` / `load_video`                  | [`video`]                              |
 //!
-//! With a lossless input (PNG, BMP, TIFF, lossless WebP, GIF) the uint8 tiles are bit-identical to
-//! Pillow's. JPEG goes through a different decoder than Pillow's libjpeg-turbo, so decoded pixels
-//! can differ by a few levels (measured in `tests/image_parity.rs`).
+//! With a lossless input (PNG, BMP, TIFF, lossless WebP, GIF) or a JPEG the uint8 tiles are
+//! bit-identical to Pillow's: JPEG is decoded by libjpeg-turbo, Pillow's own decoder, at Pillow's
+//! settings (notes in `jpeg.rs`; checked in `tests/image_parity.rs`). Lossy WebP
+//! goes through a different decoder than Pillow's libwebp and may differ by a few levels.
 //!
 //! ```no_run
 //! use internvl::image::{self, Limits, TilingParams};
@@ -31,6 +33,7 @@ mod error;
 #[cfg(feature = "video")]
 pub mod ffmpeg;
 mod grid_order;
+mod jpeg;
 mod resize;
 mod tiling;
 mod truncation;

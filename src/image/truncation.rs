@@ -1,7 +1,7 @@
-//! Detects truncated files that a decoder of the `image` crate would accept silently.
+//! Detects truncated files that a decoder would otherwise accept or report obscurely.
 //!
-//! - JPEG: zune-jpeg decodes a truncated file without complaint and fills the missing part; Pillow
-//!   refuses it ("image file is truncated"). We walk the marker structure (length-prefixed segments,
+//! - JPEG: libjpeg decodes a truncated file with only a warning ("Premature end of JPEG file") and fills
+//!   the missing part; Pillow refuses it ("image file is truncated"). We walk the marker structure (length-prefixed segments,
 //!   entropy-coded scan data) and require an end-of-image marker. Data after EOI is ignored, as
 //!   decoders do (phones append videos to "motion photos"), and markers inside segments (an EXIF
 //!   thumbnail's own EOI) are skipped with their segment.
