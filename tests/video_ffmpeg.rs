@@ -1,7 +1,8 @@
 //! Video files through the system FFmpeg (`--features video`, spec §7.3): frame count, frame rate,
 //! frame indices and frames of red-panda.mp4 (the README's example video), the same video remuxed
 //! into Matroska (no `nb_frames` there), errors on bad input, and `internvl-run --video clip.mp4`
-//! on the tiny model (prompt layout of spec §5.3 and its token count).
+//! on the tiny model (prompt layout of spec §5.3 and its token count), and frames and 448 tiles bit-identical
+//! to decord's (`tests/fixtures/video/`, made by `tests/py/make_video_fixtures.py`).
 //!
 //! Run: `cargo test --release -p internvl --features video --test video_ffmpeg`
 #![cfg(feature = "video")]
@@ -403,4 +404,109 @@ fn cli_video_prompt_is_2156_tokens() {
     let tok = Tokenizer::from_dir(&common::shared().join("model/InternVL2-1B")).expect("tokenizer");
     let ids = build_prompt_ids(&tok, &Conversation::single(video_question(8, QUESTION)), &[1; 8], 256).expect("prompt");
     assert_eq!(ids.ids.len(), 2156);
+}
+
+// ---- decord parity (tests/py/make_video_fixtures.py) ---------------------------------------------
+
+fn video_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/video")
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Frames (and their 448x448 tiles, the model card's `load_video` with `max_num=1`) of every fixture clip
+/// and of red-panda.mp4 must equal decord 0.6.0's. Prints the table: clip, pixel format, range/matrix,
+/// max |diff| of frames and tiles.
+#[test]
+fn frames_bit_identical_to_decord() {
+    let text = std::fs::read_to_string(video_fixtures().join("video.json")).expect("video.json");
+    let m: Value = serde_json::from_str(&text).expect("video.json is JSON");
+    assert_eq!(
+        m["magic"], "internvl-video-fixtures",
+        "regenerate with {}",
+        m["regenerate"]
+    );
+    assert_eq!(m["version"], 1, "regenerate with {}", m["regenerate"]);
+    let params = TilingParams {
+        image_size: 448,
+        min_tiles: 1,
+        max_tiles: 1,
+        use_thumbnail: true,
+    };
+    println!("frames vs decord {}:", m["decord"]);
+    let mut failures = Vec::new();
+    let cases = m["clips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (video_fixtures().join(c["clip"].as_str().unwrap()), c));
+    let shared = m["shared"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (common::shared().join(c["clip"].as_str().unwrap()), c));
+    let mut n = 0;
+    for (path, case) in cases.chain(shared) {
+        let name = case["clip"].as_str().unwrap();
+        let info = ffmpeg::probe(&path, &Limits::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            info.num_frames as u64,
+            case["num_frames"].as_u64().unwrap(),
+            "{name}: frame count"
+        );
+        let indices: Vec<usize> = case["indices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let frames = ffmpeg::read_frames(&path, &indices, &Limits::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // max |diff| against the stored frames where there is a PNG; digests always.
+        let mut frame_max = String::from("0");
+        if let Some(png) = case["frames"].as_str() {
+            let expected = ::image::open(video_fixtures().join(png)).expect(png).to_rgb8();
+            let ours: Vec<u8> = frames.iter().flat_map(|f| f.as_raw().iter().copied()).collect();
+            assert_eq!(ours.len(), expected.as_raw().len(), "{name}: frame sizes");
+            let max = ours
+                .iter()
+                .zip(expected.as_raw())
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap_or(0);
+            frame_max = max.to_string();
+        }
+        let frames_ok = frames
+            .iter()
+            .zip(case["frames_sha256"].as_array().unwrap())
+            .all(|(f, want)| sha256_hex(f.as_raw()) == want.as_str().unwrap());
+        if !frames_ok && frame_max == "0" {
+            frame_max = "?".into();
+        }
+        let tiles_ok = frames
+            .iter()
+            .zip(case["tiles_sha256"].as_array().unwrap())
+            .all(|(f, want)| {
+                let tiles = internvl::image::tile_u8(f, &params).expect("tile");
+                tiles.len() == 1 && sha256_hex(tiles[0].as_raw()) == want.as_str().unwrap()
+            });
+        println!(
+            "  {name:28} {:6} {:9} range={:7} matrix={:10} {:>7} frames {:?}: frame max |diff| {frame_max}, 448 tiles {}",
+            case["codec"].as_str().unwrap_or("?"),
+            case["pix_fmt"].as_str().unwrap_or("?"),
+            case["color_range"].as_str().unwrap_or("?"),
+            case["color_space"].as_str().unwrap_or("?"),
+            format!("{}x{}", info.width, info.height),
+            indices,
+            if tiles_ok { "max |diff| 0" } else { "DIFFER" },
+        );
+        if !frames_ok || !tiles_ok || frame_max != "0" {
+            failures.push(name.to_string());
+        }
+        n += 1;
+    }
+    assert!(n >= 10, "expected the fixture clips and red-panda.mp4");
+    assert!(failures.is_empty(), "differ from decord: {failures:?}");
 }
