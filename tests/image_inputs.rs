@@ -480,7 +480,7 @@ fn corrupt_and_truncated() {
         ivl::load_bytes(&garbage, &Limits::default()),
         Err(Error::Corrupt { .. })
     ));
-    // Every container cut short is refused (zune-jpeg alone would fill a cut JPEG silently).
+    // Every container cut short is refused (libjpeg alone would only warn and fill a cut JPEG with grey).
     for name in [
         "q90_160x120.jpg",
         "q95_444_160x120.jpg",

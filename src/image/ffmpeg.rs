@@ -13,8 +13,10 @@
 //!   often missing (MKV, WebM) or wrong, so it is only reported ([`VideoInfo::container_frames`]);
 //! - frame `i` is the `i`-th frame the decoder outputs (presentation order);
 //! - each frame becomes RGB24 through a libavfilter `scale` filter, as decord ([`SCALE_FILTER`]: its flags,
-//!   and the frame's own colour matrix and range tags); no scaling: frames keep their coded size; rotation
-//!   metadata is ignored.
+//!   and the frame's own colour matrix and range tags); no scaling: frames keep their coded size;
+//! - rotation metadata is ignored. decord 0.6.0 does not ignore it: for a clip tagged `rotate=90` it returns
+//!   transposed frames, as 4-channel arrays (seen with a 64x48 clip: shape (64, 48, 4)), which looks like a
+//!   decord bug; rotated clips are not matched.
 //!
 //! Frames are bit-identical to decord 0.6.0's `VideoReader(path, ctx=cpu(0), num_threads=1)[i].asnumpy()`
 //! (yuv420p/yuv444p/yuvj420p, BT.601/BT.709, limited/full range, odd sizes, red-panda.mp4: measured in
