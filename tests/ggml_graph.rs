@@ -1,5 +1,7 @@
 //! The safe ggml layer: a small graph against a plain Rust f32 computation, and shape errors that would be
 //! ggml aborts if they reached ggml.
+mod common;
+
 use internvl::ggml::{dequantize, quantize, Backend, Context, GgmlError, Sched};
 use internvl::gguf::GgmlType;
 
@@ -76,7 +78,8 @@ fn graph_matches_plain_rust() {
         let ms = h.iter().map(|v| v * v).sum::<f64>() / m as f64;
         let r = 1.0 / (ms + eps as f64).sqrt();
         for o in 0..m {
-            max_diff = max_diff.max((h[o] * r - got[t * m + o] as f64).abs());
+            // NaN-propagating (f64::max would drop a NaN and the bound below would pass).
+            max_diff = common::nan_max([max_diff, (h[o] * r - got[t * m + o] as f64).abs()]);
         }
     }
     assert!(max_diff < 1e-4, "max |diff| {max_diff}");

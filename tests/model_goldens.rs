@@ -6,9 +6,9 @@
 //! - f32 weights: max |diff| <= 1e-5 of max |ref| at every stage (the issue asks 1e-4; we reach ~1e-6, and
 //!   1e-5 catches a wrong ViT LayerNorm eps, which moves vit_out by 6.5e-5);
 //! - f16 weights: max |diff| <= 1e-2 of max |ref|, and the same 8 greedy tokens;
-//! - q8_0: logits cosine >= 0.999; q4_0: >= 0.97 (the issue asks 0.98; pure q4_0 reaches 0.974 on this
-//!   random-weight model, see the assertion's comment; projector output cosine printed);
-//! - KV cache q8_0 / q4_0 against the f16-KV run: logits cosine >= 0.999 / 0.99.
+//! - q8_0: logits cosine >= 0.999; q4_0 (the converter's recipe): >= 0.98, pure q4_0 >= 0.97;
+//! - every decode step's logits, for f32 and f16 weights and each KV cache type (f32/f16/q8_0/q4_0), against
+//!   the reference with the bounds in `decode_logits_against_reference_per_weight_and_kv_type`.
 mod common;
 
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use internvl::ggml::dequantize;
 use internvl::gguf::GgufFile;
 use internvl::model::kv_cache::KvType;
-use internvl::model::Model;
+use internvl::model::{Device, Model, WeightLayout};
 use internvl::sampling::argmax;
 use internvl::session::{Session, SessionParams};
 use serde_json::Value;
@@ -66,6 +66,35 @@ impl Golden {
             .map(|v| v.as_u64().expect("id") as u32)
             .collect()
     }
+    /// `greedy_top5`: per decode step, the reference's full-vocabulary top-5 ids and logits.
+    fn top5(&self) -> Vec<(Vec<u32>, Vec<f32>)> {
+        self.m["greedy_top5"]
+            .as_array()
+            .expect("greedy_top5")
+            .iter()
+            .map(|s| {
+                let ids = s["ids"]
+                    .as_array()
+                    .expect("ids")
+                    .iter()
+                    .map(|v| v.as_u64().expect("id") as u32);
+                let vals = s["values"]
+                    .as_array()
+                    .expect("values")
+                    .iter()
+                    .map(|v| v.as_f64().expect("v") as f32);
+                (ids.collect(), vals.collect())
+            })
+            .collect()
+    }
+    fn margins(&self) -> Vec<f64> {
+        self.m["greedy_top1_margin"]
+            .as_array()
+            .expect("greedy_top1_margin")
+            .iter()
+            .map(|v| v.as_f64().expect("margin"))
+            .collect()
+    }
     fn seed(&self) -> u64 {
         self.m["checkpoint"]["seed"].as_u64().expect("seed")
     }
@@ -101,18 +130,47 @@ struct Outputs {
     logits_subset: Vec<f32>,
     greedy: Vec<u32>,
     decode_subset: Vec<f32>,
+    /// Each step's logits at the reference's top-5 ids of that step (`greedy_top5`).
+    decode_top5: Vec<f32>,
 }
 
-/// Runs the golden prompt; decode steps feed `force` tokens when given (teacher forcing), else greedy.
-fn run(g: &Golden, gguf: &std::path::Path, kv: KvType, force: Option<&[u32]>) -> Outputs {
-    let model = Arc::new(Model::load(&[gguf]).expect("load"));
+/// How a run is made: KV cache type, threads, weight layout, and teacher forcing.
+#[derive(Clone, Copy)]
+struct Opts<'a> {
+    kv: KvType,
+    threads: usize,
+    layout: WeightLayout,
+    /// Decode steps feed these tokens when given (teacher forcing), else our own greedy choice.
+    force: Option<&'a [u32]>,
+}
+
+impl Opts<'_> {
+    fn kv(kv: KvType) -> Self {
+        Opts {
+            kv,
+            threads: 2,
+            layout: WeightLayout::default(),
+            force: None,
+        }
+    }
+}
+
+/// Runs the golden prompt and its decode steps.
+fn run(g: &Golden, gguf: &std::path::Path, opts: Opts) -> Outputs {
+    let Opts {
+        kv,
+        threads,
+        layout,
+        force,
+    } = opts;
+    let model = Arc::new(Model::load_with(&[gguf], Device::Cpu, layout).expect("load"));
     let n_embd = model.hp.llm.n_embd;
     let mut s = Session::new(
         model.clone(),
         SessionParams {
             n_ctx: 1024,
             kv_type: kv,
-            n_threads: 2,
+            n_threads: threads,
             ..Default::default()
         },
     )
@@ -143,9 +201,12 @@ fn run(g: &Golden, gguf: &std::path::Path, kv: KvType, force: Option<&[u32]>) ->
     let steps = g.u32s("greedy_ids").len();
     let mut greedy = Vec::new();
     let mut decode_subset = Vec::new();
+    let mut decode_top5 = Vec::new();
+    let top5 = g.top5();
     let mut cur = out.logits.clone();
     for k in 0..steps {
         decode_subset.extend(subset.iter().map(|&i| cur[i as usize]));
+        decode_top5.extend(top5[k].0.iter().map(|&i| cur[i as usize]));
         let next = argmax(&cur);
         greedy.push(next);
         let next = force.map(|f| f[k]).unwrap_or(next);
@@ -161,6 +222,7 @@ fn run(g: &Golden, gguf: &std::path::Path, kv: KvType, force: Option<&[u32]>) ->
         logits_subset,
         greedy,
         decode_subset,
+        decode_top5,
     }
 }
 
@@ -180,14 +242,88 @@ fn golden_model(g: &Golden, ty: &str) -> PathBuf {
 fn report(name: &str, ours: &[f32], reference: &[f32]) -> (f64, f64) {
     let rel = common::rel_max_diff(ours, reference);
     let cos = common::cosine(ours, reference);
-    eprintln!("{name:>22}: max|diff|/max|ref| {rel:.3e}  cosine {cos:.8}");
+    eprintln!(
+        "{name:>22}: max|diff|/max|ref| {rel:.3e}  cosine {cos:.8} (1 - cosine {:.2e})",
+        1.0 - cos
+    );
     (rel, cos)
+}
+
+/// Every decode step against the reference: step k's logits on `subset_ids` (`decode_logits_subset`) and
+/// at the reference's full-vocabulary top-5 ids (`greedy_top5`). Steps k >= 1 are only comparable in the
+/// reference's context, so `o` must come from a run teacher-forced with `greedy_ids` (or one whose greedy
+/// ids equal them). Returns the worst step's max|diff|/max|ref| (over subset and top-5) and the worst step's
+/// cosine over the subset; both are NaN when any logit is. Also checks that our argmax is the reference's at
+/// every step whose top-1 margin is more than 4x that step's max|diff| (closer calls may flip legitimately).
+fn decode_against_reference(name: &str, g: &Golden, o: &Outputs) -> (f64, f64) {
+    let subset_ref = g.array("decode_logits_subset");
+    let top5 = g.top5();
+    let margins = g.margins();
+    let golden_ids = g.u32s("greedy_ids");
+    let steps = top5.len();
+    let s = subset_ref.len() / steps;
+    assert_eq!(o.decode_subset.len(), steps * s, "{name}: decode steps");
+    let (mut worst_rel, mut worst_cos) = (0f64, 1f64);
+    for k in 0..steps {
+        let ours: Vec<f32> = o.decode_subset[k * s..(k + 1) * s]
+            .iter()
+            .chain(&o.decode_top5[k * 5..k * 5 + 5])
+            .copied()
+            .collect();
+        let r: Vec<f32> = subset_ref[k * s..(k + 1) * s]
+            .iter()
+            .chain(&top5[k].1)
+            .copied()
+            .collect();
+        let abs = common::max_abs_diff(&ours, &r);
+        let rel = common::rel_max_diff(&ours, &r);
+        let cos = common::cosine(&o.decode_subset[k * s..(k + 1) * s], &subset_ref[k * s..(k + 1) * s]);
+        worst_rel = common::nan_max([worst_rel, rel]);
+        worst_cos = if worst_cos.is_nan() || cos.is_nan() {
+            f64::NAN
+        } else {
+            worst_cos.min(cos)
+        };
+        if margins[k] > 4.0 * abs {
+            assert_eq!(
+                o.greedy[k], golden_ids[k],
+                "{name}: step {k} argmax differs (margin {:.4}, max|diff| {abs:.2e})",
+                margins[k]
+            );
+        }
+    }
+    eprintln!(
+        "{name:>28}: decode steps max|diff|/max|ref| {worst_rel:.3e}  min cosine {worst_cos:.9} (1 - cosine {:.2e})",
+        1.0 - worst_cos
+    );
+    (worst_rel, worst_cos)
+}
+
+#[test]
+fn helpers_fail_on_nan_and_infinity() {
+    // A bound written `rel <= tol` must fail when our output holds a NaN (f64::max used to drop it).
+    let passes = |v: f64| v <= 1e-5;
+    let r = [1.0f32, -2.0, 0.5];
+    for bad in [f32::NAN, f32::INFINITY] {
+        let ours = [1.0f32, bad, 0.5];
+        let rel = common::rel_max_diff(&ours, &r);
+        assert!(!passes(rel), "ours with {bad}: rel {rel}");
+        let rel = common::rel_max_diff(&r, &ours);
+        assert!(!passes(rel), "reference with {bad}: rel {rel}");
+        assert!(!passes(common::max_abs_diff(&ours, &r)));
+    }
+    assert!(common::nan_max([1.0, f64::NAN, 3.0]).is_nan());
+    assert!(common::nan_max([f64::NAN, 1.0]).is_nan());
+    assert_eq!(common::nan_max([1.0, 3.0, 2.0]), 3.0);
+    assert_eq!(common::rel_max_diff(&[1.0, -2.5], &[1.0, -2.0]), 0.25);
 }
 
 #[test]
 fn f32_weights_match_reference_at_every_stage() {
     let g = Golden::load();
-    let o = run(&g, &golden_model(&g, "f32"), KvType::F32, None);
+    // Not teacher-forced: with f32 weights and cache our own greedy choices must be the reference's.
+    let o = run(&g, &golden_model(&g, "f32"), Opts::kv(KvType::F32));
+    assert_eq!(o.greedy, g.u32s("greedy_ids"), "greedy tokens");
     let vit_ref = g.array("vit_out");
     let n = vit_ref.len();
     for (name, ours, r) in [
@@ -196,22 +332,18 @@ fn f32_weights_match_reference_at_every_stage() {
         ("hidden_final", &o.hidden[..], g.array("hidden_final")),
         ("logits_last", &o.logits_last[..], g.array("logits_last")),
         ("logits_subset", &o.logits_subset[..], g.array("logits_subset")),
-        (
-            "decode_logits_subset",
-            &o.decode_subset[..],
-            g.array("decode_logits_subset"),
-        ),
     ] {
         let (rel, _) = report(name, ours, &r);
         assert!(rel <= 1e-5, "{name}: max|diff| {rel:.3e} of max|ref| > 1e-5");
     }
-    assert_eq!(o.greedy, g.u32s("greedy_ids"), "greedy tokens");
+    let (rel, _) = decode_against_reference("f32 weights, f32 KV", &g, &o);
+    assert!(rel <= 1e-5, "decode logits: max|diff| {rel:.3e} of max|ref| > 1e-5");
 }
 
 #[test]
 fn f16_weights_within_1e_2_and_same_greedy_tokens() {
     let g = Golden::load();
-    let o = run(&g, &golden_model(&g, "f16"), KvType::F16, None);
+    let o = run(&g, &golden_model(&g, "f16"), Opts::kv(KvType::F16));
     for (name, ours, r) in [
         ("proj_out", &o.proj[..], g.array("proj_out")),
         ("hidden_final", &o.hidden[..], g.array("hidden_final")),
@@ -224,49 +356,118 @@ fn f16_weights_within_1e_2_and_same_greedy_tokens() {
     assert_eq!(o.greedy, g.u32s("greedy_ids"), "greedy tokens with f16 weights");
 }
 
+/// The decode path against the reference for each weight type and KV cache type, with 1 and 2 threads:
+/// every step's logits, teacher-forced with the reference's greedy ids (on random weights the top-2 margins
+/// are small, so a flipped argmax would otherwise compare logits of different contexts), and the prompt's
+/// logits at every position (the prefill writes and reads the same cache).
+///
+/// Each bound is 2x (rounded up) the worst value measured on AMD EPYC Zen 4 over 1 and 2 threads and over the
+/// ViT's attention on our AVX-512 kernel and on ggml's flash attention (`INTERNVL_VIT_ATTN=flash`, what a CPU
+/// without AVX-512 runs); the measured worst is written beside it. `WeightLayout::Mapped` gave the same bits
+/// as the default layout for these f32/f16 files (only q4_0/q8_0 matrices are laid out differently), so it
+/// is not repeated here. Relative = max|diff| / max|ref| over a step's subset and top-5 logits.
+#[test]
+fn decode_logits_against_reference_per_weight_and_kv_type() {
+    struct Bound {
+        weights: &'static str,
+        kv: KvType,
+        /// Decode steps: max relative difference, max 1 - cosine.
+        decode: (f64, f64),
+        /// Prompt logits (all 566 positions on the subset): the same two.
+        prompt: (f64, f64),
+    }
+    #[rustfmt::skip]
+    let cases = [
+        // measured: decode 7.5e-7 / 3.4e-13, prompt 7.9e-7 / 4.1e-13
+        Bound { weights: "f32", kv: KvType::F32, decode: (1.6e-6, 1e-12), prompt: (1.6e-6, 1e-12) },
+        // measured: decode 3.0e-3 / 5.5e-6, prompt 2.6e-3 / 3.5e-7
+        Bound { weights: "f32", kv: KvType::F16, decode: (6.1e-3, 1.1e-5), prompt: (5.3e-3, 7.1e-7) },
+        // measured: decode 1.04e-3 / 8.7e-7, prompt 6.7e-3 / 5.3e-6
+        Bound { weights: "f32", kv: KvType::Q8_0, decode: (2.1e-3, 1.8e-6), prompt: (1.4e-2, 1.1e-5) },
+        // measured: decode 1.46e-2 / 1.22e-4, prompt 1.03e-1 / 1.02e-3
+        Bound { weights: "f32", kv: KvType::Q4_0, decode: (3.0e-2, 2.5e-4), prompt: (2.1e-1, 2.1e-3) },
+        // measured: decode 3.6e-4 / 6.9e-8, prompt 4.5e-4 / 6.0e-8
+        Bound { weights: "f16", kv: KvType::F32, decode: (7.2e-4, 1.4e-7), prompt: (9.1e-4, 1.2e-7) },
+        // measured: decode 3.1e-3 / 5.7e-6, prompt 2.8e-3 / 4.1e-7
+        Bound { weights: "f16", kv: KvType::F16, decode: (6.3e-3, 1.2e-5), prompt: (5.6e-3, 8.2e-7) },
+        // measured: decode 1.23e-3 / 9.2e-7, prompt 6.2e-3 / 5.1e-6
+        Bound { weights: "f16", kv: KvType::Q8_0, decode: (2.5e-3, 1.9e-6), prompt: (1.3e-2, 1.1e-5) },
+        // measured: decode 1.47e-2 / 1.25e-4, prompt 1.02e-1 / 1.03e-3
+        Bound { weights: "f16", kv: KvType::Q4_0, decode: (3.0e-2, 2.5e-4), prompt: (2.1e-1, 2.1e-3) },
+    ];
+    let g = Golden::load();
+    let golden_ids = g.u32s("greedy_ids");
+    let prompt_ref = g.array("logits_subset");
+    for b in cases {
+        let model = golden_model(&g, b.weights);
+        for threads in [1, 2] {
+            let o = run(
+                &g,
+                &model,
+                Opts {
+                    kv: b.kv,
+                    threads,
+                    layout: WeightLayout::default(),
+                    force: Some(&golden_ids),
+                },
+            );
+            let name = format!("{} weights, {:?} KV, {threads}t", b.weights, b.kv);
+            let (rel, cos) = decode_against_reference(&name, &g, &o);
+            let (prel, pcos) = report("prompt logits_subset", &o.logits_subset, &prompt_ref);
+            for (what, rel, cos, (max_rel, max_1mc)) in
+                [("decode", rel, cos, b.decode), ("prompt", prel, pcos, b.prompt)]
+            {
+                assert!(
+                    rel <= max_rel,
+                    "{name}: {what} max|diff|/max|ref| {rel:.3e} > {max_rel:.1e}"
+                );
+                assert!(
+                    1.0 - cos <= max_1mc,
+                    "{name}: {what} 1 - cosine {:.3e} > {max_1mc:.1e}",
+                    1.0 - cos
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn quantized_weights_logits_cosine() {
     // The asserted figure is the cosine over the logits of every prompt position (566 positions x 1024
     // vocabulary ids); the last position alone is printed too. Random weights have no outliers and tiny
     // logit ranges, so these are lower bounds of what trained weights give.
+    //
+    // q4_0 is the converter's recipe (vision tower, projector, token_embd and lm_head at q8_0; convert/src/
+    // policy.rs): 0.9853 measured, on our panels (the default layout on AVX-512 VNNI) and on ggml's kernels
+    // (`Mapped`). Pure q4_0 (every matrix) measured 0.9745: each of the 14 LLM and 4 ViT matrices carries
+    // q4_0's ~8.6% relative weight error and random weights have no structure to absorb it; it keeps 0.97
+    // as a regression bound. q8_0 through the same code path loses only 1.4e-4.
     let g = Golden::load();
     golden_model(&g, "f32");
-    // q4_0: 0.974 here. Each of the 14 LLM and 4 ViT matrices carries q4_0's ~8.6% relative weight error
-    // (ggml's reference quantizer on Gaussian weights) and random weights have no structure to absorb it;
-    // q8_0 through the same code path loses only 1.4e-4, so the runtime adds nothing measurable. 0.97 is
-    // the regression bound until a recipe (or trained weights) shows better.
-    for (ty, min_cos) in [("q8_0", 0.999), ("q4_0", 0.97)] {
-        eprintln!("--- {ty}");
-        let o = run(&g, &common::tiny_gguf(g.seed(), ty, &[]), KvType::F16, None);
-        report("proj_out", &o.proj, &g.array("proj_out"));
-        report("logits_last", &o.logits_last, &g.array("logits_last"));
-        let (_, c) = report("logits_subset", &o.logits_subset, &g.array("logits_subset"));
-        assert!(
-            c >= min_cos,
-            "{ty}: logits cosine over all positions {c:.6} < {min_cos}"
-        );
-    }
-}
-
-#[test]
-fn quantized_kv_cache_against_f16_kv() {
-    let g = Golden::load();
-    let model = golden_model(&g, "f32");
-    let base = run(&g, &model, KvType::F16, None);
-    for (kv, min_cos) in [(KvType::Q8_0, 0.999), (KvType::Q4_0, 0.99)] {
-        // Teacher-forced with the f16-KV run's tokens: on random weights the top-2 margin is tiny, and a
-        // flipped argmax would otherwise compare logits of different contexts.
-        let o = run(&g, &model, kv, Some(&base.greedy));
-        let c1 = common::cosine(&o.logits_subset, &base.logits_subset);
-        let c2 = common::cosine(&o.decode_subset, &base.decode_subset);
-        eprintln!(
-            "KV {kv:?}: prompt logits cosine {c1:.8}, decode logits cosine {c2:.8}, greedy {:?}",
-            o.greedy
-        );
-        assert!(
-            c1 >= min_cos && c2 >= min_cos,
-            "KV {kv:?}: cosine {c1:.6} / {c2:.6} < {min_cos}"
-        );
+    for (ty, extra, min_cos) in [
+        ("q8_0", &[][..], 0.999),
+        ("q4_0", &[][..], 0.98),
+        ("q4_0", common::PURE_Q4_0, 0.97),
+    ] {
+        let path = common::tiny_gguf(g.seed(), ty, extra);
+        for layout in [WeightLayout::Repacked, WeightLayout::Mapped] {
+            eprintln!("--- {ty} {extra:?} {layout:?}");
+            let o = run(
+                &g,
+                &path,
+                Opts {
+                    layout,
+                    ..Opts::kv(KvType::F16)
+                },
+            );
+            report("proj_out", &o.proj, &g.array("proj_out"));
+            report("logits_last", &o.logits_last, &g.array("logits_last"));
+            let (_, c) = report("logits_subset", &o.logits_subset, &g.array("logits_subset"));
+            assert!(
+                c >= min_cos,
+                "{ty} {extra:?} {layout:?}: logits cosine over all positions {c:.6} < {min_cos}"
+            );
+        }
     }
 }
 

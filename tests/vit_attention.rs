@@ -47,8 +47,9 @@ fn ours_flash_and_padded_product_attention_agree() {
         2 * n_tok * hp.vision.n_embd,
         "ViT output has the real tokens only"
     );
-    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    let scale = |a: &[f32]| a.iter().map(|x| x.abs()).fold(0f32, f32::max);
+    // NaN-propagating maxima (a fold over f32::max would drop a NaN and pass).
+    let max_diff = common::max_abs_diff;
+    let scale = |a: &[f32]| common::nan_max(a.iter().map(|x| x.abs() as f64));
     for (name, vit, proj) in [("flash", &vit_fa, &proj_fa), ("products", &vit_mm, &proj_mm)] {
         assert_eq!((vit.len(), proj.len()), (vit_ours.len(), proj_ours.len()), "{name}");
         let (dv, dp) = (max_diff(&vit_ours, vit), max_diff(&proj_ours, proj));

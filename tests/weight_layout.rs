@@ -49,7 +49,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn repacked_q4_0_matches_mapped() {
-    let path = common::tiny_gguf(42, "q4_0", &[]);
+    let path = common::tiny_gguf(42, "q4_0", common::PURE_Q4_0);
     let mapped = Arc::new(Model::load_with(&[&path], Device::Cpu, WeightLayout::Mapped).expect("load mapped"));
     let repacked = Arc::new(Model::load_with(&[&path], Device::Cpu, WeightLayout::Repacked).expect("load repacked"));
     assert_eq!(mapped.repacked, (0, 0));
@@ -170,7 +170,9 @@ fn q4_0_and_q8_0_panels_give_ggml_results_in_every_product() {
 }
 
 fn panels_against_ggml(ty: &str) {
-    let path = common::tiny_gguf(42, ty, &[]);
+    // Pure q4_0: every matrix of the type under test.
+    let extra = if ty == "q4_0" { common::PURE_Q4_0 } else { &[] };
+    let path = common::tiny_gguf(42, ty, extra);
     let load = |layout| Arc::new(Model::load_with(&[&path], Device::Cpu, layout).expect("load"));
     let (mapped, panels) = (load(WeightLayout::Mapped), load(WeightLayout::Int8));
     assert_eq!(mapped.panels_packed(), (0, 0));

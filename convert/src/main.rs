@@ -37,7 +37,10 @@ enum Cmd {
     /// Quantization policy: norms, biases, layer scales, class and position embeddings stay f32; the
     /// patch embedding is f16 (f32 with --vision-type f32); linear weights take --vision-type (ViT and
     /// projector) or --llm-type; the token embedding --embd-type and lm_head --output-type (both default
-    /// to --llm-type); every override defaults to --type. A row length that is not a whole number of the
+    /// to --llm-type); every override defaults to --type, except with the q4_0 recipe: with --type q4_0 the
+    /// ViT and projector, and (when the LLM is q4_0) the token embedding and lm_head default to q8_0, as
+    /// llama.cpp keeps its output matrix higher (pure q4_0: --vision-type q4_0 --embd-type q4_0
+    /// --output-type q4_0). A row length that is not a whole number of the
     /// type's blocks falls back: q6_k -> q8_0 (or f16 if rows are not multiples of 32); 32-element block
     /// types -> f16. The summary lists the tensors that fell back.
     Convert {
@@ -51,16 +54,16 @@ enum Cmd {
         /// Type of the weight matrices: f32, f16, bf16, q8_0, q6_k, q5_0, q5_1, q4_0, q4_1, iq4_nl.
         #[arg(long = "type", default_value = "f16", value_parser = parse_type)]
         ty: GgmlType,
-        /// Type of the ViT and projector matrices (default: --type).
+        /// Type of the ViT and projector matrices (default: --type; q8_0 with --type q4_0).
         #[arg(long, value_parser = parse_type)]
         vision_type: Option<GgmlType>,
         /// Type of the LLM matrices (default: --type).
         #[arg(long, value_parser = parse_type)]
         llm_type: Option<GgmlType>,
-        /// Type of the token embedding (default: --llm-type).
+        /// Type of the token embedding (default: --llm-type; q8_0 when that is q4_0).
         #[arg(long, value_parser = parse_type)]
         embd_type: Option<GgmlType>,
-        /// Type of the lm_head (default: --llm-type).
+        /// Type of the lm_head (default: --llm-type; q8_0 when that is q4_0).
         #[arg(long, value_parser = parse_type)]
         output_type: Option<GgmlType>,
         /// Write llama.cpp's pair instead: the text GGUF (arch qwen2) at --output, and an mmproj GGUF.
@@ -199,13 +202,7 @@ fn main() -> ExitCode {
             let opts = ConvertOptions {
                 input,
                 output,
-                types: TypeChoice {
-                    base: ty,
-                    vision: vision_type,
-                    llm: llm_type,
-                    embd: embd_type,
-                    output: output_type,
-                },
+                types: TypeChoice::with_recipe(ty, vision_type, llm_type, embd_type, output_type),
                 split,
                 mmproj,
             };

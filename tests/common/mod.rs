@@ -79,6 +79,10 @@ pub fn tiny_checkpoint(seed: u64) -> PathBuf {
     dir
 }
 
+/// Converter arguments for pure q4_0 (every matrix; `--type q4_0` alone keeps the vision tower, projector,
+/// token embedding and lm_head at q8_0).
+pub const PURE_Q4_0: &[&str] = &["--vision-type", "q4_0", "--embd-type", "q4_0", "--output-type", "q4_0"];
+
 /// The tiny model converted with `--type ty` (extra converter args appended), cached.
 pub fn tiny_gguf(seed: u64, ty: &str, extra: &[&str]) -> PathBuf {
     let ck = tiny_checkpoint(seed);
@@ -157,14 +161,26 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     ab / (aa.sqrt() * bb.sqrt())
 }
 
-/// max |a - b| / max |b| (b is the reference).
-pub fn rel_max_diff(a: &[f32], b: &[f32]) -> f64 {
+/// The largest of `values`, NaN when any is NaN. `f64::max` (and `f32::max`) return the other operand when
+/// one is NaN, so a fold over them drops a NaN and a bound `max <= tol` would pass on a broken output.
+pub fn nan_max(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut m = 0f64;
+    for v in values {
+        if v.is_nan() {
+            return f64::NAN;
+        }
+        m = m.max(v);
+    }
+    m
+}
+
+/// max |a - b|, NaN when any element of either side is NaN (infinite when one is infinite).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let d = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).abs())
-        .fold(0.0, f64::max);
-    let m = b.iter().map(|y| (*y as f64).abs()).fold(0.0, f64::max);
-    d / m
+    nan_max(a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()))
+}
+
+/// max |a - b| / max |b| (b is the reference). NaN when either side holds a NaN, so `rel <= tol` fails.
+pub fn rel_max_diff(a: &[f32], b: &[f32]) -> f64 {
+    max_abs_diff(a, b) / nan_max(b.iter().map(|y| (*y as f64).abs()))
 }
