@@ -6,12 +6,13 @@
 //!   starting to wait for them. hyper starts that timer as soon as a connection is idle, so the
 //!   same limit closes idle keep-alive connections.
 //! - Bodies: a body must keep up a minimum average rate after a grace period (see
-//!   [`BodyDeadline`]), and the bytes of all bodies held in memory at once are capped by
-//!   `max_buffered_body_bytes` (a semaphore of bytes taken as chunks arrive and given back when the
-//!   request no longer needs its body).
+//!   [`BodyDeadline`]), and the bytes of all bodies held in memory at once, beyond the first
+//!   [`BODY_FREE_BYTES`] of each, are capped by `max_buffered_body_bytes` (a semaphore of bytes
+//!   taken as chunks arrive and given back when the request no longer needs its body).
 //!
 //! Together with hyper's read buffer (at most [`READ_BUFFER_BYTES`] per connection), this bounds
-//! the memory clients can make the server hold before a request reaches the session queue.
+//! the memory clients can make the server hold before a request reaches the session queue:
+//! `max_buffered_body_bytes + max_connections x (READ_BUFFER_BYTES + BODY_FREE_BYTES)`.
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,11 @@ use crate::metrics::Metrics;
 
 /// hyper's per-connection read buffer (its default is ~400 KiB); also the largest request head.
 pub const READ_BUFFER_BYTES: usize = 64 << 10;
+
+/// The first bytes of every body are not counted against the shared budget (the connection cap
+/// bounds them: at most `max_connections` x this): a text request never waits behind large bodies
+/// that slow clients hold, only bodies larger than this compete for the budget.
+pub const BODY_FREE_BYTES: usize = 64 << 10;
 
 /// The limits (flags of the same names; defaults in docs/server.md).
 #[derive(Debug, Clone)]
@@ -157,11 +163,9 @@ pub async fn read_body(
             let _ = tokio::time::timeout(OVERLIMIT_DRAIN_TIME, drain).await;
             return Err(ApiError::BodyTooLarge { limit });
         }
-        if budget
-            .take(&mut hold, chunk.len(), deadline.at(buf.len()))
-            .await
-            .is_err()
-        {
+        let counted =
+            (buf.len() + chunk.len()).saturating_sub(BODY_FREE_BYTES) - buf.len().saturating_sub(BODY_FREE_BYTES);
+        if budget.take(&mut hold, counted, deadline.at(buf.len())).await.is_err() {
             return Err(ApiError::BodyTimeout(format!(
                 "the server holds --max-buffered-body-bytes ({} bytes) of other request bodies and none \
                  was freed in time; retry later",
