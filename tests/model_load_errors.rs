@@ -190,13 +190,11 @@ fn a_directory_or_device_is_named_as_such() {
     // Mapping a directory used to fail with "No such device (os error 19)".
     let dir = tempfile::tempdir().unwrap();
     let e = GgufFile::open(dir.path())
-        .err()
-        .expect("a directory is not a GGUF file")
+        .expect_err("a directory is not a GGUF file")
         .to_string();
     assert!(e.contains("is a directory") && !e.contains("os error"), "{e}");
     let e = GgufFile::open(Path::new("/dev/null"))
-        .err()
-        .expect("a device is not a GGUF file")
+        .expect_err("a device is not a GGUF file")
         .to_string();
     assert!(e.contains("not a regular file") && !e.contains("os error"), "{e}");
 }
