@@ -14,6 +14,10 @@ fn main() {
     println!("cargo:rerun-if-env-changed=GGML_DIR");
     println!("cargo:rerun-if-env-changed=CUDA_PATH");
 
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        soname();
+    }
+
     let include_dir = if env::var_os("CARGO_FEATURE_SYSTEM_GGML").is_some() {
         let dir = match env::var("GGML_DIR") {
             Ok(d) => PathBuf::from(d),
@@ -60,6 +64,31 @@ fn main() {
     bindings
         .write_to_file(out.join("ggml_bindings.rs"))
         .expect("write bindings");
+}
+
+/// The C library's SONAME, `libinternvl.so.<major>` (docs/c-api.md: what changes it), so that programs
+/// record the ABI they were linked against; scripts/install.sh installs the library as
+/// `libinternvl.so.<version>` with the `.so.<major>` and `.so` links. Cargo names its output
+/// `libinternvl.so` only: a program linked in the build tree records `libinternvl.so.<major>`, so the
+/// same link is made beside cargo's output (target/<profile>/) for such programs (tests, examples) to
+/// run. It points at `libinternvl.so` by name and is dangling until cargo has linked the library.
+fn soname() {
+    let major = env::var("CARGO_PKG_VERSION_MAJOR").expect("cargo sets CARGO_PKG_VERSION_MAJOR");
+    let name = format!("libinternvl.so.{major}");
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{name}");
+    // OUT_DIR is <target>/<profile>/build/<package>-<hash>/out.
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
+    let Some(profile_dir) = out.ancestors().nth(3) else {
+        return;
+    };
+    let link = profile_dir.join(&name);
+    if std::fs::read_link(&link).is_err() {
+        let _ = std::fs::remove_file(&link);
+        #[cfg(unix)]
+        if let Err(e) = std::os::unix::fs::symlink("libinternvl.so", &link) {
+            println!("cargo:warning=cannot create {}: {e}", link.display());
+        }
+    }
 }
 
 fn fail(msg: &str) -> ! {

@@ -169,6 +169,16 @@ typedef struct ivl_box {
     float py2;
 } ivl_box;
 
+// What `ivl_progress_callback` reports (one of `IVL_STAGE_*`).
+typedef uint32_t ivl_stage;
+
+// Called by `ivl_session_generate` before the first token: after each vision batch and each
+// prefill chunk (see `ivl_stage`). Return 0 to continue, non-zero to cancel (the reply then ends
+// with `IVL_FINISH_CANCELLED` and the question is withdrawn, as after a cancel by the token
+// callback). Runs on the thread that called `ivl_session_generate`; must not unwind. Stages may
+// be skipped (no new image, everything reused) and more may be added: ignore unknown ones.
+typedef int32_t (*ivl_progress_callback)(ivl_stage stage, uint32_t done, uint32_t total, void *user_data);
+
 // 3 bytes per pixel: R, G, B.
 #define IVL_PIXEL_FORMAT_RGB 0
 
@@ -220,6 +230,12 @@ typedef struct ivl_box {
 #define IVL_KV_Q8_0 2
 
 #define IVL_KV_Q4_0 3
+
+// Vision encoding: `done` of `total` tiles of this turn's new images (cached tiles are skipped).
+#define IVL_STAGE_VISION 0
+
+// Prefill: `done` of `total` new prompt tokens evaluated.
+#define IVL_STAGE_PREFILL 1
 
 #ifdef __cplusplus
 extern "C" {
@@ -349,6 +365,34 @@ enum ivl_status ivl_session_boxes(struct ivl_session *session,
 // # Safety
 // `session` is NULL or a live session used by this thread only.
 enum ivl_status ivl_session_reset(struct ivl_session *session);
+
+// Sets (or, with NULL, removes) the session's progress callback, used by the following
+// `ivl_session_generate` calls. `user_data` is passed back unchanged.
+//
+// # Safety
+// `session` is NULL or a live session used by this thread only; `callback`, if set, is safe to
+// call with `user_data` for as long as it stays set.
+enum ivl_status ivl_session_set_progress_callback(struct ivl_session *session,
+                                                  ivl_progress_callback callback,
+                                                  void *user_data);
+
+// Asks the call running on `session` (`ivl_session_generate`) to stop, from any thread: it returns
+// within one vision batch, one prefill chunk or one token, with `IVL_FINISH_CANCELLED` (before the
+// first token the question is withdrawn; after it the partial answer is kept). With no call
+// running it does nothing: a cancel never carries over to the next call. Returns
+// `IVL_STATUS_BAD_STATE` for a handle that is not a live session.
+//
+// # Safety
+// `session` is NULL or any pointer value: it is never dereferenced, only looked up.
+enum ivl_status ivl_session_cancel(struct ivl_session *session);
+
+// Decodes an encoded image held in memory (JPEG, PNG, WebP, BMP, GIF, TIFF: the format is found
+// from the bytes) and attaches it to the next prompt. The bytes are read during the call only.
+//
+// # Safety
+// `session` is NULL or a live session used by this thread only; `data` is NULL or readable for
+// `len` bytes.
+enum ivl_status ivl_session_add_image_bytes(struct ivl_session *session, const uint8_t *data, size_t len);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -96,6 +96,8 @@ run() {
     [ -d "$CARRY" ] || { echo "error: $CARRY missing: carry target/gpu-carry (bash scripts/gpu-check.sh prepare)"; exit 1; }
     cp "$CARRY/ivl-check" "$CARRY/internvl-convert" "$work/"
     xz -dc "$CARRY/libinternvl.so.xz" >"$work/libinternvl.so"
+    # ivl-check records the library's SONAME (build.rs), libinternvl.so.0.
+    ln -sf libinternvl.so "$work/libinternvl.so.0"
     (cd "$work" && sha256sum -c "$CARRY/SHA256SUMS")
 
     # cuBLAS 13: CUBLAS_DIR, a CUDA 13 toolkit, a pip wheel, or the loader's cache.

@@ -16,7 +16,7 @@
 #
 # If PREFIX is not a standard pkg-config location, export PKG_CONFIG_PATH=$LIBDIR/pkgconfig; if LIBDIR
 # is not a standard linker location, export LD_LIBRARY_PATH=$LIBDIR or link with -Wl,-rpath,$LIBDIR.
-# Uninstall: remove the five files this script prints. See docs/c-api.md.
+# Uninstall: remove the seven files and links this script prints. See docs/c-api.md.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -61,7 +61,17 @@ VERSION=$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$ROOT/Cargo.toml" | head -
 
 install -d "$DESTDIR$INCLUDEDIR" "$DESTDIR$LIBDIR/pkgconfig"
 install -m 0644 "$ROOT/include/internvl.h" "$DESTDIR$INCLUDEDIR/internvl.h"
-install -m 0755 "$BUILD_DIR/libinternvl.so" "$DESTDIR$LIBDIR/libinternvl.so"
+# The shared library under its full version, with the SONAME link (what programs record and load:
+# libinternvl.so.<major>, set by build.rs) and the development link (what -linternvl finds).
+MAJOR=${VERSION%%.*}
+install -m 0755 "$BUILD_DIR/libinternvl.so" "$DESTDIR$LIBDIR/libinternvl.so.$VERSION"
+ln -sfn "libinternvl.so.$VERSION" "$DESTDIR$LIBDIR/libinternvl.so.$MAJOR"
+ln -sfn "libinternvl.so.$MAJOR" "$DESTDIR$LIBDIR/libinternvl.so"
+if command -v readelf >/dev/null; then
+    SONAME=$(readelf -d "$DESTDIR$LIBDIR/libinternvl.so.$VERSION" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
+    [[ $SONAME == "libinternvl.so.$MAJOR" ]] ||
+        printf 'install.sh: warning: the library'"'"'s SONAME is "%s", not libinternvl.so.%s (built before build.rs set it?)\n' "$SONAME" "$MAJOR" >&2
+fi
 install -m 0644 "$BUILD_DIR/libinternvl.a" "$DESTDIR$LIBDIR/libinternvl.a"
 
 PC=$DESTDIR$LIBDIR/pkgconfig/internvl.pc
@@ -92,5 +102,7 @@ Libs: \${libdir}/libinternvl.a $LIBS_PRIVATE
 PCEOF
 chmod 0644 "$PC" "$PC_STATIC"
 
-printf 'installed internvl %s:\n  %s\n  %s\n  %s\n  %s\n  %s\n' "$VERSION" \
-    "$DESTDIR$INCLUDEDIR/internvl.h" "$DESTDIR$LIBDIR/libinternvl.so" "$DESTDIR$LIBDIR/libinternvl.a" "$PC" "$PC_STATIC"
+printf 'installed internvl %s:\n  %s\n  %s\n  %s\n  %s\n  %s\n  %s\n  %s\n' "$VERSION" \
+    "$DESTDIR$INCLUDEDIR/internvl.h" "$DESTDIR$LIBDIR/libinternvl.so.$VERSION" \
+    "$DESTDIR$LIBDIR/libinternvl.so.$MAJOR -> libinternvl.so.$VERSION" \
+    "$DESTDIR$LIBDIR/libinternvl.so -> libinternvl.so.$MAJOR" "$DESTDIR$LIBDIR/libinternvl.a" "$PC" "$PC_STATIC"

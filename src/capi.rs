@@ -29,8 +29,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::chat::{clean_answer, grounding};
 use crate::engine::{
-    ChatParams, EngineError, Event, FinishReason, Flow, GenerateParams, Image, KvType, LoadParams, Message, Model,
-    SamplingParams, SessionParams,
+    CancelFlag, ChatParams, EngineError, Event, FinishReason, Flow, GenerateParams, Image, KvType, LoadParams, Message,
+    Model, SamplingParams, SessionParams,
 };
 use crate::image::{Limits, PixelFormat, RawImage};
 use crate::model::{Device, ModelError, WeightLayout};
@@ -274,6 +274,8 @@ pub struct ivl_session {
     labels: Vec<CString>,
     /// Set when a call panicked: the Rust state may be half-updated.
     poisoned: bool,
+    /// `ivl_session_set_progress_callback`: the callback and its user data (an address).
+    progress: Option<(ProgressFn, usize)>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -397,11 +399,15 @@ enum HandleKind {
     Session,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Live {
     kind: HandleKind,
     /// A call is running on this session (set for the call's duration).
     busy: bool,
+    /// Sessions: set by `ivl_session_cancel` (from any thread) while a call runs; cleared when the
+    /// call ends. Kept here, not in the session, so that cancelling never touches a session that
+    /// another thread is using.
+    cancel: Option<CancelFlag>,
 }
 
 /// Addresses of the handles returned and not yet freed. Every call that takes a handle looks it up
@@ -416,7 +422,15 @@ fn live() -> MutexGuard<'static, BTreeMap<usize, Live>> {
 }
 
 fn register(addr: usize, kind: HandleKind) {
-    live().insert(addr, Live { kind, busy: false });
+    let cancel = (kind == HandleKind::Session).then(CancelFlag::new);
+    live().insert(
+        addr,
+        Live {
+            kind,
+            busy: false,
+            cancel,
+        },
+    );
 }
 
 fn not_live(kind: HandleKind, addr: usize) -> Failure {
@@ -469,6 +483,10 @@ impl Drop for SessionLease {
     fn drop(&mut self) {
         if let Some(l) = live().get_mut(&self.addr) {
             l.busy = false;
+            // A cancel aimed at this call must not stop the next one.
+            if let Some(c) = &l.cancel {
+                c.reset();
+            }
         }
     }
 }
@@ -922,6 +940,7 @@ pub unsafe extern "C" fn ivl_session_new(
             boxes: Vec::new(),
             labels: Vec::new(),
             poisoned: false,
+            progress: None,
         };
         let handle = Box::into_raw(Box::new(session));
         register(handle as usize, HandleKind::Session);
@@ -1083,10 +1102,18 @@ pub unsafe extern "C" fn ivl_session_generate(
         } else {
             unsafe { *params }
         };
-        let gen = sampling_arg(&p)?;
+        let mut gen = sampling_arg(&p)?;
+        gen.cancel = cancel_flag(session as usize);
+        let progress = s.progress;
         let mut piece_buf: Vec<u8> = Vec::new();
         let result = s.chat.generate(&gen, |event| {
-            let (Event::Token(piece), Some(cb)) = (event, callback) else {
+            let piece = match event {
+                Event::Token(piece) => piece,
+                Event::Vision { done, total } => return report_progress(progress, IVL_STAGE_VISION, done, total),
+                Event::Prefill { done, total } => return report_progress(progress, IVL_STAGE_PREFILL, done, total),
+                Event::Notice(_) => return Flow::Continue,
+            };
+            let Some(cb) = callback else {
                 return Flow::Continue;
             };
             piece_buf.clear();
@@ -1226,6 +1253,130 @@ pub unsafe extern "C" fn ivl_session_reset(session: *mut ivl_session) -> ivl_sta
         s.reply_text = vec![0];
         s.boxes.clear();
         s.labels.clear();
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Progress, cancellation, encoded images from memory
+// ---------------------------------------------------------------------------------------------
+
+/// What `ivl_progress_callback` reports (one of `IVL_STAGE_*`).
+pub type ivl_stage = u32;
+/// Vision encoding: `done` of `total` tiles of this turn's new images (cached tiles are skipped).
+pub const IVL_STAGE_VISION: ivl_stage = 0;
+/// Prefill: `done` of `total` new prompt tokens evaluated.
+pub const IVL_STAGE_PREFILL: ivl_stage = 1;
+
+/// Called by `ivl_session_generate` before the first token: after each vision batch and each
+/// prefill chunk (see `ivl_stage`). Return 0 to continue, non-zero to cancel (the reply then ends
+/// with `IVL_FINISH_CANCELLED` and the question is withdrawn, as after a cancel by the token
+/// callback). Runs on the thread that called `ivl_session_generate`; must not unwind. Stages may
+/// be skipped (no new image, everything reused) and more may be added: ignore unknown ones.
+pub type ivl_progress_callback =
+    Option<unsafe extern "C" fn(stage: ivl_stage, done: u32, total: u32, user_data: *mut c_void) -> i32>;
+
+type ProgressFn = unsafe extern "C" fn(stage: ivl_stage, done: u32, total: u32, user_data: *mut c_void) -> i32;
+
+/// The cancel flag of a live session (`None` for any other address).
+fn cancel_flag(addr: usize) -> Option<CancelFlag> {
+    live().get(&addr).and_then(|l| l.cancel.clone())
+}
+
+fn report_progress(progress: Option<(ProgressFn, usize)>, stage: ivl_stage, done: usize, total: usize) -> Flow {
+    let Some((cb, user_data)) = progress else {
+        return Flow::Continue;
+    };
+    // SAFETY: the callback is valid with its user data (contract of ivl_session_set_progress_callback).
+    let rc = unsafe {
+        cb(
+            stage,
+            saturating_u32(done),
+            saturating_u32(total),
+            user_data as *mut c_void,
+        )
+    };
+    if rc == 0 {
+        Flow::Continue
+    } else {
+        Flow::Stop
+    }
+}
+
+/// Sets (or, with NULL, removes) the session's progress callback, used by the following
+/// `ivl_session_generate` calls. `user_data` is passed back unchanged.
+///
+/// # Safety
+/// `session` is NULL or a live session used by this thread only; `callback`, if set, is safe to
+/// call with `user_data` for as long as it stays set.
+#[no_mangle]
+pub unsafe extern "C" fn ivl_session_set_progress_callback(
+    session: *mut ivl_session,
+    callback: ivl_progress_callback,
+    user_data: *mut c_void,
+) -> ivl_status {
+    guard_session("ivl_session_set_progress_callback", session, |s| {
+        s.progress = callback.map(|cb| (cb as ProgressFn, user_data as usize));
+        Ok(())
+    })
+}
+
+/// Asks the call running on `session` (`ivl_session_generate`) to stop, from any thread: it returns
+/// within one vision batch, one prefill chunk or one token, with `IVL_FINISH_CANCELLED` (before the
+/// first token the question is withdrawn; after it the partial answer is kept). With no call
+/// running it does nothing: a cancel never carries over to the next call. Returns
+/// `IVL_STATUS_BAD_STATE` for a handle that is not a live session.
+///
+/// # Safety
+/// `session` is NULL or any pointer value: it is never dereferenced, only looked up.
+#[no_mangle]
+pub unsafe extern "C" fn ivl_session_cancel(session: *mut ivl_session) -> ivl_status {
+    guard("ivl_session_cancel", || {
+        if session.is_null() {
+            return Err(Failure::arg("session is NULL"));
+        }
+        let addr = session as usize;
+        let map = live();
+        match map.get(&addr) {
+            Some(l) if l.kind == HandleKind::Session => {
+                // Under the lock that marks calls busy and idle: the flag cannot outlive the call.
+                if let (true, Some(c)) = (l.busy, &l.cancel) {
+                    c.cancel();
+                }
+                Ok(())
+            }
+            _ => Err(not_live(HandleKind::Session, addr)),
+        }
+    })
+}
+
+/// Decodes an encoded image held in memory (JPEG, PNG, WebP, BMP, GIF, TIFF: the format is found
+/// from the bytes) and attaches it to the next prompt. The bytes are read during the call only.
+///
+/// # Safety
+/// `session` is NULL or a live session used by this thread only; `data` is NULL or readable for
+/// `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn ivl_session_add_image_bytes(
+    session: *mut ivl_session,
+    data: *const u8,
+    len: usize,
+) -> ivl_status {
+    guard_session("ivl_session_add_image_bytes", session, |s| {
+        if data.is_null() {
+            return Err(Failure::arg("data is NULL"));
+        }
+        if len == 0 {
+            return Err(Failure::arg("len is 0: no image bytes"));
+        }
+        if len > isize::MAX as usize {
+            return Err(Failure::arg(format!("len {len} is larger than the address space")));
+        }
+        // SAFETY: data is non-NULL and readable for len bytes (contract); len <= isize::MAX.
+        let bytes = unsafe { std::slice::from_raw_parts(data, len) };
+        let rgb = crate::image::load_bytes(bytes, &Limits::default())?;
+        let image = Image::from_rgb(rgb, &s.chat.tiling())?;
+        s.pending.push(image);
         Ok(())
     })
 }

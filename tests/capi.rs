@@ -658,7 +658,13 @@ fn c_example_is_clean_under_valgrind() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let exe = build("examples/c/describe.c", Link::Dynamic, dir.path());
-    let image = test_image(dir.path());
+    // A JPEG: describe.c reads it into memory and passes the bytes (ivl_session_add_image_bytes).
+    let image = dir.path().join("frame.jpg");
+    image::open(test_image(dir.path()))
+        .expect("png")
+        .to_rgb8()
+        .save(&image)
+        .expect("write jpeg");
     let out = run_bounded(
         Command::new("valgrind")
             .args([
@@ -691,6 +697,65 @@ fn c_example_is_clean_under_valgrind() {
     );
 }
 
+/// The SONAME of a shared library (`readelf -d`), `None` without one or without readelf.
+fn soname(lib: &Path) -> Option<String> {
+    let out = Command::new("readelf").arg("-d").arg(lib).output().ok()?;
+    let t = text(&out.stdout);
+    let line = t.lines().find(|l| l.contains("(SONAME)"))?;
+    Some(line.split('[').nth(1)?.trim_end_matches(']').to_owned())
+}
+
+/// The build's cdylib records libinternvl.so.<major> (build.rs), and the link of that name beside it
+/// lets programs linked in the build tree run; a program linked with -linternvl records the SONAME.
+#[test]
+fn the_shared_library_has_a_versioned_soname() {
+    if !have("readelf") {
+        eprintln!("note: readelf is not installed; skipping the SONAME check");
+        return;
+    }
+    let so = lib("libinternvl.so");
+    let want = format!("libinternvl.so.{}", env!("CARGO_PKG_VERSION_MAJOR"));
+    assert_eq!(soname(&so).as_deref(), Some(want.as_str()));
+    let alias = so.with_file_name(&want);
+    assert_eq!(std::fs::read_link(&alias).ok(), Some(PathBuf::from("libinternvl.so")));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = build("examples/c/describe.c", Link::Dynamic, dir.path());
+    let needed = text(
+        &Command::new("readelf")
+            .arg("-d")
+            .arg(&exe)
+            .output()
+            .expect("readelf")
+            .stdout,
+    );
+    assert!(needed.contains(&format!("Shared library: [{want}]")), "{needed}");
+}
+
+/// Cancellation from another thread during the vision encoding of a 13-tile image, progress reports,
+/// encoded images from memory (tests/c/cancel.c). Prints the timing figures it measured.
+#[test]
+fn cancel_from_another_thread_returns_within_one_vision_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 1792x1344 (4:3): a 4x3 grid of 448-pixel tiles and the thumbnail, 13 tiles.
+    let p = dir.path().join("big.jpg");
+    image::RgbImage::from_fn(1792, 1344, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 256) as u8])
+    })
+    .save(&p)
+    .expect("write jpeg");
+    let exe = build("tests/c/cancel.c", Link::Dynamic, dir.path());
+    let out = run_bounded(
+        Command::new(&exe).arg(model()).arg(&p),
+        Duration::from_secs(300),
+        dir.path(),
+    );
+    let stdout = text(&out.stdout);
+    for l in stdout.lines().filter(|l| l.starts_with("figures:")) {
+        eprintln!("{l}");
+    }
+    assert_checks_passed("cancel", &out, 30);
+}
+
 #[test]
 fn install_script_writes_a_working_pkg_config_file() {
     if !have("pkg-config") || !have("bash") {
@@ -709,9 +774,24 @@ fn install_script_writes_a_working_pkg_config_file() {
         .output()
         .expect("install.sh");
     assert!(out.status.success(), "install.sh failed:\n{}", text(&out.stderr));
+    let version = env!("CARGO_PKG_VERSION");
+    let major = env!("CARGO_PKG_VERSION_MAJOR");
+    // The library under its full version, the SONAME link to it and the development link to that.
+    let lib_dir = prefix.join("lib");
+    let link = |name: &str| std::fs::read_link(lib_dir.join(name)).map(|p| p.display().to_string());
+    assert_eq!(
+        link(&format!("libinternvl.so.{major}")).ok(),
+        Some(format!("libinternvl.so.{version}"))
+    );
+    assert_eq!(link("libinternvl.so").ok(), Some(format!("libinternvl.so.{major}")));
+    assert_eq!(
+        soname(&lib_dir.join(format!("libinternvl.so.{version}"))).as_deref(),
+        Some(format!("libinternvl.so.{major}").as_str())
+    );
     for f in [
         "include/internvl.h",
         "lib/libinternvl.so",
+        &format!("lib/libinternvl.so.{version}"),
         "lib/libinternvl.a",
         "lib/pkgconfig/internvl.pc",
         "lib/pkgconfig/internvl-static.pc",

@@ -184,3 +184,17 @@ fn absurd_layer_count_is_refused_before_building_the_name_table() {
     // Not a timing test: a generous bound that only the old behaviour (building 10^7 names) would break.
     assert!(t.elapsed().as_secs() < 20, "took {:?}", t.elapsed());
 }
+
+#[test]
+fn a_directory_or_device_is_named_as_such() {
+    // Mapping a directory used to fail with "No such device (os error 19)".
+    let dir = tempfile::tempdir().unwrap();
+    let e = GgufFile::open(dir.path())
+        .expect_err("a directory is not a GGUF file")
+        .to_string();
+    assert!(e.contains("is a directory") && !e.contains("os error"), "{e}");
+    let e = GgufFile::open(Path::new("/dev/null"))
+        .expect_err("a device is not a GGUF file")
+        .to_string();
+    assert!(e.contains("not a regular file") && !e.contains("os error"), "{e}");
+}

@@ -1,4 +1,7 @@
-/* describe: load a model, show it an image, stream the answer to stdout.
+/* describe: load a model, show it an image, stream the answer to stdout. The image file (JPEG, PNG,
+ * WebP...) is read into memory and handed over with ivl_session_add_image_bytes, as an app does with a
+ * frame it received encoded (from a network, a camera's JPEG output); ivl_session_add_image_file reads
+ * a path itself, ivl_session_add_image_rgb takes raw pixels.
  *
  *   describe [-n MAX_NEW_TOKENS] [-t THREADS] [-c N_CTX] [-m MAX_TILES] MODEL.gguf IMAGE [QUESTION]
  *
@@ -21,6 +24,38 @@ static int32_t print_piece(const char *piece, size_t len, void *user_data) {
     fflush(stdout);
     *pieces += 1;
     return 0;
+}
+
+/* The whole file in a malloc'd buffer (NULL on failure, errno set). */
+static unsigned char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    unsigned char *buf = NULL;
+    size_t cap = 0, n = 0;
+    for (;;) {
+        if (n == cap) {
+            size_t grown = cap ? cap * 2 : 1 << 16;
+            unsigned char *b = realloc(buf, grown);
+            if (!b) {
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            buf = b;
+            cap = grown;
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0) break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
 }
 
 static int fail(const char *what, ivl_status st) {
@@ -66,6 +101,8 @@ int main(int argc, char **argv) {
     ivl_model *model = NULL;
     ivl_session *session = NULL;
     ivl_status st;
+    size_t image_len = 0;
+    unsigned char *image = NULL;
 
     fprintf(stderr, "internvl %s\n", ivl_version());
     if ((st = ivl_model_load(model_path, &mp, &model)) != IVL_STATUS_OK) {
@@ -76,8 +113,16 @@ int main(int argc, char **argv) {
         rc = fail("ivl_session_new", st);
         goto done;
     }
-    if ((st = ivl_session_add_image_file(session, image_path)) != IVL_STATUS_OK) {
-        rc = fail("ivl_session_add_image_file", st);
+    if (!(image = read_file(image_path, &image_len))) {
+        perror(image_path);
+        goto done;
+    }
+    /* The library decodes the bytes during the call: the buffer can go right after. */
+    st = ivl_session_add_image_bytes(session, image, image_len);
+    free(image);
+    image = NULL;
+    if (st != IVL_STATUS_OK) {
+        rc = fail("ivl_session_add_image_bytes", st);
         goto done;
     }
     if ((st = ivl_session_prompt(session, question)) != IVL_STATUS_OK) {
@@ -109,6 +154,7 @@ int main(int argc, char **argv) {
     rc = 0;
 
 done:
+    free(image);
     ivl_session_free(session);
     ivl_model_free(model);
     return rc;

@@ -20,6 +20,9 @@ pub enum ApiError {
     /// The body is over `--max-body-bytes`.
     #[error("the request body is larger than the limit of {limit} bytes (--max-body-bytes)")]
     BodyTooLarge { limit: usize },
+    /// The body did not arrive in time (see `limits::BodyDeadline`).
+    #[error("the request body arrived too slowly: {0}")]
+    BodyTimeout(String),
     /// The prompt (history, images, question) does not fit a session's context.
     #[error("{0}")]
     ContextLength(String),
@@ -59,6 +62,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::MissingKey | ApiError::WrongKey => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -87,6 +91,7 @@ impl ApiError {
             ApiError::Invalid { .. } => "invalid_value",
             ApiError::Image { .. } => "invalid_image",
             ApiError::BodyTooLarge { .. } => "request_too_large",
+            ApiError::BodyTimeout(_) => "request_timeout",
             ApiError::ContextLength(_) => "context_length_exceeded",
             ApiError::MissingKey => "missing_api_key",
             ApiError::WrongKey => "invalid_api_key",
@@ -130,6 +135,11 @@ impl IntoResponse for ApiError {
             // A busy server: clients (the official ones included) back off and retry.
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, ApiError::BodyTimeout(_)) {
+            // The rest of the body may still come: the connection cannot carry another request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if matches!(self, ApiError::MissingKey | ApiError::WrongKey) {
             resp.headers_mut()

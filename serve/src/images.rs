@@ -2,7 +2,6 @@
 //! `--allow-local-files`, optionally under one directory) and http(s) URLs (only with
 //! `--allow-remote-urls`). Everything here blocks (file reads, downloads, decoding): call it from a
 //! blocking thread, never on the async executor.
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use internvl::image::{self as img, Limits};
 
 use crate::api::ImageRef;
 use crate::error::ApiError;
+use crate::remote;
 
 /// Where images may come from and how large they may be.
 #[derive(Debug, Clone)]
@@ -22,6 +22,8 @@ pub struct ImagePolicy {
     /// With `allow_local_files`: only files under this directory (after resolving links).
     pub local_root: Option<PathBuf>,
     pub allow_remote_urls: bool,
+    /// With `allow_remote_urls`: also loopback, private, link-local... addresses (see `remote`).
+    pub allow_private_urls: bool,
     pub remote_timeout: Duration,
     /// Largest encoded image (bytes) from any source.
     pub max_image_bytes: u64,
@@ -59,7 +61,17 @@ pub fn resolve(r: &ImageRef, policy: &ImagePolicy) -> Result<Image, ApiError> {
                     .into(),
             ));
         }
-        let bytes = fetch(url, policy).map_err(fail)?;
+        let fetch_policy = remote::FetchPolicy {
+            allow_private: policy.allow_private_urls,
+            timeout: policy.remote_timeout,
+            max_bytes: policy.max_image_bytes,
+        };
+        let bytes = remote::fetch(url, &fetch_policy).map_err(|e| {
+            // The reason stays in the server's log: told to the client, refusals, connection errors
+            // and timeouts would map the server's network for it.
+            eprintln!("internvl-serve: {}: could not fetch {url}: {e}", r.param);
+            fail("could not fetch the image".into())
+        })?;
         img::load_bytes(&bytes, &policy.limits()).map_err(|e| fail(e.to_string()))?
     } else if lower.starts_with("file://") || !has_scheme(url) {
         if !policy.allow_local_files {
@@ -129,44 +141,23 @@ fn local_path(url: &str, policy: &ImagePolicy) -> Result<PathBuf, String> {
     } else {
         root.join(path)
     };
+    // One answer for a missing file and a file outside the root: two would tell the client which
+    // files exist outside it.
+    let refuse = || {
+        format!(
+            "{} is not an image file under the directory this server reads images from (--local-files-root)",
+            path.display()
+        )
+    };
     // Canonical paths: `..` and symbolic links cannot lead out of the root.
-    let real = joined
-        .canonicalize()
-        .map_err(|e| format!("cannot open {}: {e}", joined.display()))?;
+    let real = joined.canonicalize().map_err(|_| refuse())?;
     let root_real = root
         .canonicalize()
         .map_err(|e| format!("--local-files-root {}: {e}", root.display()))?;
     if !real.starts_with(&root_real) {
-        return Err(format!(
-            "{} is outside the directory this server reads images from (--local-files-root)",
-            path.display()
-        ));
+        return Err(refuse());
     }
     Ok(real)
-}
-
-/// Downloads at most `max_image_bytes` (one byte more tells that the image is too large).
-fn fetch(url: &str, policy: &ImagePolicy) -> Result<Vec<u8>, String> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(policy.remote_timeout)
-        .redirects(3)
-        .build();
-    let resp = agent.get(url).call().map_err(|e| match e {
-        ureq::Error::Status(code, _) => format!("fetching {url}: HTTP {code}"),
-        ureq::Error::Transport(t) => format!("fetching {url}: {t}"),
-    })?;
-    let mut bytes = Vec::new();
-    resp.into_reader()
-        .take(policy.max_image_bytes.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("reading {url}: {e}"))?;
-    if bytes.len() as u64 > policy.max_image_bytes {
-        return Err(format!(
-            "{url} is larger than the limit of {} bytes",
-            policy.max_image_bytes
-        ));
-    }
-    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -178,6 +169,7 @@ mod tests {
             allow_local_files: false,
             local_root: None,
             allow_remote_urls: false,
+            allow_private_urls: false,
             remote_timeout: Duration::from_secs(1),
             max_image_bytes: 1 << 20,
             max_pixels: 10_000,
@@ -259,10 +251,13 @@ mod tests {
         );
         p.local_root = Some(inside.clone());
         assert!(resolve(&r("a.png".into()), &p).is_ok());
-        let e = err(format!("{}/../b.png", inside.display()), &p);
-        assert!(e.contains("outside"), "{e}");
-        assert!(err(dir.path().join("b.png").display().to_string(), &p).contains("outside"));
-        assert!(err("missing.png".into(), &p).contains("cannot open"));
+        // Outside the root and missing: the same answer (only the path the client gave differs).
+        let answer = |u: String| err(u.clone(), &p).replace(&u, "PATH");
+        let outside = answer(format!("{}/../b.png", inside.display()));
+        assert!(outside.contains("not an image file under"), "{outside}");
+        assert_eq!(answer(dir.path().join("b.png").display().to_string()), outside);
+        assert_eq!(answer("missing.png".into()), outside);
+        assert_eq!(answer(inside.join("missing.png").display().to_string()), outside);
     }
 
     #[test]

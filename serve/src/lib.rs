@@ -7,7 +7,11 @@
 pub mod api;
 pub mod error;
 pub mod images;
+pub mod keys;
+pub mod limits;
+pub mod metrics;
 pub mod pool;
+pub mod remote;
 pub mod server;
 pub mod stop;
 pub mod worker;

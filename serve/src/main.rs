@@ -10,6 +10,8 @@ use internvl::engine::args::{ModelArgs, SessionArgs};
 use internvl::engine::{ChatParams, Model, SharedEmbeddingCache};
 use internvl_serve::api::RequestLimits;
 use internvl_serve::images::ImagePolicy;
+use internvl_serve::keys;
+use internvl_serve::limits::{self, ConnLimits};
 use internvl_serve::pool::{Pool, PoolConfig};
 use internvl_serve::{router, AppState, Config};
 
@@ -33,9 +35,13 @@ struct Args {
     /// Port (0: any free port; the chosen address is printed on stdout).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// API key clients must send as `Authorization: Bearer KEY` (/health stays open).
+    /// API key clients must send as `Authorization: Bearer KEY` (/health stays open). Repeat it for
+    /// several keys; an empty key is refused.
     #[arg(long, value_name = "KEY", env = "INTERNVL_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    api_key: Vec<String>,
+    /// A file of API keys, one per line (blank lines and lines starting with `#` are ignored).
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
 
     /// Sessions: requests evaluated at the same time (each has its own KV cache of --ctx-size).
     #[arg(long, value_name = "N", default_value_t = 2)]
@@ -81,9 +87,33 @@ struct Args {
     /// Accept http(s) image URLs (the server fetches them: only where it may reach those hosts).
     #[arg(long)]
     allow_remote_urls: bool,
-    /// Seconds a remote image download may take.
+    /// With --allow-remote-urls: also fetch from loopback, private, link-local, CGNAT, multicast and
+    /// other non-public addresses (refused by default, after every DNS resolution and redirect).
+    #[arg(long, requires = "allow_remote_urls")]
+    allow_private_urls: bool,
+    /// Seconds a remote image download may take (redirects included).
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     remote_timeout: f64,
+
+    /// Connections served at once; at the cap the server stops accepting until one closes.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_connections: usize,
+    /// Seconds a connection may take to send a request's headers; also how long an idle keep-alive
+    /// connection stays open.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    header_timeout: f64,
+    /// Seconds a request body may take before --min-body-rate applies.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    body_timeout: f64,
+    /// Bytes per second a request body must average after --body-timeout (slower: 408).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 10)]
+    min_body_rate: u64,
+    /// Request-body bytes held in memory at once across all requests (at least --max-body-bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    max_buffered_body_bytes: usize,
+    /// Serve GET /metrics without the API key.
+    #[arg(long)]
+    metrics_public: bool,
 
     /// One line per request on stderr.
     #[arg(short = 'v', long)]
@@ -109,9 +139,30 @@ fn run(args: Args) -> Result<(), String> {
     let queue_timeout = seconds("queue-timeout", args.queue_timeout)?;
     let timeout = seconds("timeout", args.timeout)?;
     let remote_timeout = seconds("remote-timeout", args.remote_timeout)?;
+    let header_timeout = seconds("header-timeout", args.header_timeout)?;
+    let body_timeout = seconds("body-timeout", args.body_timeout)?;
+    if header_timeout.is_zero() {
+        return Err("--header-timeout must be above 0".into());
+    }
+    if !(1..=1_000_000).contains(&args.max_connections) {
+        return Err(format!(
+            "--max-connections must be 1 to 1000000, got {}",
+            args.max_connections
+        ));
+    }
+    if args.min_body_rate == 0 {
+        return Err("--min-body-rate must be at least 1 byte/s".into());
+    }
+    if args.max_buffered_body_bytes < args.max_body_bytes {
+        return Err(format!(
+            "--max-buffered-body-bytes ({}) is below --max-body-bytes ({}): no body of the largest size could be read",
+            args.max_buffered_body_bytes, args.max_body_bytes
+        ));
+    }
     if args.max_tokens == 0 {
         return Err("--max-tokens must be at least 1".into());
     }
+    let api_keys = keys::collect(&args.api_key, args.api_key_file.as_deref())?;
     let model = Model::load_on(&args.model, &args.load.load_params(), args.load.device).map_err(|e| e.to_string())?;
 
     let parallel = args.parallel.max(1);
@@ -150,6 +201,7 @@ fn run(args: Args) -> Result<(), String> {
             allow_local_files: args.allow_local_files,
             local_root: args.local_files_root.clone(),
             allow_remote_urls: args.allow_remote_urls,
+            allow_private_urls: args.allow_private_urls,
             remote_timeout,
             // An encoded image cannot be larger than the body that carries it.
             max_image_bytes: args.max_body_bytes as u64,
@@ -158,10 +210,21 @@ fn run(args: Args) -> Result<(), String> {
         },
         max_body_bytes: args.max_body_bytes,
         timeout,
-        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        api_keys: api_keys.clone(),
         log_requests: args.verbose,
+        conn: ConnLimits {
+            max_connections: args.max_connections,
+            header_timeout,
+            body_timeout,
+            min_body_rate: args.min_body_rate,
+            max_buffered_body_bytes: args.max_buffered_body_bytes,
+        },
+        metrics_public: args.metrics_public,
     };
-    let app = router(AppState::new(cfg, pool));
+    let conn_limits = cfg.conn.clone();
+    let state = AppState::new(cfg, pool);
+    let metrics = state.metrics();
+    let app = router(state);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -175,17 +238,24 @@ fn run(args: Args) -> Result<(), String> {
         // Tests and scripts read this line to learn the port.
         println!("internvl-serve: listening on http://{addr}");
         eprintln!(
-            "internvl-serve: {} session(s) x {} thread(s), context {}, queue {}, api key {}",
+            "internvl-serve: {} session(s) x {} thread(s), context {}, queue {}, {}",
             parallel,
             threads,
             args.session.ctx_size,
             args.queue,
-            if args.api_key.is_some() { "required" } else { "off" }
+            keys::describe(api_keys.len())
         );
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown())
-            .await
-            .map_err(|e| format!("server: {e}"))
+        eprintln!(
+            "internvl-serve: at most {} connections, header timeout {:.0} s, bodies at {} bytes/s after {:.0} s, \
+             {} MiB of bodies in memory",
+            conn_limits.max_connections,
+            conn_limits.header_timeout.as_secs_f64(),
+            conn_limits.min_body_rate,
+            conn_limits.body_timeout.as_secs_f64(),
+            conn_limits.max_buffered_body_bytes >> 20
+        );
+        limits::serve(listener, app, &conn_limits, metrics, shutdown()).await;
+        Ok(())
     })
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, Method, Uri};
 use axum::middleware::{self, Next};
@@ -26,6 +26,8 @@ use internvl::engine::{CancelFlag, GenerateParams, Image, ImageLayout, Message, 
 use crate::api::{self, Request as ChatReq, RequestLimits};
 use crate::error::ApiError;
 use crate::images::{self, ImagePolicy};
+use crate::limits::{self, BodyBudget, ConnLimits};
+use crate::metrics::{Gauges, Metrics};
 use crate::pool::Pool;
 use crate::worker::{self, Job, Msg, Outcome};
 
@@ -40,9 +42,14 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Wall-clock limit of one request once it has a session.
     pub timeout: Duration,
-    pub api_key: Option<String>,
+    /// Keys a client may send (any one of them); empty: no authentication.
+    pub api_keys: Vec<String>,
     /// One line per request on stderr.
     pub log_requests: bool,
+    /// Connections, timeouts and body memory (see `limits`).
+    pub conn: ConnLimits,
+    /// `/metrics` without the API key.
+    pub metrics_public: bool,
 }
 
 /// Counters shown by `/health`.
@@ -59,25 +66,38 @@ pub struct AppState {
     pool: Arc<Pool>,
     /// Bounds the images decoded at once (each can take a large RGB buffer).
     decoders: Arc<Semaphore>,
-    key_digest: Option<[u8; 32]>,
+    key_digests: Vec<[u8; 32]>,
     created: u64,
     counters: Counters,
     next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+    bodies: BodyBudget,
 }
 
 impl AppState {
     pub fn new(cfg: Config, pool: Arc<Pool>) -> Arc<AppState> {
-        let key_digest = cfg.api_key.as_ref().map(|k| Sha256::digest(k.as_bytes()).into());
+        let key_digests = cfg
+            .api_keys
+            .iter()
+            .map(|k| Sha256::digest(k.as_bytes()).into())
+            .collect();
         let decoders = Arc::new(Semaphore::new(pool.sessions().max(2)));
+        let bodies = BodyBudget::new(cfg.conn.max_buffered_body_bytes);
         Arc::new(AppState {
             cfg,
             pool,
             decoders,
-            key_digest,
+            key_digests,
             created: unix_now(),
             counters: Counters::default(),
             next_id: AtomicU64::new(0),
+            metrics: Arc::new(Metrics::default()),
+            bodies,
         })
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 }
 
@@ -87,23 +107,52 @@ fn unix_now() -> u64 {
 
 /// The application.
 pub fn router(state: Arc<AppState>) -> Router {
-    let v1 = Router::new()
+    let mut v1 = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
-        .route("/v1/models/{id}", get(model_one))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new()
-        .route("/health", get(health))
-        .merge(v1)
+        .route("/v1/models/{id}", get(model_one));
+    let mut open = Router::new().route("/health", get(health));
+    if state.cfg.metrics_public {
+        open = open.route("/metrics", get(metrics));
+    } else {
+        v1 = v1.route("/metrics", get(metrics));
+    }
+    let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    open.merge(v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), count_status))
         .with_state(state)
+}
+
+/// Counts every response by status for `/metrics`.
+async fn count_status(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    st.metrics.response(resp.status().as_u16());
+    resp
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let text = st.metrics.render(&Gauges {
+        sessions: st.pool.sessions(),
+        sessions_busy: st.pool.busy(),
+        queue_length: st.pool.waiting(),
+        image_cache_images: st.pool.images().len(),
+        image_cache_bytes: st.pool.images().bytes(),
+        body_bytes_held: st.bodies.held(),
+        rss_bytes: internvl::engine::mem::rss_bytes(),
+    });
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
 }
 
 /// `--api-key`: SHA-256 digests compared in constant time (no timing hint about the key or its length).
 async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(expected) = &st.key_digest {
+    if !st.key_digests.is_empty() {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -115,7 +164,12 @@ async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
             return ApiError::MissingKey.into_response();
         };
         let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-        if !bool::from(digest.ct_eq(expected)) {
+        // Every key is compared (no early exit): the time does not tell which key came close.
+        let matched = st
+            .key_digests
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, k| acc | digest.ct_eq(k));
+        if !bool::from(matched) {
             return ApiError::WrongKey.into_response();
         }
     }
@@ -185,40 +239,6 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// After a body goes over `--max-body-bytes`, how much more of it is read (and dropped) before the
-/// 413 goes out, and for how long at most. A client that sends the whole body before it reads the
-/// answer (most do) would otherwise find the connection closed under it mid-send ("broken pipe")
-/// and never see the 413; past these bounds the server answers and closes anyway.
-const OVERLIMIT_DRAIN_BYTES: usize = 64 << 20;
-const OVERLIMIT_DRAIN_TIME: Duration = Duration::from_secs(5);
-
-/// The request body, at most `limit` bytes; over it, `BodyTooLarge` once the rest is drained
-/// (within the bounds above).
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    use futures_util::StreamExt;
-    let mut chunks = body.into_data_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadJson(format!("the request body could not be read: {e}")))?;
-        if buf.len() + chunk.len() > limit {
-            let mut seen = buf.len() + chunk.len();
-            drop(buf);
-            let drain = async {
-                while seen <= limit.saturating_add(OVERLIMIT_DRAIN_BYTES) {
-                    match chunks.next().await {
-                        Some(Ok(c)) => seen += c.len(),
-                        _ => break,
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(OVERLIMIT_DRAIN_TIME, drain).await;
-            return Err(ApiError::BodyTooLarge { limit });
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(buf))
-}
-
 async fn chat_completions(State(st): State<Arc<AppState>>, body: Body) -> Response {
     let t0 = Instant::now();
     match complete(&st, body, t0).await {
@@ -238,10 +258,12 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Body) -> Respon
 }
 
 async fn complete(st: &Arc<AppState>, body: Body, t0: Instant) -> Result<Response, ApiError> {
-    let body = read_body(body, st.cfg.max_body_bytes).await?;
+    let (body, held) = limits::read_body(body, st.cfg.max_body_bytes, &st.cfg.conn, &st.bodies).await?;
     let req = api::parse(&body, &st.cfg.limits)?;
     drop(body);
     let turns = resolve_images(st, &req).await?;
+    // The parsed request (base64 images included) is no longer needed in full.
+    drop(held);
     let first_image = turns.iter().find_map(|t| t.images.first()).map(Image::key);
 
     let lease = st.pool.acquire(first_image).await?;
@@ -374,6 +396,7 @@ impl AppState {
     fn record(&self, out: &Outcome, meta: &Meta) {
         let c = &self.counters;
         c.completed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.completion(&out.stats);
         c.tiles_encoded
             .fetch_add(out.stats.tiles_encoded as u64, Ordering::Relaxed);
         c.tiles_cached

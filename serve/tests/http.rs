@@ -452,8 +452,34 @@ fn image_sources_need_their_flags_and_respect_limits() {
     );
     drop(s);
 
+    // --allow-remote-urls alone refuses loopback (the SSRF guard), with one answer for every failure.
+    let s = Server::start(&["--allow-remote-urls", "--remote-timeout", "5"]);
+    let url = s.url("/v1/chat/completions");
+    let (remote, host) = serve_bytes_on_loopback(png_bytes(&rgb), 1);
+    for u in [
+        remote.as_str(),
+        "http://127.0.0.1:9/closed-port.png",
+        "http://[::1]:9/x.png",
+    ] {
+        let r = post(&url, &ask_image("Describe.", u, 6));
+        assert_eq!((r.status, error_code(&r)), (400, "invalid_image"), "{u}");
+        let m = r.body["error"]["message"].as_str().unwrap();
+        assert_eq!(m, "messages[0].content[1]: could not fetch the image", "{u}");
+    }
+    assert!(s.log().contains("loopback: refused"), "{}", s.log());
+    drop(s);
+    // The loopback host saw no request: let its one connection through.
+    let _ = std::net::TcpStream::connect(remote.trim_start_matches("http://").split('/').next().unwrap());
+    let _ = host.join();
+
     // With the flags: the same pixels from a file and from a (loopback) web server give the same answer.
-    let s = Server::start(&["--allow-local-files", "--allow-remote-urls", "--remote-timeout", "5"]);
+    let s = Server::start(&[
+        "--allow-local-files",
+        "--allow-remote-urls",
+        "--allow-private-urls",
+        "--remote-timeout",
+        "5",
+    ]);
     let url = s.url("/v1/chat/completions");
     assert_eq!(content(&post(&url, &ask_image("Describe.", &file_url, 6))), reference);
     assert_eq!(

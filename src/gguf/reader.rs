@@ -104,7 +104,18 @@ impl GgufFile {
             source,
         };
         let file = File::open(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
+        let meta = file.metadata().map_err(io_err)?;
+        // Mapping a directory or a device fails with an OS error that names the wrong problem
+        // ("No such device (os error 19)" for a directory): say what the path is instead.
+        if !meta.is_file() {
+            let what = if meta.is_dir() {
+                "is a directory, not a GGUF file (give the .gguf file inside it)"
+            } else {
+                "is not a regular file (a device, FIFO or socket), not a GGUF file"
+            };
+            return Err(io_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what)));
+        }
+        let len = meta.len();
         let storage = if len == 0 {
             // Mapping an empty file fails on some platforms; an empty buffer gives the proper parse error.
             Storage::Owned(Vec::new())
