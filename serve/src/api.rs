@@ -54,9 +54,58 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     #[serde(default)]
     pub top_logprobs: Option<u64>,
-    /// Everything else, checked against [`UNSUPPORTED`].
-    #[serde(flatten)]
-    pub other: serde_json::Map<String, Value>,
+    // Fields of OpenAI's API we do not implement, read only to refuse them (see [`UNSUPPORTED`]); named
+    // one by one rather than through `#[serde(flatten)]`, which would lose the field paths in errors.
+    #[serde(default)]
+    pub tools: Option<Value>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<Value>,
+    #[serde(default)]
+    pub functions: Option<Value>,
+    #[serde(default)]
+    pub function_call: Option<Value>,
+    #[serde(default)]
+    pub audio: Option<Value>,
+    #[serde(default)]
+    pub modalities: Option<Value>,
+    #[serde(default)]
+    pub prediction: Option<Value>,
+    #[serde(default)]
+    pub logit_bias: Option<Value>,
+    #[serde(default)]
+    pub presence_penalty: Option<Value>,
+    #[serde(default)]
+    pub frequency_penalty: Option<Value>,
+    #[serde(default)]
+    pub web_search_options: Option<Value>,
+    #[serde(default)]
+    pub reasoning_effort: Option<Value>,
+    #[serde(default)]
+    pub verbosity: Option<Value>,
+}
+
+impl ChatRequest {
+    /// The fields of [`UNSUPPORTED`] with the values given (in that order).
+    fn unsupported(&self) -> [Option<&Value>; 14] {
+        [
+            self.tools.as_ref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls.as_ref(),
+            self.functions.as_ref(),
+            self.function_call.as_ref(),
+            self.audio.as_ref(),
+            self.modalities.as_ref(),
+            self.prediction.as_ref(),
+            self.logit_bias.as_ref(),
+            self.presence_penalty.as_ref(),
+            self.frequency_penalty.as_ref(),
+            self.web_search_options.as_ref(),
+            self.reasoning_effort.as_ref(),
+            self.verbosity.as_ref(),
+        ]
+    }
 }
 
 /// Fields of OpenAI's chat API this server does not implement: a request that sets one (to anything
@@ -151,14 +200,11 @@ pub fn parse(body: &[u8], limits: &RequestLimits) -> Result<Request, ApiError> {
 }
 
 fn check(req: ChatRequest, limits: &RequestLimits) -> Result<Request, ApiError> {
-    for (k, v) in &req.other {
+    for (&k, v) in UNSUPPORTED.iter().zip(req.unsupported()) {
         // Clients send zero penalties by default: those change nothing.
-        let neutral = v.is_null() || (k.ends_with("_penalty") && v.as_f64() == Some(0.0));
-        if UNSUPPORTED.contains(&k.as_str()) && !neutral {
-            return Err(ApiError::invalid(
-                k.clone(),
-                format!("`{k}` is not supported by this server"),
-            ));
+        let neutral = |v: &Value| v.is_null() || (k.ends_with("_penalty") && v.as_f64() == Some(0.0));
+        if v.is_some_and(|v| !neutral(v)) {
+            return Err(ApiError::invalid(k, format!("`{k}` is not supported by this server")));
         }
     }
     let constraint = response_format(req.response_format)?;

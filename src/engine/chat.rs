@@ -728,9 +728,10 @@ impl Chat {
             if stop_ids.contains(&id) {
                 break FinishReason::Stop;
             }
+            let mut lp_flow = Flow::Continue;
             if let Some(n) = gen.logprobs {
                 let lp = logprobs(raw.as_deref().unwrap_or(&logits), id, n);
-                on_event(Event::Logprob(&lp));
+                lp_flow = on_event(Event::Logprob(&lp));
                 probs.push(lp);
             }
             if let Some(g) = guide.as_mut() {
@@ -745,7 +746,7 @@ impl Chat {
                 by_string = true;
                 break FinishReason::Stop;
             }
-            if flow == Flow::Stop || cancelled(gen) {
+            if flow == Flow::Stop || lp_flow == Flow::Stop || cancelled(gen) {
                 break FinishReason::Cancelled;
             }
             // The grammar allows nothing but the end: no need to ask the model for it.
