@@ -63,6 +63,9 @@ typedef uint32_t ivl_weight_layout;
 
 // How to load a model. Start from `ivl_model_default_params()`.
 typedef struct ivl_model_params {
+    // `sizeof(ivl_model_params)` as the app was compiled (set by `ivl_model_default_params()`); the
+    // library reads only that many bytes (docs/c-api.md, "How the ABI grows").
+    size_t struct_size;
     // CPU threads of the sessions of this model that do not set their own; 0: the number of
     // physical cores. At most 512.
     uint32_t n_threads;
@@ -82,6 +85,8 @@ typedef uint32_t ivl_kv_type;
 
 // How to open a session. Start from `ivl_session_default_params()`.
 typedef struct ivl_session_params {
+    // `sizeof(ivl_session_params)` as the app was compiled (set by `ivl_session_default_params()`).
+    size_t struct_size;
     // Context size in tokens (the KV cache is sized to it). An image tile takes 256 tokens.
     uint32_t n_ctx;
     // One of `IVL_KV_*`.
@@ -105,8 +110,30 @@ typedef struct ivl_session_params {
 // Layout of the pixels given to `ivl_session_add_image_rgb` (one of `IVL_PIXEL_FORMAT_*`).
 typedef uint32_t ivl_pixel_format;
 
+// One answer token's log-probability, given to `ivl_logprob_callback`: the log-softmax of the model's
+// raw logits (before the repetition penalty, temperature, top-k/p, min-p and the grammar mask, as
+// OpenAI and vLLM report them). The pointers are valid only during the call.
+typedef struct ivl_logprob {
+    uint32_t token_id;
+    float logprob;
+    // The token's bytes (`token_len`, NUL-terminated; a piece of a UTF-8 character possibly).
+    const char *token;
+    size_t token_len;
+    // The `n_top` most likely tokens at this step, most likely first: ids and log-probabilities.
+    const uint32_t *top_ids;
+    const float *top_logprobs;
+    size_t n_top;
+} ivl_logprob;
+
+// Called once per answer token with its log-probabilities (see `ivl_logprob`) and the `user_data` of
+// `ivl_session_generate`. Return 0 to continue, non-zero to stop (`IVL_FINISH_CANCELLED`). It must not
+// unwind.
+typedef int32_t (*ivl_logprob_callback)(const struct ivl_logprob *lp, void *user_data);
+
 // How to generate. Start from `ivl_generate_default_params()` (greedy, as Hugging Face `chat()`).
 typedef struct ivl_generate_params {
+    // `sizeof(ivl_generate_params)` as the app was compiled (set by `ivl_generate_default_params()`).
+    size_t struct_size;
     // At most this many new tokens (at least 1).
     uint32_t max_new_tokens;
     // 0: greedy.
@@ -123,6 +150,24 @@ typedef struct ivl_generate_params {
     // Keep special tokens (the grounding tags `<ref>`, `<box>`) in the streamed pieces and the
     // reply text. Boxes are found either way.
     bool keep_special;
+    // The answer must match this JSON Schema (NUL-terminated JSON text); NULL: none. At most one of
+    // `json_schema`, `json_object`, `regex` and `grammar` is set. A constraint that does not compile
+    // fails the call with `IVL_STATUS_INVALID_ARGUMENT` before anything is evaluated.
+    const char *json_schema;
+    // The answer must be a JSON object.
+    bool json_object;
+    // The whole answer must match this regular expression; NULL: none.
+    const char *regex;
+    // The answer must match this Lark-like grammar (llguidance's dialect); NULL: none.
+    const char *grammar;
+    // `n_stop` NUL-terminated stop strings: the answer ends before the first one (not part of it).
+    const char *const *stop;
+    size_t n_stop;
+    // Called with each answer token's log-probability (and the `top_logprobs` most likely tokens at
+    // that step), before its text reaches the token callback; NULL: none.
+    ivl_logprob_callback logprob_callback;
+    // 0..=20 alternatives per token given to `logprob_callback`.
+    uint32_t top_logprobs;
 } ivl_generate_params;
 
 // Called with each piece of the answer as it is generated: `len` bytes of UTF-8 (complete
@@ -339,8 +384,9 @@ struct ivl_generate_params ivl_generate_default_params(void);
 //
 // # Safety
 // `session` is NULL or a live session used by this thread only; `params` is NULL or points to
-// an initialized `ivl_generate_params`; `callback`, if set, is safe to call with `user_data`;
-// `out_reply` is NULL or writable.
+// an initialized `ivl_generate_params` of `struct_size` bytes whose strings are NULL or NUL-terminated
+// and whose `stop` holds `n_stop` of them; `callback` and `logprob_callback`, if set, are safe to
+// call with `user_data`; `out_reply` is NULL or writable.
 enum ivl_status ivl_session_generate(struct ivl_session *session,
                                      const struct ivl_generate_params *params,
                                      ivl_token_callback callback,

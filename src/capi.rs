@@ -142,6 +142,9 @@ pub const IVL_KV_Q4_0: ivl_kv_type = 3;
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct ivl_model_params {
+    /// `sizeof(ivl_model_params)` as the app was compiled (set by `ivl_model_default_params()`); the
+    /// library reads only that many bytes (docs/c-api.md, "How the ABI grows").
+    pub struct_size: usize,
     /// CPU threads of the sessions of this model that do not set their own; 0: the number of
     /// physical cores. At most 512.
     pub n_threads: u32,
@@ -160,6 +163,8 @@ pub struct ivl_model_params {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct ivl_session_params {
+    /// `sizeof(ivl_session_params)` as the app was compiled (set by `ivl_session_default_params()`).
+    pub struct_size: usize,
     /// Context size in tokens (the KV cache is sized to it). An image tile takes 256 tokens.
     pub n_ctx: u32,
     /// One of `IVL_KV_*`.
@@ -184,6 +189,8 @@ pub struct ivl_session_params {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct ivl_generate_params {
+    /// `sizeof(ivl_generate_params)` as the app was compiled (set by `ivl_generate_default_params()`).
+    pub struct_size: usize,
     /// At most this many new tokens (at least 1).
     pub max_new_tokens: u32,
     /// 0: greedy.
@@ -200,7 +207,49 @@ pub struct ivl_generate_params {
     /// Keep special tokens (the grounding tags `<ref>`, `<box>`) in the streamed pieces and the
     /// reply text. Boxes are found either way.
     pub keep_special: bool,
+    // ---- Fields after this line are the second layout (structured answers); an app compiled with the
+    // first one gets their defaults.
+    /// The answer must match this JSON Schema (NUL-terminated JSON text); NULL: none. At most one of
+    /// `json_schema`, `json_object`, `regex` and `grammar` is set. A constraint that does not compile
+    /// fails the call with `IVL_STATUS_INVALID_ARGUMENT` before anything is evaluated.
+    pub json_schema: *const c_char,
+    /// The answer must be a JSON object.
+    pub json_object: bool,
+    /// The whole answer must match this regular expression; NULL: none.
+    pub regex: *const c_char,
+    /// The answer must match this Lark-like grammar (llguidance's dialect); NULL: none.
+    pub grammar: *const c_char,
+    /// `n_stop` NUL-terminated stop strings: the answer ends before the first one (not part of it).
+    pub stop: *const *const c_char,
+    pub n_stop: usize,
+    /// Called with each answer token's log-probability (and the `top_logprobs` most likely tokens at
+    /// that step), before its text reaches the token callback; NULL: none.
+    pub logprob_callback: ivl_logprob_callback,
+    /// 0..=20 alternatives per token given to `logprob_callback`.
+    pub top_logprobs: u32,
 }
+
+/// One answer token's log-probability, given to `ivl_logprob_callback`: the log-softmax of the model's
+/// raw logits (before the repetition penalty, temperature, top-k/p, min-p and the grammar mask, as
+/// OpenAI and vLLM report them). The pointers are valid only during the call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ivl_logprob {
+    pub token_id: u32,
+    pub logprob: f32,
+    /// The token's bytes (`token_len`, NUL-terminated; a piece of a UTF-8 character possibly).
+    pub token: *const c_char,
+    pub token_len: usize,
+    /// The `n_top` most likely tokens at this step, most likely first: ids and log-probabilities.
+    pub top_ids: *const u32,
+    pub top_logprobs: *const f32,
+    pub n_top: usize,
+}
+
+/// Called once per answer token with its log-probabilities (see `ivl_logprob`) and the `user_data` of
+/// `ivl_session_generate`. Return 0 to continue, non-zero to stop (`IVL_FINISH_CANCELLED`). It must not
+/// unwind.
+pub type ivl_logprob_callback = Option<unsafe extern "C" fn(lp: *const ivl_logprob, user_data: *mut c_void) -> i32>;
 
 /// The result of `ivl_session_generate`.
 #[repr(C)]
@@ -346,6 +395,7 @@ fn status_of(e: &EngineError) -> ivl_status {
         EngineError::Placeholders { .. } | EngineError::Param(_) | EngineError::Chat(_) => IVL_STATUS_INVALID_ARGUMENT,
         EngineError::Budget(_) => IVL_STATUS_BUDGET,
         EngineError::NonFiniteLogits { .. } => IVL_STATUS_COMPUTE,
+        EngineError::Constraint(_) => IVL_STATUS_INVALID_ARGUMENT,
         _ => IVL_STATUS_INTERNAL,
     }
 }
@@ -678,7 +728,109 @@ fn sampling_arg(p: &ivl_generate_params) -> Result<GenerateParams, Failure> {
         },
         keep_special: p.keep_special,
         cancel: None,
+        ..GenerateParams::default()
     })
+}
+
+/// The first versioned layouts (the smallest `struct_size` accepted): everything up to the end of the
+/// fields each struct had then. `ivl_generate_params` grew since (structured answers).
+const MODEL_PARAMS_V1: usize = std::mem::size_of::<ivl_model_params>();
+const SESSION_PARAMS_V1: usize = std::mem::size_of::<ivl_session_params>();
+const GENERATE_PARAMS_V1: usize = std::mem::offset_of!(ivl_generate_params, json_schema);
+
+/// A parameter struct from the app, by the growth rule (docs/c-api.md): NULL gives `defaults`; a
+/// `struct_size` below the first layout `v1` is refused; `min(struct_size, sizeof(T))` bytes are copied
+/// over `defaults`; bytes past `sizeof(T)` (a newer app's fields) must be zero, since this library
+/// cannot honour them.
+///
+/// # Safety
+/// `p` is NULL or points to at least `struct_size` readable bytes whose first field is `struct_size`.
+unsafe fn versioned<T: Copy>(p: *const T, defaults: T, v1: usize, name: &str) -> Result<T, Failure> {
+    if p.is_null() {
+        return Ok(defaults);
+    }
+    // SAFETY: non-NULL; every versioned struct starts with its size (contract).
+    let size = unsafe { std::ptr::read_unaligned(p.cast::<usize>()) };
+    if size < v1 {
+        return Err(Failure::arg(format!(
+            "{name}.struct_size is {size}, smaller than the first layout ({v1} bytes): start from the \
+             library's default params"
+        )));
+    }
+    let ours = std::mem::size_of::<T>();
+    if size > ours {
+        // SAFETY: the app's struct is `size` bytes long (contract).
+        let extra = unsafe { std::slice::from_raw_parts(p.cast::<u8>().add(ours), size - ours) };
+        if extra.iter().any(|&b| b != 0) {
+            return Err(Failure::arg(format!(
+                "{name} is {size} bytes with fields set past the {ours} this library knows: it is older \
+                 than the app's header"
+            )));
+        }
+    }
+    let mut out = defaults;
+    // SAFETY: both are at least min(size, ours) bytes; T is plain data (integers, floats, pointers,
+    // bools the app set from the same header), so any bytes copied from an initialized struct are valid.
+    unsafe {
+        std::ptr::copy_nonoverlapping(p.cast::<u8>(), (&mut out as *mut T).cast::<u8>(), size.min(ours));
+    }
+    Ok(out)
+}
+
+/// The constraint and stop strings of `p`.
+///
+/// # Safety
+/// The string fields of `p` are NULL or NUL-terminated; `stop` is NULL or points to `n_stop` such
+/// pointers.
+unsafe fn structured_arg(p: &ivl_generate_params, gen: &mut GenerateParams) -> Result<(), Failure> {
+    use crate::structured::Constraint;
+    let mut set = Vec::new();
+    if !p.json_schema.is_null() {
+        // SAFETY: NUL-terminated (contract).
+        let text = unsafe { utf8_arg(p.json_schema, "json_schema") }?;
+        let v = serde_json::from_str(text).map_err(|e| Failure::arg(format!("json_schema is not JSON: {e}")))?;
+        set.push(Constraint::JsonSchema(v));
+    }
+    if p.json_object {
+        set.push(Constraint::JsonObject);
+    }
+    if !p.regex.is_null() {
+        // SAFETY: as above.
+        set.push(Constraint::Regex(unsafe { utf8_arg(p.regex, "regex") }?.to_owned()));
+    }
+    if !p.grammar.is_null() {
+        // SAFETY: as above.
+        set.push(Constraint::Grammar(
+            unsafe { utf8_arg(p.grammar, "grammar") }?.to_owned(),
+        ));
+    }
+    if set.len() > 1 {
+        return Err(Failure::arg(
+            "set at most one of json_schema, json_object, regex and grammar",
+        ));
+    }
+    gen.constraint = set.pop();
+    if p.n_stop > 0 {
+        if p.stop.is_null() {
+            return Err(Failure::arg(format!("stop is NULL with n_stop {}", p.n_stop)));
+        }
+        if p.n_stop > 64 {
+            return Err(Failure::arg(format!("n_stop is {}, at most 64", p.n_stop)));
+        }
+        // SAFETY: `stop` points to `n_stop` pointers (contract).
+        let stops = unsafe { std::slice::from_raw_parts(p.stop, p.n_stop) };
+        for (i, &s) in stops.iter().enumerate() {
+            // SAFETY: each is NULL (refused) or NUL-terminated (contract).
+            gen.stop.push(unsafe { utf8_arg(s, &format!("stop[{i}]")) }?.to_owned());
+        }
+    }
+    if p.top_logprobs > 20 {
+        return Err(Failure::arg(format!("top_logprobs is {}, at most 20", p.top_logprobs)));
+    }
+    if p.logprob_callback.is_some() {
+        gen.logprobs = Some(p.top_logprobs as usize);
+    }
+    Ok(())
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -735,6 +887,7 @@ pub extern "C" fn ivl_status_name(status: i32) -> *const c_char {
 #[no_mangle]
 pub extern "C" fn ivl_model_default_params() -> ivl_model_params {
     ivl_model_params {
+        struct_size: std::mem::size_of::<ivl_model_params>(),
         n_threads: 0,
         device: IVL_DEVICE_AUTO,
         mmproj_path: std::ptr::null(),
@@ -762,12 +915,8 @@ pub unsafe extern "C" fn ivl_model_load(
         }
         // SAFETY: contract above.
         let path = unsafe { path_arg(path, "path") }?;
-        // SAFETY: params is NULL or points to an initialized struct (contract).
-        let p = if params.is_null() {
-            ivl_model_default_params()
-        } else {
-            unsafe { *params }
-        };
+        // SAFETY: params is NULL or points to an initialized struct of its `struct_size` (contract).
+        let p = unsafe { versioned(params, ivl_model_default_params(), MODEL_PARAMS_V1, "ivl_model_params") }?;
         let n_threads = threads_arg(p.n_threads, "n_threads")?;
         let device = device_arg(p.device)?;
         // SAFETY: the string fields are NULL or NUL-terminated (contract).
@@ -841,6 +990,7 @@ pub unsafe extern "C" fn ivl_model_free(model: *mut ivl_model) -> ivl_status {
 pub extern "C" fn ivl_session_default_params() -> ivl_session_params {
     let d = SessionParams::default();
     ivl_session_params {
+        struct_size: std::mem::size_of::<ivl_session_params>(),
         n_ctx: saturating_u32(d.n_ctx),
         kv_type: IVL_KV_F16,
         n_threads: 0,
@@ -881,12 +1031,15 @@ pub unsafe extern "C" fn ivl_session_new(
                 _ => return Err(not_live(HandleKind::Model, model as usize)),
             }
         };
-        // SAFETY: params is NULL or points to an initialized struct (contract).
-        let p = if params.is_null() {
-            ivl_session_default_params()
-        } else {
-            unsafe { *params }
-        };
+        // SAFETY: params is NULL or points to an initialized struct of its `struct_size` (contract).
+        let p = unsafe {
+            versioned(
+                params,
+                ivl_session_default_params(),
+                SESSION_PARAMS_V1,
+                "ivl_session_params",
+            )
+        }?;
         let hp = m.model.hparams();
         if p.n_ctx == 0 || p.n_ctx as usize > hp.llm.n_ctx_train {
             return Err(Failure::arg(format!(
@@ -1067,6 +1220,7 @@ pub unsafe extern "C" fn ivl_session_prompt(session: *mut ivl_session, text: *co
 pub extern "C" fn ivl_generate_default_params() -> ivl_generate_params {
     let d = GenerateParams::default();
     ivl_generate_params {
+        struct_size: std::mem::size_of::<ivl_generate_params>(),
         max_new_tokens: saturating_u32(d.max_new_tokens),
         temperature: d.sampling.temperature,
         top_k: saturating_u32(d.sampling.top_k),
@@ -1075,6 +1229,14 @@ pub extern "C" fn ivl_generate_default_params() -> ivl_generate_params {
         repetition_penalty: d.sampling.repetition_penalty,
         seed: d.sampling.seed,
         keep_special: d.keep_special,
+        json_schema: std::ptr::null(),
+        json_object: false,
+        regex: std::ptr::null(),
+        grammar: std::ptr::null(),
+        stop: std::ptr::null(),
+        n_stop: 0,
+        logprob_callback: None,
+        top_logprobs: 0,
     }
 }
 
@@ -1085,8 +1247,9 @@ pub extern "C" fn ivl_generate_default_params() -> ivl_generate_params {
 ///
 /// # Safety
 /// `session` is NULL or a live session used by this thread only; `params` is NULL or points to
-/// an initialized `ivl_generate_params`; `callback`, if set, is safe to call with `user_data`;
-/// `out_reply` is NULL or writable.
+/// an initialized `ivl_generate_params` of `struct_size` bytes whose strings are NULL or NUL-terminated
+/// and whose `stop` holds `n_stop` of them; `callback` and `logprob_callback`, if set, are safe to
+/// call with `user_data`; `out_reply` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn ivl_session_generate(
     session: *mut ivl_session,
@@ -1096,22 +1259,47 @@ pub unsafe extern "C" fn ivl_session_generate(
     out_reply: *mut ivl_reply,
 ) -> ivl_status {
     guard_session("ivl_session_generate", session, |s| {
-        // SAFETY: params is NULL or points to an initialized struct (contract).
-        let p = if params.is_null() {
-            ivl_generate_default_params()
-        } else {
-            unsafe { *params }
-        };
+        // SAFETY: params is NULL or points to an initialized struct of its `struct_size` (contract).
+        let p = unsafe {
+            versioned(
+                params,
+                ivl_generate_default_params(),
+                GENERATE_PARAMS_V1,
+                "ivl_generate_params",
+            )
+        }?;
         let mut gen = sampling_arg(&p)?;
+        // SAFETY: the string fields are NULL or NUL-terminated, `stop` holds `n_stop` pointers (contract).
+        unsafe { structured_arg(&p, &mut gen) }?;
         gen.cancel = cancel_flag(session as usize);
         let progress = s.progress;
         let mut piece_buf: Vec<u8> = Vec::new();
+        let tokenizer = s.chat.model().tokenizer().clone();
         let result = s.chat.generate(&gen, |event| {
+            if let (Event::Logprob(lp), Some(cb)) = (event, p.logprob_callback) {
+                let mut bytes = tokenizer.token_bytes(lp.id).unwrap_or(&[]).to_vec();
+                let len = bytes.len();
+                bytes.push(0);
+                let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+                let lps: Vec<f32> = lp.top.iter().map(|t| t.1).collect();
+                let c = ivl_logprob {
+                    token_id: lp.id,
+                    logprob: lp.logprob,
+                    token: bytes.as_ptr().cast(),
+                    token_len: len,
+                    top_ids: ids.as_ptr(),
+                    top_logprobs: lps.as_ptr(),
+                    n_top: ids.len(),
+                };
+                // SAFETY: the callback is valid (contract); every pointer lives for the call.
+                let rc = unsafe { cb(&c, user_data) };
+                return if rc == 0 { Flow::Continue } else { Flow::Stop };
+            }
             let piece = match event {
                 Event::Token(piece) => piece,
                 Event::Vision { done, total } => return report_progress(progress, IVL_STAGE_VISION, done, total),
                 Event::Prefill { done, total } => return report_progress(progress, IVL_STAGE_PREFILL, done, total),
-                Event::Notice(_) => return Flow::Continue,
+                _ => return Flow::Continue,
             };
             let Some(cb) = callback else {
                 return Flow::Continue;

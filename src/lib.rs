@@ -25,7 +25,12 @@ pub mod names;
 pub mod panels;
 pub mod sampling;
 pub mod session;
+pub mod stop;
+pub mod structured;
 pub mod tokenizer;
+
+// `structured` (constrained decoding through llguidance) and `stop` (stop strings) are shared by every
+// interface through the engine's generation loop.
 
 /// Deterministic test values for the kernels' unit tests (any spread of values in range does).
 #[cfg(test)]

@@ -71,11 +71,16 @@ impl Sampler {
         if self.p.temperature <= 0.0 {
             return argmax(&l);
         }
+        // Tokens a grammar mask set to -inf never enter the sort (a mask often leaves a handful of 151k).
         let mut cand: Vec<(u32, f32)> = l
             .iter()
             .enumerate()
+            .filter(|(_, x)| **x != f32::NEG_INFINITY)
             .map(|(i, &x)| (i as u32, x / self.p.temperature))
             .collect();
+        if cand.is_empty() {
+            return argmax(&l);
+        }
         cand.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
         if self.p.top_k > 0 && self.p.top_k < cand.len() {
             cand.truncate(self.p.top_k);
@@ -113,6 +118,56 @@ impl Sampler {
     }
 }
 
+/// The log-probability of one token, with the most likely alternatives at that step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// The `n` most likely tokens at this step, most likely first (ties: lower id first).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Log-softmax of `logits` for `id` and the `top_n` most likely ids: the model's own distribution (raw
+/// logits, before the repetition penalty, temperature, top-k/p, min-p and any grammar mask), as vLLM and
+/// OpenAI report them. Non-finite logits count as impossible.
+pub fn logprobs(logits: &[f32], id: u32, top_n: usize) -> TokenLogprob {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits
+        .iter()
+        .filter(|x| x.is_finite())
+        .map(|&x| ((x - max) as f64).exp())
+        .sum();
+    let log_z = max as f64 + sum.ln();
+    let lp = |x: f32| {
+        if x.is_finite() {
+            (x as f64 - log_z) as f32
+        } else {
+            f32::NEG_INFINITY
+        }
+    };
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(top_n + 1);
+    if top_n > 0 {
+        // One pass keeping the best `top_n` (a sorted small vector: n is at most 20).
+        for (i, &x) in logits.iter().enumerate() {
+            if !x.is_finite() || (top.len() == top_n && x <= top[top_n - 1].1) {
+                continue;
+            }
+            let at = top.iter().position(|&(_, y)| x > y).unwrap_or(top.len());
+            top.insert(at, (i as u32, x));
+            top.truncate(top_n);
+        }
+    }
+    TokenLogprob {
+        id,
+        logprob: logits.get(id as usize).map_or(f32::NEG_INFINITY, |&x| lp(x)),
+        top: top.into_iter().map(|(i, x)| (i, lp(x))).collect(),
+    }
+}
+
 /// Index of the largest value (the first on ties, like torch.argmax).
 pub fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
@@ -127,6 +182,22 @@ pub fn argmax(v: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logprobs_are_log_softmax_of_the_raw_logits() {
+        let logits = vec![1.0f32, 3.0, 2.0, f32::NEG_INFINITY, 3.0];
+        let lp = logprobs(&logits, 2, 3);
+        let z: f64 = [1.0f64, 3.0, 2.0, 3.0].iter().map(|x| x.exp()).sum();
+        assert!((lp.logprob as f64 - (2.0 - z.ln())).abs() < 1e-6);
+        // Ties keep the lower id first; -inf never appears.
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 4, 2]);
+        let total: f64 = logits
+            .iter()
+            .map(|&x| (logprobs(&logits, 0, 0).logprob as f64 - 1.0 + x as f64).exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        assert_eq!(logprobs(&logits, 3, 0).logprob, f32::NEG_INFINITY);
+    }
 
     #[test]
     fn greedy_and_seeded_sampling() {

@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Deserialize;
 use serde_json::Value;
 
-use internvl::engine::SamplingParams;
+use internvl::engine::{Constraint, SamplingParams};
 
 use crate::error::ApiError;
 
-/// The fields we read; unknown fields are ignored (clients send many we have no use for).
+/// The fields we read. Fields of OpenAI's API that we do not implement ([`UNSUPPORTED`]) are refused
+/// with a 400 naming them; other unknown fields are ignored (clients send `user`, `store`, `metadata`...).
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     #[serde(default)]
@@ -45,7 +46,87 @@ pub struct ChatRequest {
     pub top_k: Option<u64>,
     #[serde(default)]
     pub repetition_penalty: Option<f64>,
+    /// `{"type": "text" | "json_object" | "json_schema" | "regex" | "grammar", ...}` (the last two are
+    /// extensions).
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<u64>,
+    // Fields of OpenAI's API we do not implement, read only to refuse them (see [`UNSUPPORTED`]); named
+    // one by one rather than through `#[serde(flatten)]`, which would lose the field paths in errors.
+    #[serde(default)]
+    pub tools: Option<Value>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<Value>,
+    #[serde(default)]
+    pub functions: Option<Value>,
+    #[serde(default)]
+    pub function_call: Option<Value>,
+    #[serde(default)]
+    pub audio: Option<Value>,
+    #[serde(default)]
+    pub modalities: Option<Value>,
+    #[serde(default)]
+    pub prediction: Option<Value>,
+    #[serde(default)]
+    pub logit_bias: Option<Value>,
+    #[serde(default)]
+    pub presence_penalty: Option<Value>,
+    #[serde(default)]
+    pub frequency_penalty: Option<Value>,
+    #[serde(default)]
+    pub web_search_options: Option<Value>,
+    #[serde(default)]
+    pub reasoning_effort: Option<Value>,
+    #[serde(default)]
+    pub verbosity: Option<Value>,
 }
+
+impl ChatRequest {
+    /// The fields of [`UNSUPPORTED`] with the values given (in that order).
+    fn unsupported(&self) -> [Option<&Value>; 14] {
+        [
+            self.tools.as_ref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls.as_ref(),
+            self.functions.as_ref(),
+            self.function_call.as_ref(),
+            self.audio.as_ref(),
+            self.modalities.as_ref(),
+            self.prediction.as_ref(),
+            self.logit_bias.as_ref(),
+            self.presence_penalty.as_ref(),
+            self.frequency_penalty.as_ref(),
+            self.web_search_options.as_ref(),
+            self.reasoning_effort.as_ref(),
+            self.verbosity.as_ref(),
+        ]
+    }
+}
+
+/// Fields of OpenAI's chat API this server does not implement: a request that sets one (to anything
+/// but null, or a neutral value for the penalties) gets a 400 naming it instead of an answer that
+/// silently ignores it.
+pub const UNSUPPORTED: &[&str] = &[
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "functions",
+    "function_call",
+    "audio",
+    "modalities",
+    "prediction",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "web_search_options",
+    "reasoning_effort",
+    "verbosity",
+];
 
 #[derive(Debug, Deserialize)]
 pub struct StreamOptions {
@@ -98,6 +179,10 @@ pub struct Request {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stops: Vec<String>,
+    /// From `response_format`.
+    pub constraint: Option<Constraint>,
+    /// `top_logprobs` when `logprobs` is true.
+    pub logprobs: Option<usize>,
 }
 
 impl Request {
@@ -115,6 +200,25 @@ pub fn parse(body: &[u8], limits: &RequestLimits) -> Result<Request, ApiError> {
 }
 
 fn check(req: ChatRequest, limits: &RequestLimits) -> Result<Request, ApiError> {
+    for (&k, v) in UNSUPPORTED.iter().zip(req.unsupported()) {
+        // Clients send zero penalties by default: those change nothing.
+        let neutral = |v: &Value| v.is_null() || (k.ends_with("_penalty") && v.as_f64() == Some(0.0));
+        if v.is_some_and(|v| !neutral(v)) {
+            return Err(ApiError::invalid(k, format!("`{k}` is not supported by this server")));
+        }
+    }
+    let constraint = response_format(req.response_format)?;
+    let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (_, Some(n)) if n > 20 => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                format!("top_logprobs must be between 0 and 20, got {n}"),
+            ))
+        }
+        (false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "top_logprobs needs `logprobs: true`")),
+        (true, n) => Some(n.unwrap_or(0) as usize),
+        (false, None) => None,
+    };
     if let Some(n) = req.n {
         if n != 1 {
             return Err(ApiError::invalid("n", format!("only n = 1 is supported, got {n}")));
@@ -182,6 +286,8 @@ fn check(req: ChatRequest, limits: &RequestLimits) -> Result<Request, ApiError> 
         max_tokens,
         sampling,
         stops,
+        constraint,
+        logprobs,
     };
     if out.n_images() > limits.max_images {
         return Err(ApiError::invalid(
@@ -194,6 +300,60 @@ fn check(req: ChatRequest, limits: &RequestLimits) -> Result<Request, ApiError> 
         ));
     }
     Ok(out)
+}
+
+/// The constraint `response_format` asks for (compiled by the engine before generation; a schema it
+/// cannot compile is a 400 about `response_format` too).
+fn response_format(v: Option<Value>) -> Result<Option<Constraint>, ApiError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+    let text = |field: &str| -> Result<String, ApiError> {
+        match v.get(field) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            _ => Err(ApiError::invalid(
+                format!("response_format.{field}"),
+                format!("response_format of type {kind:?} needs a string `{field}`"),
+            )),
+        }
+    };
+    match kind {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(Constraint::JsonObject)),
+        "json_schema" => {
+            let spec = v.get("json_schema").filter(|s| s.is_object()).ok_or_else(|| {
+                ApiError::invalid(
+                    "response_format.json_schema",
+                    "response_format of type \"json_schema\" needs `json_schema: {\"name\", \"schema\", \"strict\"}`",
+                )
+            })?;
+            // OpenAI requires `schema` in practice; without one any JSON value is valid.
+            let schema = spec.get("schema").cloned().unwrap_or_else(|| serde_json::json!({}));
+            if !schema.is_object() && !schema.is_boolean() {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema.schema",
+                    format!("a JSON schema is an object, got {schema}"),
+                ));
+            }
+            if spec.get("strict").is_some_and(|s| !s.is_boolean() && !s.is_null()) {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema.strict",
+                    "strict must be a boolean",
+                ));
+            }
+            // The schema is enforced token by token whether `strict` is true or not.
+            Ok(Some(Constraint::JsonSchema(schema)))
+        }
+        "regex" => Ok(Some(Constraint::Regex(text("regex")?))),
+        "grammar" => Ok(Some(Constraint::Grammar(text("grammar")?))),
+        other => Err(ApiError::invalid(
+            "response_format.type",
+            format!(
+                "response_format type {other:?} is not supported (text, json_object, json_schema, regex, grammar are)"
+            ),
+        )),
+    }
 }
 
 fn fresh_seed() -> u64 {
@@ -454,6 +614,48 @@ mod tests {
         );
         bad(serde_json::json!({"messages": user, "top_p": 0}), "top_p", "(0, 1]");
         bad(serde_json::json!({"messages": user, "n": 2}), "n", "n = 1");
+        for field in UNSUPPORTED {
+            bad(
+                serde_json::json!({"messages": user, *field: [{"type": "function"}]}),
+                field,
+                "not supported",
+            );
+        }
+        bad(
+            serde_json::json!({"messages": user, "presence_penalty": 0.5}),
+            "presence_penalty",
+            "not supported",
+        );
+        bad(
+            serde_json::json!({"messages": user, "top_logprobs": 3}),
+            "top_logprobs",
+            "logprobs: true",
+        );
+        bad(
+            serde_json::json!({"messages": user, "logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+            "0 and 20",
+        );
+        bad(
+            serde_json::json!({"messages": user, "response_format": {"type": "xml"}}),
+            "response_format.type",
+            "xml",
+        );
+        bad(
+            serde_json::json!({"messages": user, "response_format": {"type": "json_schema"}}),
+            "response_format.json_schema",
+            "needs",
+        );
+        bad(
+            serde_json::json!({"messages": user, "response_format": {"type": "json_schema", "json_schema": {"schema": 5}}}),
+            "response_format.json_schema.schema",
+            "object",
+        );
+        bad(
+            serde_json::json!({"messages": user, "response_format": {"type": "regex"}}),
+            "response_format.regex",
+            "string",
+        );
         bad(
             serde_json::json!({"messages": user, "stop": ["a", "b", "c", "d", "e"]}),
             "stop",
@@ -492,6 +694,36 @@ mod tests {
             "messages[0].content[0]",
             "only accepted",
         );
+    }
+
+    #[test]
+    fn structured_output_and_logprobs_fields() {
+        let user = serde_json::json!([{"role": "user", "content": "hi"}]);
+        let r = parse_json(serde_json::json!({
+            "messages": user, "logprobs": true, "top_logprobs": 3,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": true}},
+            // Harmless fields clients send are accepted.
+            "user": "u", "store": false, "metadata": {"a": "b"}, "presence_penalty": 0, "tools": null, "service_tier": "auto"
+        }))
+        .unwrap();
+        assert_eq!(
+            r.constraint,
+            Some(Constraint::JsonSchema(serde_json::json!({"type": "object"})))
+        );
+        assert_eq!(r.logprobs, Some(3));
+        let r = parse_json(
+            serde_json::json!({"messages": user, "response_format": {"type": "json_object"}, "logprobs": true}),
+        )
+        .unwrap();
+        assert_eq!((r.constraint, r.logprobs), (Some(Constraint::JsonObject), Some(0)));
+        let r =
+            parse_json(serde_json::json!({"messages": user, "response_format": {"type": "text"}, "logprobs": false}))
+                .unwrap();
+        assert_eq!((r.constraint, r.logprobs), (None, None));
+        let r =
+            parse_json(serde_json::json!({"messages": user, "response_format": {"type": "regex", "regex": "[ab]+"}}))
+                .unwrap();
+        assert_eq!(r.constraint, Some(Constraint::Regex("[ab]+".into())));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Modules: `api` (the request: parsing, checks, messages onto turns), `images` (data:, file and
 //! http(s) image URLs, under limits), `pool` (sessions and the queue), `worker` (one generation on a
-//! blocking thread), `stop` (stop sequences over streamed text), `server` (routes, authentication,
+//! blocking thread), `stop` (the engine's stop sequences, re-exported), `server` (routes, authentication,
 //! JSON and server-sent-event responses), `error` (OpenAI's error shape).
 pub mod api;
 pub mod error;
@@ -13,7 +13,7 @@ pub mod metrics;
 pub mod pool;
 pub mod remote;
 pub mod server;
-pub mod stop;
+pub use internvl::stop;
 pub mod worker;
 
 pub use error::ApiError;

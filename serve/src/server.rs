@@ -275,12 +275,14 @@ async fn complete(st: &Arc<AppState>, body: Body, t0: Instant) -> Result<Respons
         sampling: req.sampling.clone(),
         keep_special: false,
         cancel: Some(cancel),
+        constraint: req.constraint.clone(),
+        stop: req.stops.clone(),
+        logprobs: req.logprobs,
     };
     let job = Job {
         system: req.system.clone(),
         turns,
         gen,
-        stops: req.stops.clone(),
         deadline: Instant::now() + st.cfg.timeout,
         timeout: st.cfg.timeout,
         first_image,
@@ -309,7 +311,7 @@ async fn complete(st: &Arc<AppState>, body: Body, t0: Instant) -> Result<Respons
     let mut msg = first;
     loop {
         match msg {
-            Msg::Started | Msg::Delta(_) => {}
+            Msg::Started | Msg::Delta(..) => {}
             Msg::Done(out) => {
                 st.record(&out, &meta);
                 let body = json!({
@@ -319,8 +321,8 @@ async fn complete(st: &Arc<AppState>, body: Body, t0: Instant) -> Result<Respons
                     "model": st.cfg.model_id,
                     "choices": [{
                         "index": 0,
-                        "message": {"role": "assistant", "content": out.text},
-                        "logprobs": null,
+                        "message": {"role": "assistant", "content": out.text, "boxes": out.boxes},
+                        "logprobs": out.logprobs,
                         "finish_reason": out.finish,
                     }],
                     "usage": usage(&out.stats),
@@ -479,13 +481,16 @@ fn stream_response(
                     let c = self.chunk(json!({"role": "assistant", "content": ""}), None);
                     self.push(c);
                 }
-                Msg::Delta(text) => {
-                    let c = self.chunk(json!({"content": text}), None);
+                Msg::Delta(text, logprobs) => {
+                    let mut c = self.chunk(json!({"content": text}), None);
+                    if !logprobs.is_empty() {
+                        c["choices"][0]["logprobs"] = json!({"content": logprobs, "refusal": null});
+                    }
                     self.push(c);
                 }
                 Msg::Done(out) => {
                     self.st.record(&out, &self.meta);
-                    let mut c = self.chunk(json!({}), Some(out.finish));
+                    let mut c = self.chunk(json!({"boxes": out.boxes}), Some(out.finish));
                     c["internvl"] = details(&out, &self.meta);
                     self.push(c);
                     if self.include_usage {

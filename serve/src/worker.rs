@@ -1,14 +1,19 @@
-//! One request on one session, on a blocking thread: generation with streaming, stop sequences,
-//! a time limit and cancellation, reported to the async side through a channel.
+//! One request on one session, on a blocking thread: generation with streaming, stop sequences (the
+//! engine's), log-probabilities, grounding boxes, a time limit and cancellation, reported to the async
+//! side through a channel.
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use internvl::engine::{EngineError, Event, FinishReason, Flow, GenerateParams, ImageKey, TurnRecord, TurnStats};
+use serde_json::{json, Value};
+
+use internvl::chat::{clean_answer, grounding};
+use internvl::engine::{
+    Chat, EngineError, Event, FinishReason, Flow, GenerateParams, ImageKey, TokenLogprob, TurnRecord, TurnStats,
+};
 
 use crate::error::ApiError;
 use crate::pool::Lease;
-use crate::stop::StopMatcher;
 
 /// What to run.
 pub struct Job {
@@ -16,8 +21,8 @@ pub struct Job {
     pub system: Option<String>,
     /// The conversation; the last turn is the open question.
     pub turns: Vec<TurnRecord>,
+    /// With the stop sequences, constraint and logprobs of the request.
     pub gen: GenerateParams,
-    pub stops: Vec<String>,
     /// Generation stops (with [`ApiError::Timeout`]) past this instant.
     pub deadline: Instant,
     pub timeout: Duration,
@@ -29,7 +34,8 @@ pub struct Job {
 #[derive(Debug)]
 pub enum Msg {
     Started,
-    Delta(String),
+    /// Text, and OpenAI's `logprobs.content` entries of the tokens it completes (with `logprobs`).
+    Delta(String, Vec<Value>),
     Done(Outcome),
     Failed(ApiError),
 }
@@ -43,6 +49,10 @@ pub struct Outcome {
     pub finish: &'static str,
     pub stats: TurnStats,
     pub session: usize,
+    /// OpenAI's `choices[].logprobs`: `{"content": [...]}` when asked for, else null.
+    pub logprobs: Value,
+    /// Grounding boxes of the answer (spec §9), as data: `[{"label", "box_norm", "box_px"}]`.
+    pub boxes: Value,
 }
 
 /// Runs `job` on the leased session; the lease goes back to the pool when this returns (or unwinds).
@@ -74,8 +84,11 @@ fn generate(lease: &mut Lease, job: Job, tx: &UnboundedSender<Msg>) -> Result<Op
     chat.set_turns(job.turns)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
 
-    let mut stop = StopMatcher::new(job.stops);
-    let mut emitted = String::new();
+    let tok = chat.model().tokenizer().clone();
+    // Entries of tokens whose text has not been released yet (a character split over tokens, text
+    // held back for a stop sequence): they go out with the next text.
+    let mut pending: Vec<Value> = Vec::new();
+    let mut all: Vec<Value> = Vec::new();
     let (mut started, mut gone, mut timed_out) = (false, false, false);
     let result = chat.generate(&job.gen, |event| {
         if !started {
@@ -89,18 +102,19 @@ fn generate(lease: &mut Lease, job: Job, tx: &UnboundedSender<Msg>) -> Result<Op
             timed_out = true;
             return Flow::Stop;
         }
-        if let Event::Token(piece) = event {
-            let out = stop.push(piece);
-            if !out.is_empty() {
-                emitted.push_str(&out);
-                if tx.send(Msg::Delta(out)).is_err() {
+        match event {
+            Event::Logprob(lp) => pending.push(logprob_json(&tok, lp)),
+            Event::Token(piece) => {
+                all.extend(pending.iter().cloned());
+                if tx
+                    .send(Msg::Delta(piece.to_owned(), std::mem::take(&mut pending)))
+                    .is_err()
+                {
                     gone = true;
                     return Flow::Stop;
                 }
             }
-            if stop.stopped() {
-                return Flow::Stop;
-            }
+            _ => {}
         }
         Flow::Continue
     });
@@ -114,6 +128,9 @@ fn generate(lease: &mut Lease, job: Job, tx: &UnboundedSender<Msg>) -> Result<Op
             return Err(err);
         }
     };
+    let boxes = lease
+        .chat()
+        .map_or(Value::Null, |c| boxes_json(c, &reply.token_ids, &reply.text));
     lease.finish(first_image);
     if gone || job.gen.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
         return Ok(None);
@@ -126,27 +143,57 @@ fn generate(lease: &mut Lease, job: Job, tx: &UnboundedSender<Msg>) -> Result<Op
     if !started && tx.send(Msg::Started).is_err() {
         return Ok(None);
     }
-    let (text, finish) = if stop.stopped() {
-        (internvl::chat::clean_answer(&emitted).to_owned(), "stop")
-    } else {
-        let rest = stop.finish();
-        if !rest.is_empty() && tx.send(Msg::Delta(rest)).is_err() {
-            return Ok(None);
-        }
-        let finish = match reply.finish {
-            FinishReason::Stop => "stop",
-            FinishReason::Length | FinishReason::ContextFull => "length",
-            // Only our callback cancels, and every such case is handled above.
-            FinishReason::Cancelled => "stop",
-        };
-        (reply.text, finish)
+    let finish = match reply.finish {
+        FinishReason::Stop => "stop",
+        FinishReason::Length | FinishReason::ContextFull => "length",
+        // Only our callback cancels, and every such case is handled above.
+        FinishReason::Cancelled => "stop",
+    };
+    let logprobs = match job.gen.logprobs {
+        Some(_) => json!({"content": all, "refusal": null}),
+        None => Value::Null,
     };
     Ok(Some(Outcome {
-        text,
+        text: reply.text,
         finish,
         stats: reply.stats,
         session: 0,
+        logprobs,
+        boxes,
     }))
+}
+
+/// OpenAI's entry for one token: `token`, `logprob`, `bytes` and `top_logprobs` (same fields, no nesting).
+pub fn logprob_json(tok: &internvl::tokenizer::Tokenizer, lp: &TokenLogprob) -> Value {
+    let entry = |id: u32, logprob: f32| {
+        let bytes = tok.token_bytes(id).unwrap_or(&[]);
+        json!({"token": String::from_utf8_lossy(bytes), "logprob": logprob, "bytes": bytes})
+    };
+    let mut v = entry(lp.id, lp.logprob);
+    v["top_logprobs"] = lp.top.iter().map(|&(id, l)| entry(id, l)).collect();
+    v
+}
+
+/// The grounding boxes of an answer: from the `<ref>`/`<box>` tags (special tokens, so read from the
+/// ids), else from bare `[[x1, y1, x2, y2]]` lists; pixels of the question's first image when it has one.
+fn boxes_json(chat: &Chat, ids: &[u32], text: &str) -> Value {
+    let tagged = chat.model().tokenizer().decode(ids, false).unwrap_or_default();
+    let mut boxes = grounding::parse(clean_answer(&tagged));
+    if boxes.is_empty() {
+        boxes = grounding::parse_bare(text);
+    }
+    let size = chat.turns().last().and_then(|t| t.images.first()).map(|im| im.size());
+    boxes
+        .iter()
+        .map(|b| {
+            let mut v = json!({"label": b.label, "box_norm": [b.x1, b.y1, b.x2, b.y2]});
+            if let Some((w, h)) = size {
+                let p = b.to_pixels(w, h);
+                v["box_px"] = json!([p.x1, p.y1, p.x2, p.y2]);
+            }
+            v
+        })
+        .collect()
 }
 
 /// The client's error, and whether the session is still in a known state.
@@ -157,6 +204,8 @@ fn classify(e: EngineError) -> (ApiError, bool) {
         EngineError::Placeholders { .. } => (ApiError::invalid("messages", e.to_string()), true),
         // Refused before the images were preprocessed (--mem-budget): the session is untouched.
         EngineError::Budget(_) => (ApiError::invalid("messages", e.to_string()), true),
+        // Compiled before anything is evaluated (the request's checks compile it first too).
+        EngineError::Constraint(_) => (ApiError::invalid("response_format", e.to_string()), true),
         other => (ApiError::Internal(other.to_string()), false),
     }
 }

@@ -20,8 +20,8 @@ use clap::Parser;
 use internvl::chat::grounding::{self, GroundedBox};
 use internvl::engine::args::{ModelArgs, SessionArgs};
 use internvl::engine::{
-    draw, hf, mem, Chat, ChatParams, EngineError, Event, Flow, GenerateParams, Image, Message, Model, Reply,
-    SamplingParams, TilingParams, TurnStats,
+    draw, hf, mem, Chat, ChatParams, Constraint, EngineError, Event, Flow, GenerateParams, Image, Message, Model,
+    Reply, SamplingParams, TilingParams, TokenLogprob, TurnStats,
 };
 
 const EXAMPLES: &str = "\
@@ -126,6 +126,27 @@ struct Cli {
     #[arg(long, value_name = "TEXT")]
     from_answer: Option<String>,
 
+    /// Constrain the answer to a JSON Schema: a file, or the schema itself (text starting with `{`).
+    /// A schema that does not compile exits with status 2 before anything is evaluated.
+    #[arg(long, value_name = "FILE|JSON", group = "constraint")]
+    json_schema: Option<String>,
+    /// Constrain the answer to any JSON object.
+    #[arg(long, group = "constraint")]
+    json_object: bool,
+    /// Constrain the answer to a regular expression (the whole answer matches it).
+    #[arg(long, value_name = "RE", group = "constraint")]
+    regex: Option<String>,
+    /// Constrain the answer to a Lark-like grammar (llguidance's dialect, see docs/structured.md).
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    grammar: Option<PathBuf>,
+    /// End the answer before this string (repeatable); it is not part of the answer.
+    #[arg(long = "stop", value_name = "STR")]
+    stop: Vec<String>,
+    /// With --json: the log-probability of each answer token and of the N most likely tokens at each
+    /// step (0..=20), from the model's raw logits (before temperature and any grammar mask).
+    #[arg(long, value_name = "N", requires = "json", value_parser = clap::value_parser!(u8).range(0..=20))]
+    logprobs: Option<u8>,
+
     /// Print one JSON object instead of the streamed text: answer, token counts, per-stage
     /// timings, memory (one object per turn with -i).
     #[arg(long)]
@@ -149,6 +170,9 @@ enum CliError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    /// A constraint that cannot be read or parsed (exit status 2, like one the engine refuses).
+    #[error("{0}")]
+    Constraint(String),
 }
 
 impl From<hf::HfError> for CliError {
@@ -165,7 +189,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            match e {
+                CliError::Constraint(_) | CliError::Engine(EngineError::Constraint(_)) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -185,6 +212,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
     if cli.frames == 0 {
         return Err(CliError::Usage("--frames must be at least 1".into()));
     }
+    // Read before the model loads; compiled (and refused) by the engine before anything is evaluated.
+    let constraint = constraint_of(cli)?;
     let t_load = Instant::now();
     let model = load_model(cli)?;
     let load_time = t_load.elapsed();
@@ -213,6 +242,9 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         },
         keep_special: cli.grounding,
         cancel: None,
+        constraint,
+        stop: cli.stop.clone(),
+        logprobs: cli.logprobs.map(usize::from),
     };
     let ctx = RunCtx {
         cli,
@@ -667,6 +699,43 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
+/// The constraint the flags ask for.
+fn constraint_of(cli: &Cli) -> Result<Option<Constraint>> {
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| CliError::Constraint(format!("{}: {e}", p.display())));
+    if let Some(s) = &cli.json_schema {
+        let text = if s.trim_start().starts_with('{') {
+            s.clone()
+        } else {
+            read(Path::new(s))?
+        };
+        let v =
+            serde_json::from_str(&text).map_err(|e| CliError::Constraint(format!("--json-schema: not JSON: {e}")))?;
+        return Ok(Some(Constraint::JsonSchema(v)));
+    }
+    if cli.json_object {
+        return Ok(Some(Constraint::JsonObject));
+    }
+    if let Some(re) = &cli.regex {
+        return Ok(Some(Constraint::Regex(re.clone())));
+    }
+    if let Some(g) = &cli.grammar {
+        return Ok(Some(Constraint::Grammar(read(g)?)));
+    }
+    Ok(None)
+}
+
+/// OpenAI's shape of one token's log-probabilities (`token`, `logprob`, `bytes`, `top_logprobs`).
+fn logprob_json(chat: &Chat, lp: &TokenLogprob) -> serde_json::Value {
+    let tok = chat.model().tokenizer();
+    let entry = |id: u32, logprob: f32| {
+        let bytes = tok.token_bytes(id).unwrap_or(&[]);
+        serde_json::json!({"token": String::from_utf8_lossy(bytes), "id": id, "logprob": logprob, "bytes": bytes})
+    };
+    let mut v = entry(lp.id, lp.logprob);
+    v["top_logprobs"] = lp.top.iter().map(|&(id, l)| entry(id, l)).collect();
+    v
+}
+
 fn per_sec(n: usize, d: Duration) -> Option<f64> {
     (d.as_secs_f64() > 0.0 && n > 0).then(|| (n as f64 / d.as_secs_f64() * 100.0).round() / 100.0)
 }
@@ -678,9 +747,13 @@ fn reply_json(
     decode_images: Option<Duration>,
 ) -> serde_json::Value {
     let s = &reply.stats;
+    let logprobs: Vec<serde_json::Value> = reply.logprobs.iter().map(|lp| logprob_json(chat, lp)).collect();
     serde_json::json!({
         "answer": reply.text,
         "finish": reply.finish.as_str(),
+        // With a constraint: whether the answer matches it (false: cut by -n or the context).
+        "complete": reply.complete,
+        "logprobs": (!reply.logprobs.is_empty()).then_some(logprobs),
         "tokens": {
             "prompt": s.prompt_tokens,
             "image": s.image_tokens,
@@ -701,6 +774,7 @@ fn reply_json(
             "vision": ms(s.vision),
             "vision_per_tile": (s.tiles_encoded > 0).then(|| ms(s.vision) / s.tiles_encoded as f64),
             "prefill": ms(s.prefill),
+            "constraint_compile": ms(s.constraint_compile),
             "first_token": ms(s.time_to_first_token),
             "decode": ms(s.decode),
             "total": ms(s.total),

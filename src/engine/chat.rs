@@ -18,8 +18,10 @@ use crate::chat::{
     IMAGE_PLACEHOLDER,
 };
 use crate::image::TilingParams;
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{logprobs, Sampler, SamplingParams, TokenLogprob};
 use crate::session::{Session, SessionParams};
+use crate::stop::StopMatcher;
+use crate::structured::{Constraint, Grammars};
 use crate::tokenizer::StreamDecoder;
 
 use super::error::{EngineError, Result};
@@ -166,6 +168,17 @@ pub struct GenerateParams {
     /// skipped).
     pub keep_special: bool,
     pub cancel: Option<CancelFlag>,
+    /// The answer must match this (JSON schema, any JSON object, regex, grammar; see
+    /// [`crate::structured`]). Compiled before anything is evaluated: a bad one is
+    /// [`EngineError::Constraint`].
+    pub constraint: Option<Constraint>,
+    /// Stop strings: the answer ends before the first one (which is not part of it); empty ones are
+    /// ignored. Pieces that may start one are held back from the stream until decided.
+    pub stop: Vec<String>,
+    /// Report log-probabilities of each answer token and of the `n` most likely tokens at each step
+    /// (`Some(0)`: the chosen token's only). Taken from the model's raw logits, before the repetition
+    /// penalty, temperature and any grammar mask.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateParams {
@@ -175,6 +188,9 @@ impl Default for GenerateParams {
             sampling: SamplingParams::default(),
             keep_special: false,
             cancel: None,
+            constraint: None,
+            stop: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -190,6 +206,10 @@ pub enum Event<'a> {
     Prefill { done: usize, total: usize },
     /// A piece of the answer (complete UTF-8).
     Token(&'a str),
+    /// The log-probabilities of the token just sampled (only with [`GenerateParams::logprobs`]); it
+    /// comes before the token's text, which may come later (a character split over tokens, text held
+    /// back for a stop string).
+    Logprob(&'a TokenLogprob),
 }
 
 /// Returned by the event callback.
@@ -203,7 +223,7 @@ pub enum Flow {
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// A stop token (spec §5.4).
+    /// A stop token (spec §5.4), a stop string, or the end of a constrained answer.
     Stop,
     /// `max_new_tokens` reached.
     Length,
@@ -248,6 +268,8 @@ pub struct TurnStats {
     pub preprocess: Duration,
     pub vision: Duration,
     pub prefill: Duration,
+    /// Compiling the constraint (grammar, lexer, first token mask).
+    pub constraint_compile: Duration,
     /// From the start of `generate` to the first sampled token.
     pub time_to_first_token: Duration,
     pub decode: Duration,
@@ -262,6 +284,11 @@ pub struct Reply {
     pub token_ids: Vec<u32>,
     pub finish: FinishReason,
     pub stats: TurnStats,
+    /// With [`GenerateParams::logprobs`]: one entry per answer token (end-of-turn excluded).
+    pub logprobs: Vec<TokenLogprob>,
+    /// With [`GenerateParams::constraint`]: whether the answer is complete (matches it). `false` when
+    /// `max_new_tokens`, the context or a cancel ended it first.
+    pub complete: Option<bool>,
 }
 
 /// What one KV-cache row holds.
@@ -530,6 +557,11 @@ impl Chat {
             _ => return Err(EngineError::NoQuestion),
         }
         let cancelled = |gen: &GenerateParams| gen.cancel.as_ref().is_some_and(CancelFlag::is_cancelled);
+        // A bad constraint is refused before anything is evaluated.
+        let mut guide = match &gen.constraint {
+            Some(c) => Some(Grammars::of(self.model.tokenizer(), self.model.stop_ids())?.compile(c)?),
+            None => None,
+        };
         let (prompt, images, dropped) = self.fit(&mut on_event)?;
         let mut stats = TurnStats {
             prompt_tokens: prompt.ids.len(),
@@ -537,6 +569,7 @@ impl Chat {
             images: images.len(),
             tiles: images.iter().map(Image::n_tiles).sum(),
             dropped_turns: dropped,
+            constraint_compile: guide.as_ref().map(|g| g.compile_time()).unwrap_or_default(),
             ..Default::default()
         };
         let tags = tags_of(&prompt, &images);
@@ -649,8 +682,23 @@ impl Chat {
         let stop_ids = self.model.stop_ids().to_vec();
         let mut sampler = Sampler::new(gen.sampling.clone());
         let mut decoder = StreamDecoder::new(!gen.keep_special);
+        let mut stops = StopMatcher::new(gen.stop.clone());
+        // The text released so far (cut at a stop string).
+        let mut emitted = String::new();
+        let mut probs: Vec<TokenLogprob> = Vec::new();
         let mut generated: Vec<u32> = Vec::new();
         let t_decode = Instant::now();
+        // Passes a decoded piece through the stop strings; true when one was found.
+        let mut release = |piece: &str, emitted: &mut String, on_event: &mut dyn FnMut(Event<'_>) -> Flow| {
+            let out = stops.push(piece);
+            let mut flow = Flow::Continue;
+            if !out.is_empty() {
+                emitted.push_str(&out);
+                flow = on_event(Event::Token(&out));
+            }
+            (flow, stops.stopped())
+        };
+        let mut by_string = false;
         let finish = loop {
             if generated.len() >= gen.max_new_tokens {
                 break FinishReason::Length;
@@ -665,6 +713,14 @@ impl Chat {
                     position: self.session.n_past(),
                 });
             }
+            // Log-probabilities come from the raw logits, so they are taken before the mask.
+            let raw = match (gen.logprobs, &guide) {
+                (Some(_), Some(_)) => Some(logits.clone()),
+                _ => None,
+            };
+            if let Some(g) = guide.as_mut() {
+                g.mask(&mut logits)?;
+            }
             let id = sampler.sample(&logits, &generated);
             if generated.is_empty() {
                 stats.time_to_first_token = start.elapsed();
@@ -672,13 +728,30 @@ impl Chat {
             if stop_ids.contains(&id) {
                 break FinishReason::Stop;
             }
-            generated.push(id);
-            let mut flow = Flow::Continue;
-            if let Some(piece) = decoder.push(&tok, id)? {
-                flow = on_event(Event::Token(&piece));
+            let mut lp_flow = Flow::Continue;
+            if let Some(n) = gen.logprobs {
+                let lp = logprobs(raw.as_deref().unwrap_or(&logits), id, n);
+                lp_flow = on_event(Event::Logprob(&lp));
+                probs.push(lp);
             }
-            if flow == Flow::Stop || cancelled(gen) {
+            if let Some(g) = guide.as_mut() {
+                g.consume(id)?;
+            }
+            generated.push(id);
+            let (mut flow, mut stopped) = (Flow::Continue, false);
+            if let Some(piece) = decoder.push(&tok, id)? {
+                (flow, stopped) = release(&piece, &mut emitted, &mut on_event);
+            }
+            if stopped {
+                by_string = true;
+                break FinishReason::Stop;
+            }
+            if flow == Flow::Stop || lp_flow == Flow::Stop || cancelled(gen) {
                 break FinishReason::Cancelled;
+            }
+            // The grammar allows nothing but the end: no need to ask the model for it.
+            if guide.as_ref().is_some_and(|g| g.is_finished()) {
+                break FinishReason::Stop;
             }
             if generated.len() >= gen.max_new_tokens {
                 break FinishReason::Length;
@@ -689,17 +762,43 @@ impl Chat {
             logits = self.session.decode(id)?;
             self.cached.push(Tag::Text(id));
         };
-        if let Some(rest) = decoder.finish() {
-            on_event(Event::Token(&rest));
+        if !by_string {
+            if let Some(rest) = decoder.finish() {
+                by_string = release(&rest, &mut emitted, &mut on_event).1;
+            }
+            if !by_string {
+                let rest = stops.finish();
+                if !rest.is_empty() {
+                    emitted.push_str(&rest);
+                    on_event(Event::Token(&rest));
+                }
+            }
+        }
+        let finish = if by_string { FinishReason::Stop } else { finish };
+        let complete = guide.as_mut().map(|g| g.is_accepting() || g.is_finished());
+        if let (Some(false), Some(c)) = (complete, &gen.constraint) {
+            let msg = format!(
+                "the answer is incomplete: generation ended ({}) before it matched the {}",
+                finish.as_str(),
+                c.kind()
+            );
+            on_event(Event::Notice(&msg));
         }
         stats.decode = t_decode.elapsed();
         stats.generated_tokens = generated.len();
 
-        let history = clean_answer(&tok.decode(&generated, true)?).to_owned();
-        let text = if gen.keep_special {
-            clean_answer(&tok.decode(&generated, false)?).to_owned()
+        let (history, text) = if by_string {
+            // Cut at the stop string: the history keeps what the caller got.
+            let cut = clean_answer(&emitted).to_owned();
+            (cut.clone(), cut)
         } else {
-            history.clone()
+            let history = clean_answer(&tok.decode(&generated, true)?).to_owned();
+            let text = if gen.keep_special {
+                clean_answer(&tok.decode(&generated, false)?).to_owned()
+            } else {
+                history.clone()
+            };
+            (history, text)
         };
         if let Some(t) = self.turns.last_mut() {
             t.assistant = Some(history);
@@ -710,6 +809,8 @@ impl Chat {
             token_ids: generated,
             finish,
             stats,
+            logprobs: probs,
+            complete,
         })
     }
 
@@ -720,6 +821,8 @@ impl Chat {
             token_ids: Vec::new(),
             finish: FinishReason::Cancelled,
             stats,
+            logprobs: Vec::new(),
+            complete: None,
         }
     }
 

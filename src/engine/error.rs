@@ -72,6 +72,10 @@ pub enum EngineError {
     VideoFile(#[from] crate::image::ffmpeg::Error),
     #[error("invalid parameter: {0}")]
     Param(String),
+    /// A JSON schema, regex or grammar that cannot be compiled, refused before generation; or the
+    /// grammar engine failing during it (limits exceeded).
+    #[error(transparent)]
+    Constraint(#[from] crate::structured::ConstraintError),
     /// The model computed NaN or infinite logits (NaN/Inf weights in the file, or an overflow).
     #[error(
         "the model computed {count} non-finite logits of {n_vocab} at position {position}: the weights hold NaN or \

@@ -47,8 +47,9 @@ pub use self::model::{LoadParams, Model};
 pub use self::transcript::Transcript;
 pub use crate::image::TilingParams;
 pub use crate::model::kv_cache::KvType;
-pub use crate::sampling::SamplingParams;
+pub use crate::sampling::{SamplingParams, TokenLogprob};
 pub use crate::session::SessionParams;
+pub use crate::structured::{Constraint, ConstraintError};
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,4 @@
-//! OpenAI's `stop` sequences on a stream of text pieces: the text before the first stop sequence is
+//! Stop sequences (OpenAI's `stop`, `--stop`, the C ABI's `stop`) on a stream of text pieces: the text before the first stop sequence is
 //! released, the sequence and everything after it never is. A piece that might be the start of a
 //! stop sequence is held back until the next piece decides.
 
