@@ -495,7 +495,7 @@ fn run_turn(
 /// What the generating thread sends to a `Stream`.
 enum StreamMsg {
     Piece(String),
-    Done(engine::Result<engine::Reply>),
+    Done(Box<engine::Result<engine::Reply>>),
 }
 
 /// An iterator over the pieces of an answer as they are generated (`Session.chat(..., stream=True)`).
@@ -527,7 +527,7 @@ impl Stream {
                     Err(_) => Flow::Stop,
                 },
             );
-            let _ = tx.send(StreamMsg::Done(r));
+            let _ = tx.send(StreamMsg::Done(Box::new(r)));
         });
         Stream {
             rx: Mutex::new(rx),
@@ -560,7 +560,7 @@ impl Stream {
                 Ok(StreamMsg::Piece(p)) => return Ok(Some(p)),
                 Ok(StreamMsg::Done(r)) => {
                     slf.finished = true;
-                    slf.result = Some(r.map_err(to_py)?);
+                    slf.result = Some((*r).map_err(to_py)?);
                     return Ok(None);
                 }
                 Err(RecvTimeoutError::Timeout) => {
