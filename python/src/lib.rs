@@ -4,9 +4,10 @@
 //! typed interface and docs/python.md the guide.
 //!
 //! Threads: a [`Model`] is shared freely; a [`Session`] holds its conversation behind a mutex (one generation at
-//! a time per session; several sessions run in parallel). The GIL is released while anything is computed and
-//! taken back only between tokens (and prefill chunks, vision batches) to check for signals, so Ctrl-C
-//! (`KeyboardInterrupt`) stops a generation and propagates.
+//! a time per session; several sessions run in parallel). A generation runs on a worker thread that never touches
+//! Python; the calling thread waits for it without the GIL and wakes every 50 ms to run Python's signal
+//! handlers, so Ctrl-C (`KeyboardInterrupt`) cancels the generation (at the next token, prefill chunk or vision
+//! batch), waits for the worker to stop, and propagates.
 mod errors;
 mod images;
 mod session;

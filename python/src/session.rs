@@ -397,32 +397,22 @@ impl Session {
             cancel: Some(cancel.clone()),
         };
         if stream {
-            return Ok(Stream::start(self.chat.clone(), message, gen, cancel)
+            return Ok(Stream::start(self.chat.clone(), message, gen, cancel, true)
                 .into_pyobject(py)?
                 .into_any()
                 .unbind());
         }
-        let chat = self.chat.clone();
-        let mut interrupt: Option<PyErr> = None;
-        let reply = py.detach(|| {
-            let mut chat = lock(&chat);
-            let on_event = |_: &Event<'_>| {
-                // Back in Python for a moment between tokens, prefill chunks and vision batches: run signal
-                // handlers (Ctrl-C raises KeyboardInterrupt here) and stop generating if one raised.
-                match Python::attach(|py| py.check_signals()) {
-                    Ok(()) => Flow::Continue,
-                    Err(e) => {
-                        interrupt = Some(e);
-                        Flow::Stop
-                    }
-                }
-            };
-            run_turn(&mut chat, message, &gen, on_event, |_| Flow::Continue)
-        });
-        if let Some(e) = interrupt {
-            return Err(e);
-        }
-        let reply = reply.map_err(to_py)?;
+        // Generation runs on a worker thread while this one waits without the GIL and checks for signals every
+        // SIGNAL_POLL: Ctrl-C is seen even while no text is produced (a vision batch, a prefill chunk, tokens
+        // that are not yet complete UTF-8).
+        let st = Stream::start(self.chat.clone(), message, gen, cancel, false);
+        let reply = loop {
+            match st.next_msg(py)? {
+                Some(StreamMsg::Piece(_)) => {}
+                Some(StreamMsg::Done(r)) => break (*r).map_err(to_py)?,
+                None => return Err(InternVLError::new_err("the generating thread ended without a result")),
+            }
+        };
         Ok(Reply::from_engine(py, reply)?.into_pyobject(py)?.into_any().unbind())
     }
 
@@ -468,12 +458,11 @@ impl Session {
 }
 
 /// One turn: drops a question left open by an interrupted prefill (so the session stays usable after
-/// Ctrl-C), asks, generates; `on_event` sees every event and may stop generation.
+/// Ctrl-C), asks, generates; `on_piece` gets each piece of text and may stop generation.
 fn run_turn(
     chat: &mut Chat,
     message: Message,
     gen: &GenerateParams,
-    mut on_event: impl FnMut(&Event<'_>) -> Flow,
     mut on_piece: impl FnMut(&str) -> Flow,
 ) -> engine::Result<engine::Reply> {
     if chat.turns().last().is_some_and(|t| t.assistant.is_none()) {
@@ -481,14 +470,9 @@ fn run_turn(
         turns.pop();
         chat.set_turns(turns)?;
     }
-    chat.send(message, gen, |e| {
-        if on_event(&e) == Flow::Stop {
-            return Flow::Stop;
-        }
-        match e {
-            Event::Token(t) => on_piece(t),
-            _ => Flow::Continue,
-        }
+    chat.send(message, gen, |e| match e {
+        Event::Token(t) => on_piece(t),
+        _ => Flow::Continue,
     })
 }
 
@@ -511,22 +495,30 @@ pub struct Stream {
 }
 
 impl Stream {
-    fn start(chat: Arc<Mutex<Chat>>, message: Message, gen: GenerateParams, cancel: CancelFlag) -> Stream {
+    /// Starts generating on a worker thread; `pieces`: send the text pieces (else only the result).
+    fn start(
+        chat: Arc<Mutex<Chat>>,
+        message: Message,
+        gen: GenerateParams,
+        cancel: CancelFlag,
+        pieces: bool,
+    ) -> Stream {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut chat = lock(&chat);
             let piece_tx = tx.clone();
-            let r = run_turn(
-                &mut chat,
-                message,
-                &gen,
-                |_| Flow::Continue,
-                |piece| match piece_tx.send(StreamMsg::Piece(piece.to_owned())) {
+            let r = run_turn(&mut chat, message, &gen, |piece| {
+                let sent = if pieces {
+                    piece_tx.send(StreamMsg::Piece(piece.to_owned()))
+                } else {
+                    Ok(())
+                };
+                match sent {
                     Ok(()) => Flow::Continue,
                     // The iterator is gone: nobody reads the rest.
                     Err(_) => Flow::Stop,
-                },
-            );
+                }
+            });
             let _ = tx.send(StreamMsg::Done(Box::new(r)));
         });
         Stream {
@@ -534,6 +526,37 @@ impl Stream {
             cancel,
             result: None,
             finished: false,
+        }
+    }
+
+    /// The next message, waiting without the GIL; `None` when the worker is gone. A signal handler that raises
+    /// (Ctrl-C) cancels generation, waits until the worker has stopped (the session is free again), and
+    /// returns the exception.
+    fn next_msg(&self, py: Python<'_>) -> PyResult<Option<StreamMsg>> {
+        loop {
+            let msg = py.detach(|| match self.rx.lock() {
+                Ok(rx) => rx.recv_timeout(SIGNAL_POLL),
+                Err(_) => Err(RecvTimeoutError::Disconnected),
+            });
+            match msg {
+                Ok(m) => return Ok(Some(m)),
+                Err(RecvTimeoutError::Disconnected) => return Ok(None),
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = py.check_signals() {
+                        self.cancel.cancel();
+                        py.detach(|| {
+                            if let Ok(rx) = self.rx.lock() {
+                                while let Ok(m) = rx.recv() {
+                                    if matches!(m, StreamMsg::Done(_)) {
+                                        break;
+                                    }
+                                }
+                            }
+                        });
+                        return Err(e);
+                    }
+                }
+            }
         }
     }
 }
@@ -548,32 +571,20 @@ impl Stream {
         if slf.finished {
             return Ok(None);
         }
-        loop {
-            let msg = {
-                let this = &*slf;
-                py.detach(|| match this.rx.lock() {
-                    Ok(rx) => rx.recv_timeout(SIGNAL_POLL),
-                    Err(_) => Err(RecvTimeoutError::Disconnected),
-                })
-            };
-            match msg {
-                Ok(StreamMsg::Piece(p)) => return Ok(Some(p)),
-                Ok(StreamMsg::Done(r)) => {
-                    slf.finished = true;
-                    slf.result = Some((*r).map_err(to_py)?);
-                    return Ok(None);
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(e) = py.check_signals() {
-                        slf.cancel.cancel();
-                        slf.finished = true;
-                        return Err(e);
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    slf.finished = true;
-                    return Err(InternVLError::new_err("the generating thread ended without a result"));
-                }
+        match slf.next_msg(py) {
+            Ok(Some(StreamMsg::Piece(p))) => Ok(Some(p)),
+            Ok(Some(StreamMsg::Done(r))) => {
+                slf.finished = true;
+                slf.result = Some((*r).map_err(to_py)?);
+                Ok(None)
+            }
+            Ok(None) => {
+                slf.finished = true;
+                Err(InternVLError::new_err("the generating thread ended without a result"))
+            }
+            Err(e) => {
+                slf.finished = true;
+                Err(e)
             }
         }
     }
