@@ -1,7 +1,7 @@
 """Typed interface of the native module (python/src/*.rs). Re-exported by `internvl`."""
 
 import os
-from typing import Iterator, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -122,10 +122,16 @@ class Session:
         stop: Optional[Sequence[str]] = None,
         channels: Literal["rgb", "bgr"] = "rgb",
         grounding: bool = False,
+        json_schema: Union[None, str, Dict[str, Any]] = None,
+        regex: Optional[str] = None,
+        grammar: Optional[str] = None,
     ) -> Union[Reply, Stream]:
         """Asks ``prompt`` about ``images`` (one ``<image>`` each, prepended unless the prompt places them)
-        and generates. ``stream=True`` returns a `Stream`. ``stop`` strings are not supported yet
-        (NotImplementedError). ``grounding=True`` keeps the ``<ref>``/``<box>`` tags in the text."""
+        and generates. ``stream=True`` returns a `Stream`. The answer ends before the first of the
+        ``stop`` strings (which is not part of it). At most one of ``json_schema`` (a dict or a JSON string;
+        ``{"type": "object"}`` for any JSON object), ``regex`` (the whole answer matches it) or ``grammar``
+        (llguidance's Lark-like dialect) constrains decoding; a bad one raises ParameterError before anything
+        is evaluated. ``grounding=True`` keeps the ``<ref>``/``<box>`` tags in the text."""
     def reset(self) -> None:
         """Forgets the conversation (the caches stay for a conversation that starts the same way)."""
     def clear_caches(self) -> None:
@@ -193,6 +199,9 @@ class Model:
         stop: Optional[Sequence[str]] = None,
         channels: Literal["rgb", "bgr"] = "rgb",
         grounding: bool = False,
+        json_schema: Union[None, str, Dict[str, Any]] = None,
+        regex: Optional[str] = None,
+        grammar: Optional[str] = None,
     ) -> Union[Reply, Stream]:
         """One question in a fresh session (see `Session.chat`)."""
     @property

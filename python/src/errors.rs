@@ -49,9 +49,10 @@ pub fn to_py(e: EngineError) -> PyErr {
         #[cfg(feature = "video")]
         EngineError::VideoFile(_) => ImageError::new_err(msg),
         EngineError::ContextOverflow { .. } => ContextOverflowError::new_err(msg),
-        EngineError::Param(_) | EngineError::Placeholders { .. } | EngineError::Budget(_) => {
-            ParameterError::new_err(msg)
-        }
+        EngineError::Param(_)
+        | EngineError::Placeholders { .. }
+        | EngineError::Budget(_)
+        | EngineError::Constraint(_) => ParameterError::new_err(msg),
         _ => InternVLError::new_err(msg),
     }
 }

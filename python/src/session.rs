@@ -10,7 +10,8 @@ use internvl::engine::{
     SamplingParams, SessionParams, TilingParams,
 };
 use internvl::model::{Device, WeightLayout};
-use pyo3::exceptions::{PyNotImplementedError, PyValueError};
+use internvl::structured::Constraint;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
@@ -212,7 +213,8 @@ impl Model {
 
     /// One question in a fresh conversation (see `Session.chat` for the arguments).
     #[pyo3(signature = (prompt, images=None, *, max_tokens=1024, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-        repetition_penalty=1.0, seed=0, stream=false, stop=None, channels="rgb", grounding=false))]
+        repetition_penalty=1.0, seed=0, stream=false, stop=None, channels="rgb", grounding=false, json_schema=None, regex=None,
+        grammar=None))]
     #[allow(clippy::too_many_arguments)]
     fn chat(
         &self,
@@ -230,6 +232,9 @@ impl Model {
         stop: Option<Vec<String>>,
         channels: &str,
         grounding: bool,
+        json_schema: Option<&Bound<'_, PyAny>>,
+        regex: Option<String>,
+        grammar: Option<String>,
     ) -> PyResult<Py<PyAny>> {
         let s = self.session(py, None, None, None, None, None, false, 0)?;
         s.chat(
@@ -247,6 +252,9 @@ impl Model {
             stop,
             channels,
             grounding,
+            json_schema,
+            regex,
+            grammar,
         )
     }
 
@@ -340,7 +348,8 @@ impl Session {
     /// Asks `prompt` about `images` and generates the answer. Returns a `Reply`, or with `stream=True` a
     /// `Stream` iterating over pieces of text (its `.result` holds the `Reply` once exhausted).
     #[pyo3(signature = (prompt, images=None, *, max_tokens=1024, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-        repetition_penalty=1.0, seed=0, stream=false, stop=None, channels="rgb", grounding=false))]
+        repetition_penalty=1.0, seed=0, stream=false, stop=None, channels="rgb", grounding=false, json_schema=None, regex=None,
+        grammar=None))]
     #[allow(clippy::too_many_arguments)]
     fn chat(
         &self,
@@ -358,13 +367,11 @@ impl Session {
         stop: Option<Vec<String>>,
         channels: &str,
         grounding: bool,
+        json_schema: Option<&Bound<'_, PyAny>>,
+        regex: Option<String>,
+        grammar: Option<String>,
     ) -> PyResult<Py<PyAny>> {
-        if stop.as_ref().is_some_and(|s| !s.is_empty()) {
-            return Err(PyNotImplementedError::new_err(
-                "stop strings are not supported by this version of the runtime yet (generation stops at the \
-                 model's end-of-turn tokens and at max_tokens)",
-            ));
-        }
+        let constraint = constraint_arg(json_schema, regex, grammar)?;
         let channels = Channels::parse(channels)?;
         if !(temperature.is_finite() && temperature >= 0.0) {
             return Err(PyValueError::new_err(format!(
@@ -395,6 +402,9 @@ impl Session {
             },
             keep_special: grounding,
             cancel: Some(cancel.clone()),
+            constraint,
+            stop: stop.unwrap_or_default(),
+            logprobs: None,
         };
         if stream {
             return Ok(Stream::start(self.chat.clone(), message, gen, cancel, true)
@@ -761,4 +771,33 @@ impl Reply {
             self.text, self.finish_reason, self.prompt_tokens, self.generated_tokens
         )
     }
+}
+
+/// The structured-output arguments as the engine's constraint: at most one of them. `json_schema` is a
+/// dict (or any JSON-serializable object) or a JSON string; `{"type": "object"}` asks for any JSON object.
+fn constraint_arg(
+    json_schema: Option<&Bound<'_, PyAny>>,
+    regex: Option<String>,
+    grammar: Option<String>,
+) -> PyResult<Option<Constraint>> {
+    let given = [json_schema.is_some(), regex.is_some(), grammar.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(PyValueError::new_err(
+            "json_schema, regex and grammar exclude each other: give at most one",
+        ));
+    }
+    if let Some(schema) = json_schema {
+        let text: String = match schema.extract::<String>() {
+            Ok(text) => text,
+            Err(_) => schema
+                .py()
+                .import("json")?
+                .call_method1("dumps", (schema,))?
+                .extract()?,
+        };
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| PyValueError::new_err(format!("json_schema is not valid JSON: {e}")))?;
+        return Ok(Some(Constraint::JsonSchema(value)));
+    }
+    Ok(regex.map(Constraint::Regex).or(grammar.map(Constraint::Grammar)))
 }

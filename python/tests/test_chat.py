@@ -203,9 +203,39 @@ def test_bad_model_raises_model_error(tmp_path):
         internvl.Model(bad, weights="zip")
 
 
-def test_stop_strings_are_refused_until_supported(model):
-    with pytest.raises(NotImplementedError):
-        model.chat("x", stop=["\n"])
+def test_stop_strings_end_the_answer_before_them(model):
+    free = model.chat("Describe the image.", max_tokens=24, temperature=1.0, seed=3)
+    assert len(free.text) > 2, free.text
+    stop = free.text[1:3]
+    cut = model.chat("Describe the image.", max_tokens=24, temperature=1.0, seed=3, stop=[stop])
+    assert cut.finish_reason == "stop"
+    assert stop not in cut.text
+    assert free.text.startswith(cut.text)
+
+
+def test_json_schema_answers_parse_and_validate(model):
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {"object": {"enum": ["cup", "box"]}, "graspable": {"type": "boolean"}},
+        "required": ["object", "graspable"],
+        "additionalProperties": False,
+    }
+    for seed in range(3):
+        reply = model.chat("What is it?", max_tokens=48, temperature=1.0, seed=seed, json_schema=schema)
+        assert reply.finish_reason == "stop", reply.text
+        value = json.loads(reply.text)
+        assert value["object"] in ("cup", "box") and isinstance(value["graspable"], bool)
+        assert set(value) == {"object", "graspable"}
+    digits = model.chat("Count.", max_tokens=16, temperature=1.0, seed=1, regex=r"[0-9]{3}")
+    assert digits.finish_reason == "stop" and len(digits.text) == 3 and digits.text.isdigit(), digits.text
+    with pytest.raises(internvl.ParameterError):
+        model.chat("x", regex="(")
+    with pytest.raises(ValueError):
+        model.chat("x", json_schema='{"type": "object", "properties": ')
+    with pytest.raises(ValueError):
+        model.chat("x", regex="a", grammar="start: 'a'")
 
 
 def _interrupt_after(seconds):
