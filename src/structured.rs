@@ -171,6 +171,18 @@ impl Grammars {
                 return Err(err(format!("a schema is a JSON object, not {s}")));
             }
         }
+        // llguidance compiles nested schemas and grammars recursively: thousands of levels overflow the
+        // thread's stack (an abort, not an error), so deep nesting is refused first.
+        let depth = match c {
+            Constraint::JsonSchema(s) => json_depth(s),
+            Constraint::JsonObject => 1,
+            Constraint::Regex(t) | Constraint::Grammar(t) => bracket_depth(t),
+        };
+        if depth > MAX_DEPTH {
+            return Err(err(format!(
+                "nested {depth} levels deep, more than the {MAX_DEPTH} allowed"
+            )));
+        }
         let parser = self
             .factory
             .create_parser(c.to_grammar())
@@ -192,6 +204,41 @@ impl Grammars {
             compile_time: t.elapsed(),
         })
     }
+}
+
+/// Deepest nesting accepted (JSON values for a schema, brackets for a regex or grammar).
+pub const MAX_DEPTH: usize = 64;
+
+/// Nesting depth of a JSON value (iterative: the value may be deeper than the stack allows).
+fn json_depth(v: &serde_json::Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, d)) = stack.pop() {
+        max = max.max(d);
+        match v {
+            serde_json::Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
+            serde_json::Value::Object(o) => stack.extend(o.values().map(|x| (x, d + 1))),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Deepest nesting of `(`, `[` and `{` in a regex or grammar text (escapes and quotes not parsed: an
+/// over-estimate at worst).
+fn bracket_depth(t: &str) -> usize {
+    let (mut d, mut max) = (0usize, 0usize);
+    for ch in t.chars() {
+        match ch {
+            '(' | '[' | '{' => {
+                d += 1;
+                max = max.max(d);
+            }
+            ')' | ']' | '}' => d = d.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// llguidance's defaults, which bound compile time and memory; kept explicit here so that the bound is
