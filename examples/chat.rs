@@ -43,6 +43,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Event::Prefill { done, total } => eprint!("\r[prefill {done}/{total}]"),
             Event::Vision { done, total } => eprint!("\r[vision {done}/{total} tiles]"),
             Event::Notice(n) => eprintln!("note: {n}"),
+            // Only with `GenerateParams::logprobs`, which this example does not ask for.
+            Event::Logprob(_) => {}
         }
         Flow::Continue
     };
