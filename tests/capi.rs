@@ -658,13 +658,9 @@ fn c_example_is_clean_under_valgrind() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let exe = build("examples/c/describe.c", Link::Dynamic, dir.path());
-    // A JPEG: describe.c reads it into memory and passes the bytes (ivl_session_add_image_bytes).
-    let image = dir.path().join("frame.jpg");
-    image::open(test_image(dir.path()))
-        .expect("png")
-        .to_rgb8()
-        .save(&image)
-        .expect("write jpeg");
+    // A JPEG: describe.c reads it into memory and passes the bytes (ivl_session_add_image_bytes). A small
+    // committed fixture (Pillow-made, 4:2:0), so that valgrind's run stays short.
+    let image = common::repo().join("tests/fixtures/images/jpeg/q90_420_160x120.jpg");
     let out = run_bounded(
         Command::new("valgrind")
             .args([
@@ -737,12 +733,21 @@ fn the_shared_library_has_a_versioned_soname() {
 fn cancel_from_another_thread_returns_within_one_vision_batch() {
     let dir = tempfile::tempdir().expect("tempdir");
     // 1792x1344 (4:3): a 4x3 grid of 448-pixel tiles and the thumbnail, 13 tiles.
+    // Encoded with libjpeg-turbo (the `image` crate is built without its JPEG codec: the runtime decodes
+    // JPEG with libjpeg-turbo only).
     let p = dir.path().join("big.jpg");
-    image::RgbImage::from_fn(1792, 1344, |x, y| {
+    let rgb = image::RgbImage::from_fn(1792, 1344, |x, y| {
         image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 256) as u8])
-    })
-    .save(&p)
-    .expect("write jpeg");
+    });
+    let pixels = turbojpeg::Image {
+        pixels: rgb.as_raw().as_slice(),
+        width: 1792,
+        pitch: 1792 * 3,
+        height: 1344,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    let jpeg = turbojpeg::compress(pixels, 90, turbojpeg::Subsamp::Sub2x2).expect("encode jpeg");
+    std::fs::write(&p, &*jpeg).expect("write jpeg");
     let exe = build("tests/c/cancel.c", Link::Dynamic, dir.path());
     let out = run_bounded(
         Command::new(&exe).arg(model()).arg(&p),

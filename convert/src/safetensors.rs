@@ -517,7 +517,11 @@ pub struct BF16Writer {
 
 impl BF16Writer {
     pub fn create(path: &Path, tensors: &[(String, Vec<usize>)]) -> Result<BF16Writer, StError> {
-        let mut header = serde_json::Map::new();
+        // Keys in sorted order at every level, whatever serde_json's `preserve_order` feature (which another
+        // crate in the build may turn on): the same checkpoint must give the same bytes, since the test
+        // goldens are tied to the file's sha256. A BTreeMap sorts the top level; each entry's keys are
+        // inserted in sorted order.
+        let mut header: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
         let mut meta = serde_json::Map::new();
         meta.insert("format".into(), Value::String("pt".into()));
         header.insert("__metadata__".into(), Value::Object(meta));
@@ -525,13 +529,14 @@ impl BF16Writer {
         for (name, shape) in tensors {
             let n: u64 = shape.iter().map(|&d| d as u64).product();
             let end = off + 2 * n;
-            header.insert(
-                name.clone(),
-                serde_json::json!({ "dtype": "BF16", "shape": shape, "data_offsets": [off, end] }),
-            );
+            let mut entry = serde_json::Map::new();
+            entry.insert("data_offsets".into(), serde_json::json!([off, end]));
+            entry.insert("dtype".into(), Value::String("BF16".into()));
+            entry.insert("shape".into(), serde_json::json!(shape));
+            header.insert(name.clone(), Value::Object(entry));
             off = end;
         }
-        let mut bytes = serde_json::to_vec(&Value::Object(header)).map_err(|e| StError::HeaderJson {
+        let mut bytes = serde_json::to_vec(&header).map_err(|e| StError::HeaderJson {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
