@@ -36,50 +36,14 @@ import make_goldens
 IMAGE_SIZE = 448
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The model card's image preprocessing (dynamic_preprocess / load_image), written from its description
-# ----------------------------------------------------------------------------------------------------------------
-
-def find_closest_aspect_ratio(aspect_ratio, target_ratios, width, height, image_size):
-    """The grid whose aspect ratio is closest to the image's; on a tie, the later (larger) grid wins when the
-    image has more than half of that grid's pixels (the card's rule)."""
-    best_ratio_diff = float("inf")
-    best_ratio = (1, 1)
-    area = width * height
-    for ratio in target_ratios:
-        target_aspect_ratio = ratio[0] / ratio[1]
-        ratio_diff = abs(aspect_ratio - target_aspect_ratio)
-        if ratio_diff < best_ratio_diff:
-            best_ratio_diff = ratio_diff
-            best_ratio = ratio
-        elif ratio_diff == best_ratio_diff:
-            if area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
-                best_ratio = ratio
-    return best_ratio
-
-
-def dynamic_preprocess(image, min_num=1, max_num=12, image_size=IMAGE_SIZE, use_thumbnail=True):
-    w, h = image.size
-    aspect_ratio = w / h
-    target_ratios = sorted(
-        {(i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
-         if min_num <= i * j <= max_num},
-        key=lambda x: x[0] * x[1])
-    cols, rows = find_closest_aspect_ratio(aspect_ratio, target_ratios, w, h, image_size)
-    resized = image.resize((image_size * cols, image_size * rows))  # Pillow's default filter, as the card
-    tiles = []
-    for i in range(cols * rows):
-        box = ((i % cols) * image_size, (i // cols) * image_size,
-               ((i % cols) + 1) * image_size, ((i // cols) + 1) * image_size)
-        tiles.append(resized.crop(box))
-    if use_thumbnail and len(tiles) != 1:
-        tiles.append(image.resize((image_size, image_size)))
-    return tiles, (cols, rows)
+# The model card's image preprocessing: the repository's one Python copy, bench/pillow_preprocess.py.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
+from pillow_preprocess import dynamic_preprocess_with_grid  # noqa: E402
 
 
 def load_image(path, max_num):
     image = Image.open(path).convert("RGB")
-    tiles, grid = dynamic_preprocess(image, max_num=max_num, use_thumbnail=True)
+    tiles, grid = dynamic_preprocess_with_grid(image, max_num=max_num, image_size=IMAGE_SIZE, use_thumbnail=True)
     # build_transform: Resize((448, 448), BICUBIC) on 448x448 tiles, then ToTensor + Normalize.
     u8 = np.stack([np.asarray(t.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC), dtype=np.uint8) for t in tiles])
     return common.normalize_tiles(u8), grid, image.size
