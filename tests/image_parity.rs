@@ -20,16 +20,17 @@ fn shared() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
 }
 
-fn manifest() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).expect("manifest.json");
-    let m: serde_json::Value = serde_json::from_str(&text).expect("manifest is JSON");
-    assert_eq!(
-        m["magic"], "internvl-image-fixtures",
-        "stale fixture: regenerate with {}",
-        m["regenerate"]
-    );
+/// A fixture manifest: JSON with `magic`, `version` 1 and the command that regenerates it.
+fn read_manifest(path: &Path, magic: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(m["magic"], magic, "stale fixture: regenerate with {}", m["regenerate"]);
     assert_eq!(m["version"], 1, "fixture version: regenerate with {}", m["regenerate"]);
     m
+}
+
+fn manifest() -> serde_json::Value {
+    read_manifest(&fixtures().join("manifest.json"), "internvl-image-fixtures")
 }
 
 /// A plain RGB8 PNG written by the generator (expected data), decoded by the `image` crate.
@@ -342,15 +343,7 @@ fn jpeg_dir() -> PathBuf {
 }
 
 fn jpeg_manifest() -> serde_json::Value {
-    let text = std::fs::read_to_string(jpeg_dir().join("jpeg.json")).expect("jpeg/jpeg.json");
-    let m: serde_json::Value = serde_json::from_str(&text).expect("jpeg.json is JSON");
-    assert_eq!(
-        m["magic"], "internvl-jpeg-fixtures",
-        "regenerate with {}",
-        m["regenerate"]
-    );
-    assert_eq!(m["version"], 1, "regenerate with {}", m["regenerate"]);
-    m
+    read_manifest(&jpeg_dir().join("jpeg.json"), "internvl-jpeg-fixtures")
 }
 
 /// Every JPEG fixture decodes to exactly Pillow's `convert('RGB')`. Prints the table (name, size,
