@@ -19,8 +19,9 @@ What it does (details in docs/bnb_comparison.md, which it writes):
     tests/reference/make_goldens.py) and converts it to one GGUF per "ours" variant with internvl-convert;
  4. runs every variant in its own process (bench/bnb_hf_worker.py for transformers/bitsandbytes, eval_dump for
     ours), the f32 reference first: its greedy tokens become the teacher-forced continuation of all the others;
- 5. times the single matrix products behind the speed differences (examples/gemm_probe.rs for ggml,
-    bench/gemm_torch.py for PyTorch and bitsandbytes) on the ViT's and the prefill's shapes;
+ 5. times the single matrix products behind the speed differences (the criterion bench benches/gemm.rs for
+    ggml and ours, bench/gemm_torch.py for PyTorch and bitsandbytes) on the ViT's and a 512-token prefill's
+    shapes, 2 threads (the bench's);
  6. compares each variant with the f32 reference (bench/bnb_report.py) and writes docs/bnb_comparison.md, the
     plot docs/bnb_comparison.png and the raw figures WORK/summary.json.
 Converted files are cached in --work (keyed on the checkpoint's files and the converter binary).
@@ -134,9 +135,58 @@ def build_env(root, build):
 
 def cargo_build(root, env):
     for cmd in (["cargo", "build", "--release", "-p", "internvl-convert", "--bin", "internvl-convert"],
-                ["cargo", "build", "--release", "-p", "internvl", "--example", "eval_dump", "--example", "gemm_probe"]):
+                ["cargo", "build", "--release", "-p", "internvl", "--example", "eval_dump"]):
         print("+ " + " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=root, env=env)
+
+
+def gemm_bench_exe(root, env):
+    """Builds the criterion bench benches/gemm.rs and returns its executable (from cargo's JSON messages)."""
+    cmd = ["cargo", "bench", "-p", "internvl", "--bench", "gemm", "--no-run", "--message-format=json"]
+    print("+ " + " ".join(cmd), flush=True)
+    r = subprocess.run(cmd, check=True, cwd=root, env=env, capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == "gemm" \
+                and msg.get("executable"):
+            return msg["executable"]
+    raise RuntimeError("cargo built no gemm bench executable")
+
+
+# The bench's kinds (criterion ids gemm/SHAPE/KIND) -> the labels of the report (bnb_report.gemm_section).
+GEMM_KINDS = {"f32": "f32", "f16": "f16", "q8_0": "q8_0", "q4_0": "q4_0", "q4_0-repacked": "q4_0 repacked"}
+GEMM_SHAPES = "1025x1024x4096,512x896x4864"
+GEMM_THREADS = 2
+
+
+def parse_criterion_bencher(text):
+    """`test gemm/MxKxN/KIND ... bench: N ns/iter (+/- D)` lines (criterion's --output-format bencher) ->
+    [{shape, kind, ms, gflops}], kinds `ours/isa` written `ours (isa)` as the report names them."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 5 or parts[0] != "test" or "bench:" not in parts or "ns/iter" not in parts:
+            continue
+        name = parts[1].split("/", 2)
+        if len(name) != 3 or name[0] != "gemm" or name[1].count("x") != 2:
+            continue
+        try:
+            m, k, n = (int(v) for v in name[1].split("x"))
+            ns = float(parts[parts.index("bench:") + 1].replace(",", ""))
+        except ValueError:
+            continue
+        kind = name[2]
+        if "/" in kind:
+            ours, isa = kind.split("/", 1)
+            kind = f"{ours} ({isa})"
+        else:
+            kind = GEMM_KINDS.get(kind, kind)
+        ms = ns / 1e6
+        rows.append({"shape": name[1], "kind": kind, "ms": ms, "gflops": 2.0 * m * k * n / (ms * 1e6)})
+    return rows
 
 
 def parse_gemm(text):
@@ -154,18 +204,27 @@ def parse_gemm(text):
     return rows
 
 
-def gemm_probes(probe, threads, n_prompt):
-    """The ViT's largest product (1025 tokens, 1024 -> 4096) and the prefill's (this run's prompt length,
-    896 -> 4864), timed alone in ggml (per weight type) and in PyTorch/bitsandbytes. Failures are recorded,
-    not fatal: the comparison itself does not depend on them."""
-    shapes = f"1025x1024x4096,{n_prompt}x896x4864"
-    env = dict(os.environ, T=str(threads), SHAPES=shapes, TYPES="f32,f16,q8_0,q4_0,int8,panels-q8_0")
-    out = {"shapes": shapes}
-    for name, cmd in (("ours", [probe]), ("torch", [sys.executable, os.path.join(bc.BENCH, "gemm_torch.py")])):
+def gemm_probes(root, env):
+    """The ViT's largest product (1025 tokens, 1024 -> 4096) and a 512-token prefill's (896 -> 4864), timed
+    alone at 2 threads: ggml per weight type and ours (benches/gemm.rs), PyTorch/bitsandbytes
+    (bench/gemm_torch.py). Failures are recorded, not fatal: the comparison itself does not depend on them."""
+    shapes = GEMM_SHAPES
+    out = {"shapes": shapes, "threads": GEMM_THREADS}
+    try:
+        exe = gemm_bench_exe(root, env)
+    except (subprocess.CalledProcessError, RuntimeError) as e:
+        out["ours"], out["ours_error"] = [], str(e)[-2000:]
+        exe = None
+    pattern = "^gemm/(" + "|".join(shapes.split(",")) + ")/(f32|f16|q8_0|q4_0|q4_0-repacked|int8/.*|panels-q8_0/.*)$"
+    runs = [("torch", [sys.executable, os.path.join(bc.BENCH, "gemm_torch.py")], parse_gemm)]
+    if exe:
+        runs.insert(0, ("ours", [exe, "--bench", "--output-format", "bencher", pattern], parse_criterion_bencher))
+    for name, cmd, parse in runs:
         print("+ " + " ".join(cmd) + f"  (SHAPES={shapes})", flush=True)
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        r = subprocess.run(cmd, env=dict(env, T=str(GEMM_THREADS), SHAPES=shapes), capture_output=True, text=True,
+                           cwd=root)
         print(r.stdout, end="", flush=True)
-        out[name] = parse_gemm(r.stdout)
+        out[name] = parse(r.stdout)
         if r.returncode != 0 or not out[name]:
             out[name + "_error"] = (r.stderr or r.stdout)[-2000:]
     return out
@@ -270,8 +329,7 @@ def main():
                 p["teacher"] = r["greedy"]
             bc.write_json(inputs_path, inputs)
 
-    gemm = gemm_probes(os.path.join(target_dir, "release", "examples", "gemm_probe"), threads,
-                       max(len(p["ids"]) for p in inputs["prompts"]))
+    gemm = gemm_probes(bc.ROOT, env)
     meta = bnb_report.environment(ckpt, threads, args, work, time.time() - started)
     meta["gemm"] = gemm
     meta["build"] = {"kind": args.build, "rustflags": env.get("RUSTFLAGS", ""), "target_dir": target_dir}

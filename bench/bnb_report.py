@@ -327,8 +327,9 @@ def gemm_section(meta):
              ("torch", "int8 torch._int_mm", "PyTorch int8 `torch._int_mm` alone"),
              ("torch", "bnb Linear8bitLt", "bitsandbytes `Linear8bitLt` (bnb int8)")]
     out = ["## Why the speeds differ: one matrix product, measured", "",
-           f"Each system's product of one weight matrix with a batch of activations, alone, {meta['threads']} threads "
-           "(`examples/gemm_probe.rs`, `bench/gemm_torch.py`, run by this command; shape = tokens x inputs x "
+           f"Each system's product of one weight matrix with a batch of activations, alone, "
+           f"{g.get('threads', meta['threads'])} threads "
+           "(`benches/gemm.rs`, `bench/gemm_torch.py`, run by this command; shape = tokens x inputs x "
            "outputs, GFLOP/s counts 2 operations per multiply-add, int8 ones included):", "",
            "| product | " + " | ".join(f"{s} ms | {s} GFLOP/s" for s in shapes) + " |",
            "|---|" + "---:|---:|" * len(shapes)]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch's side of examples/gemm_probe.rs: one weight matrix times a batch of activations, per kind.
+"""PyTorch's side of benches/gemm.rs: one weight matrix times a batch of activations, per kind.
 
     python3 bench/gemm_torch.py                       # 2 threads, the ViT's and the prefill's shapes
     T=1 SHAPES=1025x1024x4096 python3 bench/gemm_torch.py

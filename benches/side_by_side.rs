@@ -17,6 +17,7 @@
 //! (ref-f32,ref-bf16,bnb-int8-all), BENCH_OURS_LAYOUTS (int8: every job of ours again with these
 //! `--weights` layouts, as extra rows; empty: the default layout only), BENCH_PYTHON (python3), BENCH_HF_DIR, BENCH_WORK, BENCH_OUT, BENCH_SMOKE
 //! (1: one repetition, 4 decode steps), BENCH_META (a line for the header: date, commit).
+mod limits;
 mod llamacpp;
 
 use std::path::{Path, PathBuf};
@@ -26,9 +27,11 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use internvl::chat::{build_prompt_ids, Conversation};
+use internvl::gguf::GgufFile;
 use internvl::image::{self as ivl, Limits, TilingParams};
-use internvl::model::{Device, Model, WeightLayout};
+use internvl::kernels::Kernels;
+use internvl::model::{Device, WeightLayout, Weights};
+use internvl::prompt::{build_prompt_ids, Conversation};
 use internvl::sampling::argmax;
 use internvl::session::{Session, SessionParams};
 use internvl::tokenizer::Tokenizer;
@@ -39,6 +42,8 @@ const N_DECODE_TEXT: usize = 256;
 const CHILD_ENV: &str = "INTERNVL_BENCH_CHILD";
 const WORK_ENV: &str = "INTERNVL_BENCH_WORK";
 const TTFT_CTX: usize = 4096;
+/// The GGUF key where internvl-convert records the effective type of every part (its recipe).
+const RECIPE_KEY: &str = "internvl.converter.recipe";
 
 fn env(k: &str, d: &str) -> String {
     std::env::var(k)
@@ -93,6 +98,8 @@ pub struct Inputs {
     pub image_size: usize,
     pub prefill_ids: Vec<u32>,
     pub decode_ids: Vec<u32>,
+    /// The chat template with image1.jpg's 13 tiles and the question (~3.4k ids): the long-context decode row.
+    pub decode13_ids: Vec<u32>,
     pub ttft_ids: Vec<u32>,
     pub img_context_id: u32,
     pub n_decode: usize,
@@ -132,6 +139,7 @@ impl Inputs {
             image_size: u("image_size")?,
             prefill_ids: ids_of(&v, "prefill_ids")?,
             decode_ids: ids_of(&v, "decode_ids")?,
+            decode13_ids: ids_of(&v, "decode13_ids")?,
             ttft_ids: ids_of(&v, "ttft_ids")?,
             img_context_id: u("img_context_id")? as u32,
             n_decode: u("n_decode")?,
@@ -167,9 +175,17 @@ impl Inputs {
 // ---------------------------------------------------------------------------------------------------------
 // Ours (children)
 
-fn ours_session(path: &str, n_ctx: usize, threads: usize, layout: WeightLayout) -> Result<(Session, f64), String> {
+/// How ours loads a model: the weight layout (`--weights`) and the kernels (`--kernels`).
+#[derive(Clone, Copy)]
+struct Load {
+    layout: WeightLayout,
+    kernels: Kernels,
+}
+
+fn ours_session(path: &str, n_ctx: usize, threads: usize, load: Load) -> Result<(Session, f64), String> {
     let t0 = Instant::now();
-    let model = Model::load_with(&[Path::new(path)], Device::Cpu, layout).map_err(|e| format!("{path}: {e}"))?;
+    let model = Weights::load_with_kernels(&[Path::new(path)], Device::Cpu, load.layout, load.kernels)
+        .map_err(|e| format!("{path}: {e}"))?;
     let params = SessionParams {
         n_ctx,
         n_threads: threads,
@@ -179,8 +195,8 @@ fn ours_session(path: &str, n_ctx: usize, threads: usize, layout: WeightLayout) 
     Ok((s, t0.elapsed().as_secs_f64()))
 }
 
-fn ours_vision(inp: &Inputs, path: &str, threads: usize, layout: WeightLayout) -> Result<Value, String> {
-    let (mut s, load_s) = ours_session(path, 256, threads, layout)?;
+fn ours_vision(inp: &Inputs, path: &str, threads: usize, load: Load) -> Result<Value, String> {
+    let (mut s, load_s) = ours_session(path, 256, threads, load)?;
     let t1 = inp.tiles_f32("t1")?;
     let t13 = inp.tiles_f32("t13")?;
     let per = 3 * inp.image_size * inp.image_size;
@@ -207,9 +223,31 @@ fn ours_vision(inp: &Inputs, path: &str, threads: usize, layout: WeightLayout) -
     }))
 }
 
-fn ours_text(inp: &Inputs, path: &str, threads: usize, layout: WeightLayout) -> Result<Value, String> {
+/// `inp.reps.decode` timed runs of `inp.n_decode` greedy steps from token `first` after the `n0`-token
+/// context (cut back to it before each): tokens per second, one a run; `e` words the errors.
+fn ours_timed_decode(
+    s: &mut Session,
+    inp: &Inputs,
+    n0: usize,
+    first: u32,
+    e: impl Fn(internvl::model::ModelError) -> String + Copy,
+) -> Result<Vec<f64>, String> {
+    let mut decode = Vec::new();
+    for _ in 0..inp.reps.decode {
+        s.truncate(n0);
+        let mut tok = first;
+        let t = Instant::now();
+        for _ in 0..inp.n_decode {
+            tok = argmax(&s.decode(tok).map_err(e)?);
+        }
+        decode.push(inp.n_decode as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(decode)
+}
+
+fn ours_text(inp: &Inputs, path: &str, threads: usize, load: Load) -> Result<Value, String> {
     let n_ctx = inp.prefill_ids.len().max(inp.decode_ids.len()) + inp.n_decode + 16;
-    let (mut s, load_s) = ours_session(path, n_ctx, threads, layout)?;
+    let (mut s, load_s) = ours_session(path, n_ctx, threads, load)?;
     let e = |e: internvl::model::ModelError| format!("text: {e}");
     // Warm-up: a few tokens and decode steps.
     let out = s
@@ -232,16 +270,7 @@ fn ours_text(inp: &Inputs, path: &str, threads: usize, layout: WeightLayout) -> 
     let out = s.eval(&inp.decode_ids, &proj, false).map_err(e)?;
     let first = argmax(&out.logits);
     let n0 = s.n_past();
-    let mut decode = Vec::new();
-    for _ in 0..inp.reps.decode {
-        s.truncate(n0);
-        let mut tok = first;
-        let t = Instant::now();
-        for _ in 0..inp.n_decode {
-            tok = argmax(&s.decode(tok).map_err(e)?);
-        }
-        decode.push(inp.n_decode as f64 / t.elapsed().as_secs_f64());
-    }
+    let decode = ours_timed_decode(&mut s, inp, n0, first, e)?;
     Ok(json!({
         "load_s": load_s,
         "prefill_tps": median(&prefill),
@@ -251,8 +280,54 @@ fn ours_text(inp: &Inputs, path: &str, threads: usize, layout: WeightLayout) -> 
     }))
 }
 
-fn ours_ttft(inp: &Inputs, path: &str, threads: usize, n_ctx: usize, layout: WeightLayout) -> Result<Value, String> {
-    let (mut s, load_s) = ours_session(path, n_ctx, threads, layout)?;
+/// Decode steps with image1.jpg's 13 tiles in the context (~3.4k tokens). The image rows are the 1-tile
+/// image's projector output repeated 13 times: decoding reads the KV cache whatever its values, so the speed
+/// is that of the real 13-tile context without 13 tiles of vision per job (llama.cpp gets the same rows).
+fn ours_decode13(inp: &Inputs, path: &str, threads: usize, load: Load) -> Result<Value, String> {
+    let n_ctx = inp.decode13_ids.len() + inp.n_decode + 16;
+    let (mut s, load_s) = ours_session(path, n_ctx, threads, load)?;
+    let e = |e: internvl::model::ModelError| format!("decode13: {e}");
+    let one = s.encode_tiles(&inp.tiles_f32("t1")?, false).map_err(e)?.proj;
+    let n_img = inp.n_image_ctx(&inp.decode13_ids);
+    let rows = repeat_rows(&one, inp.n_image_ctx(&inp.decode_ids), n_img)?;
+    let t = Instant::now();
+    let out = s.eval(&inp.decode13_ids, &rows, false).map_err(e)?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    let first = argmax(&out.logits);
+    let n0 = s.n_past();
+    // Warm-up: two steps (first use of the long-context graphs).
+    let mut tok = first;
+    for _ in 0..2 {
+        tok = argmax(&s.decode(tok).map_err(e)?);
+    }
+    let decode = ours_timed_decode(&mut s, inp, n0, first, e)?;
+    Ok(json!({
+        "load_s": load_s,
+        "decode13_tps": median(&decode),
+        "decode13_ctx": n0,
+        "prefill13_tps": inp.decode13_ids.len() as f64 / prefill_s,
+        "rss_mb": peak_rss_mb(),
+    }))
+}
+
+/// One image's `one_rows` projector rows (`one`), repeated to `n_rows` rows.
+pub fn repeat_rows(one: &[f32], one_rows: usize, n_rows: usize) -> Result<Vec<f32>, String> {
+    if one_rows == 0 || one.is_empty() || !one.len().is_multiple_of(one_rows) || !n_rows.is_multiple_of(one_rows) {
+        return Err(format!(
+            "cannot repeat {} floats of {one_rows} rows into {n_rows} rows",
+            one.len()
+        ));
+    }
+    Ok(one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() / one_rows * n_rows)
+        .collect())
+}
+
+fn ours_ttft(inp: &Inputs, path: &str, threads: usize, n_ctx: usize, load: Load) -> Result<Value, String> {
+    let (mut s, load_s) = ours_session(path, n_ctx, threads, load)?;
     let e = |e: internvl::model::ModelError| format!("ttft: {e}");
     let tiles = inp.tiles_f32("t7")?;
     let t = Instant::now();
@@ -288,14 +363,25 @@ fn run_child_job(job: &Value) -> Result<Value, String> {
         None => WeightLayout::default(),
         Some(l) => WeightLayout::parse(l).ok_or_else(|| format!("child job: unknown weight layout {l}"))?,
     };
+    let kernels = match job["kernels"].as_str() {
+        None => Kernels::default(),
+        Some(k) => k.parse().map_err(|e| format!("child job: {e}"))?,
+    };
+    let load = Load { layout, kernels };
     match (s("sys")?.as_str(), s("job")?.as_str()) {
-        ("ours", "vision") => ours_vision(&inp, &s("model")?, threads, layout),
-        ("ours", "text") => ours_text(&inp, &s("model")?, threads, layout),
-        ("ours", "ttft") => ours_ttft(&inp, &s("model")?, threads, n_ctx, layout),
+        ("ours", "vision") => ours_vision(&inp, &s("model")?, threads, load),
+        ("ours", "text") => ours_text(&inp, &s("model")?, threads, load),
+        ("ours", "ttft") => ours_ttft(&inp, &s("model")?, threads, n_ctx, load),
+        ("ours", "decode13") => ours_decode13(&inp, &s("model")?, threads, load),
+        ("machine", "limits") => Ok(limits::measure(threads)),
         ("llama", "vision") => llamacpp::vision(&inp, &s("model")?, &s("mmproj")?, threads),
         ("llama", "text") => {
             let mm = s("mmproj").ok();
             llamacpp::text(&inp, &s("model")?, mm.as_deref(), threads)
+        }
+        ("llama", "decode13") => {
+            let mm = s("mmproj").ok();
+            llamacpp::decode13(&inp, &s("model")?, mm.as_deref(), threads)
         }
         ("llama", "ttft") => llamacpp::ttft(&inp, &s("model")?, &s("mmproj")?, threads, n_ctx),
         (a, b) => Err(format!("unknown child job {a}/{b}")),
@@ -321,6 +407,12 @@ struct Cfg {
     torch_variants: Vec<String>,
     /// Extra weight layouts of ours (BENCH_OURS_LAYOUTS), besides the default: each job of ours runs again.
     ours_layouts: Vec<String>,
+    /// BENCH_OURS_KERNELS: passed to ours as the `--kernels` load parameter (None: the library's default).
+    ours_kernels: Option<String>,
+    /// What those kernels run on this CPU (`Kernels::resolve`), for the header.
+    ours_choice: String,
+    /// Whether ours runs AVX-512 code (then this run is not the AVX2 class, whatever ggml was built for).
+    ours_avx512: bool,
     python: String,
     hf_dir: PathBuf,
     torch_f32_tiles13: usize,
@@ -348,6 +440,17 @@ impl Cfg {
         } else {
             "target/bench/side_by_side.md"
         });
+        let kernels = std::env::var("BENCH_OURS_KERNELS")
+            .ok()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty());
+        let parsed: Kernels = match &kernels {
+            Some(k) => k.parse().map_err(|e| format!("BENCH_OURS_KERNELS: {e}"))?,
+            None => Kernels::default(),
+        };
+        let choice = parsed.resolve().map_err(|e| format!("BENCH_OURS_KERNELS: {e}"))?;
+        let ours_choice = format!("{choice:?}");
+        let ours_avx512 = choice.isa == internvl::kernels::Isa::Avx512Vnni;
         let hf_default = Path::new("/tmp/bnb-compare")
             .join(ckpt.file_name().unwrap_or_default())
             .join("hf");
@@ -362,7 +465,18 @@ impl Cfg {
             vision_types: list("BENCH_VISION_TYPES", "f16,q8_0,q4_0"),
             text_types: list("BENCH_TEXT_TYPES", "q8_0,q4_0"),
             torch_variants: list("BENCH_TORCH_VARIANTS", "ref-f32,ref-bf16,bnb-int8-all"),
-            ours_layouts: list("BENCH_OURS_LAYOUTS", "int8"),
+            // Unset: int8 as an extra layout; set but empty: the default layout only.
+            ours_layouts: match std::env::var("BENCH_OURS_LAYOUTS") {
+                Ok(v) => v
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+                Err(_) => vec!["int8".to_string()],
+            },
+            ours_kernels: kernels.clone(),
+            ours_choice,
+            ours_avx512,
             python: env("BENCH_PYTHON", "python3"),
             hf_dir: PathBuf::from(env("BENCH_HF_DIR", &hf_default.to_string_lossy())),
             torch_f32_tiles13: env_usize("BENCH_TORCH_F32_TILES13", if smoke { 13 } else { 4 })?,
@@ -453,6 +567,8 @@ fn prepare_inputs(cfg: &Cfg, reps: &Value, n_decode: usize) -> Result<Value, Str
     let img_context_id = tok.ids.img_context;
     let ttft = build_prompt_ids(&tok, &Conversation::single(QUESTION), &[7], num_image_token)
         .map_err(|e| format!("prompt: {e}"))?;
+    let decode13 = build_prompt_ids(&tok, &Conversation::single(QUESTION), &[13], num_image_token)
+        .map_err(|e| format!("prompt: {e}"))?;
     let mut decode = build_prompt_ids(&tok, &Conversation::single(QUESTION), &[1], num_image_token)
         .map_err(|e| format!("prompt: {e}"))?
         .ids;
@@ -475,6 +591,7 @@ fn prepare_inputs(cfg: &Cfg, reps: &Value, n_decode: usize) -> Result<Value, Str
         "question": QUESTION,
         "prefill_ids": prefill,
         "decode_ids": decode,
+        "decode13_ids": decode13.ids,
         "ttft_ids": ttft.ids,
         "n_decode": n_decode,
         "reps": reps,
@@ -520,6 +637,10 @@ struct Job {
 
 fn rust_job(cfg: &Cfg, key: &str, label: String, est: f64, job: Value) -> Result<Job, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut job = job;
+    if let (Some(k), Some("ours")) = (&cfg.ours_kernels, job["sys"].as_str()) {
+        job["kernels"] = json!(k);
+    }
     let mut cmd = Command::new(exe);
     cmd.env(CHILD_ENV, job.to_string()).env(WORK_ENV, &cfg.work);
     Ok(Job {
@@ -530,9 +651,67 @@ fn rust_job(cfg: &Cfg, key: &str, label: String, est: f64, job: Value) -> Result
     })
 }
 
+/// The jobs of text job `job` (labelled `what`) on every text type: ours on each layout, llama.cpp's
+/// (given the projector where `llama_mmproj`); `n_ctx` where the job sets the context size.
+fn text_jobs(
+    cfg: &Cfg,
+    job: &str,
+    what: &str,
+    est: f64,
+    n_ctx: Option<usize>,
+    llama_mmproj: bool,
+    jobs: &mut Vec<Job>,
+) -> Result<(), String> {
+    let th = cfg.threads;
+    for t in &cfg.text_types {
+        if cfg.has("ours") {
+            for (key, layout) in cfg.ours_variants() {
+                let mut j = json!({"sys": "ours", "job": job, "model": cfg.ours(t), "threads": th});
+                if let Some(n) = n_ctx {
+                    j["n_ctx"] = json!(n);
+                }
+                j["layout"] = json!(layout);
+                jobs.push(rust_job(
+                    cfg,
+                    &format!("ours/{job}/{t}{key}"),
+                    format!("ours {what} {t}{key}"),
+                    est,
+                    j,
+                )?);
+            }
+        }
+        if cfg.has("llama") {
+            let mut j = json!({"sys": "llama", "job": job, "model": cfg.lc_text(t)});
+            if llama_mmproj {
+                j["mmproj"] = json!(cfg.lc_mmproj(t));
+            }
+            j["threads"] = json!(th);
+            if let Some(n) = n_ctx {
+                j["n_ctx"] = json!(n);
+            }
+            jobs.push(rust_job(
+                cfg,
+                &format!("llama/{job}/{t}"),
+                format!("llama.cpp {what} {t}"),
+                est,
+                j,
+            )?);
+        }
+    }
+    Ok(())
+}
+
 fn plan(cfg: &Cfg, reps: &Reps, n_decode: usize) -> Result<Vec<Job>, String> {
     let th = cfg.threads;
     let mut jobs = Vec::new();
+    // The machine's limits first (a quiet process of its own): read bandwidth and multiply peaks.
+    jobs.push(rust_job(
+        cfg,
+        "machine/limits",
+        "limits: read bandwidth, f32/int8 peaks".into(),
+        20.0,
+        json!({"sys": "machine", "job": "limits", "threads": th}),
+    )?);
     // Rough seconds on a quiet 2-core AVX-512 machine (issue 10's figures): ViT ~2.5 s/tile, prefill ~150
     // tok/s, decode ~60 tok/s; PyTorch ViT 3 s (f32), 1.6 s (bf16), 1.2 s (int8) per tile, ~80 tok/s prefill.
     let vis_tiles = (1 + reps.vision1 + 13 * reps.vision13) as f64;
@@ -564,62 +743,22 @@ fn plan(cfg: &Cfg, reps: &Reps, n_decode: usize) -> Result<Vec<Job>, String> {
     }
     let text_est =
         3.0 + (reps.prefill as f64 + 1.0) * N_PREFILL as f64 / 150.0 + 2.5 + (reps.decode * n_decode) as f64 / 60.0;
-    for t in &cfg.text_types {
-        if cfg.has("ours") {
-            for (key, layout) in cfg.ours_variants() {
-                let j = json!({"sys": "ours", "job": "text", "model": cfg.ours(t), "threads": th, "layout": layout});
-                jobs.push(rust_job(
-                    cfg,
-                    &format!("ours/text/{t}{key}"),
-                    format!("ours prefill+decode {t}{key}"),
-                    text_est,
-                    j,
-                )?);
-            }
-        }
-        if cfg.has("llama") {
-            // Without mtmd the image rows of the decode context are constants (decode speed is the same).
-            let j = if cfg!(feature = "bench-mtmd") {
-                json!({"sys": "llama", "job": "text", "model": cfg.lc_text(t), "mmproj": cfg.lc_mmproj(t), "threads": th})
-            } else {
-                json!({"sys": "llama", "job": "text", "model": cfg.lc_text(t), "threads": th})
-            };
-            jobs.push(rust_job(
-                cfg,
-                &format!("llama/text/{t}"),
-                format!("llama.cpp prefill+decode {t}"),
-                text_est,
-                j,
-            )?);
-        }
-    }
+    // Without mtmd the image rows of the decode context are constants (decode speed is the same).
+    let mtmd = cfg!(feature = "bench-mtmd");
+    text_jobs(cfg, "text", "prefill+decode", text_est, None, mtmd, &mut jobs)?;
+    // ~3.4k tokens of prefill, one tile of vision, then the decode steps at ~40 tok/s.
+    let d13_est = 3.0 + 2.5 + 3400.0 / 150.0 + ((reps.decode + 1) * n_decode) as f64 / 40.0;
+    text_jobs(
+        cfg,
+        "decode13",
+        "decode, 13 tiles in context",
+        d13_est,
+        None,
+        mtmd,
+        &mut jobs,
+    )?;
     let ttft_est = 3.0 + 7.0 * 2.5 + 1830.0 / 150.0;
-    for t in &cfg.text_types {
-        if cfg.has("ours") {
-            for (key, layout) in cfg.ours_variants() {
-                let j = json!({"sys": "ours", "job": "ttft", "model": cfg.ours(t), "threads": th, "n_ctx": TTFT_CTX,
-                               "layout": layout});
-                jobs.push(rust_job(
-                    cfg,
-                    &format!("ours/ttft/{t}{key}"),
-                    format!("ours TTFT + RSS {t}{key}"),
-                    ttft_est,
-                    j,
-                )?);
-            }
-        }
-        if cfg.has("llama") {
-            let j = json!({"sys": "llama", "job": "ttft", "model": cfg.lc_text(t), "mmproj": cfg.lc_mmproj(t),
-                           "threads": th, "n_ctx": TTFT_CTX});
-            jobs.push(rust_job(
-                cfg,
-                &format!("llama/ttft/{t}"),
-                format!("llama.cpp TTFT + RSS {t}"),
-                ttft_est,
-                j,
-            )?);
-        }
-    }
+    text_jobs(cfg, "ttft", "TTFT + RSS", ttft_est, Some(TTFT_CTX), true, &mut jobs)?;
     if cfg.has("torch") {
         let script = cfg.root.join("bench/torch_speed.py");
         for v in &cfg.torch_variants {
@@ -731,6 +870,12 @@ fn machine() -> Vec<String> {
     if cfg!(target_feature = "avx2") {
         rust_feats.push("avx2");
     }
+    if cfg!(target_feature = "fma") {
+        rust_feats.push("fma");
+    }
+    if cfg!(target_feature = "f16c") {
+        rust_feats.push("f16c");
+    }
     if cfg!(target_feature = "avx512f") {
         rust_feats.push("avx512f");
     }
@@ -747,9 +892,9 @@ fn machine() -> Vec<String> {
         format!("ggml (one build, linked into ours and llama.cpp alike): {}", llamacpp::system_info()),
         format!("ggml CPU features seen by ours: {:?}", internvl::ggml::cpu_features()),
         format!(
-            "this binary's Rust target features: {} (target-cpu=native {}; llama-cpp-sys-2 then configures ggml with GGML_NATIVE=ON, i.e. -march=native)",
+            "this build's Rust target features: {} (llama-cpp-sys-2 configures ggml from RUSTFLAGS, see the Run line: \
+             target-cpu=native gives GGML_NATIVE=ON, another target-cpu the GGML_AVX2/FMA/F16C/AVX512* switches of its features)",
             if rust_feats.is_empty() { "baseline".into() } else { rust_feats.join(" ") },
-            if cfg!(target_feature = "avx512f") || cfg!(target_feature = "avx2") { "likely on" } else { "off" }
         ),
         format!("ours: SessionParams::default() = {:?}", SessionParams::default()),
     ]
@@ -904,6 +1049,24 @@ fn table(cfg: &Cfg, res: &std::collections::BTreeMap<String, Result<Value, Strin
         .iter()
         .flat_map(|t| cfg.ours_variants().into_iter().map(move |(k, _)| (t, k)))
     {
+        let l = get(res, &format!("llama/decode13/{t}"), "decode13_tps");
+        rows.push(Row {
+            measure: "decode tok/s, image1.jpg's 13 tiles + question in context (~3.4k tokens)".into(),
+            ty: type_label(t, &key),
+            unit_digits: 1,
+            ours: get(res, &format!("ours/decode13/{t}{key}"), "decode13_tps"),
+            llama: l,
+            torch: [None, None, None],
+            anchors: vec![(format!("llama.cpp {t}"), l)],
+            lower_better: false,
+            target: Some(1.1),
+        });
+    }
+    for (t, key) in cfg
+        .text_types
+        .iter()
+        .flat_map(|t| cfg.ours_variants().into_iter().map(move |(k, _)| (t, k)))
+    {
         let l = get(res, &format!("llama/text/{t}"), "prefill_tps");
         rows.push(Row {
             measure: format!("prefill tok/s, {N_PREFILL} text tokens"),
@@ -996,6 +1159,386 @@ fn table(cfg: &Cfg, res: &std::collections::BTreeMap<String, Result<Value, Strin
     lines
 }
 
+/// The model's sizes (checkpoint config.json) that the limits need.
+struct Dims {
+    /// Vision: layers, width, MLP width, tokens per tile (patches + class token), patch side.
+    v_layers: f64,
+    v_d: f64,
+    v_ff: f64,
+    v_tokens: f64,
+    patch: f64,
+    /// Rows per tile after the pixel shuffle (the projector's rows).
+    img_rows: f64,
+    /// Language model: layers, width, MLP width, K/V width (kv heads x head dim).
+    l_layers: f64,
+    l_d: f64,
+    l_ff: f64,
+    l_kv: f64,
+}
+
+impl Dims {
+    fn read(ckpt: &Path) -> Result<Self, String> {
+        let p = ckpt.join("config.json");
+        let c: Value = serde_json::from_str(&std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        let num = |v: &Value, k: &str| v[k].as_f64().ok_or_else(|| format!("{}: no number {k}", p.display()));
+        let (v, l) = (&c["vision_config"], &c["llm_config"]);
+        let side = num(v, "image_size")? / num(v, "patch_size")?;
+        let ds = c["downsample_ratio"].as_f64().unwrap_or(0.5);
+        let heads = num(l, "num_attention_heads")?;
+        let l_d = num(l, "hidden_size")?;
+        Ok(Dims {
+            v_layers: num(v, "num_hidden_layers")?,
+            v_d: num(v, "hidden_size")?,
+            v_ff: num(v, "intermediate_size")?,
+            v_tokens: side * side + 1.0,
+            patch: num(v, "patch_size")?,
+            img_rows: (side * ds).powi(2),
+            l_layers: num(l, "num_hidden_layers")?,
+            l_d,
+            l_ff: num(l, "intermediate_size")?,
+            l_kv: num(l, "num_key_value_heads")? * l_d / heads,
+        })
+    }
+    /// Operations (2 per multiply-add) of one tile: patch embedding, the ViT's products and attention, the
+    /// projector (LayerNorm, 4d -> d_llm, d_llm -> d_llm).
+    fn tile_ops(&self) -> f64 {
+        let (n, d) = (self.v_tokens, self.v_d);
+        let patch = 2.0 * (n - 1.0) * d * 3.0 * self.patch * self.patch;
+        let block = 2.0 * n * (4.0 * d * d + 2.0 * d * self.v_ff) + 4.0 * n * n * d;
+        let proj = 2.0 * self.img_rows * (4.0 * d * self.l_d + self.l_d * self.l_d);
+        patch + self.v_layers * block + proj
+    }
+    /// Operations of a prefill of `n` tokens from an empty cache (causal attention; logits of the last only).
+    fn prefill_ops(&self, n: f64) -> f64 {
+        let d = self.l_d;
+        let mats = 2.0 * (2.0 * d * d + 2.0 * d * self.l_kv + 3.0 * d * self.l_ff);
+        let attn = 4.0 * d * (n + 1.0) / 2.0;
+        self.l_layers * n * (mats + attn)
+    }
+    /// Bytes of the KV cache (f16, both systems' default) read by one decoded token at `ctx` tokens.
+    fn kv_bytes(&self, ctx: f64) -> f64 {
+        2.0 * self.l_layers * self.l_kv * ctx * 2.0
+    }
+}
+
+/// Bytes of weights one decoded token reads: every tensor of llama.cpp's text file (the language model
+/// alone) except the token-embedding table, of which one row is read. The same weights as ours at the
+/// same type (the recipes are checked to match).
+fn weight_bytes_per_token(text_gguf: &Path) -> Result<f64, String> {
+    let f = GgufFile::open(text_gguf).map_err(|e| format!("{}: {e}", text_gguf.display()))?;
+    let mut bytes = 0.0;
+    for t in f.tensors() {
+        if t.name == llamacpp::TOKEN_EMBD {
+            let rows = t.ne.get(1).copied().unwrap_or(1).max(1);
+            bytes += (t.size / rows) as f64;
+        } else {
+            bytes += t.size as f64;
+        }
+    }
+    Ok(bytes)
+}
+
+/// The recipe line each input file records (`internvl.converter.recipe`: the effective type of every part),
+/// up to its first ';' (the fixed rules after it are the same for every file).
+fn recipe_of(path: &Path) -> Result<String, String> {
+    let f = GgufFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let r = f.get_str(RECIPE_KEY).map_err(|_| {
+        format!(
+            "{}: no {RECIPE_KEY} (made by an older converter: remake it)",
+            path.display()
+        )
+    })?;
+    Ok(r.split(';').next().unwrap_or(r).trim().to_string())
+}
+
+/// Per weight type: the recipe of ours' file and of llama.cpp's pair, which must agree (the same weights).
+fn recipes(cfg: &Cfg) -> Result<Vec<String>, String> {
+    let mut types: Vec<&String> = cfg.vision_types.iter().chain(cfg.text_types.iter()).collect();
+    types.sort();
+    types.dedup();
+    let mut lines = Vec::new();
+    for t in types {
+        let mut seen: Vec<(PathBuf, String)> = Vec::new();
+        if cfg.has("ours") {
+            seen.push((cfg.ours(t), recipe_of(&cfg.ours(t))?));
+        }
+        if cfg.has("llama") {
+            seen.push((cfg.lc_text(t), recipe_of(&cfg.lc_text(t))?));
+            seen.push((cfg.lc_mmproj(t), recipe_of(&cfg.lc_mmproj(t))?));
+        }
+        if let Some((p0, r0)) = seen.first() {
+            for (p, r) in &seen[1..] {
+                if r != r0 {
+                    return Err(format!(
+                        "the {t} files hold different weights: {} has \"{r0}\", {} has \"{r}\"; remake the older one \
+                         with the current internvl-convert (scripts/bench.sh makes missing files)",
+                        p0.display(),
+                        p.display()
+                    ));
+                }
+            }
+            lines.push(format!("{t}: {r0}"));
+        }
+    }
+    Ok(lines)
+}
+
+/// The CPU class this run measures: what ggml (and so llama.cpp) was built for, and the kernels ours ran.
+fn cpu_class(cfg: &Cfg) -> (bool, String) {
+    let avx512 = cfg!(target_feature = "avx512f");
+    let kernels = format!(
+        "{} (here: {})",
+        cfg.ours_kernels.as_deref().unwrap_or("auto, the default"),
+        cfg.ours_choice
+    );
+    let class = if avx512 {
+        format!(
+            "AVX-512 (this build's ggml and llama.cpp use AVX-512{}); ours ran --kernels {kernels}",
+            if cfg!(target_feature = "avx512vnni") {
+                " VNNI"
+            } else {
+                ""
+            }
+        )
+    } else if cfg.ours_avx512 && cfg.has("ours") {
+        format!(
+            "MIXED, not the AVX2 class: this build's ggml and llama.cpp run AVX2/FMA/F16C code, but ours ran \
+             --kernels {kernels}, AVX-512 code (set BENCH_OURS_KERNELS=avx2 for the AVX2 class)"
+        )
+    } else {
+        format!(
+            "AVX2 (this build has no AVX-512: ggml and llama.cpp run AVX2/FMA/F16C code); ours ran --kernels {kernels}"
+        )
+    };
+    (avx512, class)
+}
+
+/// Each row against the machine's limit measured in this run: decoding against read bandwidth / bytes per
+/// token, prefill and vision against the multiply peak of their arithmetic (int8 for q8_0/q4_0 and ours'
+/// int8 layouts, f32 FMA for f16/f32).
+fn limits_section(cfg: &Cfg, res: &std::collections::BTreeMap<String, Result<Value, String>>) -> Vec<String> {
+    let mut out = vec![
+        String::new(),
+        "## Distance to the machine's limits".to_string(),
+        String::new(),
+    ];
+    let lim = match res.get("machine/limits") {
+        Some(Ok(v)) => v.clone(),
+        Some(Err(e)) => {
+            out.push(format!("The limits job failed: {e}"));
+            return out;
+        }
+        None => {
+            out.push("The limits job did not run.".into());
+            return out;
+        }
+    };
+    let dims = match Dims::read(&cfg.ckpt) {
+        Ok(d) => d,
+        Err(e) => {
+            out.push(format!("Model sizes unknown: {e}"));
+            return out;
+        }
+    };
+    let (avx512, class) = cpu_class(cfg);
+    let g = |k: &str| lim[k].as_f64().filter(|v| v.is_finite() && *v > 0.0);
+    let bw = g("read_gbs");
+    let f32_peak = if avx512 {
+        g("f32_avx512_gflops")
+    } else {
+        g("f32_avx2_gflops")
+    };
+    let int8_peak = if avx512 {
+        g("int8_vnni512_gops").or(g("int8_avx2_gops"))
+    } else {
+        g("int8_avx2_gops")
+    };
+    let show = |v: Option<f64>, u: &str| v.map_or("n/a".to_string(), |v| format!("{v:.1} {u}"));
+    out.push(format!(
+        "Measured in this run ({} threads, the limits job): read bandwidth {}; f32 FMA peak {} (AVX2 ymm) / {} \
+         (AVX-512 zmm); int8 peak {} (AVX2 vpmaddubsw+vpmaddwd) / {} (AVX-512 VNNI vpdpbusd). CPU class of this \
+         run: {class}; its rows are set against {} f32 and {} int8.",
+        cfg.threads,
+        show(bw, "GB/s"),
+        show(g("f32_avx2_gflops"), "GFLOP/s"),
+        show(g("f32_avx512_gflops"), "GFLOP/s"),
+        show(g("int8_avx2_gops"), "GOP/s"),
+        show(g("int8_vnni512_gops"), "GOP/s"),
+        show(f32_peak, "GFLOP/s"),
+        show(int8_peak, "GOP/s"),
+    ));
+    out.push(String::new());
+    out.push(
+        "| row | type | limit on this machine | ours | ours % of limit | llama.cpp | llama.cpp % of limit |".into(),
+    );
+    out.push("|---|---|---|---:|---:|---:|---:|".into());
+    let pct = |v: Option<f64>, limit: f64, lower_better: bool| match v {
+        Some(v) if v > 0.0 => format!("{:.0}%", if lower_better { limit / v } else { v / limit } * 100.0),
+        _ => "n/a".into(),
+    };
+    // A row: its name, the type, the limit's text (and value where known), ours' and llama.cpp's figures
+    // (`d` digits) and their shares of the limit.
+    type Figures = (Option<f64>, Option<f64>);
+    let row =
+        |name: &str, t: &str, key: &str, limit: Option<f64>, text: String, (o, l): Figures, d: usize, lower: bool| {
+            match limit {
+                Some(limit) => format!(
+                    "| {name} | {} | {text} | {} | {} | {} | {} |",
+                    type_label(t, key),
+                    fmt(o, d),
+                    pct(o, limit, lower),
+                    fmt(l, d),
+                    pct(l, limit, lower),
+                ),
+                None => format!(
+                    "| {name} | {} | {text} | {} | | {} | |",
+                    type_label(t, key),
+                    fmt(o, d),
+                    fmt(l, d)
+                ),
+            }
+        };
+    // Ours' figure and llama.cpp's: llama.cpp has no layouts, its figure goes with the default row only.
+    let figures = |job: &str, t: &str, key: &str, field: &str| {
+        let o = get(res, &format!("ours/{job}/{t}{key}"), field);
+        let l = key
+            .is_empty()
+            .then(|| get(res, &format!("llama/{job}/{t}"), field))
+            .flatten();
+        (o, l)
+    };
+    let peak_of = |t: &str, key: &str| {
+        let int8 = t.starts_with('q') || key.starts_with("@int8");
+        if int8 {
+            (int8_peak, "int8")
+        } else {
+            (f32_peak, "f32")
+        }
+    };
+    for (t, key) in cfg
+        .text_types
+        .iter()
+        .flat_map(|t| cfg.ours_variants().into_iter().map(move |(k, _)| (t, k)))
+    {
+        let w = match weight_bytes_per_token(&cfg.lc_text(t)) {
+            Ok(w) => w,
+            Err(e) => {
+                out.push(format!("| decode | {t} | weights per token unknown: {e} | | | | |"));
+                continue;
+            }
+        };
+        for (job, field, ctx_field, name) in [
+            (
+                "text",
+                "decode_tps",
+                "decode_ctx",
+                "decode tok/s, 1-tile image + 256 text tokens",
+            ),
+            (
+                "decode13",
+                "decode13_tps",
+                "decode13_ctx",
+                "decode tok/s, 13 tiles in context",
+            ),
+        ] {
+            let figs = figures(job, t, &key, field);
+            let ctx = get(res, &format!("ours/{job}/{t}{key}"), ctx_field).or(get(
+                res,
+                &format!("llama/{job}/{t}"),
+                ctx_field,
+            ));
+            let (Some(bw), Some(ctx)) = (bw, ctx) else {
+                out.push(row(name, t, &key, None, "n/a".into(), figs, 1, false));
+                continue;
+            };
+            let bytes = w + dims.kv_bytes(ctx);
+            let limit = bw * 1e9 / bytes;
+            let text = format!(
+                "{limit:.1} tok/s ({bw:.1} GB/s / {:.0} MB per token: weights {:.0} + KV {:.0} at {ctx:.0})",
+                bytes / 1e6,
+                w / 1e6,
+                dims.kv_bytes(ctx) / 1e6,
+            );
+            out.push(row(name, t, &key, Some(limit), text, figs, 1, false));
+        }
+        let (peak, kind) = peak_of(t, &key);
+        let figs = figures("text", t, &key, "prefill_tps");
+        let ops = dims.prefill_ops(N_PREFILL as f64) / N_PREFILL as f64;
+        out.push(match peak {
+            Some(p) => {
+                let limit = p * 1e9 / ops;
+                let text = format!(
+                    "{limit:.0} tok/s ({:.2} GOP per token at {p:.0} GOP/s {kind})",
+                    ops / 1e9
+                );
+                row(
+                    &format!("prefill tok/s, {N_PREFILL} tokens"),
+                    t,
+                    &key,
+                    Some(limit),
+                    text,
+                    figs,
+                    1,
+                    false,
+                )
+            }
+            None => row(
+                "prefill tok/s",
+                t,
+                &key,
+                None,
+                format!("n/a ({kind} peak not measured)"),
+                figs,
+                1,
+                false,
+            ),
+        });
+    }
+    for (t, key) in cfg
+        .vision_types
+        .iter()
+        .flat_map(|t| cfg.ours_variants().into_iter().map(move |(k, _)| (t, k)))
+    {
+        let (peak, kind) = peak_of(t, &key);
+        let ops = dims.tile_ops();
+        for (field, name) in [
+            ("vision1_ms", "vision ms/tile, 1-tile image"),
+            ("vision13_ms", "vision ms/tile, 13-tile image"),
+        ] {
+            let figs = figures("vision", t, &key, field);
+            out.push(match peak {
+                Some(p) => {
+                    let limit = ops / (p * 1e9) * 1e3;
+                    let text = format!("{limit:.0} ms ({:.0} GOP per tile at {p:.0} GOP/s {kind})", ops / 1e9);
+                    row(name, t, &key, Some(limit), text, figs, 0, true)
+                }
+                None => row(
+                    name,
+                    t,
+                    &key,
+                    None,
+                    format!("n/a ({kind} peak not measured)"),
+                    figs,
+                    0,
+                    true,
+                ),
+            });
+        }
+    }
+    out.push(String::new());
+    out.push(
+        "Limits: decoding reads every weight of the language model once per token (the token-embedding table: one \
+         row) plus the f16 KV cache, so read bandwidth / those bytes bounds tok/s. Prefill and vision are counted at \
+         2 operations per multiply-add of their matrix products and attention (sizes from the checkpoint's \
+         config.json) and set against the loop peak of their arithmetic: int8 products for q8_0/q4_0 (ggml's and our \
+         kernels quantize the activations to 8 bits) and ours' int8 layouts, f32 FMA for f16/f32. Loop peaks leave \
+         out loads, conversions and the non-matrix work, so 100% is out of reach."
+            .into(),
+    );
+    out
+}
+
 fn parent() -> Result<(), String> {
     let started = Instant::now();
     let cfg = Cfg::from_env()?;
@@ -1027,6 +1570,7 @@ fn parent() -> Result<(), String> {
     let n_decode = env_usize("BENCH_DECODE_STEPS", if cfg.smoke { 4 } else { 64 })?;
     let reps_v =
         json!({"vision1": reps.vision1, "vision13": reps.vision13, "prefill": reps.prefill, "decode": reps.decode});
+    let recipe_lines = recipes(&cfg)?;
     let inputs = prepare_inputs(&cfg, &reps_v, n_decode)?;
     let mut jobs = plan(&cfg, &reps, n_decode)?;
     let est: f64 = jobs.iter().map(|j| j.estimate_s).sum();
@@ -1046,6 +1590,11 @@ fn parent() -> Result<(), String> {
         head.push(String::new());
     }
     head.extend(machine().into_iter().map(|l| format!("- {l}")));
+    head.push(format!("- CPU class of this run: {}", cpu_class(&cfg).1));
+    head.push(format!(
+        "- weight files (internvl-convert's recipe, the same for ours and llama.cpp at each type): {}",
+        recipe_lines.join("; ")
+    ));
     head.push(format!(
         "- threads: {} for every system; load average at start: {la0s}",
         cfg.threads
@@ -1056,8 +1605,10 @@ fn parent() -> Result<(), String> {
     ));
     head.push(format!(
         "- inputs: {} -> tiles {} (uint8 from our Pillow-exact tiling, normalized with the same table for ours and PyTorch; \
-         llama.cpp gets the uint8 tiles, one 448x448 bitmap each); prompts: prefill {} ids, decode context {} ids, TTFT {} ids",
+         llama.cpp gets the uint8 tiles, one 448x448 bitmap each); prompts: prefill {} ids, decode context {} ids, \
+         13-tile decode context {} ids, TTFT {} ids",
         cfg.image.display(), inputs["tiles"], N_PREFILL, inputs["decode_ids"].as_array().map_or(0, |a| a.len()),
+        inputs["decode13_ids"].as_array().map_or(0, |a| a.len()),
         inputs["ttft_ids"].as_array().map_or(0, |a| a.len())
     ));
     head.push(format!(
@@ -1120,6 +1671,7 @@ fn parent() -> Result<(), String> {
     }
     md.push(String::new());
     md.extend(table(&cfg, &res));
+    md.extend(limits_section(&cfg, &res));
     md.push(String::new());
     md.push("Notes:".into());
     md.push("- ours / best: ratio of ours to the best anchor of that row (lower is better for ms, s and MB; higher for tok/s); \
@@ -1151,6 +1703,12 @@ fn parent() -> Result<(), String> {
          mean every system computed the same thing; random weights make near-ties possible): {}.",
         firsts.join(", ")
     ));
+    md.push(
+        "- Decode with 13 tiles in context: the prompt of image1.jpg's 13 tiles and the question; its image rows are \
+         the 1-tile image's projector rows repeated 13 times (each system its own), since decoding reads the KV cache \
+         whatever its values: the speed of the real context without 13 tiles of vision per job."
+            .into(),
+    );
     md.push(
         "- Peak RSS: VmHWM of the TTFT process (load, 7 tiles, prompt, first token; mmap'd weight pages count).".into(),
     );

@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use internvl::ggml::{Backend, Context, Sched};
 use internvl::gguf::GgufFile;
 use internvl::image::{self as ivl, Limits, TilingParams};
-use internvl::model::Model;
+use internvl::model::Weights;
 use internvl::names;
 use internvl::session::{Session, SessionParams};
 
@@ -64,18 +64,12 @@ impl Projector {
     fn new(path: &Path, eps: f32, threads: usize) -> Result<Self, String> {
         let f = GgufFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let wctx: &'static Context = Box::leak(Box::new(Context::new(16, 0).map_err(|e| e.to_string())?));
-        let keys = [
-            (0, "weight"),
-            (0, "bias"),
-            (1, "weight"),
-            (1, "bias"),
-            (3, "weight"),
-            (3, "bias"),
-        ];
+        use names::TensorName as N;
+        let keys = [N::MmNorm, N::MmNormBias, N::MmUp, N::MmUpBias, N::MmDown, N::MmDownBias];
         let mut w = Vec::new();
         let mut infos = Vec::new();
-        for (i, s) in keys {
-            let name = names::mm(i, s);
+        for key in keys {
+            let name = key.name();
             let info = f
                 .tensor(&name)
                 .ok_or_else(|| format!("{}: no tensor {name}", path.display()))?;
@@ -133,7 +127,7 @@ fn stages(c: &mut Criterion) {
         fail(format!("model file {} not found", path.display()));
     }
     let threads = threads();
-    let model = match Model::load(&[path.as_path()]) {
+    let model = match Weights::load(&[path.as_path()]) {
         Ok(m) => Arc::new(m),
         Err(e) => fail(format!("cannot load {}: {e}", path.display())),
     };

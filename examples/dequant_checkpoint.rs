@@ -17,7 +17,7 @@ fn main() {
         std::process::exit(2);
     }
     let (gguf, ck, out) = (Path::new(&args[1]), Path::new(&args[2]), Path::new(&args[3]));
-    let model = internvl::model::Model::load(&[gguf]).unwrap_or_else(|e| panic!("{e}"));
+    let model = internvl::model::Weights::load(&[gguf]).unwrap_or_else(|e| panic!("{e}"));
     let file = GgufFile::open(gguf).unwrap_or_else(|e| panic!("{e}"));
     std::fs::create_dir_all(out).unwrap();
     let specs = internvl::names::tensor_specs(&model.hp);

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use internvl::model::kv_cache::KvType;
-use internvl::model::{Device, Model, WeightLayout};
+use internvl::model::{Device, WeightLayout, Weights};
 use internvl::sampling::argmax;
 use internvl::session::{physical_cores, Session, SessionParams};
 use serde_json::{json, Value};
@@ -225,7 +225,7 @@ fn main() -> Res<()> {
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
 
     let t0 = Instant::now();
-    let model = Arc::new(Model::load_with(&[args.model.as_path()], Device::Cpu, args.weights)?);
+    let model = Arc::new(Weights::load_with(&[args.model.as_path()], Device::Cpu, args.weights)?);
     let n_ctx = prompts.iter().map(|p| p.ids.len() + gen).max().unwrap_or(0) + 8;
     let params = SessionParams {
         n_ctx,

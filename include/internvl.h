@@ -78,6 +78,10 @@ typedef struct ivl_model_params {
     const char *tokenizer_dir;
     // One of `IVL_WEIGHTS_*`: how CPU weights are held (ignored on a GPU).
     ivl_weight_layout weight_layout;
+    // Which kernels run on the CPU, by the name `--kernels` takes: "auto" (the best of ours this CPU
+    // runs), "avx512-vnni", "avx2", "portable" (ours without SIMD, slow) or "ggml" (none of ours); NULL:
+    // "auto". A set this CPU lacks is `IVL_STATUS_INVALID_ARGUMENT`. (Appended after the first layout.)
+    const char *kernels;
 } ivl_model_params;
 
 // Storage type of the KV cache (one of `IVL_KV_*`).
@@ -244,9 +248,10 @@ typedef int32_t (*ivl_progress_callback)(ivl_stage stage, uint32_t done, uint32_
 // A GPU; `ivl_model_load` fails with `IVL_STATUS_DEVICE` when there is none.
 #define IVL_DEVICE_GPU 2
 
-// The fastest kernels this CPU has: with AVX-512 VNNI, q4_0 and q8_0 matrices rearranged at load for our
-// own kernels (the same bytes; faster decoding, prefill and image encoding); otherwise ggml's interleaved
-// layouts where its CPU kernels have them (q4_0 on AVX2/ARM dot-product CPUs). A copy at load; the
+// The fastest kernels this CPU has: with AVX-512 VNNI or AVX2 (and the `kernels` choice's say), q4_0 and
+// q8_0 matrices rearranged at load for our own kernels (the same bytes; faster decoding, prefill and image
+// encoding); otherwise ggml's interleaved layouts where its CPU kernels have them (q4_0 on ARM dot-product
+// CPUs). A copy at load; the
 // file's pages are released.
 #define IVL_WEIGHTS_REPACKED 0
 

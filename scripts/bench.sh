@@ -3,8 +3,21 @@
 # crate's C API, mtmd for vision) and PyTorch (transformers f32/bf16, bitsandbytes int8) on the same inputs,
 # one run, each measurement in its own process, 2 threads. Writes target/bench/side_by_side.md and prints it.
 #
-#   scripts/bench.sh                 # the full run on the full synthetic checkpoint (~15 min + first build)
+#   scripts/bench.sh                 # the full run on the full synthetic checkpoint (~20 min + first build)
 #   BENCH_SMOKE=1 scripts/bench.sh   # every code path on a tiny random model, one repetition (figures mean nothing)
+#
+# The run measures the machine's limits first (read bandwidth of BENCH_THREADS threads over 1 GiB, f32 FMA
+# and int8 loop peaks) and ends with each row's distance to its limit; the header names the CPU class (model
+# name, the flags avx2/fma/f16c/avx512f/avx512_vnni/avx_vnni, what ggml was built for, and the --kernels
+# ours ran) and the recipe of the weight files (read from each file; ours and llama.cpp must match).
+#
+# The AVX2 class on a machine with AVX-512 (what most laptops are: AMD Zen 2/3, Intel without AVX-512):
+# build for Haswell, which configures ggml, and so llama.cpp, with AVX2/FMA/F16C and no AVX-512, in a
+# target directory of its own, and force ours to its AVX2 path (our kernels choose at run time, so without
+# it they would still run AVX-512 here):
+#
+#   RUSTFLAGS="-C target-cpu=haswell" CARGO_TARGET_DIR=/work/target-haswell BENCH_OURS_KERNELS=avx2 \
+#       BENCH_SYSTEMS=ours,llama scripts/bench.sh
 #
 # Build: RUSTFLAGS="-C target-cpu=native" (so llama-cpp-sys-2 configures ggml with GGML_NATIVE=ON, i.e.
 # -march=native: AVX-512/VNNI/BF16 where the CPU has them; ours and llama.cpp link that one ggml), features
@@ -15,8 +28,14 @@
 # `internvl-convert synth --preset full --seed 1`), BENCH_DIR/BENCH_PREFIX-{f16,q8_0,q4_0}.gguf (ours) and
 # BENCH_DIR/BENCH_PREFIX-split-T.gguf + BENCH_DIR/mmproj-BENCH_PREFIX-split-T.gguf (llama.cpp, `convert --split`).
 # Other knobs (see benches/side_by_side.rs): BENCH_THREADS, BENCH_SYSTEMS=ours,llama,torch,
-# BENCH_VISION_TYPES, BENCH_TEXT_TYPES, BENCH_TORCH_VARIANTS, BENCH_OURS_LAYOUTS, BENCH_PYTHON, BENCH_OUT, BENCH_WORK;
+# BENCH_VISION_TYPES, BENCH_TEXT_TYPES, BENCH_TORCH_VARIANTS, BENCH_PYTHON, BENCH_OUT, BENCH_WORK;
+# BENCH_OURS_LAYOUTS (unset: int8, every job of ours again with --weights int8 as extra rows; set empty:
+# the default layout only); BENCH_OURS_KERNELS=auto|avx512-vnni|avx2|portable|ggml (ours' --kernels load
+# parameter; unset: auto, the best of ours this CPU runs);
 # BENCH_PLAN_ONLY=1 checks the files, writes the inputs and prints the job list with time estimates, then stops.
+# The q4_0 files are internvl-convert's q4_0 recipe (--type q4_0: the language model's block matrices at
+# q4_0, the vision tower, projector, token_embd and lm_head at q8_0), the same for ours and llama.cpp; a file
+# made by an older converter (pure q4_0) is refused with the two recipes named.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -53,8 +72,9 @@ TTYPES=${BENCH_TEXT_TYPES:-q8_0,q4_0}
 SYSTEMS=${BENCH_SYSTEMS:-ours,llama,torch}
 
 echo "== side-by-side benchmark (issue 10): $(date -u +%H:%M:%S) UTC, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "   estimated time: run ~15 min on a quiet 2-core machine with the full model (the binary prints a"
-echo "   per-job estimate); first build of llama.cpp with mtmd + native flags: ~10-20 min more"
+echo "   estimated time: run ~20-30 min on a quiet 2-core machine with the full model (the binary prints a"
+echo "   per-job estimate, from AVX-512 figures: the AVX2 class takes longer); first build of llama.cpp with"
+echo "   mtmd in a new CARGO_TARGET_DIR: ~20 min more"
 if awk '{exit !($1 > 1.5)}' /proc/loadavg; then
     echo "   WARNING: load average above 1.5: the figures will be noise"
 fi

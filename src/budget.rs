@@ -21,7 +21,7 @@
 use crate::ggml::{Backend, BackendKind, Context, Sched};
 use crate::hparams::{Hparams, LlmHparams};
 use crate::model::kv_cache::KvType;
-use crate::model::{vision, Model, ModelError};
+use crate::model::{vision, ModelError, Weights};
 
 const F32: u64 = 4;
 
@@ -89,7 +89,7 @@ pub fn vision_compute_estimate(hp: &Hparams, tiles: usize) -> u64 {
 /// The vision compute buffer for `tiles` tiles per graph as ggml's allocator plans it
 /// (`ggml_backend_sched_reserve_size` over the real graph, on the model's device): nothing is
 /// allocated but graph metadata.
-pub fn measure_vision_compute(model: &Model, tiles: usize) -> Result<u64, ModelError> {
+pub fn measure_vision_compute(model: &Weights, tiles: usize) -> Result<u64, ModelError> {
     if tiles == 0 {
         return Ok(0);
     }

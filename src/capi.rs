@@ -17,7 +17,9 @@
 //! once (each creating its own sessions); an `ivl_session` must be used by one thread at a time
 //! (it may move between threads). See docs/c-api.md.
 //!
-//! This module is the only place of the crate outside `ggml` with `unsafe`: raw pointers from C.
+//! Its `unsafe` is the raw pointers from C. The crate's other `unsafe` is in the ggml bindings (`ggml`),
+//! the GGUF file mapping (`gguf`) and our CPU kernels with their ggml custom-op glue (`kernels`), each block
+//! with a `// SAFETY:` line.
 #![allow(non_camel_case_types)]
 
 use std::cell::RefCell;
@@ -27,13 +29,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::chat::{clean_answer, grounding};
 use crate::engine::{
     CancelFlag, ChatParams, EngineError, Event, FinishReason, Flow, GenerateParams, Image, KvType, LoadParams, Message,
     Model, SamplingParams, SessionParams,
 };
 use crate::image::{Limits, PixelFormat, RawImage};
+use crate::kernels::Kernels;
 use crate::model::{Device, ModelError, WeightLayout};
+use crate::prompt::{clean_answer, grounding};
 
 // ---------------------------------------------------------------------------------------------
 // Status codes and enumerations
@@ -107,9 +110,10 @@ pub const IVL_DEVICE_GPU: ivl_device = 2;
 
 /// How CPU weights are held (one of `IVL_WEIGHTS_*`).
 pub type ivl_weight_layout = u32;
-/// The fastest kernels this CPU has: with AVX-512 VNNI, q4_0 and q8_0 matrices rearranged at load for our
-/// own kernels (the same bytes; faster decoding, prefill and image encoding); otherwise ggml's interleaved
-/// layouts where its CPU kernels have them (q4_0 on AVX2/ARM dot-product CPUs). A copy at load; the
+/// The fastest kernels this CPU has: with AVX-512 VNNI or AVX2 (and the `kernels` choice's say), q4_0 and
+/// q8_0 matrices rearranged at load for our own kernels (the same bytes; faster decoding, prefill and image
+/// encoding); otherwise ggml's interleaved layouts where its CPU kernels have them (q4_0 on ARM dot-product
+/// CPUs). A copy at load; the
 /// file's pages are released.
 pub const IVL_WEIGHTS_REPACKED: ivl_weight_layout = 0;
 /// Every weight used in place from the memory-mapped file: no copy, the fastest load.
@@ -157,6 +161,10 @@ pub struct ivl_model_params {
     pub tokenizer_dir: *const c_char,
     /// One of `IVL_WEIGHTS_*`: how CPU weights are held (ignored on a GPU).
     pub weight_layout: ivl_weight_layout,
+    /// Which kernels run on the CPU, by the name `--kernels` takes: "auto" (the best of ours this CPU
+    /// runs), "avx512-vnni", "avx2", "portable" (ours without SIMD, slow) or "ggml" (none of ours); NULL:
+    /// "auto". A set this CPU lacks is `IVL_STATUS_INVALID_ARGUMENT`. (Appended after the first layout.)
+    pub kernels: *const c_char,
 }
 
 /// How to open a session. Start from `ivl_session_default_params()`.
@@ -392,7 +400,9 @@ fn status_of(e: &EngineError) -> ivl_status {
         EngineError::Image(_) => IVL_STATUS_INVALID_IMAGE,
         EngineError::ContextOverflow { .. } => IVL_STATUS_CONTEXT_FULL,
         EngineError::NoQuestion | EngineError::Unanswered => IVL_STATUS_BAD_STATE,
-        EngineError::Placeholders { .. } | EngineError::Param(_) | EngineError::Chat(_) => IVL_STATUS_INVALID_ARGUMENT,
+        EngineError::Placeholders { .. } | EngineError::Param(_) | EngineError::Prompt(_) => {
+            IVL_STATUS_INVALID_ARGUMENT
+        }
         EngineError::Budget(_) => IVL_STATUS_BUDGET,
         EngineError::NonFiniteLogits { .. } => IVL_STATUS_COMPUTE,
         EngineError::Constraint(_) => IVL_STATUS_INVALID_ARGUMENT,
@@ -734,7 +744,7 @@ fn sampling_arg(p: &ivl_generate_params) -> Result<GenerateParams, Failure> {
 
 /// The first versioned layouts (the smallest `struct_size` accepted): everything up to the end of the
 /// fields each struct had then. `ivl_generate_params` grew since (structured answers).
-const MODEL_PARAMS_V1: usize = std::mem::size_of::<ivl_model_params>();
+const MODEL_PARAMS_V1: usize = std::mem::offset_of!(ivl_model_params, kernels);
 const SESSION_PARAMS_V1: usize = std::mem::size_of::<ivl_session_params>();
 const GENERATE_PARAMS_V1: usize = std::mem::offset_of!(ivl_generate_params, json_schema);
 
@@ -893,6 +903,7 @@ pub extern "C" fn ivl_model_default_params() -> ivl_model_params {
         mmproj_path: std::ptr::null(),
         tokenizer_dir: std::ptr::null(),
         weight_layout: IVL_WEIGHTS_REPACKED,
+        kernels: std::ptr::null(),
     }
 }
 
@@ -936,10 +947,21 @@ pub unsafe extern "C" fn ivl_model_load(
                 )))
             }
         };
+        let kernels = if p.kernels.is_null() {
+            Kernels::Auto
+        } else {
+            // SAFETY: as above.
+            let name = unsafe { utf8_arg(p.kernels, "kernels") }?;
+            let kernels = name.parse::<Kernels>().map_err(|e| Failure::arg(e.to_string()))?;
+            // Checked here so that an instruction set this CPU lacks is an argument error.
+            kernels.resolve().map_err(|e| Failure::arg(e.to_string()))?;
+            kernels
+        };
         let lp = LoadParams {
             mmproj,
             tokenizer_dir,
             weight_layout,
+            kernels,
         };
         let model = Model::load_on(&path, &lp, device)?;
         let n_threads = if n_threads == 0 {

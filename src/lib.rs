@@ -1,28 +1,25 @@
 //! internvl: an edge runtime for InternVL2-1B (InternViT-300M + MLP projector + Qwen2-0.5B) on ggml.
 //!
 //! Module map: `ggml` is the only home of ggml `unsafe`; `gguf` reads and writes GGUF files (Rust-native,
-//! hostile-input safe); `names` names every key and tensor; `hparams` holds the model's dimensions;
-//! `model` checks a GGUF and builds the vision, projector and Qwen2 graphs; `session` runs them with a KV
-//! cache; `sampling` picks tokens; `image` (tiling, Pillow-exact bicubic), `tokenizer` and `chat` build the
-//! exact inputs. `panels` (q4_0 and q8_0 weights rearranged for AVX-512 VNNI: the ViT's and the language
-//! model's products with them, decoding included), `int8` (int8 matrix products for f16/f32 weights in the ViT and prefill),
-//! `attention` (the ViT's attention) and `activation` (its erf GELU) are our own CPU kernels, run as ggml custom ops; their only `unsafe`
-//! is the SIMD intrinsics, in one `avx512.rs` each, behind safe functions that check every slice bound
-//! first.
-pub mod activation;
-pub mod attention;
+//! hostile-input safe); `model` holds everything model-specific: `names` (every key and tensor),
+//! `hparams` (the dimensions), the typed weights and the vision, projector and Qwen2 graphs; `session` runs them
+//! with a KV cache; `sampling` picks tokens; `image` (tiling, Pillow-exact bicubic), `tokenizer` and `prompt`
+//! (the chat template) build the exact inputs; `engine` is the high-level API every interface uses; `env` reads
+//! every environment variable the library honours. `kernels` holds our own CPU kernels (q4_0/q8_0 panels, int8
+//! products, the ViT's attention and GELU), run as ggml custom nodes, and the choice of which run
+//! (`kernels::Kernels`, made at load). docs/architecture.md follows the data path through these files.
 pub mod budget;
 pub mod capi;
-pub mod chat;
 pub mod engine;
+pub mod env;
 pub mod ggml;
 pub mod gguf;
-pub mod hparams;
 pub mod image;
-pub mod int8;
+pub mod kernels;
 pub mod model;
-pub mod names;
-pub mod panels;
+// The model's names and dimensions live in `model`; these paths stay for every user of them.
+pub use model::{hparams, names};
+pub mod prompt;
 pub mod sampling;
 pub mod session;
 pub mod stop;
@@ -32,9 +29,10 @@ pub mod tokenizer;
 // `structured` (constrained decoding through llguidance) and `stop` (stop strings) are shared by every
 // interface through the engine's generation loop.
 
-/// Deterministic test values for the kernels' unit tests (any spread of values in range does).
-#[cfg(test)]
-pub(crate) mod test_values {
+/// Deterministic test values for the kernels' unit tests and benches (any spread of values in range
+/// does). Not part of the API.
+#[doc(hidden)]
+pub mod test_values {
     /// `n` values in [-1, 1) from an xorshift sequence started at `seed`.
     pub fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -5,9 +5,9 @@ use std::fs;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use internvl::chat::grounding::{self, GroundedBox};
-use internvl::chat::{
-    build_prompt_ids, clean_answer, expand_prompt, multi_image_question, video_question, ChatError, Conversation,
+use internvl::prompt::grounding::{self, GroundedBox};
+use internvl::prompt::{
+    build_prompt_ids, clean_answer, expand_prompt, multi_image_question, video_question, Conversation, PromptError,
     PromptIds, PromptPlan, Segment, DEFAULT_SYSTEM_MESSAGE,
 };
 use internvl::tokenizer::Tokenizer;
@@ -189,7 +189,7 @@ fn combined_images_are_one_block() {
     let plan = PromptPlan::new(&Conversation::single("Compare."), &[13, 10], NUM_IMAGE_TOKEN);
     assert!(matches!(
         plan,
-        Err(ChatError::PlaceholderMismatch {
+        Err(PromptError::PlaceholderMismatch {
             images: 2,
             placeholders: 1
         })
@@ -224,7 +224,7 @@ fn errors_name_the_numbers() {
     let err = build_prompt_ids(tok(), &q, &[5], NUM_IMAGE_TOKEN).unwrap_err();
     assert!(matches!(
         err,
-        ChatError::PlaceholderMismatch {
+        PromptError::PlaceholderMismatch {
             images: 1,
             placeholders: 2
         }
@@ -236,7 +236,7 @@ fn errors_name_the_numbers() {
     let err = build_prompt_ids(tok(), &q, &[5, 1, 1], NUM_IMAGE_TOKEN).unwrap_err();
     assert!(matches!(
         err,
-        ChatError::PlaceholderMismatch {
+        PromptError::PlaceholderMismatch {
             images: 3,
             placeholders: 2
         }
@@ -246,7 +246,7 @@ fn errors_name_the_numbers() {
     s.ask("<image>\nQ");
     assert!(matches!(
         expand_prompt(&s, &[1], 256),
-        Err(ChatError::PlaceholderMismatch {
+        Err(PromptError::PlaceholderMismatch {
             images: 1,
             placeholders: 2
         })
@@ -254,34 +254,40 @@ fn errors_name_the_numbers() {
 
     assert!(matches!(
         expand_prompt(&q, &[1, 0], 256),
-        Err(ChatError::ZeroTiles { index: 1 })
+        Err(PromptError::ZeroTiles { index: 1 })
     ));
-    assert!(matches!(expand_prompt(&q, &[1, 1], 0), Err(ChatError::ZeroImageTokens)));
+    assert!(matches!(
+        expand_prompt(&q, &[1, 1], 0),
+        Err(PromptError::ZeroImageTokens)
+    ));
     assert!(matches!(
         expand_prompt(&q, &[usize::MAX, 1], 256),
-        Err(ChatError::TooManyTokens { index: 0, .. })
+        Err(PromptError::TooManyTokens { index: 0, .. })
     ));
-    let half = internvl::chat::MAX_IMAGE_TOKENS / 256 / 2;
+    let half = internvl::prompt::MAX_IMAGE_TOKENS / 256 / 2;
     assert!(matches!(
         expand_prompt(&q, &[half, half + 1], 256),
-        Err(ChatError::TooManyTokens { index: 1, .. })
+        Err(PromptError::TooManyTokens { index: 1, .. })
     ));
     assert!(expand_prompt(&q, &[half, half], 256).is_ok());
     assert!(matches!(
         expand_prompt(&Conversation::new(), &[], 256),
-        Err(ChatError::Empty)
+        Err(PromptError::Empty)
     ));
 
     let mut answered = Conversation::single("Q");
     answered.answer("A").unwrap();
-    assert!(matches!(expand_prompt(&answered, &[], 256), Err(ChatError::NoOpenTurn)));
-    assert!(matches!(answered.answer("again"), Err(ChatError::NoOpenTurn)));
-    assert!(matches!(Conversation::new().answer("A"), Err(ChatError::Empty)));
+    assert!(matches!(
+        expand_prompt(&answered, &[], 256),
+        Err(PromptError::NoOpenTurn)
+    ));
+    assert!(matches!(answered.answer("again"), Err(PromptError::NoOpenTurn)));
+    assert!(matches!(Conversation::new().answer("A"), Err(PromptError::Empty)));
     let mut gap = Conversation::single("Q1");
     gap.ask("Q2");
     assert!(matches!(
         expand_prompt(&gap, &[], 256),
-        Err(ChatError::UnansweredTurn { index: 0 })
+        Err(PromptError::UnansweredTurn { index: 0 })
     ));
 }
 

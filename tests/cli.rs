@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use internvl::chat::{build_prompt_ids, Conversation};
 use internvl::engine::{
     CancelFlag, ChatParams, Event, FinishReason, Flow, GenerateParams, Image, LoadParams, Message, Model,
     SessionParams, TilingParams,
 };
+use internvl::prompt::{build_prompt_ids, Conversation};
 use internvl::tokenizer::Tokenizer;
 use serde_json::Value;
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use internvl::ggml::dequantize;
 use internvl::gguf::GgufFile;
 use internvl::model::kv_cache::KvType;
-use internvl::model::{Device, Model, WeightLayout};
+use internvl::model::{Device, WeightLayout, Weights};
 use internvl::sampling::argmax;
 use internvl::session::{Session, SessionParams};
 use serde_json::Value;
@@ -163,7 +163,7 @@ fn run(g: &Golden, gguf: &std::path::Path, opts: Opts) -> Outputs {
         layout,
         force,
     } = opts;
-    let model = Arc::new(Model::load_with(&[gguf], Device::Cpu, layout).expect("load"));
+    let model = Arc::new(Weights::load_with(&[gguf], Device::Cpu, layout).expect("load"));
     let n_embd = model.hp.llm.n_embd;
     let mut s = Session::new(
         model.clone(),
@@ -362,7 +362,7 @@ fn f16_weights_within_1e_2_and_same_greedy_tokens() {
 /// logits at every position (the prefill writes and reads the same cache).
 ///
 /// Each bound is 2x (rounded up) the worst value measured on AMD EPYC Zen 4 over 1 and 2 threads and over the
-/// ViT's attention on our AVX-512 kernel and on ggml's flash attention (`INTERNVL_VIT_ATTN=flash`, what a CPU
+/// ViT's attention on our AVX-512 kernel and on ggml's flash attention (`--kernels ggml`, what a CPU
 /// without AVX-512 runs); the measured worst is written beside it. `WeightLayout::Mapped` gave the same bits
 /// as the default layout for these f32/f16 files (only q4_0/q8_0 matrices are laid out differently), so it
 /// is not repeated here. Relative = max|diff| / max|ref| over a step's subset and top-5 logits.
@@ -486,7 +486,7 @@ fn full_size_against_reference() {
     };
     let ggufs = std::env::var("INTERNVL_FULL_GGUF").expect("INTERNVL_FULL_GGUF");
     for path in ggufs.split(',') {
-        let model = Arc::new(Model::load(&[std::path::Path::new(path)]).unwrap());
+        let model = Arc::new(Weights::load(&[std::path::Path::new(path)]).unwrap());
         let mut s = Session::new(
             model,
             SessionParams {

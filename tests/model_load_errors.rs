@@ -5,7 +5,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use internvl::gguf::{GgmlType, GgufFile, GgufWriter, Value};
-use internvl::model::{Model, ModelError};
+use internvl::model::{ModelError, Weights};
 
 /// Rewrites `src` into `dst`, letting `edit_kv` drop or change keys and `edit_tensor` change a tensor's
 /// declared shape or type (None drops it; the data is adapted to the declared size).
@@ -51,7 +51,7 @@ fn with_key(src: &Path, dst: &Path, key: &str, value: Value) {
 }
 
 fn load_err(p: &Path) -> (ModelError, String) {
-    match Model::load(&[p]) {
+    match Weights::load(&[p]) {
         Ok(_) => panic!("{} loaded", p.display()),
         Err(e) => {
             let s = e.to_string();
@@ -197,4 +197,125 @@ fn a_directory_or_device_is_named_as_such() {
         .expect_err("a device is not a GGUF file")
         .to_string();
     assert!(e.contains("not a regular file") && !e.contains("os error"), "{e}");
+}
+
+#[test]
+fn unknown_or_missing_architecture_is_refused() {
+    // The language model is chosen from `general.architecture`: another architecture's file is refused at
+    // load, naming what it found and what this runtime implements.
+    let src = common::tiny_gguf(42, "q8_0", &[]);
+    let p = tmp("arch.gguf");
+    with_key(&src, &p, "general.architecture", Value::Str("internlm2".into()));
+    let (e, s) = load_err(&p);
+    assert!(matches!(e, ModelError::Unsupported(_)), "{s}");
+    assert!(
+        s.contains("internlm2") && s.contains("internvl") && s.contains("qwen2"),
+        "{s}"
+    );
+
+    let p = tmp("no-arch.gguf");
+    rewrite(
+        &src,
+        &p,
+        |k, v| (k != "general.architecture").then(|| v.clone()),
+        |_, ne, ty| Some((ne.to_vec(), ty)),
+    );
+    let (e, s) = load_err(&p);
+    assert!(matches!(e, ModelError::MissingKey("general.architecture")), "{s}");
+}
+
+/// Image statistics come from the file (`clip.vision.image_mean`/`image_std`, which the converter writes):
+/// values the graphs cannot use are refused at load naming the key, and other valid values are what the
+/// chat normalizes its images with.
+#[test]
+fn image_mean_and_std_come_from_the_file() {
+    use internvl::engine::{
+        ChatParams, Flow, GenerateParams, Image, LoadParams, Message, Model as EngineModel, SessionParams,
+        SharedEmbeddingCache,
+    };
+    use internvl::gguf::Array;
+    use internvl::image::{preprocess_with, Normalization};
+    use internvl::session::Session;
+
+    let src = common::tiny_gguf(42, "f32", &[]);
+    let (mean_key, std_key) = ("clip.vision.image_mean", "clip.vision.image_std");
+    let f3 = |v: [f32; 3]| Value::Array(Array::F32(v.to_vec()));
+    for (i, (key, v)) in [
+        (std_key, [0.2, 0.0, 0.2]),
+        (std_key, [0.2, -0.5, 0.2]),
+        (std_key, [0.2, f32::NAN, 0.2]),
+        (mean_key, [f32::INFINITY, 0.5, 0.5]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = tmp(&format!("bad_normalization_{i}.gguf"));
+        with_key(&src, &p, key, f3(v));
+        let (e, s) = load_err(&p);
+        assert!(matches!(e, ModelError::BadKey { key: k, .. } if k == key), "{s}");
+        assert!(s.contains(key), "{s}");
+    }
+
+    let (mean, std) = ([0.5, 0.25, 0.0], [0.5, 2.0, 1.0]);
+    let p = tmp("other_normalization.gguf");
+    rewrite(
+        &src,
+        &p,
+        |k, v| {
+            Some(match k {
+                k if k == mean_key => f3(mean),
+                k if k == std_key => f3(std),
+                _ => v.clone(),
+            })
+        },
+        |_, ne, ty| Some((ne.to_vec(), ty)),
+    );
+    let model = EngineModel::load(&p, &LoadParams::default()).expect("loads");
+    let norm = Normalization::new(mean, std).unwrap();
+    assert_eq!(model.normalization(), norm);
+
+    // The chat's embedding of an image equals the vision tower run on tiles normalized by hand with the
+    // file's statistics, and not with ImageNet's.
+    let session = SessionParams {
+        n_threads: 2,
+        ..SessionParams::default()
+    };
+    let mut chat = model
+        .chat(ChatParams {
+            session: session.clone(),
+            ..Default::default()
+        })
+        .expect("chat");
+    let cache = SharedEmbeddingCache::new(64 << 20);
+    chat.share_image_cache(cache.clone());
+    let rgb = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 200]));
+    let tiling = chat.tiling();
+    let img = Image::from_rgb(rgb.clone(), &tiling).expect("image");
+    let gen = GenerateParams {
+        max_new_tokens: 1,
+        ..Default::default()
+    };
+    chat.send(Message::text("What is it?").with_image(img.clone()), &gen, |_| {
+        Flow::Continue
+    })
+    .expect("answer");
+    let got = cache.get(img.key()).expect("the chat cached the image's embedding");
+    let mut s = Session::new(model.inner().clone(), session).expect("session");
+    let mut by_hand = |norm: &Normalization| {
+        let tiles = preprocess_with(&rgb, &tiling, norm).expect("tiles");
+        s.encode_tiles(&tiles.data, false).expect("encode").proj
+    };
+    let want = by_hand(&norm);
+    let imagenet = by_hand(&Normalization::IMAGENET);
+    assert_eq!(got.len(), want.len());
+    let d_file = common::max_abs_diff(&got, &want);
+    let d_imagenet = common::max_abs_diff(&got, &imagenet);
+    assert!(
+        d_file <= 1e-5,
+        "the chat's embedding differs from the file's normalization by {d_file}"
+    );
+    assert!(
+        d_imagenet > 1e-3,
+        "ImageNet's normalization gives the same embedding ({d_imagenet})"
+    );
 }

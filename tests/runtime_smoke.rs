@@ -1,13 +1,13 @@
 mod common;
 use std::sync::Arc;
 
-use internvl::model::Model;
+use internvl::model::Weights;
 use internvl::session::{Session, SessionParams};
 
 #[test]
 fn tiny_model_runs_end_to_end() {
     let path = common::tiny_gguf(42, "f32", &[]);
-    let model = Arc::new(Model::load(&[&path]).unwrap());
+    let model = Arc::new(Weights::load(&[&path]).unwrap());
     let hp = model.hp.clone();
     let mut s = Session::new(
         model.clone(),
@@ -38,9 +38,9 @@ fn device_choice_without_a_gpu() {
     use internvl::model::Device;
     let path = common::tiny_gguf(42, "f32", &[]);
     // This build has no GPU backend: auto falls back to the CPU, an explicit GPU request is a clear error.
-    let m = Model::load_on(&[&path], Device::Auto).unwrap();
+    let m = Weights::load_on(&[&path], Device::Auto).unwrap();
     assert_eq!(m.device, internvl::ggml::BackendKind::Cpu);
-    let err = Model::load_on(&[&path], Device::Gpu)
+    let err = Weights::load_on(&[&path], Device::Gpu)
         .err()
         .expect("no GPU here")
         .to_string();

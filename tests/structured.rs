@@ -362,7 +362,7 @@ fn stop_strings_cut_the_answer() {
     assert_eq!(r.finish, FinishReason::Stop);
     // The streamed pieces are raw; `free.text` is cleaned (trimmed), as every reply text is.
     assert_eq!(streamed.trim(), want.trim());
-    assert_eq!(r.text, internvl::chat::clean_answer(want));
+    assert_eq!(r.text, internvl::prompt::clean_answer(want));
     assert_eq!(chat.turns()[0].assistant.as_deref(), Some(r.text.as_str()));
 }
 

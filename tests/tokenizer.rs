@@ -60,7 +60,7 @@ fn ctx_block(tiles: usize) -> String {
     format!("<img>{}</img>", "<IMG_CONTEXT>".repeat(256 * tiles))
 }
 
-/// The spec §5.1 rendering, written out here independently of src/chat.rs.
+/// The spec §5.1 rendering, written out here independently of src/prompt.rs.
 fn hermes(question: &str) -> String {
     format!("<|im_start|>system\n{SYS}<|im_end|><|im_start|>user\n{question}<|im_end|><|im_start|>assistant\n")
 }

@@ -12,10 +12,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use internvl::chat::{build_prompt_ids, video_question, Conversation};
 use internvl::engine::{Image, ImageSource, Message, TilingParams};
 use internvl::image::ffmpeg::{self, Error, VideoInfo};
 use internvl::image::{video, Limits, RgbImage};
+use internvl::prompt::{build_prompt_ids, video_question, Conversation};
 use internvl::tokenizer::Tokenizer;
 use serde_json::Value;
 

@@ -1,28 +1,35 @@
-//! The ViT's three CPU attention paths (ours, `INTERNVL_VIT_ATTN=ours`, the default on AVX-512 CPUs; ggml's flash
-//! attention, `INTERNVL_VIT_ATTN=flash`, the default elsewhere;
-//! two ggml matrix products over a sequence padded to a multiple of 16, `INTERNVL_VIT_ATTN=products`) agree
-//! on the tiny model, and padding changes nothing. One test in its own binary: it switches the path through
-//! the environment.
+//! The ViT's CPU attention and GELU paths agree on the tiny model: ours on every instruction set this CPU
+//! runs (`--kernels portable`, `avx512-vnni`, ...: the same bits) and ggml's flash attention and GELU
+//! (`--kernels ggml`, what runs where ours are not chosen). (The GPU's path, two ggml matrix products over a
+//! sequence padded to a multiple of 16, is not reachable on the CPU.)
 mod common;
 
 use std::sync::Arc;
 
-use internvl::model::Model;
+use internvl::kernels::{Isa, Kernels};
+use internvl::model::{Device, WeightLayout, Weights};
 use internvl::session::{Session, SessionParams};
 
 #[test]
-fn ours_flash_and_padded_product_attention_agree() {
+fn our_attention_on_every_instruction_set_and_ggml_flash_attention_agree() {
     let path = common::tiny_gguf(42, "f32", &[]);
-    let model = Arc::new(Model::load(&[&path]).expect("load"));
-    let hp = model.hp.clone();
+    let load = |k: Kernels| {
+        let m = Weights::load_with_kernels(&[&path], Device::Cpu, WeightLayout::Repacked, k).expect("load");
+        Arc::new(m)
+    };
+    let hp = load(Kernels::Ggml).hp.clone();
     let per_tile = hp.vision.n_channels * hp.vision.image_size * hp.vision.image_size;
     // Two different tiles in one batch, so that a mix-up between tiles would show.
     let tiles: Vec<f32> = (0..2 * per_tile)
         .map(|i| (((i * 7919) % 1000) as f32 / 500.0) - 1.0)
         .collect();
-    let run = || {
+    let run = |k: Kernels| {
+        let model = load(k);
+        // Ours for every instruction set; ggml's flash attention for Ggml.
+        let ours = matches!(k, Kernels::Portable | Kernels::Avx2 | Kernels::Avx512Vnni);
+        assert_eq!(model.kernels.attention, ours, "{k}");
         let mut s = Session::new(
-            model.clone(),
+            model,
             SessionParams {
                 n_ctx: 64,
                 n_threads: 2,
@@ -33,13 +40,24 @@ fn ours_flash_and_padded_product_attention_agree() {
         let out = s.encode_tiles(&tiles, true).expect("encode");
         (out.vit.expect("vit"), out.proj)
     };
-    std::env::set_var("INTERNVL_VIT_ATTN", "ours");
-    let (vit_ours, proj_ours) = run();
-    std::env::set_var("INTERNVL_VIT_ATTN", "flash");
-    let (vit_fa, proj_fa) = run();
-    std::env::set_var("INTERNVL_VIT_ATTN", "products");
-    let (vit_mm, proj_mm) = run();
-    std::env::remove_var("INTERNVL_VIT_ATTN");
+    let (vit_ours, proj_ours) = run(Kernels::Portable);
+    // Ggml's flash attention and GELU within the tolerance below; every instruction set of ours this CPU
+    // runs bit for bit (the products of this f32 model are ggml's on every path).
+    let others = vec![("ggml", run(Kernels::Ggml))];
+    for isa in Isa::all_here() {
+        let kernels = match isa {
+            Isa::Portable => continue,
+            Isa::Avx2 => Kernels::Avx2,
+            Isa::Avx512Vnni => Kernels::Avx512Vnni,
+        };
+        eprintln!("{}: compared with the portable kernels bit for bit", isa.name());
+        let (vit, proj) = run(kernels);
+        assert!(
+            vit == vit_ours && proj == proj_ours,
+            "{} differs from the portable kernels",
+            isa.name()
+        );
+    }
 
     let n_tok = hp.vision.n_patches() + 1;
     assert_eq!(
@@ -50,7 +68,7 @@ fn ours_flash_and_padded_product_attention_agree() {
     // NaN-propagating maxima (a fold over f32::max would drop a NaN and pass).
     let max_diff = common::max_abs_diff;
     let scale = |a: &[f32]| common::nan_max(a.iter().map(|x| x.abs() as f64));
-    for (name, vit, proj) in [("flash", &vit_fa, &proj_fa), ("products", &vit_mm, &proj_mm)] {
+    for (name, (vit, proj)) in &others {
         assert_eq!((vit.len(), proj.len()), (vit_ours.len(), proj_ours.len()), "{name}");
         let (dv, dp) = (max_diff(&vit_ours, vit), max_diff(&proj_ours, proj));
         eprintln!(

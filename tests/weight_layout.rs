@@ -4,11 +4,11 @@ mod common;
 
 use std::sync::Arc;
 
-use internvl::model::{Device, Model, WeightLayout};
+use internvl::model::{Device, WeightLayout, Weights};
 use internvl::session::{Session, SessionParams};
 
 /// A session of 128 tokens on `n_threads` threads.
-fn session(model: &Arc<Model>, n_threads: usize) -> Session {
+fn session(model: &Arc<Weights>, n_threads: usize) -> Session {
     let p = SessionParams {
         n_ctx: 128,
         n_threads,
@@ -18,12 +18,12 @@ fn session(model: &Arc<Model>, n_threads: usize) -> Session {
 }
 
 /// `n` text tokens evaluated in one batch on a fresh session: the last token's logits.
-fn eval_on(model: &Arc<Model>, n: u32, n_threads: usize) -> Vec<f32> {
+fn eval_on(model: &Arc<Weights>, n: u32, n_threads: usize) -> Vec<f32> {
     let ids: Vec<u32> = (0..n).map(|i| 1000 + i * 37).collect();
     session(model, n_threads).eval(&ids, &[], false).expect("eval").logits
 }
 
-fn run(model: Arc<Model>) -> (Vec<f32>, Vec<f32>) {
+fn run(model: Arc<Weights>) -> (Vec<f32>, Vec<f32>) {
     let hp = model.hp.clone();
     let mut s = session(&model, 2);
     let per_tile = hp.vision.n_channels * hp.vision.image_size * hp.vision.image_size;
@@ -50,8 +50,8 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn repacked_q4_0_matches_mapped() {
     let path = common::tiny_gguf(42, "q4_0", common::PURE_Q4_0);
-    let mapped = Arc::new(Model::load_with(&[&path], Device::Cpu, WeightLayout::Mapped).expect("load mapped"));
-    let repacked = Arc::new(Model::load_with(&[&path], Device::Cpu, WeightLayout::Repacked).expect("load repacked"));
+    let mapped = Arc::new(Weights::load_with(&[&path], Device::Cpu, WeightLayout::Mapped).expect("load mapped"));
+    let repacked = Arc::new(Weights::load_with(&[&path], Device::Cpu, WeightLayout::Repacked).expect("load repacked"));
     assert_eq!(mapped.repacked, (0, 0));
     let features = internvl::ggml::cpu_features();
     eprintln!("CPU features {features:?}; repacked {:?}", repacked.repacked);
@@ -65,7 +65,11 @@ fn repacked_q4_0_matches_mapped() {
     eprintln!("cosine repacked vs mapped: projector {cp:.7}, logits {cl:.7}");
     // Same quantized weights and q8_0-like activations; only the summation order differs (and, where
     // `Repacked` puts q4_0 in our panels, on AVX-512 VNNI, the activation scales' rounding: 0.99991).
-    let min = if internvl::panels::available() { 0.9995 } else { 0.9999 };
+    let min = if internvl::kernels::Choice::auto().panels {
+        0.9995
+    } else {
+        0.9999
+    };
     assert!(cp > min, "projector cosine {cp}");
     assert!(cl > min, "logits cosine {cl}");
 }
@@ -73,7 +77,7 @@ fn repacked_q4_0_matches_mapped() {
 #[test]
 fn f32_vision_widens_only_the_vision_matrices() {
     let path = common::tiny_gguf(42, "f16", &[]);
-    let load = |layout| Arc::new(Model::load_with(&[&path], Device::Cpu, layout).expect("load"));
+    let load = |layout| Arc::new(Weights::load_with(&[&path], Device::Cpu, layout).expect("load"));
     let (mapped, repacked, widened) = (
         load(WeightLayout::Mapped),
         load(WeightLayout::Repacked),
@@ -102,7 +106,7 @@ fn f32_vision_widens_only_the_vision_matrices() {
 #[test]
 fn int8_vision_quantizes_only_the_vision_matrices_within_int8_error() {
     let path = common::tiny_gguf(42, "f32", &[]);
-    let load = |layout| Arc::new(Model::load_with(&[&path], Device::Cpu, layout).expect("load"));
+    let load = |layout| Arc::new(Weights::load_with(&[&path], Device::Cpu, layout).expect("load"));
     let (exact, int8) = (load(WeightLayout::Repacked), load(WeightLayout::Int8Vision));
     assert_eq!(exact.int8_packed(), (0, 0));
     let v = &int8.hp.vision;
@@ -112,7 +116,7 @@ fn int8_vision_quantizes_only_the_vision_matrices_within_int8_error() {
     let (count, bytes) = int8.int8_packed();
     eprintln!(
         "int8 {count} tensors, {bytes} bytes ({} kernel)",
-        internvl::int8::kernel_name()
+        int8.kernels.isa.name()
     );
     assert_eq!(count, 4 * v.n_layer);
     assert!(
@@ -134,12 +138,12 @@ fn int8_vision_quantizes_only_the_vision_matrices_within_int8_error() {
 #[test]
 fn int8_copies_serve_batches_and_short_evaluations_keep_the_file_weights() {
     let path = common::tiny_gguf(42, "f32", &[]);
-    let load = |layout| Arc::new(Model::load_with(&[&path], Device::Cpu, layout).expect("load"));
+    let load = |layout| Arc::new(Weights::load_with(&[&path], Device::Cpu, layout).expect("load"));
     let (exact, int8) = (load(WeightLayout::Repacked), load(WeightLayout::Int8));
     let (count, _) = int8.int8_packed();
     // The vision matrices (4 per block) and the language model's 7 per block.
     assert_eq!(count, 4 * int8.hp.vision.n_layer + 7 * int8.hp.llm.n_layer);
-    let eval = |m: &Arc<Model>, n: u32| eval_on(m, n, 2);
+    let eval = |m: &Arc<Weights>, n: u32| eval_on(m, n, 2);
     let short = internvl::model::INT8_MIN_TOKENS as u32 - 1;
     assert_eq!(
         eval(&exact, short),
@@ -148,7 +152,7 @@ fn int8_copies_serve_batches_and_short_evaluations_keep_the_file_weights() {
     );
     let (a, b) = (eval(&exact, 40), eval(&int8, 40));
     // Against the q8_0 file's error on the same prompt (the full model: KL 6.5e-4 vs q8_0's 4.8e-4).
-    let q8 = Arc::new(Model::load(&[&common::tiny_gguf(42, "q8_0", &[])]).expect("load q8_0"));
+    let q8 = Arc::new(Weights::load(&[&common::tiny_gguf(42, "q8_0", &[])]).expect("load q8_0"));
     let (c, c_q8) = (cosine(&a, &b), cosine(&a, &eval(&q8, 40)));
     eprintln!("prefill logits cosine to f32: int8 {c:.7}, q8_0 file {c_q8:.7}");
     assert!(a != b, "the int8 copies did not run");
@@ -173,7 +177,7 @@ fn panels_against_ggml(ty: &str) {
     // Pure q4_0: every matrix of the type under test.
     let extra = if ty == "q4_0" { common::PURE_Q4_0 } else { &[] };
     let path = common::tiny_gguf(42, ty, extra);
-    let load = |layout| Arc::new(Model::load_with(&[&path], Device::Cpu, layout).expect("load"));
+    let load = |layout| Arc::new(Weights::load_with(&[&path], Device::Cpu, layout).expect("load"));
     let (mapped, panels) = (load(WeightLayout::Mapped), load(WeightLayout::Int8));
     assert_eq!(mapped.panels_packed(), (0, 0));
     let (v, l) = (&panels.hp.vision, &panels.hp.llm);
@@ -181,13 +185,22 @@ fn panels_against_ggml(ty: &str) {
     // the lm_head: the file's values in panels (as many bytes as the file's), nothing requantized to int8.
     // Without VNNI the language model keeps ggml's kernels for decoding and int8 copies for prefill.
     let (count, bytes) = panels.panels_packed();
-    let vnni = internvl::panels::available();
+    let vnni = internvl::kernels::Choice::auto().panels;
     eprintln!(
         "{ty} panels: {count} tensors, {bytes} bytes ({} kernel)",
-        internvl::panels::kernel_name()
+        panels.kernels.isa.name()
     );
     assert_eq!(count, 4 * v.n_layer + if vnni { 7 * l.n_layer + 1 } else { 0 });
     assert_eq!(panels.int8_packed().0, if vnni { 0 } else { 7 * l.n_layer });
+    // Each Linear layer records the kernel chosen for it at load: as many as were laid out.
+    let kinds = panels.linear_kinds();
+    assert_eq!(kinds.get("panels").copied().unwrap_or(0), count, "{kinds:?}");
+    assert_eq!(
+        kinds.get("int8").copied().unwrap_or(0),
+        panels.int8_packed().0,
+        "{kinds:?}"
+    );
+    assert_eq!(mapped.linear_kinds().keys().collect::<Vec<_>>(), vec![&"ggml"]);
     let (p_map, l_map) = run(mapped.clone());
     let (p_pan, l_pan) = run(panels.clone());
     let (cp, cl) = (cosine(&p_map, &p_pan), cosine(&l_map, &l_pan));
@@ -199,7 +212,7 @@ fn panels_against_ggml(ty: &str) {
     assert!(cp > 0.9995 && cl > min_l, "{ty}: cosines {cp} {cl}");
     assert!(p_map != p_pan && l_map != l_pan, "{ty}: the panels were not used");
     // Decoding (one token: the matrix-vector kernel, panels split over the threads).
-    let decode = |m: &Arc<Model>, n_threads: usize| {
+    let decode = |m: &Arc<Weights>, n_threads: usize| {
         let mut s = session(m, n_threads);
         let ids: Vec<u32> = (0..20u32).map(|i| 1000 + i * 37).collect();
         s.eval(&ids, &[], false).expect("prefill");
@@ -211,4 +224,68 @@ fn panels_against_ggml(ty: &str) {
     assert!(cd > 0.9995, "{ty}: decode cosine {cd}");
     assert_eq!(decode(&panels, 1), d_pan, "{ty}: the thread split changed the result");
     assert_eq!(decode(&panels, 5), d_pan, "{ty}: the thread split changed the result");
+}
+
+/// The int8 layouts on every instruction set this CPU runs (`--kernels portable`, `avx2`, `avx512-vnni`):
+/// the same integer sums and float steps in every kernel, so the same projector output and logits, bit for
+/// bit (the tiny f32 model's other products are ggml's on every path).
+#[test]
+fn int8_layouts_give_the_same_bits_on_every_instruction_set() {
+    use internvl::kernels::{Isa, Kernels};
+    let path = common::tiny_gguf(42, "f32", &[]);
+    for layout in [WeightLayout::Int8Vision, WeightLayout::Int8] {
+        let load = |k: Kernels| {
+            let m = Weights::load_with_kernels(&[&path], Device::Cpu, layout, k).expect("load");
+            assert!(m.int8_packed().0 > 0, "{layout:?} {k}: no int8 matrix");
+            Arc::new(m)
+        };
+        let (proj, logits) = run(load(Kernels::Portable));
+        for isa in Isa::all_here() {
+            let kernels = match isa {
+                Isa::Portable => continue,
+                Isa::Avx2 => Kernels::Avx2,
+                Isa::Avx512Vnni => Kernels::Avx512Vnni,
+            };
+            eprintln!("{layout:?}: {} kernels against the portable ones", isa.name());
+            let (p, l) = run(load(kernels));
+            assert!(
+                p == proj && l == logits,
+                "{layout:?}: {} differs from portable",
+                isa.name()
+            );
+        }
+    }
+}
+
+/// The language model's products by our panels give the same bits on every instruction set this CPU runs
+/// (its other work is ggml's either way): prefill (the tile kernel) and decoding (the row kernel), 2 threads.
+#[test]
+fn panels_give_the_same_text_logits_on_every_instruction_set() {
+    use internvl::kernels::{Isa, Kernels};
+    for ty in ["q4_0", "q8_0"] {
+        let extra = if ty == "q4_0" { common::PURE_Q4_0 } else { &[] };
+        let path = common::tiny_gguf(42, ty, extra);
+        let logits = |k: Kernels| {
+            let m = Weights::load_with_kernels(&[&path], Device::Cpu, WeightLayout::Repacked, k).expect("load");
+            let m = Arc::new(m);
+            assert!(m.kernels.panels, "{k}: no panels");
+            let mut s = session(&m, 2);
+            let ids: Vec<u32> = (0..20u32).map(|i| 1000 + i * 37).collect();
+            let prefill = s.eval(&ids, &[], false).expect("prefill").logits;
+            (prefill, s.eval(&[4242], &[], false).expect("decode").logits)
+        };
+        let portable = logits(Kernels::Portable);
+        for isa in Isa::all_here() {
+            let k = match isa {
+                Isa::Portable => continue,
+                Isa::Avx2 => Kernels::Avx2,
+                Isa::Avx512Vnni => Kernels::Avx512Vnni,
+            };
+            eprintln!("{ty}: text logits with {k} against the portable kernels");
+            assert!(
+                logits(k) == portable,
+                "{ty}: {k} gives other logits than the portable kernels"
+            );
+        }
+    }
 }

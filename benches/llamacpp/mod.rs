@@ -18,7 +18,10 @@ use std::time::Instant;
 use llama_cpp_sys_2 as ll;
 use serde_json::{json, Value};
 
-use super::{median, peak_rss_mb, Inputs};
+use super::{median, peak_rss_mb, repeat_rows, Inputs};
+
+/// llama.cpp's name of the token-embedding table (its `LLM_TENSOR_TOKEN_EMBD`), read one row per token.
+pub const TOKEN_EMBD: &str = "token_embd.weight";
 
 unsafe extern "C" fn quiet_log(
     _level: ll::ggml_log_level,
@@ -423,6 +426,20 @@ pub fn text(inp: &Inputs, text: &str, mmproj: Option<&str>, threads: usize) -> R
     let n0 = inp.decode_ids.len();
     m.prefill(&inp.decode_ids, inp.img_context_id, &rows, 0)?;
     let first = m.argmax()?;
+    let decode = timed_decode(&mut m, inp, n0, first)?;
+    Ok(json!({
+        "load_s": load_s,
+        "prefill_tps": median(&prefill),
+        "decode_tps": median(&decode),
+        "decode_ctx": n0,
+        "decode_image_rows": if mmproj.is_some() { "mtmd" } else { "constant (no mtmd)" },
+        "rss_mb": peak_rss_mb(),
+    }))
+}
+
+/// `inp.reps.decode` timed runs of `inp.n_decode` greedy steps from token `first` after the `n0`-token
+/// context (cut back to it before each): tokens per second, one a run.
+fn timed_decode(m: &mut Llama, inp: &Inputs, n0: usize, first: u32) -> Result<Vec<f64>, String> {
     let mut decode = Vec::new();
     for _ in 0..inp.reps.decode {
         m.truncate(n0)?;
@@ -434,12 +451,39 @@ pub fn text(inp: &Inputs, text: &str, mmproj: Option<&str>, threads: usize) -> R
         }
         decode.push(inp.n_decode as f64 / t.elapsed().as_secs_f64());
     }
+    Ok(decode)
+}
+
+/// Decode steps with image1.jpg's 13 tiles in the context (~3.4k tokens): the image rows are the 1-tile
+/// image's rows from mtmd repeated 13 times (constants without mtmd), as ours gets its own 1-tile rows.
+pub fn decode13(inp: &Inputs, text: &str, mmproj: Option<&str>, threads: usize) -> Result<Value, String> {
+    let n_ctx = inp.decode13_ids.len() + inp.n_decode + 16;
+    let t0 = Instant::now();
+    let mut m = Llama::load(text, mmproj, n_ctx, threads)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let one_rows = inp.n_image_ctx(&inp.decode_ids);
+    let one = match mmproj {
+        Some(_) => m.encode_tiles(&inp.tiles_u8("t1")?, inp.image_size)?.0,
+        None => vec![0.01f32; one_rows * m.n_embd],
+    };
+    let rows = repeat_rows(&one, one_rows, inp.n_image_ctx(&inp.decode13_ids))?;
+    let n0 = inp.decode13_ids.len();
+    let t = Instant::now();
+    m.prefill(&inp.decode13_ids, inp.img_context_id, &rows, 0)?;
+    let first = m.argmax()?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    let mut tok = first;
+    for p in 0..2 {
+        m.decode_rows(Some(&[tok]), None, n0 + p, true)?;
+        tok = m.argmax()?;
+    }
+    let decode = timed_decode(&mut m, inp, n0, first)?;
     Ok(json!({
         "load_s": load_s,
-        "prefill_tps": median(&prefill),
-        "decode_tps": median(&decode),
-        "decode_ctx": n0,
-        "decode_image_rows": if mmproj.is_some() { "mtmd" } else { "constant (no mtmd)" },
+        "decode13_tps": median(&decode),
+        "decode13_ctx": n0,
+        "prefill13_tps": n0 as f64 / prefill_s,
+        "decode_image_rows": if mmproj.is_some() { "mtmd, 1 tile x13" } else { "constant (no mtmd)" },
         "rss_mb": peak_rss_mb(),
     }))
 }

@@ -213,60 +213,19 @@ pub fn hparams_from_config_json(cfg: &Value) -> Result<Hparams, ConfigError> {
         }
     }
 
-    // Structural constraints of the graphs.
-    if !vision.image_size.is_multiple_of(vision.patch_size) {
-        diffs.push(format!(
-            "image_size {} is not a multiple of patch_size {}",
-            vision.image_size, vision.patch_size
-        ));
-    }
-    if !vision.n_embd.is_multiple_of(vision.n_head) {
-        diffs.push(format!(
-            "vision hidden_size {} is not divisible by {} heads",
-            vision.n_embd, vision.n_head
-        ));
-    }
-    if !llm.n_embd.is_multiple_of(llm.n_head) {
-        diffs.push(format!(
-            "llm hidden_size {} is not divisible by {} heads",
-            llm.n_embd, llm.n_head
-        ));
-    } else if !(llm.n_embd / llm.n_head).is_multiple_of(2) {
-        diffs.push(format!(
-            "llm head_dim {} is odd; NEOX RoPE rotates halves",
-            llm.n_embd / llm.n_head
-        ));
-    }
-    if !llm.n_head.is_multiple_of(llm.n_head_kv) {
-        diffs.push(format!(
-            "llm num_attention_heads {} is not a multiple of num_key_value_heads {}",
-            llm.n_head, llm.n_head_kv
-        ));
-    }
-    let inv = 1.0 / downsample_ratio;
-    let factor = inv.round();
-    if !(downsample_ratio > 0.0 && (inv - factor).abs() < 1e-6 && factor >= 1.0) {
-        diffs.push(format!(
-            "downsample_ratio {downsample_ratio} is not 1/n for an integer n"
-        ));
-    } else if vision.image_size.is_multiple_of(vision.patch_size)
-        && !(vision.image_size / vision.patch_size).is_multiple_of(factor as usize)
-    {
-        diffs.push(format!(
-            "the {0}x{0} patch grid cannot be pixel-shuffled by {factor}",
-            vision.image_size / vision.patch_size
-        ));
-    }
-    if !diffs.is_empty() {
-        return Err(ConfigError::Unsupported(diffs));
-    }
-    Ok(Hparams {
+    // Structural constraints of the graphs: the runtime's own checks (`internvl::model::config`).
+    let hp = Hparams {
         vision,
         llm,
         downsample_ratio: downsample_ratio as f32,
         ps_version: "v2".into(),
         proj_ln_eps: PROJECTOR_LN_EPS,
-    })
+    };
+    diffs.extend(internvl::model::config::structural_problems(&hp));
+    if !diffs.is_empty() {
+        return Err(ConfigError::Unsupported(diffs));
+    }
+    Ok(hp)
 }
 
 fn read_json(path: &Path) -> Result<Value, ConfigError> {

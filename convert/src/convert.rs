@@ -222,17 +222,17 @@ fn plan(specs: &[TensorSpec], types: &TypeChoice, split_qkv: bool) -> Vec<OutTen
         let d = policy::decide(s, types);
         let row_len = s.ne.first().copied().unwrap_or(1);
         let n = s.n_elements();
-        let is_qkv = s.gguf_name.contains(".attn_qkv.");
-        if split_qkv && is_qkv {
+        let qkv_parts = s.name.qkv_parts().filter(|_| split_qkv);
+        if let Some(parts) = qkv_parts {
             // Weight ne [d, 3d] -> three [d, d]; bias ne [3d] -> three [d].
             let mut ne = s.ne.clone();
             let last = ne.len() - 1;
             ne[last] /= 3;
             let part_row = if s.ne.len() == 1 { ne[0] } else { row_len };
             let ty = policy::fit_row(d.requested, part_row);
-            for (k, which) in ["attn_q", "attn_k", "attn_v"].iter().enumerate() {
+            for (k, which) in parts.iter().enumerate() {
                 out.push(OutTensor {
-                    name: s.gguf_name.replace("attn_qkv", which),
+                    name: which.gguf(s.layer),
                     ne: ne.clone(),
                     ty,
                     requested: d.requested,

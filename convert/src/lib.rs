@@ -21,16 +21,15 @@ pub mod synth;
 use std::path::PathBuf;
 
 /// Environment variable naming the directory with the real InternVL2-1B JSON and tokenizer files
-/// (config.json, generation_config.json, preprocessor_config.json, vocab.json, merges.txt, ...).
-pub const MODEL_FILES_ENV: &str = "INTERNVL_MODEL_FILES";
+/// (config.json, generation_config.json, preprocessor_config.json, vocab.json, merges.txt, ...); listed
+/// with every other variable in [`internvl::env`].
+pub const MODEL_FILES_ENV: &str = internvl::env::MODEL_FILES;
 
 /// The directory with the real model's JSON and tokenizer files for tests: `$INTERNVL_MODEL_FILES`, or
 /// the workspace's sibling `shared/model/InternVL2-1B` (the project's layout; CI lays `shared/` beside
 /// the clone).
 #[doc(hidden)]
 pub fn test_model_files_dir() -> PathBuf {
-    match std::env::var_os(MODEL_FILES_ENV) {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/model/InternVL2-1B"),
-    }
+    internvl::env::dir(internvl::env::DirVar::ModelFiles)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/model/InternVL2-1B"))
 }

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use internvl::budget::fmt_bytes;
 use internvl::gguf::GgmlType;
 use internvl_convert::convert::{convert, summarize_fallbacks, ConvertError, ConvertOptions, ConvertReport, PartStats};
 use internvl_convert::policy::{parse_type, TypeChoice, ALLOWED};
@@ -100,21 +101,6 @@ enum Cmd {
     },
 }
 
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut x = b as f64;
-    let mut u = 0;
-    while x >= 1024.0 && u + 1 < UNITS.len() {
-        x /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{x:.2} {}", UNITS[u])
-    }
-}
-
 fn print_report(r: &ConvertReport) {
     // Write errors (a closed pipe) are ignored: the conversion itself succeeded.
     let mut out = std::io::stdout().lock();
@@ -123,7 +109,7 @@ fn print_report(r: &ConvertReport) {
 
 fn write_report(out: &mut impl Write, r: &ConvertReport) -> std::io::Result<()> {
     for (path, size) in &r.outputs {
-        writeln!(out, "wrote {} ({}, {size} bytes)", path.display(), human_bytes(*size))?;
+        writeln!(out, "wrote {} ({}, {size} bytes)", path.display(), fmt_bytes(*size))?;
     }
     writeln!(out, "recipe: {}", r.recipe)?;
     writeln!(
@@ -139,7 +125,7 @@ fn write_report(out: &mut impl Write, r: &ConvertReport) -> std::io::Result<()> 
             format!("{part:?}").to_lowercase(),
             s.tensors,
             s.params,
-            human_bytes(s.bytes),
+            fmt_bytes(s.bytes),
             s.bits_per_weight()
         )?;
         total.tensors += s.tensors;
@@ -152,7 +138,7 @@ fn write_report(out: &mut impl Write, r: &ConvertReport) -> std::io::Result<()> 
         "total",
         total.tensors,
         total.params,
-        human_bytes(total.bytes),
+        fmt_bytes(total.bytes),
         total.bits_per_weight()
     )?;
     if r.fallbacks.is_empty() {
@@ -248,7 +234,7 @@ fn main() -> ExitCode {
                         output.display(),
                         r.n_tensors,
                         r.n_params,
-                        human_bytes(r.bytes),
+                        fmt_bytes(r.bytes),
                         shards,
                         r.seconds
                     );

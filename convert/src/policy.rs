@@ -23,8 +23,8 @@
 use internvl::gguf::GgmlType;
 use internvl::names::{Part, Role, TensorSpec};
 
-/// The types `--type` and the overrides accept (the runtime's list of what the converter writes).
-pub const ALLOWED: [GgmlType; 10] = internvl::model::CONVERT_TYPES;
+/// The types `--type` and the overrides accept (the library's one list of what the converter writes).
+pub const ALLOWED: &[GgmlType] = internvl::gguf::CONVERT_TYPES;
 
 /// Parses a type name of `ALLOWED` (case-insensitive: "q6_k" and "Q6_K" both work).
 pub fn parse_type(s: &str) -> Result<GgmlType, String> {

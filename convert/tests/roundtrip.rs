@@ -417,11 +417,13 @@ fn split_writes_llama_cpp_pair() {
                     .unwrap(),
             )
             .unwrap();
-        for (k, which) in ["attn_q", "attn_k", "attn_v"].iter().enumerate() {
-            let tw = gm.tensor(&names::v_blk(l, which, "weight")).unwrap();
+        let parts = names::TensorName::VAttnQkv.qkv_parts().unwrap();
+        let bias_parts = names::TensorName::VAttnQkvBias.qkv_parts().unwrap();
+        for (k, (which, bias)) in parts.iter().zip(bias_parts).enumerate() {
+            let tw = gm.tensor(&which.at(l)).unwrap();
             assert_eq!(tw.ne, vec![d, d]);
             compare(&tw.name, tw.ty, gm.tensor_data(tw), &w[k * d * d..(k + 1) * d * d]);
-            let tb = gm.tensor(&names::v_blk(l, which, "bias")).unwrap();
+            let tb = gm.tensor(&bias.at(l)).unwrap();
             assert_eq!(tb.ty, GgmlType::F32);
             compare(&tb.name, tb.ty, gm.tensor_data(tb), &b[k * d..(k + 1) * d]);
         }

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
-use internvl_fuzz::chat::{self, grounding, Conversation, PromptPlan, Segment};
+use internvl_fuzz::prompt::{self, grounding, Conversation, PromptPlan, Segment};
 use internvl_fuzz::tokenizer::{StreamDecoder, Tokenizer};
 use libfuzzer_sys::fuzz_target;
 
@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     check_grounding(&input.answer, input.width, input.height);
-    let _ = chat::clean_answer(&input.answer);
+    let _ = prompt::clean_answer(&input.answer);
 
     let mut conv = match &input.system {
         Some(s) => Conversation::with_system(s.clone()),
@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let rendered = conv.render();
-    assert!(rendered.starts_with(chat::SYSTEM_ROLE));
+    assert!(rendered.starts_with(prompt::SYSTEM_ROLE));
     let _ = conv.validate_for_generation();
 
     let tiles: Vec<usize> = input.image_tiles.iter().take(64).map(|&t| usize::from(t)).collect();
@@ -92,18 +92,18 @@ fuzz_target!(|data: &[u8]| {
             let _ = e.to_string();
         }
     }
-    let _ = chat::build_prompt_ids(tok, &conv, &tiles, nit.min(4));
+    let _ = prompt::build_prompt_ids(tok, &conv, &tiles, nit.min(4));
 
     // Question helpers with many placeholders, then the tokenizer on user text with added tokens.
     let n = usize::from(input.n_multi);
-    let q = chat::multi_image_question(n, &input.answer);
-    let v = chat::video_question(n % 9, &input.answer);
+    let q = prompt::multi_image_question(n, &input.answer);
+    let v = prompt::video_question(n % 9, &input.answer);
     let single = Conversation::single(q);
     let ones = vec![1usize; n.max(1)];
-    if let Ok(ids) = chat::build_prompt_ids(tok, &single, &ones, 2) {
+    if let Ok(ids) = prompt::build_prompt_ids(tok, &single, &ones, 2) {
         assert!(ids.image_spans.len() == n || n == 0);
     }
-    let _ = chat::expand_prompt(&Conversation::single(v), &[1; 3], 1);
+    let _ = prompt::expand_prompt(&Conversation::single(v), &[1; 3], 1);
 
     if let Ok(ids) = tok.encode(&input.answer) {
         let whole = tok.decode(&ids, false);

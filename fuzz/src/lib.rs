@@ -7,15 +7,15 @@
 //! Cargo.lock). A fix in `src/` is what the fuzzer runs next time; nothing is copied.
 #![allow(dead_code, unexpected_cfgs)]
 
-#[path = "../../src/chat.rs"]
-pub mod chat;
+#[path = "../../src/prompt.rs"]
+pub mod prompt;
 #[path = "../../src/gguf/mod.rs"]
 pub mod gguf;
-#[path = "../../src/hparams.rs"]
+#[path = "../../src/model/hparams.rs"]
 pub mod hparams;
 #[path = "../../src/image/mod.rs"]
 pub mod image;
-#[path = "../../src/names.rs"]
+#[path = "../../src/model/names.rs"]
 pub mod names;
 #[path = "../../src/tokenizer.rs"]
 pub mod tokenizer;

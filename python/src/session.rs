@@ -4,12 +4,12 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use internvl::chat::grounding;
 use internvl::engine::{
     self, hf, CancelFlag, Chat, ChatParams, EngineError, Event, Flow, GenerateParams, KvType, LoadParams, Message,
     SamplingParams, SessionParams, TilingParams,
 };
 use internvl::model::{Device, WeightLayout};
+use internvl::prompt::grounding;
 use internvl::structured::Constraint;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -80,6 +80,8 @@ fn load(py: Python<'_>, path: PathBuf, a: LoadArgs) -> PyResult<Model> {
         mmproj: a.mmproj,
         tokenizer_dir: a.tokenizer,
         weight_layout: weights,
+        // The best of our kernels for this CPU (`--kernels auto`); not a Python argument (yet).
+        kernels: internvl::kernels::Kernels::Auto,
     };
     let model = py
         .detach(|| engine::Model::load_on(&path, &params, device))

@@ -235,8 +235,6 @@ fn run(args: Args) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
         let addr: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
-        // Tests and scripts read this line to learn the port.
-        println!("internvl-serve: listening on http://{addr}");
         eprintln!(
             "internvl-serve: {} session(s) x {} thread(s), context {}, queue {}, {}",
             parallel,
@@ -254,6 +252,9 @@ fn run(args: Args) -> Result<(), String> {
             conn_limits.body_timeout.as_secs_f64(),
             conn_limits.max_buffered_body_bytes >> 20
         );
+        // Tests and scripts read this line to learn the port; it comes after the settings on stderr, so that
+        // whoever sees it can already read them there (the keys test did, and raced before).
+        println!("internvl-serve: listening on http://{addr}");
         limits::serve(listener, app, &conn_limits, metrics, shutdown()).await;
         Ok(())
     })

@@ -7,10 +7,10 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use serde_json::{json, Value};
 
-use internvl::chat::{clean_answer, grounding};
 use internvl::engine::{
     Chat, EngineError, Event, FinishReason, Flow, GenerateParams, ImageKey, TokenLogprob, TurnRecord, TurnStats,
 };
+use internvl::prompt::{clean_answer, grounding};
 
 use crate::error::ApiError;
 use crate::pool::Lease;

@@ -17,12 +17,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use internvl::chat::grounding::{self, GroundedBox};
+use internvl::budget::fmt_bytes;
 use internvl::engine::args::{ModelArgs, SessionArgs};
 use internvl::engine::{
     draw, hf, mem, Chat, ChatParams, Constraint, EngineError, Event, Flow, GenerateParams, Image, Message, Model,
     Reply, SamplingParams, TilingParams, TokenLogprob, TurnStats,
 };
+use internvl::prompt::grounding::{self, GroundedBox};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -619,7 +620,7 @@ fn run_batch(ctx: &RunCtx<'_>, mut chat: Chat, path: &Path) -> Result<ExitCode> 
             s.tiles_encoded,
             s.tokens_prefilled,
             s.tokens_decoded,
-            mem::peak_rss_bytes().map(human_bytes).unwrap_or_else(|| "n/a".into())
+            mem::peak_rss_bytes().map(fmt_bytes).unwrap_or_else(|| "n/a".into())
         );
     }
     Ok(if failed > 0 {
@@ -791,24 +792,16 @@ fn reply_json(
     })
 }
 
-fn human_bytes(b: u64) -> String {
-    let x = b as f64;
-    if x >= (1u64 << 30) as f64 {
-        format!("{:.2} GiB", x / (1u64 << 30) as f64)
-    } else {
-        format!("{:.1} MiB", x / (1u64 << 20) as f64)
-    }
-}
-
 fn print_timings(s: &TurnStats, chat: &Chat, load: Option<Duration>, decode_images: Option<Duration>) {
     let mut lines = Vec::new();
     if let Some(l) = load {
         lines.push(format!(
-            "load          {:>10.2} ms  (weights {} mapped, KV cache {} for {} tokens)",
+            "load          {:>10.2} ms  (weights {} mapped, KV cache {} for {} tokens; kernels {})",
             ms(l),
-            human_bytes(chat.model().weight_bytes() as u64),
-            human_bytes(chat.kv_bytes() as u64),
-            chat.n_ctx()
+            fmt_bytes(chat.model().weight_bytes() as u64),
+            fmt_bytes(chat.kv_bytes() as u64),
+            chat.n_ctx(),
+            chat.model().inner().kernels
         ));
     }
     if let Some(d) = decode_images {
@@ -851,7 +844,7 @@ fn print_timings(s: &TurnStats, chat: &Chat, load: Option<Duration>, decode_imag
     lines.push(format!("turn total    {:>10.2} ms", ms(s.total)));
     lines.push(format!(
         "peak RSS      {:>13}",
-        mem::peak_rss_bytes().map(human_bytes).unwrap_or_else(|| "n/a".into())
+        mem::peak_rss_bytes().map(fmt_bytes).unwrap_or_else(|| "n/a".into())
     ));
     eprintln!("timings:\n  {}", lines.join("\n  "));
 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use super::{ChatParams, EngineError, KvType, LoadParams, Model, Result, SessionParams};
+use crate::kernels::Kernels;
 use crate::model::{Device, WeightLayout};
 
 /// How the model loads (the model path itself is each binary's own flag).
@@ -17,14 +18,14 @@ pub struct ModelArgs {
     /// finds one, else the CPU), cpu, or cuda (an error when unavailable).
     #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
     pub device: Device,
-    /// CPU weights: repacked (on CPUs with AVX-512 VNNI, q4_0 and q8_0 matrices in our own panel layout
+    /// CPU weights: repacked (on CPUs with AVX-512 VNNI or AVX2, q4_0 and q8_0 matrices in our own panel layout
     /// for our kernels, the fastest here; otherwise ggml's interleaved layouts where it has them, e.g.
     /// q4_0; a rearranging copy at load, the file's pages released), mapped (every weight used in place
     /// from the file: zero copy, ggml's kernels), f32-vision
     /// (repacked, and the vision tower's matrices converted to f32 at load: faster image encoding on CPUs
     /// without native f16/bf16 arithmetic, +600 MB over an f16 file), int8-vision (repacked, and the
-    /// vision tower's matrices quantized to int8 at load for our AVX-512 VNNI kernel: the fastest image
-    /// encoding from an f16 or f32 file on CPUs with VNNI, with about q8_0's accuracy), or int8
+    /// vision tower's matrices quantized to int8 at load for our AVX-512 VNNI or AVX2 kernel: the fastest
+    /// image encoding from an f16 or f32 file on CPUs with VNNI, with about q8_0's accuracy), or int8
     /// (int8-vision, and int8 copies of the language model's f16/f32 matrices for prefill: 2-3x faster
     /// prefill, +380 MB; q4_0 and q8_0 matrices are not requantized: they use the panels).
     #[arg(long, value_name = "LAYOUT", default_value = "repacked", value_parser = parse_layout)]
@@ -33,6 +34,12 @@ pub struct ModelArgs {
     /// that carry no tokenizer (llama.cpp's).
     #[arg(long, value_name = "DIR")]
     pub tokenizer: Option<PathBuf>,
+    /// Which kernels run on the CPU: auto (the best of ours this CPU runs), avx512-vnni, avx2 (what an
+    /// AVX2 CPU runs: our AVX2 kernels where we have them, ggml's for the rest), portable (ours without SIMD:
+    /// slow, for testing) or ggml (none of ours: ggml's products, flash attention and GELU). A set the
+    /// CPU lacks is an error at load.
+    #[arg(long, value_name = "NAME", default_value = "auto", value_parser = parse_kernels)]
+    pub kernels: Kernels,
 }
 
 impl ModelArgs {
@@ -41,6 +48,7 @@ impl ModelArgs {
             mmproj: self.mmproj.clone(),
             tokenizer_dir: self.tokenizer.clone(),
             weight_layout: self.weights,
+            kernels: self.kernels,
         }
     }
 }
@@ -116,6 +124,10 @@ fn parse_device(s: &str) -> std::result::Result<Device, String> {
     Device::parse(s).ok_or_else(|| format!("`{s}` is not one of auto, cpu, cuda"))
 }
 
+fn parse_kernels(s: &str) -> std::result::Result<Kernels, String> {
+    s.parse().map_err(|e: crate::kernels::KernelsError| e.to_string())
+}
+
 fn parse_layout(s: &str) -> std::result::Result<WeightLayout, String> {
     WeightLayout::parse(s).ok_or_else(|| format!("`{s}` is not one of repacked, mapped, f32-vision, int8-vision, int8"))
 }
@@ -142,6 +154,7 @@ mod tests {
         assert_eq!(cli.session.ctx_size, 4096);
         assert_eq!(cli.session.kv_type, KvType::F16);
         assert_eq!(cli.load.weights, WeightLayout::Repacked);
+        assert_eq!(cli.load.kernels, Kernels::Auto);
         assert_eq!(cli.session.mem_budget, 0);
         let cli = Cli::try_parse_from([
             "x",
@@ -159,6 +172,8 @@ mod tests {
             "1.5G",
             "-t",
             "3",
+            "--kernels",
+            "ggml",
         ])
         .expect("flags parse");
         assert_eq!(cli.session.ctx_size, 64);
@@ -167,10 +182,12 @@ mod tests {
         assert_eq!(cli.load.device, Device::Cpu);
         assert_eq!(cli.session.mem_budget, 3 << 29);
         assert_eq!(cli.session.threads, Some(3));
+        assert_eq!(cli.load.kernels, Kernels::Ggml);
         for bad in [
             ["--kv-type", "q3"],
             ["--device", "tpu"],
             ["--weights", "zip"],
+            ["--kernels", "sse"],
             ["--mem-budget", "lots"],
         ] {
             let e = Cli::try_parse_from(["x", "-m", "a.gguf", bad[0], bad[1]]).expect_err("bad value refused");

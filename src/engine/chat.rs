@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::budget;
-use crate::chat::{
+use crate::image::TilingParams;
+use crate::prompt::{
     build_prompt_ids, clean_answer, multi_image_question, video_question, Conversation, PromptIds, Turn,
     IMAGE_PLACEHOLDER,
 };
-use crate::image::TilingParams;
 use crate::sampling::{logprobs, Sampler, SamplingParams, TokenLogprob};
 use crate::session::{Session, SessionParams};
 use crate::stop::StopMatcher;
@@ -25,8 +25,8 @@ use crate::structured::{Constraint, Grammars};
 use crate::tokenizer::StreamDecoder;
 
 use super::error::{EngineError, Result};
-use super::image::{EmbeddingCache, Image, ImageKey, SharedEmbeddingCache};
 use super::model::Model;
+use super::vision_input::{EmbeddingCache, Image, ImageKey, SharedEmbeddingCache};
 
 /// Settings of a conversation.
 #[derive(Debug, Clone)]
@@ -629,21 +629,21 @@ impl Chat {
             by_key.insert(image.key(), r);
         }
 
-        // Prefill the rest in chunks (progress and cancellation between chunks).
+        // Prefill the rest: the session chunks it (`Session::eval_with`); progress and cancellation between
+        // chunks.
         let d = self.model.hparams().llm.n_embd;
         let total = tags.len() - keep;
         let t_prefill = Instant::now();
         let mut logits = Vec::new();
-        let mut pos = keep;
-        while pos < tags.len() {
+        if keep < tags.len() {
             if cancelled(gen) {
                 stats.prefill = t_prefill.elapsed();
                 return Ok(self.cancelled_reply(stats, start));
             }
-            let end = (pos + self.params.session.n_batch.max(1)).min(tags.len());
-            let mut chunk_rows = Vec::new();
+            // The image rows of the tokens to evaluate, in prompt order.
+            let mut rows = Vec::new();
             for (i, span) in prompt.image_spans.iter().enumerate() {
-                let (s, e) = (span.start.max(pos), span.end.min(end));
+                let (s, e) = (span.start.max(keep), span.end);
                 if s >= e {
                     continue;
                 }
@@ -658,21 +658,24 @@ impl Chat {
                         span.len()
                     ))
                 })?;
-                chunk_rows.extend_from_slice(slice);
+                rows.extend_from_slice(slice);
             }
-            let ids = prompt.ids.get(pos..end).unwrap_or(&[]);
-            let out = self.session.eval(ids, &chunk_rows, false)?;
-            self.cached.extend_from_slice(&tags[pos..end]);
-            logits = out.logits;
-            pos = end;
-            stats.prefilled_tokens = pos - keep;
-            if on_event(Event::Prefill {
-                done: pos - keep,
-                total,
-            }) == Flow::Stop
-            {
-                stats.prefill = t_prefill.elapsed();
-                return Ok(self.cancelled_reply(stats, start));
+            let ids = prompt.ids.get(keep..).unwrap_or(&[]);
+            let cached = &mut self.cached;
+            let mut in_cache = 0;
+            let mut on_chunk = |done: usize| {
+                cached.extend_from_slice(&tags[keep + in_cache..keep + done]);
+                in_cache = done;
+                stats.prefilled_tokens = done;
+                // Cancellation is asked before the next chunk, not after the last one.
+                on_event(Event::Prefill { done, total }) != Flow::Stop && (done == total || !cancelled(gen))
+            };
+            match self.session.eval_with(ids, &rows, false, &mut on_chunk)? {
+                Some(out) => logits = out.logits,
+                None => {
+                    stats.prefill = t_prefill.elapsed();
+                    return Ok(self.cancelled_reply(stats, start));
+                }
             }
         }
         stats.prefill = t_prefill.elapsed();
@@ -837,28 +840,27 @@ impl Chat {
         on_event: &mut dyn FnMut(Event<'_>) -> Flow,
     ) -> Result<Option<Arc<Vec<f32>>>> {
         let t = Instant::now();
-        let tiles = image.preprocess()?;
+        let tiles = image.preprocess(&self.model.normalization())?;
         stats.preprocess += t.elapsed();
         let per_tile = 3 * (tiles.image_size as usize).pow(2);
         let t = Instant::now();
-        let mut rows = Vec::new();
-        for group in tiles.data.chunks(per_tile * self.params.session.vision_batch.max(1)) {
-            if gen.cancel.as_ref().is_some_and(CancelFlag::is_cancelled) {
-                stats.vision += t.elapsed();
-                return Ok(None);
-            }
-            let out = self.session.encode_tiles(group, false)?;
-            rows.extend(out.proj);
-            let n = group.len() / per_tile;
-            *done += n;
-            stats.tiles_encoded += n;
-            if on_event(Event::Vision { done: *done, total }) == Flow::Stop {
-                stats.vision += t.elapsed();
-                return Ok(None);
-            }
+        if gen.cancel.as_ref().is_some_and(CancelFlag::is_cancelled) {
+            stats.vision += t.elapsed();
+            return Ok(None);
         }
+        // The session encodes in graphs of `vision_batch` tiles; progress and cancellation between them.
+        let n_tiles = tiles.data.len() / per_tile.max(1);
+        let (before, mut last) = (*done, 0);
+        let mut on_batch = |n: usize| {
+            *done = before + n;
+            stats.tiles_encoded += n - last;
+            last = n;
+            on_event(Event::Vision { done: *done, total }) != Flow::Stop
+                && (n == n_tiles || !gen.cancel.as_ref().is_some_and(CancelFlag::is_cancelled))
+        };
+        let out = self.session.encode_tiles_with(&tiles.data, false, &mut on_batch)?;
         stats.vision += t.elapsed();
-        Ok(Some(Arc::new(rows)))
+        Ok(out.map(|o| Arc::new(o.proj)))
     }
 }
 
@@ -873,6 +875,32 @@ fn tags_of(prompt: &PromptIds, images: &[Image]) -> Vec<Tag> {
         }
     }
     tags
+}
+
+/// Opening conversations: defined here rather than in `model.rs`, so that the model module does not
+/// depend on this one.
+impl Model {
+    /// Opens a conversation (a KV cache of `params.session.n_ctx` tokens).
+    pub fn chat(&self, params: ChatParams) -> Result<Chat> {
+        Chat::new(self.clone(), params)
+    }
+
+    /// One question, one answer: opens a [`Chat`], asks `message` and generates, streaming every
+    /// piece of text to `on_token`. Return [`Flow::Stop`] from it to stop early.
+    pub fn generate(
+        &self,
+        params: ChatParams,
+        message: Message,
+        gen: &GenerateParams,
+        mut on_token: impl FnMut(&str) -> Flow,
+    ) -> Result<Reply> {
+        let mut chat = self.chat(params)?;
+        chat.ask(message)?;
+        chat.generate(gen, |e| match e {
+            Event::Token(t) => on_token(t),
+            _ => Flow::Continue,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ::image::{Rgb, RgbImage};
 
-use crate::chat::grounding::PixelBox;
+use crate::prompt::grounding::PixelBox;
 
 use super::error::{EngineError, Result};
 

@@ -1,8 +1,8 @@
 //! The one error type of the engine (the high-level API and what the CLI needs).
 use std::path::PathBuf;
 
-use crate::chat::ChatError;
 use crate::model::ModelError;
+use crate::prompt::PromptError;
 use crate::tokenizer::TokenizerError;
 
 use super::hf::HfError;
@@ -19,7 +19,7 @@ pub enum EngineError {
     #[error("tokenizer: {0}")]
     Tokenizer(#[from] TokenizerError),
     #[error("prompt: {0}")]
-    Chat(#[from] ChatError),
+    Prompt(#[from] PromptError),
     #[error(transparent)]
     Image(#[from] crate::image::Error),
     #[error(transparent)]

@@ -1,29 +1,33 @@
 //! `--hf OWNER/NAME`: find a checkpoint in the local Hugging Face cache, convert it once with the
 //! `internvl-convert` binary into a cached GGUF, and hand back the GGUF's path.
 //!
-//! This build has no HTTP client (the Rust Hub client pulls an async TLS stack into an edge
-//! runtime), so a checkpoint that is not in the cache is an immediate error that says how to get it.
+//! A checkpoint that is not in the cache is downloaded into it with the `hf-hub` crate's blocking client
+//! (the default `hf` feature; an edge build can drop it). Without the feature, or with `HF_HUB_OFFLINE=1`,
+//! a missing checkpoint is an immediate error that says how to get it by hand.
 //!
 //! Cache layout read (huggingface_hub's): `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
 //! `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`; inside it
 //! `models--OWNER--NAME/refs/main` names the revision and `snapshots/REV/` holds the files.
 //! Converted GGUFs go to `$INTERNVL_CACHE`, else `$XDG_CACHE_HOME/internvl`, else
-//! `~/.cache/internvl`, as `OWNER--NAME/REV-TYPE.gguf`.
+//! `~/.cache/internvl`, as `OWNER--NAME/REV-TYPE.gguf`. These variables are read through [`crate::env`].
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::env::{self, DirVar};
+
 /// Files the converter needs from a checkpoint (besides the weights).
 pub const REQUIRED_FILES: &[&str] = &["config.json", "vocab.json", "merges.txt", "added_tokens.json"];
-/// Weight types `internvl-convert --type` accepts.
-pub const TYPES: &[&str] = &[
-    "f32", "f16", "bf16", "q8_0", "q6_k", "q5_0", "q5_1", "q4_0", "q4_1", "iq4_nl",
-];
+/// The names of the weight types `internvl-convert --type` accepts ([`crate::gguf::CONVERT_TYPES`]), in
+/// lower case as they appear in the cached file names (`q6_k`, not ggml's `q6_K`).
+pub fn type_names() -> impl Iterator<Item = String> {
+    crate::gguf::CONVERT_TYPES.iter().map(|t| t.name().to_ascii_lowercase())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HfError {
     #[error("invalid repository id {0:?}: expected OWNER/NAME")]
     BadRepo(String),
-    #[error("unknown weight type {0:?} (one of: {types})", types = TYPES.join(", "))]
+    #[error("unknown weight type {0:?} (one of: {types})", types = type_names().collect::<Vec<_>>().join(", "))]
     BadType(String),
     #[error("no Hugging Face cache directory: set HF_HOME or HOME")]
     NoCacheDir,
@@ -71,23 +75,19 @@ pub enum HfError {
 
 type Result<T> = std::result::Result<T, HfError>;
 
-fn env_dir(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
-}
-
 /// The Hub cache directory (see the module docs), if one can be named.
 pub fn hub_cache_dir() -> Option<PathBuf> {
-    env_dir("HF_HUB_CACHE")
-        .or_else(|| env_dir("HF_HOME").map(|h| h.join("hub")))
-        .or_else(|| env_dir("XDG_CACHE_HOME").map(|c| c.join("huggingface/hub")))
-        .or_else(|| env_dir("HOME").map(|h| h.join(".cache/huggingface/hub")))
+    env::dir(DirVar::HfHubCache)
+        .or_else(|| env::dir(DirVar::HfHome).map(|h| h.join("hub")))
+        .or_else(|| env::dir(DirVar::XdgCacheHome).map(|c| c.join("huggingface/hub")))
+        .or_else(|| env::dir(DirVar::Home).map(|h| h.join(".cache/huggingface/hub")))
 }
 
 /// Where converted GGUFs are kept (see the module docs).
 pub fn gguf_cache_dir() -> Option<PathBuf> {
-    env_dir("INTERNVL_CACHE")
-        .or_else(|| env_dir("XDG_CACHE_HOME").map(|c| c.join("internvl")))
-        .or_else(|| env_dir("HOME").map(|h| h.join(".cache/internvl")))
+    env::dir(DirVar::InternvlCache)
+        .or_else(|| env::dir(DirVar::XdgCacheHome).map(|c| c.join("internvl")))
+        .or_else(|| env::dir(DirVar::Home).map(|h| h.join(".cache/internvl")))
 }
 
 /// `OWNER/NAME` split and checked (letters, digits, `-`, `_`, `.`; no `..`), since both parts
@@ -172,10 +172,7 @@ pub fn find_snapshot(repo: &str, cache: &Path, ty: &str) -> Result<Snapshot> {
 /// Downloads are attempted only in builds with the `hf` feature and when `HF_HUB_OFFLINE` is not set to
 /// a true value (the Hugging Face convention; with it, a missing model fails at once).
 fn download_allowed() -> bool {
-    let offline = std::env::var("HF_HUB_OFFLINE")
-        .map(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
-        .unwrap_or(false);
-    cfg!(feature = "hf") && !offline
+    cfg!(feature = "hf") && !env::hf_hub_offline()
 }
 
 /// Fetches the checkpoint's files into the Hugging Face cache layout (`models--OWNER--NAME/...`).
@@ -219,9 +216,7 @@ fn download(repo: &str, _hub: &Path, ty: &str) -> Result<()> {
 pub fn find_converter(exe: &Path) -> Option<PathBuf> {
     let name = format!("internvl-convert{}", std::env::consts::EXE_SUFFIX);
     let beside = exe.parent().map(|d| d.join(&name)).filter(|p| p.is_file());
-    beside.or_else(|| {
-        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(&name)).find(|p| p.is_file()))
-    })
+    beside.or_else(|| env::path().and_then(|p| std::env::split_paths(&p).map(|d| d.join(&name)).find(|p| p.is_file())))
 }
 
 /// Resolves `repo` to a GGUF of weight type `ty`: the cached conversion if present, else converts
@@ -229,7 +224,7 @@ pub fn find_converter(exe: &Path) -> Option<PathBuf> {
 /// messages. When the checkpoint is not cached it is downloaded (feature `hf`), unless `HF_HUB_OFFLINE=1`,
 /// in which case it fails at once, naming what is missing and how to convert by hand.
 pub fn resolve(repo: &str, ty: &str, exe: &Path, notice: &mut dyn FnMut(&str)) -> Result<PathBuf> {
-    if !TYPES.contains(&ty) {
+    if !type_names().any(|t| t == ty) {
         return Err(HfError::BadType(ty.to_owned()));
     }
     let (owner, name) = parse_repo(repo)?;
@@ -296,6 +291,19 @@ pub fn resolve(repo: &str, ty: &str, exe: &Path, notice: &mut dyn FnMut(&str)) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hf_types_are_the_converter_types_in_lower_case() {
+        let names: Vec<String> = type_names().collect();
+        assert_eq!(
+            names,
+            ["f32", "f16", "bf16", "q8_0", "q6_k", "q5_0", "q5_1", "q4_0", "q4_1", "iq4_nl"]
+        );
+        assert!(matches!(
+            resolve("OpenGVLab/InternVL2-1B", "q6_K", Path::new("/nonexistent"), &mut |_| {}),
+            Err(HfError::BadType(_))
+        ));
+    }
 
     #[test]
     fn repo_ids_are_checked() {

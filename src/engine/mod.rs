@@ -23,7 +23,7 @@
 //! Threads: [`Model`] is `Send + Sync` and cheap to clone; a [`Chat`] is `Send` (move it to a worker)
 //! but not `Sync` (it owns a KV cache and a scheduler); a [`CancelFlag`] may be set from any thread.
 //!
-//! Modules: `model` (loading), `image` (images, content keys, the embedding cache), `chat` (turns,
+//! Modules: `model` (loading), `vision_input` (images as vision input: content keys, the embedding cache), `chat` (turns,
 //! KV reuse, generation), `transcript` (save/load), `draw` (grounding boxes), `hf` (the Hugging Face
 //! cache), `mem` (peak RSS), `args` (the command-line flags internvl-run and internvl-serve share).
 
@@ -32,20 +32,20 @@ mod chat;
 pub mod draw;
 mod error;
 pub mod hf;
-mod image;
 pub mod mem;
 mod model;
 pub mod transcript;
+mod vision_input;
 
 pub use self::chat::{
     CancelFlag, Chat, ChatParams, Event, FinishReason, Flow, GenerateParams, ImageLayout, Message, Reply, TurnRecord,
     TurnStats,
 };
 pub use self::error::{EngineError, Result};
-pub use self::image::{EmbeddingCache, Image, ImageKey, ImageSource, SharedEmbeddingCache};
 pub use self::model::{LoadParams, Model};
 pub use self::transcript::Transcript;
-pub use crate::image::TilingParams;
+pub use self::vision_input::{EmbeddingCache, Image, ImageKey, ImageSource, SharedEmbeddingCache};
+pub use crate::image::{Normalization, TilingParams};
 pub use crate::model::kv_cache::KvType;
 pub use crate::sampling::{SamplingParams, TokenLogprob};
 pub use crate::session::SessionParams;

@@ -1,16 +1,17 @@
 //! [`Model`]: the weights plus the tokenizer and prompt settings, loaded once and shared.
+//!
+//! This module does not know about conversations: [`Model::chat`] and [`Model::generate`] are defined
+//! in `chat.rs`, which depends on this one (never the other way round).
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::chat::DEFAULT_SYSTEM_MESSAGE;
 use crate::hparams::Hparams;
-use crate::image::TilingParams;
+use crate::image::{Normalization, TilingParams};
 use crate::model;
+use crate::prompt::DEFAULT_SYSTEM_MESSAGE;
 use crate::tokenizer::Tokenizer;
 
-use super::chat::{Chat, ChatParams, GenerateParams, Message, Reply};
 use super::error::{EngineError, Result};
-use super::{Event, Flow};
 
 /// How to load a model.
 #[derive(Debug, Clone, Default)]
@@ -24,16 +25,18 @@ pub struct LoadParams {
     /// How CPU weights are held: ggml's repacked layouts where it has them (default, faster batched
     /// products) or everything used in place from the mapped file (zero copy, fastest load).
     pub weight_layout: model::WeightLayout,
+    /// Which kernels run on the CPU (`--kernels`): the best of ours for this CPU by default.
+    pub kernels: crate::kernels::Kernels,
 }
 
 /// A loaded model: weights (memory-mapped), tokenizer and prompt settings.
 ///
 /// `Model` is `Send + Sync` and cheap to clone (two `Arc`s): load it once and give a clone to every
-/// thread; each thread opens its own [`Chat`] (a `Chat` is `Send` but not `Sync`, since it owns a
+/// thread; each thread opens its own [`Chat`](super::Chat) (a `Chat` is `Send` but not `Sync`, since it owns a
 /// KV cache and a compute scheduler).
 #[derive(Clone)]
 pub struct Model {
-    inner: Arc<model::Model>,
+    inner: Arc<model::Weights>,
     tokenizer: Arc<Tokenizer>,
 }
 
@@ -60,7 +63,7 @@ impl Model {
         if let Some(m) = &params.mmproj {
             paths.push(m);
         }
-        let inner = model::Model::load_with(&paths, device, params.weight_layout)?;
+        let inner = model::Weights::load_with_kernels(&paths, device, params.weight_layout, params.kernels)?;
         let tokenizer = match (&params.tokenizer_dir, &inner.meta.tokenizer_json) {
             (Some(dir), _) => Tokenizer::from_dir(dir)?,
             (None, Some(json)) => Tokenizer::from_json(json)?,
@@ -74,7 +77,7 @@ impl Model {
     }
 
     /// Wraps an already loaded model and tokenizer.
-    pub fn from_parts(inner: Arc<model::Model>, tokenizer: Tokenizer) -> Model {
+    pub fn from_parts(inner: Arc<model::Weights>, tokenizer: Tokenizer) -> Model {
         Model {
             inner,
             tokenizer: Arc::new(tokenizer),
@@ -82,7 +85,7 @@ impl Model {
     }
 
     /// The low-level model (graphs, weights, metadata).
-    pub fn inner(&self) -> &Arc<model::Model> {
+    pub fn inner(&self) -> &Arc<model::Weights> {
         &self.inner
     }
 
@@ -120,30 +123,14 @@ impl Model {
         }
     }
 
+    /// The image statistics tiles are normalized with, from the file (spec §7.1 step 4: ImageNet's for
+    /// InternVL2-1B; checked at load).
+    pub fn normalization(&self) -> Normalization {
+        self.inner.meta.normalization
+    }
+
     /// Bytes of weights (mapped in place).
     pub fn weight_bytes(&self) -> usize {
         self.inner.weight_bytes()
-    }
-
-    /// Opens a conversation (a KV cache of `params.session.n_ctx` tokens).
-    pub fn chat(&self, params: ChatParams) -> Result<Chat> {
-        Chat::new(self.clone(), params)
-    }
-
-    /// One question, one answer: opens a [`Chat`], asks `message` and generates, streaming every
-    /// piece of text to `on_token`. Return [`Flow::Stop`] from it to stop early.
-    pub fn generate(
-        &self,
-        params: ChatParams,
-        message: Message,
-        gen: &GenerateParams,
-        mut on_token: impl FnMut(&str) -> Flow,
-    ) -> Result<Reply> {
-        let mut chat = self.chat(params)?;
-        chat.ask(message)?;
-        chat.generate(gen, |e| match e {
-            Event::Token(t) => on_token(t),
-            _ => Flow::Continue,
-        })
     }
 }

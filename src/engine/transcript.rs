@@ -15,7 +15,7 @@ use crate::image::TilingParams;
 
 use super::chat::{Chat, TurnRecord};
 use super::error::{EngineError, Result};
-use super::image::{Image, ImageSource};
+use super::vision_input::{Image, ImageSource};
 
 /// The `format` value of a transcript file.
 pub const FORMAT: &str = "internvl-conversation";

@@ -248,6 +248,10 @@ impl Drop for Threadpool {
 /// work between backends (ops a GPU cannot run fall back to the CPU, which must be last).
 pub struct Sched {
     ptr: NonNull<sys::ggml_backend_sched>,
+    /// This scheduler among all (process-wide counter) and how many times it has planned a graph: the pair
+    /// names the graph it holds now, so that a `KeptGraph` knows whether it is still the allocated one.
+    id: u64,
+    plans: u64,
 }
 
 // SAFETY: owned handle, used by one thread at a time (not Sync).
@@ -274,27 +278,23 @@ impl Sched {
         let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Alloc {
             what: "a backend scheduler".into(),
         })?;
-        Ok(Sched { ptr })
-    }
-
-    /// Sizes the compute buffers for the worst-case graph once, so later graphs allocate nothing new.
-    pub fn reserve(&mut self, g: &Graph<'_>) -> Result<()> {
-        // SAFETY: valid scheduler and graph.
-        if unsafe { sys::ggml_backend_sched_reserve(self.ptr.as_ptr(), g.raw()) } {
-            Ok(())
-        } else {
-            Err(GgmlError::Alloc {
-                what: "compute buffers for the graph".into(),
-            })
-        }
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Sched { ptr, id, plans: 0 })
     }
 
     /// Allocates `g`'s tensors (inputs can be set after this, before `compute`).
     pub fn alloc(&mut self, g: &Graph<'_>) -> Result<()> {
+        self.alloc_raw(g.raw())
+    }
+
+    /// `alloc` of a graph that lives as long as this call (a `Graph` or a `KeptGraph`'s).
+    pub(super) fn alloc_raw(&mut self, g: *mut sys::ggml_cgraph) -> Result<()> {
+        self.plans += 1;
         // SAFETY: valid scheduler; reset first so a previous graph's assignment is dropped.
         unsafe { sys::ggml_backend_sched_reset(self.ptr.as_ptr()) };
         // SAFETY: valid scheduler and graph.
-        if unsafe { sys::ggml_backend_sched_alloc_graph(self.ptr.as_ptr(), g.raw()) } {
+        if unsafe { sys::ggml_backend_sched_alloc_graph(self.ptr.as_ptr(), g) } {
             Ok(())
         } else {
             Err(GgmlError::Alloc {
@@ -305,8 +305,14 @@ impl Sched {
 
     /// Computes an allocated graph.
     pub fn compute(&mut self, g: &Graph<'_>) -> Result<()> {
-        // SAFETY: valid scheduler and an allocated graph.
-        let st = unsafe { sys::ggml_backend_sched_graph_compute(self.ptr.as_ptr(), g.raw()) };
+        self.compute_raw(g.raw())
+    }
+
+    /// `compute` of a graph that lives as long as this call (a `Graph` or a `KeptGraph`'s).
+    pub(super) fn compute_raw(&mut self, g: *mut sys::ggml_cgraph) -> Result<()> {
+        // SAFETY: valid scheduler and a graph; the scheduler allocates it first if it is not (ggml's
+        // `ggml_backend_sched_graph_compute` does when no graph is allocated).
+        let st = unsafe { sys::ggml_backend_sched_graph_compute(self.ptr.as_ptr(), g) };
         if st != sys::GGML_STATUS_SUCCESS {
             return Err(GgmlError::Compute(st));
         }
@@ -317,6 +323,7 @@ impl Sched {
     /// given to [`Sched::new`]), planned by ggml's allocator without allocating anything
     /// (`ggml_backend_sched_reserve_size`). Memory budgets (`crate::budget`) measure graphs with it.
     pub fn reserve_size(&mut self, g: &Graph<'_>) -> Vec<usize> {
+        self.plans += 1;
         // SAFETY: valid scheduler.
         let n = unsafe { sys::ggml_backend_sched_get_n_backends(self.ptr.as_ptr()) }.max(0) as usize;
         let mut sizes = vec![0usize; n.max(1)];
@@ -325,6 +332,11 @@ impl Sched {
         unsafe { sys::ggml_backend_sched_reserve_size(self.ptr.as_ptr(), g.raw(), sizes.as_mut_ptr()) };
         sizes.truncate(n);
         sizes
+    }
+
+    /// Names the graph allocated now (changes with every `alloc`, `reserve` or `reserve_size`).
+    pub(super) fn allocation(&self) -> (u64, u64) {
+        (self.id, self.plans)
     }
 
     /// Bytes of compute buffer held on backend `i` (for memory reports).

@@ -608,11 +608,11 @@ impl Drop for Context {
     }
 }
 
-pub(super) fn shape(op: &'static str, detail: String) -> GgmlError {
+pub(crate) fn shape(op: &'static str, detail: String) -> GgmlError {
     GgmlError::Shape { op, detail }
 }
 
-pub(super) fn ty_err(op: &'static str, t: Tensor<'_>, detail: &str) -> GgmlError {
+pub(crate) fn ty_err(op: &'static str, t: Tensor<'_>, detail: &str) -> GgmlError {
     GgmlError::Type {
         op,
         ty: t.ty().name().into(),

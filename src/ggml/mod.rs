@@ -5,31 +5,23 @@
 //! graph size, buffer sizes. The pattern is ggml's own (`examples/simple/simple-backend.cpp`): a
 //! metadata-only context, build a graph, let `ggml_backend_sched` allocate it, set inputs, compute, read.
 
-mod activation_op;
-mod attention_op;
 pub mod backend;
 pub mod context;
-mod int8_op;
-mod own_product;
-mod panels_op;
+pub mod custom;
+pub mod kept;
 pub mod quant;
 pub mod store;
 pub mod sys;
+pub mod tensors;
 
 pub use backend::{Backend, BackendKind, Buffer, Sched, Threadpool};
 pub use context::{Context, Graph, Tensor};
+pub use kept::KeptGraph;
 pub use quant::{dequantize, quantize};
-pub use store::WeightStore;
+pub use store::{WeightId, WeightStore};
+pub use tensors::TensorSet;
 
 use std::ffi::CStr;
-use std::ops::Range;
-
-/// The part of `items` (token blocks, panels) that thread `ith` of `nth` takes in our custom nodes:
-/// contiguous, disjoint, possibly empty (more threads than items).
-fn share(items: usize, ith: i32, nth: i32) -> Range<usize> {
-    let (i, n) = (ith.max(0) as usize, nth.max(1) as usize);
-    items * i / n..items * (i + 1) / n
-}
 
 // The ggml libraries are built and linked by this crate; the `use` makes sure they are linked even though we
 // call ggml through our own bindings.
@@ -118,7 +110,7 @@ unsafe extern "C" fn log_filter(
         LAST_LOG_LEVEL.store(level, Ordering::Relaxed);
         level
     };
-    let verbose = std::env::var_os("INTERNVL_GGML_LOG").is_some_and(|v| v != "0");
+    let verbose = crate::env::ggml_log_verbose();
     if text.is_null() || (level < sys::GGML_LOG_LEVEL_WARN && !verbose) {
         return;
     }

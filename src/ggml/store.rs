@@ -13,10 +13,17 @@ use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 /// A tensor pointer with its name.
 type Named = (String, NonNull<sys::ggml_tensor>);
 
+/// A weight of a `WeightStore`, resolved from its name once (at load): graphs take tensors by id, without
+/// looking names up. Ids stay valid when the store moves weights (`repack_cpu`, `widen_cpu`, `copy_to`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WeightId(usize);
+
 /// All weight tensors of a model. Built once, then only read (by graphs on any thread).
 pub struct WeightStore {
     ctx: Context,
-    map: HashMap<String, NonNull<sys::ggml_tensor>>,
+    /// Each weight's tensor, by `WeightId`.
+    slots: Vec<NonNull<sys::ggml_tensor>>,
+    map: HashMap<String, WeightId>,
     _bufs: Vec<Buffer>,
     /// Contexts of tensors moved into other buffers (`repack_cpu`); the map points into them.
     _moved: Vec<Context>,
@@ -38,6 +45,7 @@ impl WeightStore {
         let n: usize = files.iter().map(|(_, t)| t.len()).sum();
         let ctx = Context::new(n + 1, 0)?;
         let mut map = HashMap::with_capacity(n);
+        let mut slots = Vec::with_capacity(n);
         let mut bufs = Vec::with_capacity(files.len());
         let mut bytes = 0;
         for (file, infos) in files {
@@ -53,17 +61,17 @@ impl WeightStore {
                 }
                 buf.place(t, info.offset)?;
                 bytes += info.size;
-                map.insert(
-                    info.name.clone(),
-                    NonNull::new(t.raw()).ok_or_else(|| GgmlError::Alloc {
-                        what: info.name.clone(),
-                    })?,
-                );
+                let ptr = NonNull::new(t.raw()).ok_or_else(|| GgmlError::Alloc {
+                    what: info.name.clone(),
+                })?;
+                map.insert(info.name.clone(), WeightId(slots.len()));
+                slots.push(ptr);
             }
             bufs.push(buf);
         }
         Ok(WeightStore {
             ctx,
+            slots,
             map,
             _bufs: bufs,
             _moved: Vec::new(),
@@ -73,11 +81,15 @@ impl WeightStore {
 
     /// Copies the same tensors into one buffer of `backend` (a GPU): weights then live in device memory.
     pub fn copy_to(&self, backend: &super::Backend) -> Result<Self> {
-        let names: Vec<String> = self.map.keys().cloned().collect();
-        let (ctx, buf, map) = self.copy_tensors(&names, false, |ctx| backend.alloc_ctx_tensors(ctx), &mut |_| {})?;
+        // In id order, so that every id names the same weight in the copy.
+        let mut names: Vec<(&String, WeightId)> = self.map.iter().map(|(n, id)| (n, *id)).collect();
+        names.sort_by_key(|(_, id)| id.0);
+        let names: Vec<String> = names.into_iter().map(|(n, _)| n.clone()).collect();
+        let (ctx, buf, copied) = self.copy_tensors(&names, false, |ctx| backend.alloc_ctx_tensors(ctx), &mut |_| {})?;
         Ok(WeightStore {
             ctx,
-            map: map.into_iter().collect(),
+            slots: copied.iter().map(|(_, p)| *p).collect(),
+            map: self.map.clone(),
             _bufs: vec![buf],
             _moved: Vec::new(),
             bytes: self.bytes,
@@ -192,7 +204,9 @@ impl WeightStore {
             // ptr is a tensor of `ctx`, which the store keeps (`_moved`) as long as it lives.
             bytes += Tensor::from_raw(ptr, &ctx).nbytes();
             count += 1;
-            self.map.insert(name, ptr);
+            if let Some(id) = self.map.get(&name) {
+                self.slots[id.0] = ptr;
+            }
         }
         self._bufs.push(buf);
         self._moved.push(ctx);
@@ -206,7 +220,22 @@ impl WeightStore {
 
     /// The tensor called `name`, valid as long as the store is borrowed.
     pub(crate) fn get(&self, name: &str) -> Option<Tensor<'_>> {
-        self.map.get(name).map(|p| Tensor::from_raw(*p, &self.ctx))
+        self.map.get(name).and_then(|id| self.tensor(*id).ok())
+    }
+
+    /// The id of the weight called `name` (resolve once, then use `tensor`).
+    pub fn id(&self, name: &str) -> Option<WeightId> {
+        self.map.get(name).copied()
+    }
+
+    /// The weight `id`, valid as long as the store is borrowed. An id of another store may name another
+    /// tensor or none (an error); the model resolves its ids from its own store at load.
+    pub fn tensor(&self, id: WeightId) -> Result<Tensor<'_>> {
+        let ptr = self.slots.get(id.0).copied().ok_or_else(|| GgmlError::Tensor {
+            name: format!("weight #{}", id.0),
+            detail: format!("not in this store of {} weights", self.slots.len()),
+        })?;
+        Ok(Tensor::from_raw(ptr, &self.ctx))
     }
 
     /// Total bytes of weight data (mapped, not copied).

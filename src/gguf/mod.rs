@@ -18,7 +18,7 @@ mod writer;
 
 pub use error::GgufError;
 pub use reader::{GgufFile, TensorInfo};
-pub use types::GgmlType;
+pub use types::{GgmlType, CONVERT_TYPES, FOREIGN_MATRIX_TYPES, MATRIX_TYPES};
 pub use value::{Array, Value, ValueType};
 pub use writer::GgufWriter;
 

@@ -188,6 +188,42 @@ impl GgmlType {
     }
 }
 
+/// The weight types `internvl-convert` writes (`--type` and its per-part overrides), in the order shown to
+/// users. The one list of weight types: the converter's `policy::ALLOWED`, `--hf-type` (`engine::hf`) and
+/// the runtime's [`MATRIX_TYPES`] are made from it.
+pub const CONVERT_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q6_K,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::IQ4_NL,
+];
+
+/// Matrix types the runtime also accepts although the converter does not write them: the K-quants a file
+/// made elsewhere (llama.cpp's quantizer) may hold.
+pub const FOREIGN_MATRIX_TYPES: &[GgmlType] = &[GgmlType::Q4_K, GgmlType::Q5_K];
+
+/// Types the runtime accepts for quantizable matrices: [`CONVERT_TYPES`], then [`FOREIGN_MATRIX_TYPES`].
+pub const MATRIX_TYPES: [GgmlType; CONVERT_TYPES.len() + FOREIGN_MATRIX_TYPES.len()] = {
+    let mut t = [GgmlType::F32; CONVERT_TYPES.len() + FOREIGN_MATRIX_TYPES.len()];
+    let mut i = 0;
+    while i < CONVERT_TYPES.len() {
+        t[i] = CONVERT_TYPES[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < FOREIGN_MATRIX_TYPES.len() {
+        t[i + j] = FOREIGN_MATRIX_TYPES[j];
+        j += 1;
+    }
+    t
+};
+
 impl std::fmt::Display for GgmlType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -210,6 +246,13 @@ mod tests {
         }
         assert_eq!(GgmlType::from_name("q4_k"), Some(GgmlType::Q4_K));
         assert_eq!(GgmlType::from_name("q9_0"), None);
+    }
+
+    #[test]
+    fn matrix_types_are_the_converter_types_then_the_foreign_ones() {
+        assert_eq!(&MATRIX_TYPES[..CONVERT_TYPES.len()], CONVERT_TYPES);
+        assert_eq!(&MATRIX_TYPES[CONVERT_TYPES.len()..], FOREIGN_MATRIX_TYPES);
+        assert!(FOREIGN_MATRIX_TYPES.iter().all(|t| !CONVERT_TYPES.contains(t)));
     }
 
     #[test]

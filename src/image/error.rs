@@ -69,6 +69,13 @@ pub enum Error {
     /// `min_tiles` outside `1..=max_tiles`.
     #[error("min_tiles must be in 1..=max_tiles ({max_tiles}), got {min_tiles}")]
     MinTilesOutOfRange { min_tiles: u32, max_tiles: u32 },
+    /// A normalization mean that is not finite, or a standard deviation that is not finite and positive.
+    #[error("image {which} {values:?}: {reason}")]
+    BadNormalization {
+        which: &'static str,
+        values: [f32; 3],
+        reason: &'static str,
+    },
     /// `image_size` outside `1..=MAX_IMAGE_SIZE`.
     #[error("image_size must be in 1..={limit}, got {image_size}")]
     ImageSizeOutOfRange { image_size: u32, limit: u32 },

@@ -12,7 +12,7 @@
 //! | `find_closest_aspect_ratio`                 | [`choose_grid`] (candidates: [`candidate_grids`]) |
 //! | `Image.resize(size)` (BICUBIC)              | [`resize_bicubic`]                     |
 //! | `dynamic_preprocess` (crops + thumbnail)    | [`tile_u8`]                            |
-//! | `build_transform` + `torch.stack`           | [`preprocess`] → [`Tiles`]             |
+//! | `build_transform` + `torch.stack`           | [`preprocess`] → [`Tiles`] ([`Normalization`]) |
 //! | `get_index` / `load_video`                  | [`video`]                              |
 //!
 //! With a lossless input (PNG, BMP, TIFF, lossless WebP, GIF) or a JPEG the uint8 tiles are
@@ -43,8 +43,8 @@ pub use self::decode::{from_raw, load_bytes, load_path, Limits, PixelFormat, Raw
 pub use self::error::{Error, Result};
 pub use self::resize::resize_bicubic;
 pub use self::tiling::{
-    candidate_grids, choose_grid, normalize_lut, preprocess, tile_u8, Tiles, TilingParams, IMAGENET_MEAN, IMAGENET_STD,
-    MAX_IMAGE_SIZE, MAX_TILES,
+    candidate_grids, choose_grid, normalize_lut, preprocess, preprocess_with, tile_u8, Normalization, Tiles,
+    TilingParams, IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_SIZE, MAX_TILES,
 };
 /// An 8-bit RGB image (the `image` crate's buffer type), the currency of this module.
 pub use ::image::RgbImage;

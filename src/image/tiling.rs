@@ -208,29 +208,85 @@ impl Tiles {
     }
 }
 
-/// `ToTensor` + `Normalize` as a per-channel table: `((v as f32 / 255) - mean) / std` in f32, the
-/// exact operations torchvision performs on a uint8 image (mean/std rounded from f64 to f32 as
-/// `torch.as_tensor` does).
-pub fn normalize_lut() -> [[f32; 256]; 3] {
-    let mut lut = [[0f32; 256]; 3];
-    for (c, table) in lut.iter_mut().enumerate() {
-        let mean = IMAGENET_MEAN[c] as f32;
-        let std = IMAGENET_STD[c] as f32;
-        for (v, out) in table.iter_mut().enumerate() {
-            *out = (v as f32 / 255.0 - mean) / std;
-        }
-    }
-    lut
+/// `T.Normalize(mean, std)` per channel (R, G, B): the model's image statistics. InternVL2-1B uses
+/// ImageNet's ([`Normalization::IMAGENET`]); a GGUF states its own (`clip.vision.image_mean` and
+/// `clip.vision.image_std`, written by the converter from `preprocessor_config.json`), and the runtime uses those.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normalization {
+    mean: [f32; 3],
+    std: [f32; 3],
 }
 
-/// The full `load_image` pipeline on a decoded image: tiling, then `ToTensor` + `Normalize` into
-/// one `[n, 3, s, s]` buffer. Tiles are normalised straight from the resized image, without
-/// intermediate crops.
+impl Normalization {
+    /// ImageNet's mean and standard deviation, rounded from f64 to f32 as `torch.as_tensor` does.
+    pub const IMAGENET: Normalization = Normalization {
+        mean: [
+            IMAGENET_MEAN[0] as f32,
+            IMAGENET_MEAN[1] as f32,
+            IMAGENET_MEAN[2] as f32,
+        ],
+        std: [IMAGENET_STD[0] as f32, IMAGENET_STD[1] as f32, IMAGENET_STD[2] as f32],
+    };
+
+    /// Checked statistics: three finite means, three finite standard deviations above zero.
+    pub fn new(mean: [f32; 3], std: [f32; 3]) -> Result<Normalization> {
+        let bad = |which, values, reason| Err(Error::BadNormalization { which, values, reason });
+        if !mean.iter().all(|m| m.is_finite()) {
+            return bad("mean", mean, "every value must be finite");
+        }
+        if !std.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return bad("std", std, "every value must be finite and above 0");
+        }
+        Ok(Normalization { mean, std })
+    }
+
+    pub fn mean(&self) -> [f32; 3] {
+        self.mean
+    }
+
+    pub fn std(&self) -> [f32; 3] {
+        self.std
+    }
+
+    /// `ToTensor` + `Normalize` as a per-channel table: `((v as f32 / 255) - mean) / std` in f32, the
+    /// exact operations torchvision performs on a uint8 image.
+    pub fn lut(&self) -> [[f32; 256]; 3] {
+        let mut lut = [[0f32; 256]; 3];
+        for (c, table) in lut.iter_mut().enumerate() {
+            let (mean, std) = (self.mean[c], self.std[c]);
+            for (v, out) in table.iter_mut().enumerate() {
+                *out = (v as f32 / 255.0 - mean) / std;
+            }
+        }
+        lut
+    }
+}
+
+impl Default for Normalization {
+    fn default() -> Self {
+        Normalization::IMAGENET
+    }
+}
+
+/// [`Normalization::lut`] of ImageNet's statistics (the table `tests/image_inputs.rs` checks against
+/// torchvision).
+pub fn normalize_lut() -> [[f32; 256]; 3] {
+    Normalization::IMAGENET.lut()
+}
+
+/// The full `load_image` pipeline on a decoded image: tiling, then `ToTensor` + `Normalize` (ImageNet's
+/// statistics) into one `[n, 3, s, s]` buffer. Tiles are normalised straight from the resized image,
+/// without intermediate crops.
 pub fn preprocess(image: &RgbImage, params: &TilingParams) -> Result<Tiles> {
+    preprocess_with(image, params, &Normalization::IMAGENET)
+}
+
+/// [`preprocess`] with a model's own statistics (the engine passes the GGUF's).
+pub fn preprocess_with(image: &RgbImage, params: &TilingParams, norm: &Normalization) -> Result<Tiles> {
     let layout = Layout::new(image, params)?;
     let s = params.image_size;
     let n = layout.count();
-    let data = normalize_tiles(n, s, |k| layout.source(k, s));
+    let data = normalize_tiles(n, s, norm, |k| layout.source(k, s));
     Ok(Tiles {
         n,
         data,
@@ -243,11 +299,11 @@ pub fn preprocess(image: &RgbImage, params: &TilingParams) -> Result<Tiles> {
 /// Writes `n` normalised CHW tiles; `source(k)` gives the image and corner of tile `k`, which must
 /// contain the `s`×`s` square (true for every caller: crops of an exact multiple of `s`, or `s`×`s`
 /// images). Parallel over tiles; each source row is read once and scattered to the three planes.
-pub(super) fn normalize_tiles<'a, F>(n: usize, s: u32, source: F) -> Vec<f32>
+pub(super) fn normalize_tiles<'a, F>(n: usize, s: u32, norm: &Normalization, source: F) -> Vec<f32>
 where
     F: Fn(usize) -> (&'a RgbImage, u32, u32) + Sync,
 {
-    let lut = normalize_lut();
+    let lut = norm.lut();
     let s = s as usize;
     let plane = s * s;
     let mut data = vec![0f32; n * 3 * plane];
@@ -277,6 +333,47 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_statistics_normalize_with_them() {
+        let norm = Normalization::new([0.5, 0.25, 0.0], [0.5, 2.0, 1.0]).unwrap();
+        // One 4x4 tile of a 4x4 image: no resize, so every pixel value reaches the table as is.
+        let img = RgbImage::from_fn(4, 4, |x, y| ::image::Rgb([(x * 60) as u8, (y * 60) as u8, 255]));
+        let params = TilingParams {
+            image_size: 4,
+            min_tiles: 1,
+            max_tiles: 1,
+            use_thumbnail: false,
+        };
+        let ours = preprocess_with(&img, &params, &norm).unwrap();
+        let imagenet = preprocess(&img, &params).unwrap();
+        assert_eq!(ours.n, 1);
+        for (i, px) in img.pixels().enumerate() {
+            for c in 0..3 {
+                let want = (f32::from(px[c]) / 255.0 - norm.mean()[c]) / norm.std()[c];
+                assert_eq!(ours.data[c * 16 + i], want, "pixel {i} channel {c}");
+            }
+        }
+        assert_ne!(ours.data, imagenet.data);
+        assert_eq!(Normalization::default().lut(), normalize_lut());
+    }
+
+    #[test]
+    fn bad_statistics_are_refused() {
+        let ok = [0.5; 3];
+        for (mean, std) in [
+            ([f32::NAN, 0.5, 0.5], ok),
+            ([0.5, f32::INFINITY, 0.5], ok),
+            (ok, [0.5, 0.0, 0.5]),
+            (ok, [0.5, 0.5, -0.1]),
+            (ok, [f32::NAN, 0.5, 0.5]),
+            (ok, [0.5, 0.5, f32::INFINITY]),
+        ] {
+            let e = Normalization::new(mean, std).unwrap_err();
+            assert!(matches!(e, Error::BadNormalization { .. }), "{e}");
+        }
+        assert!(Normalization::new([-1.0, 0.0, 2.0], [1e-3, 1.0, 10.0]).is_ok());
+    }
 
     #[test]
     fn spec_worked_examples() {

@@ -67,7 +67,7 @@ pub fn hparams_from_gguf(files: &[&GgufFile]) -> Result<Hparams, ModelError> {
         // llama.cpp text files carry no vocab-size key: the embedding table tells.
         None => files
             .iter()
-            .find_map(|f| f.tensor(&crate::names::token_embd()))
+            .find_map(|f| f.tensor(crate::names::TensorName::TokenEmbd.pattern()))
             .and_then(|t| t.ne.get(1).copied())
             .ok_or(ModelError::MissingKey(key::LLM_VOCAB_SIZE))?,
     };
@@ -124,47 +124,68 @@ pub fn hparams_from_gguf(files: &[&GgufFile]) -> Result<Hparams, ModelError> {
 
 /// Refuses dimensions the graphs cannot run, before ggml sees them.
 pub fn check_runnable(hp: &Hparams) -> Result<(), ModelError> {
+    let problems = structural_problems(hp);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ModelError::Unsupported(problems.join("; ")))
+    }
+}
+
+/// Every structural constraint of the graphs that `hp` breaks, each named with the config.json field it
+/// comes from. The one set of checks: the runtime applies it to a GGUF's keys (`check_runnable`), the
+/// converter to a checkpoint's config.json before it writes anything.
+pub fn structural_problems(hp: &Hparams) -> Vec<String> {
     let v = &hp.vision;
     let t = &hp.llm;
-    let bad = |what: &str, detail: String| Err(ModelError::Unsupported(format!("{what}: {detail}")));
+    let mut problems = Vec::new();
     if !v.image_size.is_multiple_of(v.patch_size) {
-        return bad(
-            "vision",
-            format!(
-                "image size {} is not a multiple of the patch size {}",
-                v.image_size, v.patch_size
-            ),
-        );
+        problems.push(format!(
+            "vision image_size {} is not a multiple of patch_size {}",
+            v.image_size, v.patch_size
+        ));
     }
     if !v.n_embd.is_multiple_of(v.n_head) {
-        return bad(
-            "vision",
-            format!("width {} is not a multiple of {} heads", v.n_embd, v.n_head),
-        );
+        problems.push(format!(
+            "vision hidden_size {} is not divisible by {} heads (num_attention_heads)",
+            v.n_embd, v.n_head
+        ));
     }
-    let f = hp.shuffle_factor();
-    if (hp.downsample_ratio * f as f32 - 1.0).abs() > 1e-6 || f == 0 || !v.grid().is_multiple_of(f) {
-        return bad(
-            "pixel shuffle",
-            format!("ratio {} on a {}x{} grid", hp.downsample_ratio, v.grid(), v.grid()),
-        );
+    let ratio = hp.downsample_ratio;
+    let inv = 1.0 / ratio as f64;
+    let factor = inv.round();
+    if !(ratio > 0.0 && (inv - factor).abs() < 1e-6 && factor >= 1.0) {
+        problems.push(format!("downsample_ratio {ratio} is not 1/n for an integer n"));
+    } else if v.image_size.is_multiple_of(v.patch_size) && !v.grid().is_multiple_of(factor as usize) {
+        problems.push(format!(
+            "the {0}x{0} patch grid cannot be pixel-shuffled by {factor} (downsample_ratio {ratio})",
+            v.grid()
+        ));
     }
     if hp.ps_version != "v2" {
-        return bad(
-            "pixel shuffle",
-            format!("ps_version {:?} (only v2 is implemented)", hp.ps_version),
-        );
+        problems.push(format!(
+            "ps_version is {:?}; only pixel shuffle \"v2\" is implemented",
+            hp.ps_version
+        ));
     }
-    if !t.n_embd.is_multiple_of(t.n_head) || !t.n_head.is_multiple_of(t.n_head_kv) {
-        return bad(
-            "llm",
-            format!("{} wide, {} heads, {} kv heads", t.n_embd, t.n_head, t.n_head_kv),
-        );
+    if !t.n_embd.is_multiple_of(t.n_head) {
+        problems.push(format!(
+            "llm hidden_size {} is not divisible by {} heads (num_attention_heads)",
+            t.n_embd, t.n_head
+        ));
+    } else if !t.head_dim().is_multiple_of(2) {
+        problems.push(format!(
+            "llm head_dim {} is odd; NEOX RoPE rotates halves",
+            t.head_dim()
+        ));
     }
-    if !t.head_dim().is_multiple_of(2) {
-        return bad("llm", format!("head dim {} must be even for RoPE", t.head_dim()));
+    if !t.n_head.is_multiple_of(t.n_head_kv) {
+        problems.push(format!(
+            "llm num_attention_heads {} is not a multiple of num_key_value_heads {}",
+            t.n_head, t.n_head_kv
+        ));
     }
-    Ok(())
+    problems
 }
 
 /// What the chat layer needs besides the weights.
@@ -177,8 +198,8 @@ pub struct ModelMeta {
     pub img_start_id: u32,
     pub img_end_id: u32,
     pub img_context_id: u32,
-    pub image_mean: [f32; 3],
-    pub image_std: [f32; 3],
+    /// The image statistics tiles are normalized with (checked: finite, std above 0).
+    pub normalization: crate::image::Normalization,
     pub min_tiles: usize,
     pub max_tiles: usize,
     pub use_thumbnail: bool,
@@ -229,8 +250,20 @@ pub fn meta_from_gguf(files: &[&GgufFile]) -> Result<ModelMeta, ModelError> {
         img_start_id: get_u32(key::IMG_START_ID, 151646)?,
         img_end_id: get_u32(key::IMG_END_ID, 151647)?,
         img_context_id: get_u32(key::IMG_CONTEXT_ID, 151648)?,
-        image_mean: get_f3(key::V_IMAGE_MEAN, [0.485, 0.456, 0.406])?,
-        image_std: get_f3(key::V_IMAGE_STD, [0.229, 0.224, 0.225])?,
+        normalization: {
+            let imagenet = crate::image::Normalization::IMAGENET;
+            let (mean, std) = (
+                get_f3(key::V_IMAGE_MEAN, imagenet.mean())?,
+                get_f3(key::V_IMAGE_STD, imagenet.std())?,
+            );
+            crate::image::Normalization::new(mean, std).map_err(|e| ModelError::BadKey {
+                key: match e {
+                    crate::image::Error::BadNormalization { which: "mean", .. } => key::V_IMAGE_MEAN,
+                    _ => key::V_IMAGE_STD,
+                },
+                detail: e.to_string(),
+            })?
+        },
         min_tiles: get_u32(key::V_MIN_TILES, 1)? as usize,
         max_tiles: get_u32(key::V_MAX_TILES, 12)? as usize,
         use_thumbnail: find(files, key::USE_THUMBNAIL)

@@ -1,7 +1,7 @@
 //! The KV cache: per layer one K and one V matrix `[n_embd_kv, n_ctx]` of f16 (default), q8_0 or q4_0,
 //! sized to the requested context, not the 32k training maximum.
 
-use crate::ggml::{Backend, Buffer, Context, Tensor};
+use crate::ggml::{Backend, Tensor, TensorSet};
 use crate::gguf::GgmlType;
 use crate::hparams::LlmHparams;
 
@@ -37,14 +37,14 @@ impl KvType {
     }
 }
 
+/// The cache's storage. How many rows hold tokens is the session's business (`Session::n_past`): the cache
+/// itself does not change once made, so a kept decode graph can own it.
 pub struct KvCache {
-    ctx: Context,
-    _buf: Buffer,
+    /// K and V of each layer: k0, v0, k1, v1, ...
+    tensors: TensorSet,
     n_ctx: usize,
     n_layer: usize,
     pub ty: KvType,
-    /// Tokens stored so far (the next position).
-    pub n_past: usize,
 }
 
 impl KvCache {
@@ -64,21 +64,16 @@ impl KvCache {
                 hp.head_dim()
             )));
         }
-        let ctx = Context::new(2 * hp.n_layer + 1, 0)?;
+        let mut specs = Vec::with_capacity(2 * hp.n_layer);
         for l in 0..hp.n_layer {
-            ctx.new_tensor(ty.ggml(), &[n_embd_kv, n_ctx])?
-                .set_name(&format!("cache_k_l{l}"));
-            ctx.new_tensor(ty.ggml(), &[n_embd_kv, n_ctx])?
-                .set_name(&format!("cache_v_l{l}"));
+            specs.push((ty.ggml(), vec![n_embd_kv, n_ctx], format!("cache_k_l{l}")));
+            specs.push((ty.ggml(), vec![n_embd_kv, n_ctx], format!("cache_v_l{l}")));
         }
-        let buf = backend.alloc_ctx_tensors(&ctx)?;
         Ok(KvCache {
-            ctx,
-            _buf: buf,
+            tensors: TensorSet::new(backend, &specs)?,
             n_ctx,
             n_layer: hp.n_layer,
             ty,
-            n_past: 0,
         })
     }
 
@@ -91,14 +86,11 @@ impl KvCache {
         if l >= self.n_layer {
             return Err(ModelError::Input(format!("layer {l} outside the cache")));
         }
-        // The tensors were created in order k0, v0, k1, v1, ... ; ggml finds them by name.
-        let k = self.ctx.tensor_by_name(&format!("cache_k_l{l}"))?;
-        let v = self.ctx.tensor_by_name(&format!("cache_v_l{l}"))?;
-        Ok((k, v))
+        Ok((self.tensors.get(2 * l)?, self.tensors.get(2 * l + 1)?))
     }
 
     /// Bytes held by the cache.
     pub fn bytes(&self) -> usize {
-        self._buf.size()
+        self.tensors.bytes()
     }
 }

@@ -2,49 +2,89 @@
 //!
 //! The inputs are embeddings, not ids: text rows come from the embedding table and image rows from the
 //! projector (spec §4: every `<IMG_CONTEXT>` row is replaced), assembled on the host.
+//!
+//! A language model is this file's shape: its layers' weights as a struct resolved at load from the name
+//! table (`crate::names::TensorName`), and a `build` over them; `super::llm` dispatches to it.
 
-use crate::ggml::{Context, Tensor};
+use crate::ggml::{Context, WeightId};
 use crate::gguf::GgmlType;
 use crate::hparams::Hparams;
-use crate::names;
+use crate::names::TensorName as N;
 
 use super::kv_cache::KvCache;
-use super::{Model, ModelError};
+use super::linear::{Linear, Resolver};
+use super::llm::{Batch, LlmGraph};
+use super::{ModelError, Weights};
 
-pub struct LlmGraph<'a> {
-    /// `[n_embd, n]` f32 input embeddings.
-    pub inp_embd: Tensor<'a>,
-    /// `[n]` i32 positions (n_past..n_past+n).
-    pub inp_pos: Tensor<'a>,
-    /// `[n]` i64 cache rows to write (the same positions).
-    pub inp_rows: Tensor<'a>,
-    /// `[n_kv, n]` f16 causal mask (0 or -inf).
-    pub inp_mask: Tensor<'a>,
-    /// `[n_embd, n]` final-norm hidden states (only when asked for).
-    pub hidden: Option<Tensor<'a>>,
-    /// `[n_vocab, n_out]` logits of the last `n_out` tokens.
-    pub logits: Tensor<'a>,
+/// One decoder layer's weights.
+pub struct Qwen2Layer {
+    pub attn_norm: WeightId,
+    pub wq: Linear,
+    pub wk: Linear,
+    pub wv: Linear,
+    pub wo: Linear,
+    pub ffn_norm: WeightId,
+    pub ffn_gate: Linear,
+    pub ffn_up: Linear,
+    pub ffn_down: Linear,
 }
 
-/// Builds the graph for `n` new tokens after `n_past` cached ones, with logits for the last `n_out`.
+/// Qwen2's weights (the token embedding table is read on the host: `Weights::token_embeddings`).
+pub struct Qwen2Weights {
+    pub layers: Vec<Qwen2Layer>,
+    pub output_norm: WeightId,
+    /// The untied lm_head.
+    pub output: Linear,
+}
+
+impl Qwen2Weights {
+    pub(crate) fn resolve(hp: &Hparams, r: &mut Resolver<'_>) -> Result<Self, ModelError> {
+        let mut layers = Vec::with_capacity(hp.llm.n_layer);
+        for l in 0..hp.llm.n_layer {
+            let l = Some(l);
+            layers.push(Qwen2Layer {
+                attn_norm: r.id(N::AttnNorm, l)?,
+                wq: r.linear(N::AttnQ, Some(N::AttnQBias), l)?,
+                wk: r.linear(N::AttnK, Some(N::AttnKBias), l)?,
+                wv: r.linear(N::AttnV, Some(N::AttnVBias), l)?,
+                // o_proj has no bias.
+                wo: r.linear(N::AttnOut, None, l)?,
+                ffn_norm: r.id(N::FfnNorm, l)?,
+                ffn_gate: r.linear(N::FfnGate, None, l)?,
+                ffn_up: r.linear(N::FfnUp, None, l)?,
+                ffn_down: r.linear(N::FfnDown, None, l)?,
+            });
+        }
+        Ok(Qwen2Weights {
+            layers,
+            output_norm: r.id(N::OutputNorm, None)?,
+            output: r.linear(N::Output, None, None)?,
+        })
+    }
+}
+
+/// Builds Qwen2's graph for `batch` (see `super::llm::build`).
 pub fn build<'a>(
     ctx: &'a Context,
-    m: &'a Model,
+    m: &'a Weights,
+    w: &'a Qwen2Weights,
     kv: &'a KvCache,
-    n: usize,
-    n_out: usize,
-    keep_hidden: bool,
+    batch: Batch,
 ) -> Result<LlmGraph<'a>, ModelError> {
+    let Batch {
+        n,
+        n_kv,
+        n_out,
+        keep_hidden,
+    } = batch;
     let t = &m.hp.llm;
     let (d, hd, nh, nkv) = (t.n_embd, t.head_dim(), t.n_head, t.n_head_kv);
-    let n_past = kv.n_past;
-    let n_kv = n_past + n;
     if n == 0 || n_out == 0 || n_out > n {
         return Err(ModelError::Input(format!("{n} tokens with {n_out} outputs")));
     }
-    if n_kv > kv.n_ctx() {
+    if n_kv < n || n_kv > kv.n_ctx() {
         return Err(ModelError::Input(format!(
-            "{n_past} cached + {n} new tokens exceed the context of {} tokens",
+            "{n} new tokens over {n_kv} cache rows do not fit the context of {} tokens",
             kv.n_ctx()
         )));
     }
@@ -64,33 +104,15 @@ pub fn build<'a>(
         .ok_or_else(|| ModelError::Unsupported("kv head".into()))?;
     let scale = 1.0 / (hd as f32).sqrt();
 
+    let store = &m.weights;
     let mut x = inp_embd;
-    for l in 0..t.n_layer {
-        let wl = |what: &str, suffix: &str| m.w(&names::blk(l, what, suffix));
+    for (l, wl) in w.layers.iter().enumerate() {
         let (ck, cv) = kv.layer(l)?;
         // RMSNorm in f32, then the weight (spec §4, eps from the file).
-        let h = ctx.mul(ctx.rms_norm(x, t.rms_eps)?, wl("attn_norm", "weight")?)?;
-        let q = m.linear(
-            ctx,
-            h,
-            &names::blk(l, "attn_q", "weight"),
-            Some(&names::blk(l, "attn_q", "bias")),
-            n,
-        )?;
-        let k = m.linear(
-            ctx,
-            h,
-            &names::blk(l, "attn_k", "weight"),
-            Some(&names::blk(l, "attn_k", "bias")),
-            n,
-        )?;
-        let v = m.linear(
-            ctx,
-            h,
-            &names::blk(l, "attn_v", "weight"),
-            Some(&names::blk(l, "attn_v", "bias")),
-            n,
-        )?;
+        let h = ctx.mul(ctx.rms_norm(x, t.rms_eps)?, store.tensor(wl.attn_norm)?)?;
+        let q = wl.wq.forward(ctx, store, h, n)?;
+        let k = wl.wk.forward(ctx, store, h, n)?;
+        let v = wl.wv.forward(ctx, store, h, n)?;
         // NEOX (rotate-half) RoPE after the bias, full head dim, theta from the file (spec §4).
         let q = ctx.rope_neox(ctx.reshape(q, &[hd, nh, n])?, inp_pos, hd, t.rope_theta, t.n_ctx_train)?;
         let k = ctx.rope_neox(ctx.reshape(k, &[hd, nkv, n])?, inp_pos, hd, t.rope_theta, t.n_ctx_train)?;
@@ -106,17 +128,17 @@ pub fn build<'a>(
         let qp = ctx.permute(q, [0, 2, 1, 3])?; // [hd, n, nh]
         let a = ctx.flash_attn_ext(qp, kview, vview, Some(inp_mask), scale)?; // [hd, nh, n]
         let a = ctx.reshape(a, &[d, n])?;
-        let a = m.linear(ctx, a, &names::blk(l, "attn_output", "weight"), None, n)?; // o_proj has no bias
+        let a = wl.wo.forward(ctx, store, a, n)?;
         x = ctx.add(x, a)?;
 
-        let h = ctx.mul(ctx.rms_norm(x, t.rms_eps)?, wl("ffn_norm", "weight")?)?;
-        let gate = m.linear(ctx, h, &names::blk(l, "ffn_gate", "weight"), None, n)?;
-        let up = m.linear(ctx, h, &names::blk(l, "ffn_up", "weight"), None, n)?;
+        let h = ctx.mul(ctx.rms_norm(x, t.rms_eps)?, store.tensor(wl.ffn_norm)?)?;
+        let gate = wl.ffn_gate.forward(ctx, store, h, n)?;
+        let up = wl.ffn_up.forward(ctx, store, h, n)?;
         let h = ctx.swiglu(gate, up)?; // SiLU(gate) ⊙ up
-        let h = m.linear(ctx, h, &names::blk(l, "ffn_down", "weight"), None, n)?;
+        let h = wl.ffn_down.forward(ctx, store, h, n)?;
         x = ctx.add(x, h)?.set_name(&format!("l_out_{l}"));
     }
-    let x = ctx.mul(ctx.rms_norm(x, t.rms_eps)?, m.w(&names::output_norm())?)?;
+    let x = ctx.mul(ctx.rms_norm(x, t.rms_eps)?, store.tensor(w.output_norm)?)?;
     let hidden = if keep_hidden {
         Some(x.set_name("hidden_final").set_output())
     } else {
@@ -128,8 +150,9 @@ pub fn build<'a>(
     } else {
         ctx.view(x, &[d, n_out], &[d * 4], (n - n_out) * d * 4)?
     };
-    let logits = m
-        .linear(ctx, last, &names::output(), None, n_out)?
+    let logits = w
+        .output
+        .forward(ctx, store, last, n_out)?
         .set_name("logits")
         .set_output();
     Ok(LlmGraph {
@@ -140,21 +163,4 @@ pub fn build<'a>(
         hidden,
         logits,
     })
-}
-
-/// Upper bound of tensors an LLM graph creates.
-pub fn graph_tensors(hp: &Hparams) -> usize {
-    64 + hp.llm.n_layer * 48
-}
-
-/// The causal mask for `n` tokens after `n_past`: row i may see positions 0..=n_past+i.
-pub fn causal_mask(n_past: usize, n: usize) -> Vec<f32> {
-    let n_kv = n_past + n;
-    let mut m = vec![f32::NEG_INFINITY; n_kv * n];
-    for i in 0..n {
-        for j in 0..=n_past + i {
-            m[i * n_kv + j] = 0.0;
-        }
-    }
-    m
 }

@@ -2,11 +2,76 @@
 //!
 //! Shapes in comments are ggml order: `[D, N, T]` is D channels (fastest), N tokens, T tiles.
 
-use crate::ggml::{Context, Tensor};
+use crate::ggml::{Context, Tensor, WeightId};
 use crate::hparams::Hparams;
-use crate::names;
+use crate::names::TensorName as N;
 
-use super::{Model, ModelError};
+use super::linear::{Linear, Resolver};
+use super::{projector, ModelError, Weights};
+
+/// The q, k and v products of a ViT block: fused rows (ours) or three matrices (llama.cpp's mmproj).
+pub enum Qkv {
+    Fused(Linear),
+    /// q, k, v in that order.
+    Split(Box<[Linear; 3]>),
+}
+
+/// One ViT block's weights.
+pub struct VisionLayer {
+    pub ln1: (WeightId, WeightId),
+    pub qkv: Qkv,
+    pub attn_out: Linear,
+    pub ls1: WeightId,
+    pub ln2: (WeightId, WeightId),
+    pub ffn_up: Linear,
+    pub ffn_down: Linear,
+    pub ls2: WeightId,
+}
+
+/// The vision tower's weights.
+pub struct VisionWeights {
+    pub patch_embd: WeightId,
+    pub patch_bias: WeightId,
+    pub class_embd: WeightId,
+    pub pos_embd: WeightId,
+    pub layers: Vec<VisionLayer>,
+}
+
+impl VisionWeights {
+    /// `split_qkv`: the file holds llama.cpp's split q, k, v instead of our fused qkv.
+    pub(crate) fn resolve(hp: &Hparams, split_qkv: bool, r: &mut Resolver<'_>) -> Result<Self, ModelError> {
+        let mut layers = Vec::with_capacity(hp.vision.n_layer);
+        for l in 0..hp.vision.n_layer {
+            let l = Some(l);
+            let qkv = if split_qkv {
+                Qkv::Split(Box::new([
+                    r.linear(N::VAttnQ, Some(N::VAttnQBias), l)?,
+                    r.linear(N::VAttnK, Some(N::VAttnKBias), l)?,
+                    r.linear(N::VAttnV, Some(N::VAttnVBias), l)?,
+                ]))
+            } else {
+                Qkv::Fused(r.linear(N::VAttnQkv, Some(N::VAttnQkvBias), l)?)
+            };
+            layers.push(VisionLayer {
+                ln1: (r.id(N::VLn1, l)?, r.id(N::VLn1Bias, l)?),
+                qkv,
+                attn_out: r.linear(N::VAttnOut, Some(N::VAttnOutBias), l)?,
+                ls1: r.id(N::VLs1, l)?,
+                ln2: (r.id(N::VLn2, l)?, r.id(N::VLn2Bias, l)?),
+                ffn_up: r.linear(N::VFfnUp, Some(N::VFfnUpBias), l)?,
+                ffn_down: r.linear(N::VFfnDown, Some(N::VFfnDownBias), l)?,
+                ls2: r.id(N::VLs2, l)?,
+            });
+        }
+        Ok(VisionWeights {
+            patch_embd: r.id(N::VPatchEmbd, None)?,
+            patch_bias: r.id(N::VPatchEmbdBias, None)?,
+            class_embd: r.id(N::VClassEmbd, None)?,
+            pos_embd: r.id(N::VPosEmbd, None)?,
+            layers,
+        })
+    }
+}
 
 /// The graph's named outputs.
 pub struct VisionGraph<'a> {
@@ -79,7 +144,7 @@ pub fn patchify(hp: &Hparams, tiles: &[f32]) -> Result<Vec<f32>, ModelError> {
 }
 
 /// LayerNorm with affine weight and bias (spec §3.5: eps 1e-6 in the ViT, §3.9: 1e-5 in the projector).
-fn layer_norm<'a>(
+pub(crate) fn layer_norm<'a>(
     ctx: &'a Context,
     x: Tensor<'a>,
     w: Tensor<'a>,
@@ -94,7 +159,7 @@ fn layer_norm<'a>(
 /// Builds the vision graph for `n_tiles` tiles.
 pub fn build<'a>(
     ctx: &'a Context,
-    m: &'a Model,
+    m: &'a Weights,
     n_tiles: usize,
     keep_vit_out: bool,
 ) -> Result<VisionGraph<'a>, ModelError> {
@@ -106,24 +171,24 @@ pub fn build<'a>(
     let k = v.n_channels * v.patch_size * v.patch_size;
     let t = n_tiles;
 
+    let (w, store) = (&m.vision, &m.weights);
     let inp = ctx.new_f32(&[k, n_patch, t])?.set_name("inp_patches").set_input();
     // Patch embedding: conv weight [P, P, C, D] viewed as [C*P*P, D]; one matmul for all patches.
-    let w_patch = m.w(&names::v_patch_embd_w())?;
-    let w_patch = ctx.reshape(w_patch, &[k, d])?;
+    let w_patch = ctx.reshape(store.tensor(w.patch_embd)?, &[k, d])?;
     let x = ctx.mul_mat(w_patch, inp)?; // [D, n_patch, T]
-    let x = ctx.add(x, m.w(&names::v_patch_embd_b())?)?;
+    let x = ctx.add(x, store.tensor(w.patch_bias)?)?;
     // CLS first, then the patches (spec §3.3; llama.cpp puts CLS last, which shifts every position).
-    let cls = ctx.reshape(m.w(&names::v_class_embd())?, &[d, 1, 1])?;
+    let cls = ctx.reshape(store.tensor(w.class_embd)?, &[d, 1, 1])?;
     let cls = ctx.repeat(cls, [d, 1, t, 1])?;
     let x = ctx.concat(cls, x, 1)?; // [D, 1+n_patch, T]
 
     // Position embeddings: pos[0] to CLS, pos[1+p] to patch p; at 448 the bicubic resampling is the
     // identity (spec §3.4), so it is skipped.
-    let pos = ctx.reshape(m.w(&names::v_pos_embd())?, &[d, n_tok])?;
+    let pos = ctx.reshape(store.tensor(w.pos_embd)?, &[d, n_tok])?;
     let mut x = ctx.add(x, pos)?.set_name("vit_embd");
 
     // The matrix-product attention runs on a sequence padded to a multiple of 16 (see `padded_tokens`).
-    let attn = VitAttention::choose(m.device);
+    let attn = VitAttention::choose(m.device, m.kernels);
     let n_seq = if attn == VitAttention::Products {
         padded_tokens(n_tok)
     } else {
@@ -141,37 +206,44 @@ pub fn build<'a>(
 
     // The erf GELU: ours on the CPU (ggml's calls the C library's scalar erff per value), ggml's on a GPU
     // (a custom op would run on the CPU).
-    let cpu = m.device == crate::ggml::BackendKind::Cpu;
-    let gelu = |x| if cpu { ctx.gelu_erf_cpu(x) } else { ctx.gelu_erf(x) };
+    let ours = m.device == crate::ggml::BackendKind::Cpu && m.kernels.gelu;
+    let gelu = |x| {
+        if ours {
+            crate::kernels::gelu_erf_cpu(ctx, x, m.kernels.isa)
+        } else {
+            ctx.gelu_erf(x)
+        }
+    };
 
     let scale = 1.0 / (hd as f32).sqrt();
-    for l in 0..v.n_layer {
-        let wl = |what: &str, suffix: &str| m.w(&names::v_blk(l, what, suffix));
-        // A Linear layer of this block (our panels or int8 when prepared at load, see `Model::linear`)
-        // over all tokens.
-        let linear = |x, what: &str| {
-            let (w, b) = (names::v_blk(l, what, "weight"), names::v_blk(l, what, "bias"));
-            m.linear(ctx, x, &w, Some(&b), n_seq * t)
-        };
-        let h = layer_norm(ctx, x, wl("ln1", "weight")?, wl("ln1", "bias")?, v.ln_eps)?;
+    let tensor = |id| store.tensor(id);
+    for (l, wl) in w.layers.iter().enumerate() {
+        // A Linear layer of this block (our panels or int8 when laid out at load) over all tokens.
+        let linear = |x, lin: &'a Linear| lin.forward(ctx, store, x, n_seq * t);
+        let h = layer_norm(ctx, x, tensor(wl.ln1.0)?, tensor(wl.ln1.1)?, v.ln_eps)?;
         // q, k, v each [hd, n_head, n_tok, T] -> permuted to [hd, n_tok, n_head, T] for attention.
-        let (q, kk, vv) = if m.split_qkv {
-            let q = linear(h, "attn_q")?;
-            let kk = linear(h, "attn_k")?;
-            let vv = linear(h, "attn_v")?;
-            let r = |x| ctx.reshape(x, &[hd, n_head, n_seq, t]);
-            (r(q)?, r(kk)?, r(vv)?)
-        } else {
+        let (q, kk, vv) = match &wl.qkv {
+            Qkv::Split(split) => {
+                let [q, k, v] = &**split;
+                let q = linear(h, q)?;
+                let kk = linear(h, k)?;
+                let vv = linear(h, v)?;
+                let r = |x| ctx.reshape(x, &[hd, n_head, n_seq, t]);
+                (r(q)?, r(kk)?, r(vv)?)
+            }
             // Fused rows: Q | K | V blocks of D, each head h owning rows h*hd..(h+1)*hd (spec §2.1).
-            let qkv = linear(h, "attn_qkv")?; // [3D, n_seq, T]
-            let row = 3 * d * 4;
-            let nb = [hd * 4, row, row * n_seq];
-            let view = |i: usize| ctx.view(qkv, &[hd, n_head, n_seq, t], &nb, i * d * 4);
-            (view(0)?, view(1)?, view(2)?)
+            Qkv::Fused(fused) => {
+                let qkv = linear(h, fused)?; // [3D, n_seq, T]
+                let row = 3 * d * 4;
+                let nb = [hd * 4, row, row * n_seq];
+                let view = |i: usize| ctx.view(qkv, &[hd, n_head, n_seq, t], &nb, i * d * 4);
+                (view(0)?, view(1)?, view(2)?)
+            }
         };
         // Bidirectional softmax((q·scale)·kᵀ)·v over all tokens (spec §3.5); only padding is masked.
         let a = if attn == VitAttention::Ours {
-            ctx.vit_attention(q, kk, vv, scale)? // [hd, n_head, n_tok, T]
+            crate::kernels::vit_attention(ctx, q, kk, vv, scale, m.kernels.isa)?
+        // [hd, n_head, n_tok, T]
         } else if attn == VitAttention::Flash {
             let q = ctx.permute(q, [0, 2, 1, 3])?;
             let kk = ctx.permute(kk, [0, 2, 1, 3])?;
@@ -191,16 +263,14 @@ pub fn build<'a>(
             ctx.cont(ctx.permute(kqv, [0, 2, 1, 3])?)? // [hd, n_head, n_tok, T]
         };
         let a = ctx.reshape(a, &[d, n_seq, t])?; // heads concatenated in head order
-        let a = linear(a, "attn_out")?;
-        x = ctx.add(x, ctx.mul(a, wl("ls1", "weight")?)?)?;
+        let a = linear(a, &wl.attn_out)?;
+        x = ctx.add(x, ctx.mul(a, tensor(wl.ls1)?)?)?;
 
-        let h = layer_norm(ctx, x, wl("ln2", "weight")?, wl("ln2", "bias")?, v.ln_eps)?;
-        let h = linear(h, "ffn_up")?;
+        let h = layer_norm(ctx, x, tensor(wl.ln2.0)?, tensor(wl.ln2.1)?, v.ln_eps)?;
+        let h = linear(h, &wl.ffn_up)?;
         let h = gelu(h)?; // exact erf GELU (spec §1.1)
-        let h = linear(h, "ffn_down")?;
-        x = ctx
-            .add(x, ctx.mul(h, wl("ls2", "weight")?)?)?
-            .set_name(&format!("vit_l{l}"));
+        let h = linear(h, &wl.ffn_down)?;
+        x = ctx.add(x, ctx.mul(h, tensor(wl.ls2)?)?)?.set_name(&format!("vit_l{l}"));
     }
     let vit_out = if keep_vit_out {
         // Without the padding tokens.
@@ -225,18 +295,7 @@ pub fn build<'a>(
     let y = ctx.cont(y)?;
     let y = ctx.reshape(y, &[d4, g2 * g2 * t])?.set_name("pixel_shuffle"); // tokens i*g2 + j, tile-major
 
-    // Projector mlp1: LayerNorm(eps 1e-5), Linear, exact GELU, Linear (spec §3.9).
-    let y = layer_norm(
-        ctx,
-        y,
-        m.w(&names::mm(0, "weight"))?,
-        m.w(&names::mm(0, "bias"))?,
-        hp.proj_ln_eps,
-    )?;
-    let y = ctx.linear(y, m.w(&names::mm(1, "weight"))?, Some(m.w(&names::mm(1, "bias"))?))?;
-    let y = gelu(y)?;
-    let y = ctx.linear(y, m.w(&names::mm(3, "weight"))?, Some(m.w(&names::mm(3, "bias"))?))?;
-    let proj_out = y.set_name("proj_out").set_output();
+    let proj_out = projector::build(ctx, m, y, gelu)?.set_name("proj_out").set_output();
     Ok(VisionGraph {
         inp_patches: inp,
         vit_out,
@@ -245,11 +304,11 @@ pub fn build<'a>(
     })
 }
 
-/// How the ViT computes attention. On a CPU with AVX-512 our own kernel (`crate::attention`: f32
-/// products and softmax per block of queries); on other CPUs ggml's fused flash attention (our portable
-/// kernel is correct everywhere but not tuned: on x86 without FMA in the baseline its fused multiply-adds
-/// are library calls). `INTERNVL_VIT_ATTN` chooses: `ours`, `flash`, or `products` (two ggml matrix
-/// products over a sequence padded to a multiple of 16, what a GPU runs). Measured on the full model, one
+/// How the ViT computes attention. On the CPU, as the kernels choice says (`crate::kernels::Choice`):
+/// our own kernel (`crate::kernels::attention`: f32 products and softmax per block of queries; the
+/// default on AVX-512 VNNI and AVX2+FMA CPUs) or ggml's fused flash attention (elsewhere, and with
+/// `--kernels ggml`: our portable kernel is correct everywhere but not tuned: on x86 without FMA in the
+/// baseline its fused multiply-adds are library calls). On a GPU two ggml matrix products over a sequence padded to a multiple of 16. Measured on the full model, one
 /// thread, one 448 tile, AVX-512 build, CPU seconds of the whole tile with `--weights int8-vision`: ours
 /// 3.1, flash 4.8, products 5.3 (the attention alone: about 2.4 s with ggml's flash attention, 0.6-0.9 s
 /// with ours); with the default layout, 2 threads, q4_0 file: 3.9 s per tile against 4.6 with flash.
@@ -261,14 +320,10 @@ enum VitAttention {
 }
 
 impl VitAttention {
-    fn choose(device: crate::ggml::BackendKind) -> Self {
-        let cpu = device == crate::ggml::BackendKind::Cpu;
-        match std::env::var("INTERNVL_VIT_ATTN").as_deref() {
-            Ok("ours") if cpu => VitAttention::Ours,
-            Ok("flash") if cpu => VitAttention::Flash,
-            Ok("products") => VitAttention::Products,
-            _ if cpu && crate::attention::avx512_available() => VitAttention::Ours,
-            _ if cpu => VitAttention::Flash,
+    fn choose(device: crate::ggml::BackendKind, kernels: crate::kernels::Choice) -> Self {
+        match device {
+            crate::ggml::BackendKind::Cpu if kernels.attention => VitAttention::Ours,
+            crate::ggml::BackendKind::Cpu => VitAttention::Flash,
             // ggml-cuda's flash attention wants f16 K/V, and a custom op would run on the CPU.
             _ => VitAttention::Products,
         }

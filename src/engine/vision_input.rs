@@ -217,9 +217,10 @@ impl Image {
         self.tiling.max_tiles == 1
     }
 
-    /// Tiles and normalizes (spec §7.1), checking the tile count the prompt was built with.
-    pub(crate) fn preprocess(&self) -> Result<img::Tiles> {
-        let tiles = img::preprocess(&self.rgb, &self.tiling)?;
+    /// Tiles and normalizes (spec §7.1) with the model's statistics `norm` (the key does not include them:
+    /// embeddings are cached per model), checking the tile count the prompt was built with.
+    pub(crate) fn preprocess(&self, norm: &img::Normalization) -> Result<img::Tiles> {
+        let tiles = img::preprocess_with(&self.rgb, &self.tiling, norm)?;
         if tiles.n != self.n_tiles {
             return Err(EngineError::TileCount {
                 key: self.key.to_string(),
@@ -381,7 +382,7 @@ mod tests {
         assert_ne!(a.key(), d.key());
         // 2:1 aspect -> (2,1) grid plus thumbnail; one tile for a video frame.
         assert_eq!(a.n_tiles(), 3);
-        assert_eq!(a.preprocess().unwrap().n, 3);
+        assert_eq!(a.preprocess(&img::Normalization::IMAGENET).unwrap().n, 3);
         let f = Image::from_rgb(img(20, 10, 1), &TilingParams::video_frame(448)).unwrap();
         assert_eq!(f.n_tiles(), 1);
     }

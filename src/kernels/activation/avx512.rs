@@ -1,7 +1,7 @@
 //! `super::gelu_erf_slice` compiled for AVX-512 F (16 values per instruction; same operations).
-/// Whether this CPU has AVX-512 F (`crate::attention`'s check, done once).
+/// Whether this CPU has AVX-512 F (`crate::kernels::attention`'s check, done once).
 pub fn available() -> bool {
-    crate::attention::avx512_available()
+    crate::kernels::Isa::Avx512Vnni.runs_here()
 }
 
 pub fn gelu_erf(values: &mut [f32]) {

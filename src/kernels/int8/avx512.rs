@@ -5,18 +5,12 @@ use std::arch::x86_64::{
     __m512i, _mm512_add_ps, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32, _mm512_loadu_ps, _mm512_loadu_si512,
     _mm512_mul_ps, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_si512, _mm512_storeu_ps, _mm512_sub_epi32,
 };
-use std::sync::OnceLock;
 
 use super::{GROUP, MR, NR};
 
-/// Whether this CPU has AVX-512 F, BW and VNNI (checked once).
+/// Whether this CPU has AVX-512 F, BW and VNNI (`Isa` asks the CPU once).
 pub fn available() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vnni")
-    })
+    crate::kernels::Isa::Avx512Vnni.runs_here()
 }
 
 /// See `super::tile_portable`, whose bits this gives: `a` is a token block (`k4 * MR * 4` bytes) with

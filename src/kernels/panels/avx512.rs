@@ -11,9 +11,9 @@ use std::arch::x86_64::{
 
 use super::{PanelType, MR, NR, QK};
 
-/// Whether this CPU has AVX-512 F, BW and VNNI (`crate::int8`'s check, done once).
+/// Whether this CPU has AVX-512 F, BW and VNNI (`Isa` asks the CPU once).
 pub fn available() -> bool {
-    crate::int8::vnni_available()
+    crate::kernels::Isa::Avx512Vnni.runs_here()
 }
 
 /// See `super::quantize_group_portable`, whose bits this gives.
@@ -47,63 +47,15 @@ unsafe fn quantize_group_avx512(v: *const f32, q: *mut i8) -> (f32, i32) {
     }
 }
 
-/// Checks shared by the kernels: a token block's values (`MR` x `ng * 32` bytes) and its `[ng][MR]`
-/// scales and shares, a panel's `ng` blocks.
-fn check(ty: PanelType, values: &[u8], scale: &[f32], share: &[i32], w: &[u8], ng: usize) {
-    assert!(available(), "panels kernel: AVX-512 VNNI kernel on a CPU without it");
-    assert!(
-        values.len() >= ng * QK * MR && w.len() >= ng * ty.panel_block(),
-        "panels kernel: short operands"
-    );
-    assert!(
-        scale.len() >= ng * MR && share.len() >= ng * MR,
-        "panels kernel: short scales"
-    );
-}
-
-/// See `super::tile`: token block x panel, `acc` overwritten.
-pub fn tile(
-    ty: PanelType,
-    values: &[u8],
-    scale: &[f32],
-    share: &[i32],
-    w: &[u8],
-    ng: usize,
-    acc: &mut [[f32; NR]; MR],
-) {
-    check(ty, values, scale, share, w, ng);
-    // SAFETY: the CPU has the instructions (checked above); every load is inside the slices, whose
-    // lengths are checked above for this type's panel blocks.
-    unsafe {
-        match ty {
-            PanelType::Q4_0 => tile_q4(values.as_ptr(), scale.as_ptr(), share.as_ptr(), w.as_ptr(), ng, acc),
-            PanelType::Q8_0 => tile_q8(values.as_ptr(), scale.as_ptr(), w.as_ptr(), ng, acc),
-        }
-    }
-}
-
-/// See `super::row`: token `r` of a block x panel, `acc` overwritten.
-#[allow(clippy::too_many_arguments)] // `tile`'s operands and the token
-pub fn row(
-    ty: PanelType,
-    values: &[u8],
-    scale: &[f32],
-    share: &[i32],
-    r: usize,
-    w: &[u8],
-    ng: usize,
-    acc: &mut [f32; NR],
-) {
-    check(ty, values, scale, share, w, ng);
-    assert!(r < MR, "panels row: token {r} of a block of {MR}");
-    // SAFETY: as in `tile`, and r < MR.
-    unsafe {
-        match ty {
-            PanelType::Q4_0 => row_q4(values.as_ptr(), scale.as_ptr(), share.as_ptr(), r, w.as_ptr(), ng, acc),
-            PanelType::Q8_0 => row_q8(values.as_ptr(), scale.as_ptr(), r, w.as_ptr(), ng, acc),
-        }
-    }
-}
+/// The kernels, for `super::tile` and `super::row`, which check their operands.
+pub(super) const KERNELS: super::Simd = super::Simd {
+    isa: crate::kernels::Isa::Avx512Vnni,
+    name: "AVX-512 VNNI",
+    tile_q4,
+    tile_q8,
+    row_q4,
+    row_q8,
+};
 
 /// The two operands of chunk `c` of a panel block at `pb` for output half `h`: inputs `8c..8c+4` (low
 /// halves) and `8c+4..8c+8` (high halves).

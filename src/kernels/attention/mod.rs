@@ -8,38 +8,21 @@
 //! faster. The scores of a block (12 x 1025 f32, 49 KB) stay in L1/L2; K and V of one head (~0.5 MB)
 //! in L2 while every query block of that head passes.
 //!
-//! The AVX-512 tile (`avx512`) and the portable one accumulate with fused multiply-adds in the same
-//! order, and the softmax's exponential is one polynomial written once, so both paths give the same
-//! bits.
+//! The AVX-512 tile (`avx512`), the AVX2 one (`avx2`: four 6 x 16 sub-tiles, AVX2 having 16 registers)
+//! and the portable one accumulate with fused multiply-adds in the same order, and the softmax's
+//! exponential is one polynomial written once, so all paths give the same bits.
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
+
+use super::Isa;
 
 /// Queries per block (12 x 2 accumulators + 2 loads fit AVX-512's 32 registers).
 pub const MR: usize = 12;
 /// Keys (for the scores) or value channels (for the output) per panel: two 16-lane vectors.
 pub const NR: usize = 32;
-
-/// Which kernel runs here.
-pub fn kernel_name() -> &'static str {
-    if avx512_available() {
-        "avx512"
-    } else {
-        "portable"
-    }
-}
-
-/// Whether this CPU has AVX-512 F (checked once; `crate::activation` uses it too).
-pub(crate) fn avx512_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        avx512::available()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
 
 /// Buffers one thread reuses across heads.
 #[derive(Default)]
@@ -53,8 +36,11 @@ pub struct Scratch {
 /// One head over `n` tokens of head dimension `hd`: `q`, `k`, `v` hold token `i`'s
 /// row at `[i * ld..][..hd]`; writes `softmax(scale q kᵀ) v` for the queries of `blocks` (blocks of
 /// `MR`; the last may be short) to `out`, whose first row is query `blocks.start * MR`, rows `ldo` apart.
+/// `isa`: the kernels that run (`Avx512Vnni`: the AVX-512 F ones; `Avx2`: the AVX2 + FMA ones;
+/// `Portable`: the plain ones; all the same bits).
 #[allow(clippy::too_many_arguments)]
 pub fn head(
+    isa: Isa,
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -106,17 +92,17 @@ pub fn head(
             }
         }
         for p in 0..panels {
-            tile(&sc.q, hd, &sc.kt[p * hd * NR..(p + 1) * hd * NR], NR, hd, &mut acc);
+            tile(isa, &sc.q, hd, &sc.kt[p * hd * NR..(p + 1) * hd * NR], NR, hd, &mut acc);
             for (r, a) in acc.iter().enumerate() {
                 sc.s[r * np + p * NR..][..NR].copy_from_slice(a);
             }
         }
         let mut sums = [0f32; MR];
         for (r, sum) in sums.iter_mut().enumerate() {
-            *sum = softmax_row(&mut sc.s[r * np..r * np + n], scale);
+            *sum = softmax_row(isa, &mut sc.s[r * np..r * np + n], scale);
         }
         for p in 0..ldv / NR {
-            tile(&sc.s, np, &sc.v[p * NR..], ldv, n, &mut acc);
+            tile(isa, &sc.s, np, &sc.v[p * NR..], ldv, n, &mut acc);
             let cols = NR.min(hd - p * NR);
             for r in 0..rows {
                 let o = &mut out[((b - blocks.start) * MR + r) * ldo + p * NR..][..cols];
@@ -131,15 +117,20 @@ pub fn head(
 
 /// `acc[r][j] = sum over c < depth of a[r * lda + c] * b[c * ldb + j]`, r < MR, j < NR, fused
 /// multiply-adds in increasing c.
-fn tile(a: &[f32], lda: usize, b: &[f32], ldb: usize, depth: usize, acc: &mut [[f32; NR]; MR]) {
+fn tile(isa: Isa, a: &[f32], lda: usize, b: &[f32], ldb: usize, depth: usize, acc: &mut [[f32; NR]; MR]) {
     assert!(
         depth > 0 && a.len() >= (MR - 1) * lda + depth,
         "attention tile: short a"
     );
     assert!(b.len() >= (depth - 1) * ldb + NR, "attention tile: short b");
     #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
+    if isa == Isa::Avx512Vnni {
         avx512::tile(a, lda, b, ldb, depth, acc);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        avx2::tile(a, lda, b, ldb, depth, acc);
         return;
     }
     tile_portable(a, lda, b, ldb, depth, acc);
@@ -159,11 +150,15 @@ fn tile_portable(a: &[f32], lda: usize, b: &[f32], ldb: usize, depth: usize, acc
 }
 
 /// `row[j] = exp(scale (row[j] - max))`, returns the sum.
-fn softmax_row(row: &mut [f32], scale: f32) -> f32 {
+fn softmax_row(isa: Isa, row: &mut [f32], scale: f32) -> f32 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
+    if isa == Isa::Avx512Vnni {
         return avx512::exp_shifted(row, max, scale);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        return avx2::exp_shifted(row, max, scale);
     }
     exp_shifted(row, max, scale)
 }
@@ -281,6 +276,8 @@ mod tests {
         }
     }
 
+    /// Every instruction set this CPU runs, against the f64 reference and against the portable kernels'
+    /// bits.
     fn one_head(hd: usize) {
         // Odd sizes: a short last query block and a short last key panel; strided rows (fused qkv).
         let (n, ld) = (29, 3 * hd + 5);
@@ -288,9 +285,10 @@ mod tests {
         let q: Vec<f32> = q.iter().map(|x| x * 4.0).collect(); // peaked rows as well as flat ones
         let scale = 0.125;
         let want = reference(&q, &k, &v, ld, n, hd, scale);
-        let run = |blocks: std::ops::Range<usize>| {
+        let run = |isa: Isa, blocks: std::ops::Range<usize>| {
             let mut out = vec![f32::NAN; (n - blocks.start * MR) * hd];
             head(
+                isa,
                 &q,
                 &k,
                 &v,
@@ -305,31 +303,45 @@ mod tests {
             );
             out
         };
-        let out = run(0..n.div_ceil(MR));
-        for (i, (o, w)) in out.iter().zip(&want).enumerate() {
-            assert!((f64::from(*o) - w).abs() < 1e-5, "output {i}: {o} vs {w}");
+        let portable = run(Isa::Portable, 0..n.div_ceil(MR));
+        for isa in Isa::all_here() {
+            eprintln!("attention head (hd {hd}): {} kernels", isa.name());
+            let out = run(isa, 0..n.div_ceil(MR));
+            for (i, (o, w)) in out.iter().zip(&want).enumerate() {
+                assert!((f64::from(*o) - w).abs() < 1e-5, "{isa:?} output {i}: {o} vs {w}");
+            }
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&portable), "{isa:?} differs from the portable kernels");
+            // A later range of blocks gives the same rows.
+            let tail = run(isa, 1..n.div_ceil(MR));
+            assert_eq!(&out[MR * hd..], &tail[..]);
         }
-        // A later range of blocks gives the same rows.
-        let tail = run(1..n.div_ceil(MR));
-        assert_eq!(&out[MR * hd..], &tail[..]);
     }
 
-    #[cfg(target_arch = "x86_64")]
+    /// The tile and the softmax pass of every instruction set this CPU runs give the portable kernels'
+    /// bits, at odd strides and depths (1, a few, the ViT's 64 and 1025 tokens).
     #[test]
-    fn the_avx512_kernels_give_the_portable_kernels_bits() {
-        if !avx512::available() {
-            eprintln!("skipped: this CPU has no AVX-512");
-            return;
+    fn every_isa_gives_the_portable_kernels_bits() {
+        let bits = |t: &[[f32; NR]; MR]| t.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for isa in Isa::all_here() {
+            eprintln!("attention tile and softmax: {} kernels", isa.name());
+            for (lda, ldb, depth) in [(70, 40, 67), (64, 32, 64), (1056, 64, 1025), (12, 32, 1)] {
+                let (a, b) = (values(MR * lda, 4), values(depth * ldb, 5));
+                let (mut fast, mut portable) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
+                tile(isa, &a, lda, &b, ldb, depth, &mut fast);
+                tile_portable(&a, lda, &b, ldb, depth, &mut portable);
+                assert_eq!(bits(&fast), bits(&portable), "{isa:?}: {lda} {ldb} {depth}");
+            }
+            for len in [1000, 1025, 7, 16] {
+                let row: Vec<f32> = values(len, 6).iter().map(|x| x * 30.0).collect();
+                let (mut x, mut y) = (row.clone(), row.clone());
+                let (sx, sy) = (
+                    softmax_row(isa, &mut x, 0.125),
+                    softmax_row(Isa::Portable, &mut y, 0.125),
+                );
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!((bits(&x), sx.to_bits()), (bits(&y), sy.to_bits()), "{isa:?}: {len}");
+            }
         }
-        let (lda, ldb, depth) = (70, 40, 67);
-        let (a, b) = (values(MR * lda, 4), values(depth * ldb, 5));
-        let (mut fast, mut portable) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
-        avx512::tile(&a, lda, &b, ldb, depth, &mut fast);
-        tile_portable(&a, lda, &b, ldb, depth, &mut portable);
-        assert_eq!(fast, portable);
-        let row = values(1000, 6);
-        let (mut x, mut y) = (row.clone(), row.clone());
-        let (sx, sy) = (avx512::exp_shifted(&mut x, 0.9, 3.0), exp_shifted(&mut y, 0.9, 3.0));
-        assert_eq!((x, sx.to_bits()), (y, sy.to_bits()));
     }
 }

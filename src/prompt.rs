@@ -32,7 +32,7 @@ pub const SEP: &str = "<|im_end|>";
 pub const MAX_IMAGE_TOKENS: usize = 1 << 24;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ChatError {
+pub enum PromptError {
     #[error("{images} image(s) given but the prompt has {placeholders} `<image>` placeholder(s)")]
     PlaceholderMismatch { images: usize, placeholders: usize },
     #[error("image {index} has 0 tiles")]
@@ -55,7 +55,7 @@ pub enum ChatError {
     Tokenizer(#[from] TokenizerError),
 }
 
-type Result<T> = std::result::Result<T, ChatError>;
+type Result<T> = std::result::Result<T, PromptError>;
 
 /// One exchange: the user's text and, for past turns, the assistant's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,8 +117,8 @@ impl Conversation {
                 t.assistant = Some(answer.into());
                 Ok(self)
             }
-            Some(_) => Err(ChatError::NoOpenTurn),
-            None => Err(ChatError::Empty),
+            Some(_) => Err(PromptError::NoOpenTurn),
+            None => Err(PromptError::Empty),
         }
     }
 
@@ -153,11 +153,11 @@ impl Conversation {
 
     /// Checks the conversation is ready for generation: at least one turn, only the last one open.
     pub fn validate_for_generation(&self) -> Result<()> {
-        let last = self.turns.len().checked_sub(1).ok_or(ChatError::Empty)?;
+        let last = self.turns.len().checked_sub(1).ok_or(PromptError::Empty)?;
         for (i, t) in self.turns.iter().enumerate() {
             match (&t.assistant, i == last) {
-                (None, false) => return Err(ChatError::UnansweredTurn { index: i }),
-                (Some(_), true) => return Err(ChatError::NoOpenTurn),
+                (None, false) => return Err(PromptError::UnansweredTurn { index: i }),
+                (Some(_), true) => return Err(PromptError::NoOpenTurn),
                 _ => {}
             }
         }
@@ -217,20 +217,20 @@ impl PromptPlan {
     pub fn new(conv: &Conversation, image_tiles: &[usize], num_image_token: usize) -> Result<Self> {
         conv.validate_for_generation()?;
         if !image_tiles.is_empty() && num_image_token == 0 {
-            return Err(ChatError::ZeroImageTokens);
+            return Err(PromptError::ZeroImageTokens);
         }
         let mut n_contexts = Vec::with_capacity(image_tiles.len());
         let mut total = 0usize;
         for (index, &tiles) in image_tiles.iter().enumerate() {
             if tiles == 0 {
-                return Err(ChatError::ZeroTiles { index });
+                return Err(PromptError::ZeroTiles { index });
             }
             let n = tiles
                 .checked_mul(num_image_token)
                 .and_then(|n| Some((n, total.checked_add(n)?)))
                 .filter(|&(_, t)| t <= MAX_IMAGE_TOKENS);
             let Some((n, t)) = n else {
-                return Err(ChatError::TooManyTokens {
+                return Err(PromptError::TooManyTokens {
                     index,
                     tiles,
                     num_image_token,
@@ -258,7 +258,7 @@ impl PromptPlan {
         let pieces: Vec<&str> = rendered.split(IMAGE_PLACEHOLDER).collect();
         let placeholders = pieces.len().saturating_sub(1);
         if placeholders != image_tiles.len() {
-            return Err(ChatError::PlaceholderMismatch {
+            return Err(PromptError::PlaceholderMismatch {
                 images: image_tiles.len(),
                 placeholders,
             });

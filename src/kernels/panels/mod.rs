@@ -6,7 +6,7 @@
 //! - decoding (1 token): a matrix-vector product that streams the weights once at memory speed; ggml's
 //!   own kernels for these types spend more instructions per byte (unpacking, 32-byte lanes) and are
 //!   compute bound on this machine's 2 cores (q4_0 decoded at 11.5 GB/s, q8_0 at 14.7).
-//! - prefill and the ViT's 1025-token tiles: a 12 token x 32 output tile, like `crate::int8`'s, without
+//! - prefill and the ViT's 1025-token tiles: a 12 token x 32 output tile, like `crate::kernels::int8`'s, without
 //!   int8 copies of the weights.
 //!
 //! The arithmetic is ggml's for these types: activations quantized to int8 with one scale per 32 inputs
@@ -35,7 +35,11 @@
 //! through the matrix-vector or the tile kernel.
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
+
+use super::Isa;
 
 use std::ops::Range;
 
@@ -82,37 +86,14 @@ const MC_BLOCKS: usize = 10;
 const TILE_MIN_TOKENS: usize = 4;
 const _: () = assert!(TILE_MIN_TOKENS <= MR);
 
-/// Whether the AVX-512 VNNI kernels run here (elsewhere the portable ones: correct, slow).
-pub fn available() -> bool {
-    vnni()
-}
-
-/// Which kernel runs here.
-pub fn kernel_name() -> &'static str {
-    if vnni() {
-        "avx512-vnni"
-    } else {
-        "portable"
-    }
-}
-
-fn vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        avx512::available()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// A q4_0 or q8_0 matrix `[n outputs][k inputs]` in panels.
 pub struct Panels {
+    /// The kernels that multiply by it (`Avx512Vnni`: the VNNI ones; others: the portable ones).
+    isa: Isa,
     ty: PanelType,
     n: usize,
     k: usize,
-    data: crate::int8::AlignedBytes,
+    data: crate::kernels::int8::AlignedBytes,
 }
 
 /// Why a tensor cannot be laid out as panels.
@@ -130,8 +111,11 @@ impl std::error::Error for PackError {}
 impl Panels {
     /// Rearranges `ty` data (`n` rows of `k / 32` blocks in ggml's layout: an f16 scale, then for q4_0 16
     /// bytes whose low halves are inputs 0-15 and high halves inputs 16-31, each value stored as `q + 8`;
-    /// for q8_0 32 signed bytes).
-    pub fn new(ty: PanelType, bytes: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
+    /// for q8_0 32 signed bytes), for the kernels of `isa` (one this CPU runs: `Kernels::resolve` gives it).
+    pub fn new(ty: PanelType, bytes: &[u8], n: usize, k: usize, isa: Isa) -> Result<Self, PackError> {
+        if !isa.runs_here() {
+            return Err(PackError(format!("{} kernels on a CPU without them", isa.name())));
+        }
         if k == 0 || !k.is_multiple_of(QK) || n == 0 {
             return Err(PackError(format!(
                 "a {n} x {k} matrix (inputs must be a non-zero multiple of 32)"
@@ -145,7 +129,7 @@ impl Panels {
                 n * nb * fb
             )));
         }
-        let mut data = crate::int8::AlignedBytes::zeroed(n.div_ceil(NR) * nb * pbs);
+        let mut data = crate::kernels::int8::AlignedBytes::zeroed(n.div_ceil(NR) * nb * pbs);
         let out = data.as_mut_slice();
         for (row, blocks) in bytes.chunks_exact(nb * fb).enumerate() {
             let (p, lane) = (row / NR, row % NR);
@@ -166,9 +150,13 @@ impl Panels {
                 }
             }
         }
-        Ok(Panels { ty, n, k, data })
+        Ok(Panels { isa, ty, n, k, data })
     }
 
+    /// The instruction set of the kernels that multiply by it.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
     /// The file type whose values these are.
     pub fn ty(&self) -> PanelType {
         self.ty
@@ -218,8 +206,11 @@ pub fn token_blocks(t: usize) -> usize {
 /// Quantizes the token blocks `blocks` of `x` (`t` rows of `k` f32, `k` a multiple of 32) into `acts`
 /// (`acts_bytes(t, k)`): this call writes only those blocks' values and metadata, so threads can
 /// quantize disjoint ranges of one buffer (the ggml node hands each its own pieces: `values` is the
-/// blocks' value area, `meta` their metadata area). `ty`: the weights' type, which sets the values' form.
+/// blocks' value area, `meta` their metadata area). `ty`: the weights' type, which sets the values' form;
+/// `isa`: the kernels that run (the weights').
+#[allow(clippy::too_many_arguments)]
 pub fn quantize_blocks(
+    isa: Isa,
     ty: PanelType,
     x: &[f32],
     t: usize,
@@ -246,7 +237,7 @@ pub fn quantize_blocks(
             let tok = b * MR + r;
             for g in 0..ng {
                 let (s, sum) = match x.get(tok * k + g * QK..tok * k + (g + 1) * QK) {
-                    Some(v) if tok < t => quantize_group(v, &mut q),
+                    Some(v) if tok < t => quantize_group(isa, v, &mut q),
                     _ => {
                         q = [0; QK];
                         (0.0, 0)
@@ -267,9 +258,9 @@ pub fn quantize_blocks(
 
 /// One group of 32 values to int8 with scale `max |v| / 127` (rounded to nearest even, like the vector
 /// conversion), returning the scale and the sum of the integers.
-fn quantize_group(v: &[f32], q: &mut [i8; QK]) -> (f32, i32) {
+fn quantize_group(isa: Isa, v: &[f32], q: &mut [i8; QK]) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
+    if isa == Isa::Avx512Vnni {
         return avx512::quantize_group(v, q);
     }
     quantize_group_portable(v, q)
@@ -344,7 +335,7 @@ pub fn product(
         for p in panels {
             for r in 0..t {
                 let mut acc = [0f32; NR];
-                row(w.ty, &a, r, w.panel(p), ng, &mut acc);
+                row(w.isa, w.ty, &a, r, w.panel(p), ng, &mut acc);
                 finish(r, p, &mut acc);
             }
         }
@@ -357,7 +348,7 @@ pub fn product(
         let mut acc = [[0f32; NR]; MR];
         for p in panels.clone() {
             for (a, b) in chunk.iter().zip(sb..) {
-                tile(w.ty, a, w.panel(p), ng, &mut acc);
+                tile(w.isa, w.ty, a, w.panel(p), ng, &mut acc);
                 for (r, acc_r) in acc.iter_mut().enumerate().take(MR.min(t - b * MR)) {
                     finish(b * MR + r, p, acc_r);
                 }
@@ -367,17 +358,79 @@ pub fn product(
     }
 }
 
+/// A SIMD ISA's kernels for `tile` and `row`, raw: the safe entry points check the operands first.
+#[cfg(target_arch = "x86_64")]
+struct Simd {
+    isa: Isa,
+    /// The ISA's name for the messages.
+    name: &'static str,
+    tile_q4: unsafe fn(*const u8, *const f32, *const i32, *const u8, usize, &mut [[f32; NR]; MR]),
+    tile_q8: unsafe fn(*const u8, *const f32, *const u8, usize, &mut [[f32; NR]; MR]),
+    row_q4: unsafe fn(*const u8, *const f32, *const i32, usize, *const u8, usize, &mut [f32; NR]),
+    row_q8: unsafe fn(*const u8, *const f32, usize, *const u8, usize, &mut [f32; NR]),
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Simd {
+    /// Checks shared by the kernels: the CPU runs them, a token block's values (`MR` x `ng * 32` bytes)
+    /// and its `[ng][MR]` scales and shares, a panel's `ng` blocks.
+    fn check(&self, ty: PanelType, a: &Block, w: &[u8], ng: usize) {
+        assert!(
+            self.isa.runs_here(),
+            "panels kernel: {} kernel on a CPU without it",
+            self.name
+        );
+        assert!(
+            a.values.len() >= ng * QK * MR && w.len() >= ng * ty.panel_block(),
+            "panels kernel: short operands"
+        );
+        assert!(
+            a.scale.len() >= ng * MR && a.share.len() >= ng * MR,
+            "panels kernel: short scales"
+        );
+    }
+
+    /// See `tile`: token block x panel, `acc` overwritten.
+    fn tile(&self, ty: PanelType, a: &Block, w: &[u8], ng: usize, acc: &mut [[f32; NR]; MR]) {
+        self.check(ty, a, w, ng);
+        let (values, scale, share) = (a.values.as_ptr(), a.scale.as_ptr(), a.share.as_ptr());
+        // SAFETY: the CPU has the instructions (checked above); every load is inside the slices, whose
+        // lengths are checked above for this type's panel blocks.
+        unsafe {
+            match ty {
+                PanelType::Q4_0 => (self.tile_q4)(values, scale, share, w.as_ptr(), ng, acc),
+                PanelType::Q8_0 => (self.tile_q8)(values, scale, w.as_ptr(), ng, acc),
+            }
+        }
+    }
+
+    /// See `row`: token `r` of a block x panel, `acc` overwritten.
+    fn row(&self, ty: PanelType, a: &Block, r: usize, w: &[u8], ng: usize, acc: &mut [f32; NR]) {
+        self.check(ty, a, w, ng);
+        assert!(r < MR, "panels row: token {r} of a block of {MR}");
+        let (values, scale, share) = (a.values.as_ptr(), a.scale.as_ptr(), a.share.as_ptr());
+        // SAFETY: as in `tile`, and r < MR.
+        unsafe {
+            match ty {
+                PanelType::Q4_0 => (self.row_q4)(values, scale, share, r, w.as_ptr(), ng, acc),
+                PanelType::Q8_0 => (self.row_q8)(values, scale, r, w.as_ptr(), ng, acc),
+            }
+        }
+    }
+}
+
 /// One token (row `r` of a block) times one panel.
-fn row(ty: PanelType, a: &Block, r: usize, w: &[u8], ng: usize, acc: &mut [f32; NR]) {
+fn row(isa: Isa, ty: PanelType, a: &Block, r: usize, w: &[u8], ng: usize, acc: &mut [f32; NR]) {
     let pbs = ty.panel_block();
     assert!(
         a.values.len() >= ng * QK * MR && w.len() >= ng * pbs && a.scale.len() >= ng * MR,
         "panels row: short operands"
     );
     #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
-        avx512::row(ty, a.values, &a.scale, &a.share, r, w, ng, acc);
-        return;
+    match isa {
+        Isa::Avx512Vnni => return avx512::KERNELS.row(ty, a, r, w, ng, acc),
+        Isa::Avx2 => return avx2::KERNELS.row(ty, a, r, w, ng, acc),
+        Isa::Portable => {}
     }
     *acc = [0.0; NR];
     for g in 0..ng {
@@ -387,16 +440,17 @@ fn row(ty: PanelType, a: &Block, r: usize, w: &[u8], ng: usize, acc: &mut [f32; 
 }
 
 /// One token block times one panel.
-fn tile(ty: PanelType, a: &Block, w: &[u8], ng: usize, acc: &mut [[f32; NR]; MR]) {
+fn tile(isa: Isa, ty: PanelType, a: &Block, w: &[u8], ng: usize, acc: &mut [[f32; NR]; MR]) {
     let pbs = ty.panel_block();
     assert!(
         a.values.len() >= ng * QK * MR && w.len() >= ng * pbs && a.scale.len() >= ng * MR,
         "panels tile: short operands"
     );
     #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
-        avx512::tile(ty, a.values, &a.scale, &a.share, w, ng, acc);
-        return;
+    match isa {
+        Isa::Avx512Vnni => return avx512::KERNELS.tile(ty, a, w, ng, acc),
+        Isa::Avx2 => return avx2::KERNELS.tile(ty, a, w, ng, acc),
+        Isa::Portable => {}
     }
     *acc = [[0.0; NR]; MR];
     for g in 0..ng {
@@ -502,16 +556,17 @@ mod tests {
         w
     }
 
-    fn quantized(ty: PanelType, x: &[f32], t: usize, k: usize) -> Vec<u8> {
+    fn quantized(isa: Isa, ty: PanelType, x: &[f32], t: usize, k: usize) -> Vec<u8> {
         let mut acts = vec![0u8; acts_bytes(t, k)];
         let split = acts.len() - token_blocks(t) * block_meta_bytes(k);
         let (v, m) = acts.split_at_mut(split);
-        quantize_blocks(ty, x, t, k, 0..token_blocks(t), v, m);
+        quantize_blocks(isa, ty, x, t, k, 0..token_blocks(t), v, m);
         acts
     }
 
     #[allow(clippy::too_many_arguments)]
     fn run(
+        isa: Isa,
         ty: PanelType,
         t: usize,
         k: usize,
@@ -521,8 +576,8 @@ mod tests {
         q: &[u8],
         panels: Range<usize>,
     ) -> Vec<f32> {
-        let w = Panels::new(ty, q, n, k).expect("pack");
-        let acts = quantized(ty, x, t, k);
+        let w = Panels::new(ty, q, n, k, isa).expect("pack");
+        let acts = quantized(isa, ty, x, t, k);
         let mut out = vec![f32::NAN; t * n];
         product(&acts, t, &w, bias, panels, |tok, n0, vals| {
             out[tok * n + n0..tok * n + n0 + vals.len()].copy_from_slice(vals)
@@ -532,9 +587,11 @@ mod tests {
 
     const TYPES: [PanelType; 2] = [PanelType::Q4_0, PanelType::Q8_0];
 
+    /// On every instruction set this CPU runs: the same assertions, and the portable kernels' bits.
     #[test]
     fn matches_the_product_of_the_file_matrix() {
-        for ty in TYPES {
+        for (isa, ty) in Isa::all_here().into_iter().flat_map(|i| TYPES.map(|t| (i, t))) {
+            eprintln!("panels {ty:?}: {} kernels", isa.name());
             for &(t, k, n, with_bias) in &[
                 (1, 32, 1, false),
                 (3, 64, 40, true),
@@ -545,7 +602,10 @@ mod tests {
                 let q = encode(ty, &values(n * k, 2));
                 let wf = decode(ty, &q);
                 let bias = with_bias.then(|| values(n, 3));
-                let out = run(ty, t, k, n, bias.as_deref(), &x, &q, 0..n.div_ceil(NR));
+                let out = run(isa, ty, t, k, n, bias.as_deref(), &x, &q, 0..n.div_ceil(NR));
+                let portable = run(Isa::Portable, ty, t, k, n, bias.as_deref(), &x, &q, 0..n.div_ceil(NR));
+                let same = out.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{ty:?} {t}x{k}x{n}: {isa:?} differs from the portable kernels");
                 let (mut err, mut norm) = (0f64, 0f64);
                 for i in 0..t {
                     for j in 0..n {
@@ -569,12 +629,16 @@ mod tests {
     #[test]
     fn reads_ggml_blocks_as_ggml_does() {
         use crate::gguf::GgmlType;
-        for (ty, gty) in [(PanelType::Q4_0, GgmlType::Q4_0), (PanelType::Q8_0, GgmlType::Q8_0)] {
+        for (isa, (ty, gty)) in Isa::all_here()
+            .into_iter()
+            .flat_map(|i| [(PanelType::Q4_0, GgmlType::Q4_0), (PanelType::Q8_0, GgmlType::Q8_0)].map(|p| (i, p)))
+        {
+            eprintln!("panels {ty:?} from ggml's blocks: {} kernels", isa.name());
             let (t, k, n) = (5, 96, 40); // a padded second panel
             let q = crate::ggml::quantize(gty, &values(n * k, 9), k).expect("ggml quantize");
             let wf = crate::ggml::dequantize(gty, &q, n * k).expect("ggml dequantize");
             let x = values(t * k, 10);
-            let out = run(ty, t, k, n, None, &x, &q, 0..2);
+            let out = run(isa, ty, t, k, n, None, &x, &q, 0..2);
             for i in 0..t {
                 for j in 0..n {
                     let want: f64 = (0..k).map(|c| f64::from(x[i * k + c]) * f64::from(wf[j * k + c])).sum();
@@ -588,16 +652,17 @@ mod tests {
 
     #[test]
     fn a_token_gets_the_same_row_alone_or_in_a_tile_and_panels_split_cleanly() {
-        for ty in TYPES {
+        for (isa, ty) in Isa::all_here().into_iter().flat_map(|i| TYPES.map(|t| (i, t))) {
+            eprintln!("panels {ty:?} rows and tiles: {} kernels", isa.name());
             let (t, k, n) = (14, 128, 96);
             let x = values(t * k, 4);
             let q = encode(ty, &values(n * k, 5));
-            let all = run(ty, t, k, n, None, &x, &q, 0..3);
+            let all = run(isa, ty, t, k, n, None, &x, &q, 0..3);
             // Token 13 alone (the matrix-vector kernel) against its row in the 14-token tiles.
-            let one = run(ty, 1, k, n, None, &x[13 * k..], &q, 0..3);
+            let one = run(isa, ty, 1, k, n, None, &x[13 * k..], &q, 0..3);
             assert_eq!(&all[13 * n..], &one[..], "{ty:?}");
             // Panels 1..3 alone leave panel 0's columns unwritten and give the same others.
-            let part = run(ty, t, k, n, None, &x, &q, 1..3);
+            let part = run(isa, ty, t, k, n, None, &x, &q, 1..3);
             for i in 0..t {
                 assert!(part[i * n..i * n + NR].iter().all(|v| v.is_nan()));
                 assert_eq!(&part[i * n + NR..(i + 1) * n], &all[i * n + NR..(i + 1) * n], "{ty:?}");
@@ -608,53 +673,83 @@ mod tests {
     #[test]
     fn bad_shapes_and_sizes_are_errors() {
         use PanelType::{Q4_0, Q8_0};
-        assert!(Panels::new(Q4_0, &[0; 18], 1, 33).is_err());
-        assert!(Panels::new(Q4_0, &[0; 17], 1, 32).is_err());
-        assert!(Panels::new(Q4_0, &[], 0, 32).is_err());
-        assert!(Panels::new(Q4_0, &[0; 18], 1, 32).is_ok());
-        assert!(Panels::new(Q8_0, &[0; 18], 1, 32).is_err());
-        assert!(Panels::new(Q8_0, &[0; 34], 1, 32).is_ok());
+        let p = Isa::Portable;
+        assert!(Panels::new(Q4_0, &[0; 18], 1, 33, p).is_err());
+        assert!(Panels::new(Q4_0, &[0; 17], 1, 32, p).is_err());
+        assert!(Panels::new(Q4_0, &[], 0, 32, p).is_err());
+        assert!(Panels::new(Q4_0, &[0; 18], 1, 32, p).is_ok());
+        assert!(Panels::new(Q8_0, &[0; 18], 1, 32, p).is_err());
+        assert!(Panels::new(Q8_0, &[0; 34], 1, 32, p).is_ok());
+        for isa in [Isa::Avx2, Isa::Avx512Vnni] {
+            // An instruction set this CPU lacks is an error, not a crash later.
+            assert_eq!(
+                Panels::new(Q4_0, &[0; 18], 1, 32, isa).is_ok(),
+                isa.runs_here(),
+                "{isa:?}"
+            );
+        }
     }
 
-    #[cfg(target_arch = "x86_64")]
+    /// Each vector kernel this CPU runs against the portable one, kernel by kernel: the quantizer, then the
+    /// tile and the row over every block and panel, on ordinary values and on the extremes (q8_0 weights
+    /// of -128 and 127, q4_0 values 0 and 15, activations of +-127: the AVX2 kernels' i16 bounds).
     #[test]
-    fn the_avx512_kernels_give_the_portable_kernels_bits() {
-        if !avx512::available() {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI");
-            return;
-        }
+    fn every_vector_kernel_gives_the_portable_kernels_bits() {
         let (t, k, n) = (25, 160, 64);
         let mut x = values(t * k, 6);
         x[40] = 2.5 / 127.0; // a tie, an all-zero group, a group too small for 1 / scale
         x[k..k + QK].fill(0.0);
         x[2 * k..2 * k + QK].fill(1e-38);
         x[2 * k + 3] = -2e-38;
-        for g in x.chunks_exact(QK) {
-            let (mut a, mut b) = ([0i8; QK], [0i8; QK]);
-            assert_eq!(avx512::quantize_group(g, &mut a), quantize_group_portable(g, &mut b));
-            assert_eq!(a, b);
+        // Tokens 3 and 4: every activation at +-127 (same or alternating signs).
+        x[3 * k..4 * k].fill(0.5);
+        for (i, v) in x[4 * k..5 * k].iter_mut().enumerate() {
+            *v = if i % 3 == 0 { -0.5 } else { 0.5 };
         }
-        for ty in TYPES {
-            let n = n - 9; // a padded last panel
-            let w = Panels::new(ty, &encode(ty, &values(n * k, 7)), n, k).expect("pack");
-            let acts = quantized(ty, &x, t, k);
-            let (ng, pbs) = (k / QK, ty.panel_block());
-            for b in 0..token_blocks(t) {
-                let a = block(&acts, t, k, b);
-                for p in 0..w.panels() {
-                    let (mut fast, mut slow) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
-                    avx512::tile(ty, a.values, &a.scale, &a.share, w.panel(p), ng, &mut fast);
-                    for g in 0..ng {
-                        let pb = &w.panel(p)[g * pbs..(g + 1) * pbs];
-                        for (r, acc_r) in slow.iter_mut().enumerate() {
-                            epilogue(&a, r, pb, g, &dots(ty, &a, r, &weights(ty, pb), g), acc_r);
+        let vector: Vec<Isa> = Isa::all_here().into_iter().filter(|&i| i != Isa::Portable).collect();
+        eprintln!("vector kernels compared with the portable ones: {vector:?}");
+        for isa in vector {
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512Vnni {
+                for g in x.chunks_exact(QK) {
+                    let (mut a, mut b) = ([0i8; QK], [0i8; QK]);
+                    assert_eq!(avx512::quantize_group(g, &mut a), quantize_group_portable(g, &mut b));
+                    assert_eq!(a, b);
+                }
+            }
+            for ty in TYPES {
+                let n = n - 9; // a padded last panel
+                let mut bytes = encode(ty, &values(n * k, 7));
+                // Rows 0 and 1: the extreme values (the f16 scale bytes kept).
+                let fb = ty.file_block();
+                for (row, fill) in [(0, [0x80u8, 0x7f]), (1, [0x80, 0x80])] {
+                    for blk in bytes[row * (k / QK) * fb..(row + 1) * (k / QK) * fb].chunks_exact_mut(fb) {
+                        for (i, q) in blk[2..].iter_mut().enumerate() {
+                            *q = match ty {
+                                // q8_0: -128 and 127 (row 0) or all -128 (row 1).
+                                PanelType::Q8_0 => fill[i % 2],
+                                // q4_0: values 0 and 15 (row 0: 0xf0) or all 15 (row 1: 0xff).
+                                PanelType::Q4_0 => [0xf0, 0xff][row],
+                            };
                         }
                     }
-                    assert_eq!(fast, slow, "{ty:?} tile: block {b} panel {p}");
-                    for (r, want) in slow.iter().enumerate() {
-                        let mut got = [0f32; NR];
-                        avx512::row(ty, a.values, &a.scale, &a.share, r, w.panel(p), ng, &mut got);
-                        assert_eq!(&got, want, "{ty:?} row {r}: block {b} panel {p}");
+                }
+                let w = Panels::new(ty, &bytes, n, k, isa).expect("pack");
+                let acts = quantized(isa, ty, &x, t, k);
+                assert_eq!(acts, quantized(Isa::Portable, ty, &x, t, k), "{isa:?} {ty:?} quantize");
+                let ng = k / QK;
+                for b in 0..token_blocks(t) {
+                    let a = block(&acts, t, k, b);
+                    for p in 0..w.panels() {
+                        let (mut fast, mut slow) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
+                        tile(isa, ty, &a, w.panel(p), ng, &mut fast);
+                        tile(Isa::Portable, ty, &a, w.panel(p), ng, &mut slow);
+                        assert_eq!(fast, slow, "{isa:?} {ty:?} tile: block {b} panel {p}");
+                        for (r, want) in slow.iter().enumerate() {
+                            let mut got = [0f32; NR];
+                            row(isa, ty, &a, r, w.panel(p), ng, &mut got);
+                            assert_eq!(&got, want, "{isa:?} {ty:?} row {r}: block {b} panel {p}");
+                        }
                     }
                 }
             }

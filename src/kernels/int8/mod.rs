@@ -18,11 +18,16 @@
 //!   broadcast per token); values stored as `q + 128` (unsigned, what `vpdpbusd` multiplies); after the
 //!   blocks, per block, group and token one f32 scale.
 //!
-//! The AVX-512 VNNI kernel (`avx512`, chosen at run time) and the portable one here compute the same
-//! integers and the same float epilogue in the same order, so their outputs are bit-identical.
+//! The AVX-512 VNNI kernel (`avx512`), the AVX2 one (`avx2`: `vpmaddubsw` + `vpmaddwd` on signed values,
+//! see its note on saturation) and the portable one here compute the same integers and the same float
+//! epilogue in the same order, so their outputs are bit-identical.
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
+
+use super::Isa;
 
 use std::ops::Range;
 
@@ -36,27 +41,6 @@ pub const MR: usize = 12;
 pub const GROUP: usize = 128;
 /// Token blocks that share one pass over the weights (12 x 10 tokens x up to 4096 inputs stay in L2).
 const MC_BLOCKS: usize = 10;
-
-/// Which kernel runs here.
-pub fn kernel_name() -> &'static str {
-    if vnni_available() {
-        "avx512-vnni"
-    } else {
-        "portable"
-    }
-}
-
-/// Whether this CPU has AVX-512 F, BW and VNNI (checked once; `crate::panels` uses it too).
-pub(crate) fn vnni_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        avx512::available()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
 
 /// Bytes on a 64-byte boundary, without unsafe: a vector 63 bytes longer and the offset of its first
 /// aligned byte (vectors then never straddle a cache line).
@@ -82,6 +66,9 @@ impl AlignedBytes {
 
 /// A weight matrix `[n outputs][k inputs]` in int8 panels.
 pub struct PackedWeights {
+    /// The kernels that multiply by it (`Avx512Vnni`: the VNNI ones; `Avx2`: `vpmaddubsw` ones; `Portable`:
+    /// the plain ones; all the same bits).
+    isa: Isa,
     n: usize,
     k: usize,
     data: AlignedBytes,
@@ -93,9 +80,11 @@ pub struct PackedWeights {
 }
 
 impl PackedWeights {
-    /// Quantizes and packs `w`, row-major `[n][k]` f32 (ggml's layout of a weight: `ne0 = k`).
-    pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
+    /// Quantizes and packs `w`, row-major `[n][k]` f32 (ggml's layout of a weight: `ne0 = k`), for the
+    /// kernels of `isa` (one this CPU runs: `Kernels::resolve` gives it).
+    pub fn pack(w: &[f32], n: usize, k: usize, isa: Isa) -> Self {
         assert_eq!(w.len(), n * k, "int8 pack: {n} x {k} weight has {} values", w.len());
+        assert!(isa.runs_here(), "int8 pack: {isa:?} kernels on a CPU without them");
         let (k4, panels, groups) = (k.div_ceil(4), n.div_ceil(NR), groups(k));
         let mut data = AlignedBytes::zeroed(panels * k4 * NR * 4);
         let mut scale = vec![0f32; panels * groups * NR];
@@ -119,6 +108,7 @@ impl PackedWeights {
             }
         }
         PackedWeights {
+            isa,
             n,
             k,
             data,
@@ -127,6 +117,10 @@ impl PackedWeights {
         }
     }
 
+    /// The instruction set of the kernels that multiply by it.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
     /// Outputs.
     pub fn n(&self) -> usize {
         self.n
@@ -172,7 +166,17 @@ pub fn token_blocks(t: usize) -> usize {
 /// Quantizes token block `block` (tokens `block * MR ..`, the last block may be short: its missing tokens
 /// get scale 0) of `x` (`t` rows of `k` f32, row `i` at `x[i * ldx..]`) into `data` (the block's
 /// `block_bytes(k)`) and `scales` (its `[groups][MR]` scales).
-pub fn quantize_block(x: &[f32], ldx: usize, t: usize, k: usize, block: usize, data: &mut [u8], scales: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_block(
+    isa: Isa,
+    x: &[f32],
+    ldx: usize,
+    t: usize,
+    k: usize,
+    block: usize,
+    data: &mut [u8],
+    scales: &mut [f32],
+) {
     let (k4, ng) = (k.div_ceil(4), groups(k));
     assert!(
         data.len() == k4 * MR * 4 && scales.len() == ng * MR,
@@ -198,8 +202,13 @@ pub fn quantize_block(x: &[f32], ldx: usize, t: usize, k: usize, block: usize, d
             invs[g] = if s > 0.0 { 1.0 / s } else { 0.0 };
         }
         #[cfg(target_arch = "x86_64")]
-        if avx512::available() {
+        if isa == Isa::Avx512Vnni {
             avx512::quantize_row(row, &invs, r, data);
+            continue;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 {
+            avx2::quantize_row(row, &invs, r, data);
             continue;
         }
         quantize_row(row, &invs, r, data);
@@ -234,8 +243,10 @@ fn quantize_value(v: f32, inv: f32) -> u8 {
 /// Quantizes the token blocks `blocks` of `x` (`t` rows of `k` f32, row `i` at `x[i * ldx..]`): `data`
 /// is those blocks' part of the block area (`blocks.len() * block_bytes(k)`), `scales` their part of
 /// the scale area (`blocks.len()` x the block's scale bytes, little-endian f32). Threads quantize
-/// disjoint ranges.
+/// disjoint ranges. `isa`: the kernels that run (those of the weights the activations meet).
+#[allow(clippy::too_many_arguments)]
 pub fn quantize_blocks(
+    isa: Isa,
     x: &[f32],
     ldx: usize,
     t: usize,
@@ -251,7 +262,7 @@ pub fn quantize_blocks(
     );
     let mut sc = vec![0f32; MR * groups(k)];
     for (i, b) in blocks.enumerate() {
-        quantize_block(x, ldx, t, k, b, &mut data[i * per..(i + 1) * per], &mut sc);
+        quantize_block(isa, x, ldx, t, k, b, &mut data[i * per..(i + 1) * per], &mut sc);
         for (j, s) in sc.iter().enumerate() {
             scales[i * sper + j * 4..][..4].copy_from_slice(&s.to_le_bytes());
         }
@@ -278,10 +289,10 @@ fn read_scales(acts: &[u8], t: usize, k: usize) -> Vec<f32> {
 }
 
 /// Quantizes `t` rows of `x` (row stride `ldx`) into `acts` (`acts_bytes(t, k)` long), one thread.
-pub fn quantize(x: &[f32], ldx: usize, t: usize, k: usize, acts: &mut [u8]) {
+pub fn quantize(isa: Isa, x: &[f32], ldx: usize, t: usize, k: usize, acts: &mut [u8]) {
     assert_eq!(acts.len(), acts_bytes(t, k), "int8 quantize: activation buffer size");
     let (data, scales) = acts.split_at_mut(scales_at(t, k));
-    quantize_blocks(x, ldx, t, k, 0..token_blocks(t), data, scales);
+    quantize_blocks(isa, x, ldx, t, k, 0..token_blocks(t), data, scales);
 }
 
 /// `out[i][j] = sum_k x[i][k] w[j][k] (+ bias[j])` for the tokens of token blocks `blocks`, from the
@@ -329,7 +340,7 @@ pub fn gemm(
                     scale: &scales[b * ng * MR..(b + 1) * ng * MR],
                 };
                 let mut acc = [[0f32; NR]; MR];
-                tile(&a, &panel, k4, &mut acc);
+                tile(w.isa, &a, &panel, k4, &mut acc);
                 let n0 = p * NR;
                 let nn = NR.min(w.n - n0);
                 for (r, acc_r) in acc.iter().enumerate() {
@@ -368,7 +379,7 @@ struct Panel<'a> {
 
 /// One block of `MR` tokens times one panel of `NR` outputs: per group of inputs, the int32 sums of
 /// (q + 128) x w, less the offset's share, times both scales, summed in f32 over the groups.
-fn tile(a: &Block, w: &Panel, k4: usize, acc: &mut [[f32; NR]; MR]) {
+fn tile(isa: Isa, a: &Block, w: &Panel, k4: usize, acc: &mut [[f32; NR]; MR]) {
     let ng = k4.div_ceil(GROUP / 4);
     assert!(
         a.data.len() >= k4 * MR * 4 && w.data.len() >= k4 * NR * 4,
@@ -379,8 +390,13 @@ fn tile(a: &Block, w: &Panel, k4: usize, acc: &mut [[f32; NR]; MR]) {
         "int8 tile: short scales"
     );
     #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
+    if isa == Isa::Avx512Vnni {
         avx512::tile(a.data, a.scale, w.data, w.scale, w.corr, k4, acc);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        avx2::tile(a.data, a.scale, w.data, w.scale, k4, acc);
         return;
     }
     tile_portable(a, w, k4, acc);
@@ -415,13 +431,13 @@ mod tests {
     use super::*;
     use crate::test_values::values;
 
-    fn product(t: usize, k: usize, n: usize, with_bias: bool) -> (Vec<f32>, Vec<f32>) {
+    fn product(isa: Isa, t: usize, k: usize, n: usize, with_bias: bool) -> (Vec<f32>, Vec<f32>) {
         let x = values(t * k, 1);
         let w = values(n * k, 2);
         let bias = with_bias.then(|| values(n, 3));
-        let pw = PackedWeights::pack(&w, n, k);
+        let pw = PackedWeights::pack(&w, n, k, isa);
         let mut acts = vec![0u8; acts_bytes(t, k)];
-        quantize(&x, k, t, k, &mut acts);
+        quantize(isa, &x, k, t, k, &mut acts);
         let mut out = vec![f32::NAN; t * n];
         gemm(&acts, t, &pw, bias.as_deref(), 0..token_blocks(t), &mut out, n);
         let mut want = vec![0f32; t * n];
@@ -434,46 +450,89 @@ mod tests {
         (out, want)
     }
 
+    /// On every instruction set this CPU runs: the same assertions, and the portable kernels' bits.
     #[test]
     fn matches_the_f32_product_within_int8_error() {
         // Odd sizes: a short last token block, a short last panel, k not a multiple of 4.
-        for &(t, k, n, b) in &[
-            (1, 4, 1, false),
-            (13, 70, 33, true),
-            (25, 257, 64, true),
-            (40, 1024, 96, false),
-        ] {
-            let (out, want) = product(t, k, n, b);
-            let (mut err, mut norm) = (0f64, 0f64);
-            for (o, w) in out.iter().zip(&want) {
-                assert!(o.is_finite(), "{t}x{k}x{n}: non-finite output");
-                err += f64::from(o - w).powi(2);
-                norm += f64::from(*w).powi(2);
+        for isa in Isa::all_here() {
+            eprintln!("int8 product: {} kernels", isa.name());
+            for &(t, k, n, b) in &[
+                (1, 4, 1, false),
+                (13, 70, 33, true),
+                (25, 257, 64, true),
+                (40, 1024, 96, false),
+            ] {
+                let (out, want) = product(isa, t, k, n, b);
+                let (portable, _) = product(Isa::Portable, t, k, n, b);
+                let same = out.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{t}x{k}x{n}: {isa:?} differs from the portable kernels");
+                check_error(t, k, n, &out, &want);
             }
-            let rel = (err / norm).sqrt();
-            // Uniform values: each side's rounding error is ~1/(127 sqrt 3) of its scale, ~0.5% relative.
-            assert!(rel < 0.02, "{t}x{k}x{n}: relative error {rel}");
         }
     }
 
-    /// The vector kernels against the portable ones: same bytes, same sums (odd sizes: k not a multiple
-    /// of 16 or 4 exercises the tails).
+    fn check_error(t: usize, k: usize, n: usize, out: &[f32], want: &[f32]) {
+        let (mut err, mut norm) = (0f64, 0f64);
+        for (o, w) in out.iter().zip(want) {
+            assert!(o.is_finite(), "{t}x{k}x{n}: non-finite output");
+            err += f64::from(o - w).powi(2);
+            norm += f64::from(*w).powi(2);
+        }
+        let rel = (err / norm).sqrt();
+        // Uniform values: each side's rounding error is ~1/(127 sqrt 3) of its scale, ~0.5% relative.
+        assert!(rel < 0.02, "{t}x{k}x{n}: relative error {rel}");
+    }
+
+    /// The vector kernels of every instruction set this CPU runs against the portable ones: same bytes,
+    /// same sums (odd sizes: k not a multiple of 16 or 4 exercises the tails). On AVX2 the weights include
+    /// -127 and 127 next to activations at -127 and 127 (the largest pairs `vpmaddubsw` sums, where it
+    /// would saturate without the sign trick).
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn the_avx512_kernels_give_the_portable_kernels_bits() {
-        if !avx512::available() {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI");
-            return;
+    fn the_vector_kernels_give_the_portable_kernels_bits() {
+        for isa in Isa::all_here().into_iter().filter(|&i| i != Isa::Portable) {
+            eprintln!("int8 bits: {} kernels", isa.name());
+            vector_kernels_give_the_portable_kernels_bits(isa);
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn vector_kernels_give_the_portable_kernels_bits(isa: Isa) {
+        let quantize_row_isa = |row: &[f32], invs: &[f32], r: usize, data: &mut [u8]| match isa {
+            Isa::Avx512Vnni => avx512::quantize_row(row, invs, r, data),
+            Isa::Avx2 => avx2::quantize_row(row, invs, r, data),
+            Isa::Portable => unreachable!("the portable kernels are the reference"),
+        };
         let (t, k, n) = (30, 203 + GROUP, 70); // two groups, the second short
-        let x = values(t * k, 5);
-        let w = values(n * k, 6);
-        let pw = PackedWeights::pack(&w, n, k);
+        let mut x = values(t * k, 5);
+        let mut w = values(n * k, 6);
+        if isa == Isa::Avx2 {
+            // Extremes: a row of +-max against rows of +-max, all sign combinations.
+            for (i, v) in x[..2 * k].iter_mut().enumerate() {
+                *v = if (i / 2) % 2 == 0 { 1.5 } else { -1.5 };
+            }
+            for (i, v) in w[..3 * k].iter_mut().enumerate() {
+                *v = match i / k {
+                    0 => 1.0,
+                    1 => -1.0,
+                    _ => {
+                        if i % 3 == 0 {
+                            0.0
+                        } else if i % 2 == 0 {
+                            1.0
+                        } else {
+                            -1.0
+                        }
+                    }
+                };
+            }
+        }
+        let pw = PackedWeights::pack(&w, n, k, isa);
         let k4 = pw.k4();
         let invs = vec![127.0 / 1.5, 127.0 / 0.7, 127.0 / 1.1];
         for row in x.chunks_exact(k) {
             let (mut a, mut b) = (vec![0u8; k4 * MR * 4], vec![0u8; k4 * MR * 4]);
-            avx512::quantize_row(row, &invs, 5, &mut a);
+            quantize_row_isa(row, &invs, 5, &mut a);
             quantize_row(row, &invs, 5, &mut b);
             assert_eq!(a, b);
         }
@@ -481,11 +540,17 @@ mod tests {
         let mut row = vec![0.1f32; 20];
         row[..3].copy_from_slice(&[1.25, -1.25, 0.75]);
         let (mut a, mut b) = (vec![0u8; 5 * MR * 4], vec![0u8; 5 * MR * 4]);
-        avx512::quantize_row(&row, &[2.0], 0, &mut a);
+        quantize_row_isa(&row, &[2.0], 0, &mut a);
         quantize_row(&row, &[2.0], 0, &mut b);
         assert_eq!((a[..3].to_vec(), a), (vec![130, 126, 130], b));
         let mut acts = vec![0u8; acts_bytes(t, k)];
-        quantize(&x, k, t, k, &mut acts);
+        quantize(isa, &x, k, t, k, &mut acts);
+        if isa == Isa::Avx2 {
+            assert!(
+                acts[..8].iter().all(|&b| b == 1 || b == 255),
+                "the extreme row quantizes to +-127"
+            );
+        }
         let (per, ng) = (block_bytes(k), groups(k));
         let scales = read_scales(&acts, t, k);
         for b in 0..token_blocks(t) {
@@ -500,9 +565,18 @@ mod tests {
                     corr: &pw.corr[p * ng * NR..(p + 1) * ng * NR],
                 };
                 let (mut fast, mut portable) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
-                avx512::tile(a.data, a.scale, w.data, w.scale, w.corr, k4, &mut fast);
+                match isa {
+                    Isa::Avx512Vnni => avx512::tile(a.data, a.scale, w.data, w.scale, w.corr, k4, &mut fast),
+                    Isa::Avx2 => avx2::tile(a.data, a.scale, w.data, w.scale, k4, &mut fast),
+                    Isa::Portable => unreachable!("the portable kernels are the reference"),
+                }
                 tile_portable(&a, &w, k4, &mut portable);
-                assert_eq!(fast, portable, "block {b} panel {p}");
+                if isa == Isa::Avx2 {
+                    let bits = |t: &[[f32; NR]; MR]| t.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&fast), bits(&portable), "block {b} panel {p}");
+                } else {
+                    assert_eq!(fast, portable, "block {b} panel {p}");
+                }
             }
         }
     }
@@ -512,9 +586,9 @@ mod tests {
         let (t, k, n) = (50, 64, 40);
         let x = values(t * k, 7);
         let w = values(n * k, 8);
-        let pw = PackedWeights::pack(&w, n, k);
+        let pw = PackedWeights::pack(&w, n, k, Isa::Portable);
         let mut acts = vec![0u8; acts_bytes(t, k)];
-        quantize(&x, k, t, k, &mut acts);
+        quantize(Isa::Portable, &x, k, t, k, &mut acts);
         let mut whole = vec![0f32; t * n];
         gemm(&acts, t, &pw, None, 0..token_blocks(t), &mut whole, n);
         let mid = 2;
@@ -528,9 +602,9 @@ mod tests {
     #[test]
     fn zero_rows_and_tokens_give_zero() {
         let (t, k, n) = (3, 8, 2);
-        let pw = PackedWeights::pack(&vec![0.0; n * k], n, k);
+        let pw = PackedWeights::pack(&vec![0.0; n * k], n, k, Isa::Portable);
         let mut acts = vec![0u8; acts_bytes(t, k)];
-        quantize(&vec![0.0; t * k], k, t, k, &mut acts);
+        quantize(Isa::Portable, &vec![0.0; t * k], k, t, k, &mut acts);
         let mut out = vec![1f32; t * n];
         gemm(&acts, t, &pw, None, 0..1, &mut out, n);
         assert!(out.iter().all(|&v| v == 0.0));

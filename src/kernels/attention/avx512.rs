@@ -2,14 +2,13 @@
 use std::arch::x86_64::{
     __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
 };
-use std::sync::OnceLock;
 
 use super::{MR, NR};
 
-/// Whether this CPU has AVX-512 F (checked once).
+/// Whether this CPU runs these kernels (`Isa::Avx512Vnni`).
 pub fn available() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    // Every CPU with AVX-512 VNNI has F (the set these kernels need); `Isa` asks the CPU once.
+    crate::kernels::Isa::Avx512Vnni.runs_here()
 }
 
 /// See `super::tile`: 24 accumulators in registers, per input c two loads of b and MR broadcasts of a.

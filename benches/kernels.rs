@@ -1,0 +1,84 @@
+//! Criterion benches of our ViT kernels on one thread, on every instruction set this CPU runs (the ones
+//! `--kernels` can pick; portable is slow: on x86-64 without FMA in the build target its fused
+//! multiply-adds are library calls): one attention head at the ViT's shape (1025 tokens, head dimension
+//! 64), the erf GELU over one layer's MLP activations (1025 x 4096 values, a copy of the input included)
+//! and an int8 product at the ViT's fc1 shape (1025 tokens x 1024 inputs x 4096 outputs, the
+//! activations' quantization included; not on the portable kernels, ~5 s each).
+//!
+//!   cargo bench -p internvl --bench kernels
+//!
+//! No model file needed: the operands are synthetic (their values do not change the work done).
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use internvl::kernels::{activation, attention, int8, Isa};
+use internvl::test_values::values;
+
+fn bench(c: &mut Criterion) {
+    let (n, hd, heads) = (1025usize, 64usize, 16usize);
+    let ld = 3 * heads * hd; // q, k and v are views of the fused qkv product
+    let qkv = values(n * ld, 1);
+    let mut g = c.benchmark_group("vit_attention_head");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements((4 * n * n * hd) as u64)); // multiply-adds x 2: FLOP
+    for isa in Isa::all_here() {
+        let mut out = vec![0f32; n * hd];
+        let mut sc = attention::Scratch::default();
+        g.bench_function(isa.name(), |b| {
+            b.iter(|| {
+                attention::head(
+                    isa,
+                    &qkv,
+                    &qkv[hd * heads..],
+                    &qkv[2 * hd * heads..],
+                    ld,
+                    n,
+                    hd,
+                    0.125,
+                    0..n.div_ceil(attention::MR),
+                    &mut out,
+                    hd,
+                    &mut sc,
+                )
+            })
+        });
+    }
+    g.finish();
+
+    let x = values(n * 4096, 2).iter().map(|v| v * 6.0).collect::<Vec<_>>();
+    let mut g = c.benchmark_group("gelu_erf_layer");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(x.len() as u64));
+    for isa in Isa::all_here() {
+        let mut buf = x.clone();
+        g.bench_function(isa.name(), |b| {
+            b.iter(|| {
+                buf.copy_from_slice(&x);
+                activation::gelu_erf(isa, &mut buf)
+            })
+        });
+    }
+    g.finish();
+
+    // fc1 of a ViT layer at one tile: 1025 tokens x 1024 inputs -> 4096 outputs (quantizing the
+    // activations included, as each product does).
+    let (t, k, nout) = (1025usize, 1024usize, 4096usize);
+    let (x, w) = (values(t * k, 3), values(nout * k, 4));
+    let mut g = c.benchmark_group("int8_fc1");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements((2 * t * k * nout) as u64)); // OP
+                                                                   // Not the portable kernels here: ~5 s per product.
+    for isa in Isa::all_here().into_iter().filter(|&i| i != Isa::Portable) {
+        let pw = int8::PackedWeights::pack(&w, nout, k, isa);
+        let mut acts = vec![0u8; int8::acts_bytes(t, k)];
+        let mut out = vec![0f32; t * nout];
+        g.bench_function(isa.name(), |b| {
+            b.iter(|| {
+                int8::quantize(isa, &x, k, t, k, &mut acts);
+                int8::gemm(&acts, t, &pw, None, 0..int8::token_blocks(t), &mut out, nout)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

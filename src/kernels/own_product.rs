@@ -1,0 +1,65 @@
+//! A matrix product by weights in one of our own layouts (`int8`, `panels`) as two ggml custom nodes on
+//! the CPU backend: the first quantizes the activations into the kernel's buffer, the next multiplies
+//! them by the weights. Two nodes because ggml's barrier between nodes is the only way to know every
+//! thread has finished quantizing before any starts multiplying.
+use std::ffi::c_void;
+
+use crate::ggml::context::{shape, ty_err};
+use crate::ggml::custom::NodeFn;
+use crate::ggml::{Context, Result, Tensor};
+use crate::gguf::GgmlType;
+
+/// What differs between our products: the name for errors, the weights' shape, the size of the quantized
+/// activations of `t` tokens of `k` inputs, and the two node callbacks, which get the weights as userdata.
+pub(super) struct OwnProduct {
+    pub op: &'static str,
+    pub k: usize,
+    pub n: usize,
+    pub acts_bytes: fn(usize, usize) -> usize,
+    pub quantize: NodeFn,
+    pub product: NodeFn,
+}
+
+/// `x·Wᵀ + b`: `x` contiguous f32 `[k, ...]`, `b` f32 `[n]` -> f32 `[n, ...]`; `w` is borrowed for as long
+/// as the context (the graph reads it when computed) and handed to both callbacks, which must read it as
+/// the type `W` it is.
+pub(super) fn own_product<'a, W>(
+    ctx: &'a Context,
+    x: Tensor<'a>,
+    w: &'a W,
+    b: Option<Tensor<'a>>,
+    p: OwnProduct,
+) -> Result<Tensor<'a>> {
+    let ne = x.ne();
+    if ne[0] as usize != p.k {
+        return Err(shape(p.op, format!("x has {} inputs, the weight {}", ne[0], p.k)));
+    }
+    if x.ty() != GgmlType::F32 || !x.is_contiguous() {
+        return Err(ty_err(p.op, x, "x must be contiguous f32"));
+    }
+    if let Some(b) = b {
+        if b.ty() != GgmlType::F32 || !b.is_contiguous() || b.nelements() as usize != p.n {
+            return Err(ty_err(p.op, b, &format!("the bias must be {} contiguous f32", p.n)));
+        }
+    }
+    let t = (ne[1] * ne[2] * ne[3]) as usize;
+    let userdata = (w as *const W).cast_mut().cast::<c_void>();
+    // SAFETY: the shapes and types the callbacks rely on are checked above (x contiguous f32 [k, t], the
+    // node an I8 buffer of acts_bytes(t, k)); userdata points at `w`, which outlives the context ('a) and
+    // so every computation of a graph built in it; the callbacks read it as the `W` it is.
+    let acts = unsafe {
+        ctx.custom_node(
+            p.op,
+            GgmlType::I8,
+            [(p.acts_bytes)(t, p.k), 1, 1, 1],
+            &[x],
+            p.quantize,
+            userdata,
+        )?
+    };
+    let args: Vec<Tensor<'a>> = std::iter::once(acts).chain(b).collect();
+    let out = [p.n, ne[1] as usize, ne[2] as usize, ne[3] as usize];
+    // SAFETY: as above: src[0] the activations just quantized, src[1] (when present) the bias of n
+    // checked above, the node f32 [n, t].
+    unsafe { ctx.custom_node(p.op, GgmlType::F32, out, &args, p.product, userdata) }
+}

@@ -1,0 +1,261 @@
+//! The AVX2 kernels for `Panels` (with FMA and F16C in the set; FMA itself is not used: the float steps
+//! are the portable kernels' multiply, then add). The panel layout is AVX-512's: one 64-byte vector of 16
+//! outputs x 4 inputs is two 32-byte `ymm` here (outputs 0-7 and 8-15 of its half), so a panel's 32
+//! outputs are four columns of 8.
+//!
+//! AVX2 has no `vpdpbusd`; `vpmaddubsw` (unsigned x signed bytes, adjacent products summed into
+//! saturating i16) and `vpmaddwd` by ones (adjacent i16 summed into i32) stand in for it, exactly:
+//! - q4_0: the 4-bit values (`q + 8`, 0..15) are the unsigned operand, the signed activations
+//!   (|a| <= 127) the other: a pair is at most 2 x 15 x 127 = 3810, so the i16 sums of a whole block of
+//!   32 inputs (8 pairs per lane) stay within 8 x 3810 = 30480 < 32767, and one `vpmaddwd` per block
+//!   and column gives the i32 sums. The `+ 8` offset is taken out with the activations' share, as on
+//!   AVX-512.
+//! - q8_0: both operands are signed. ggml's sign trick: `|w|` as unsigned bytes times `a` with `w`'s
+//!   sign (`vpsignb`), exact for `w = -128` too (|w| = 128 as u8); a pair is at most 2 x 128 x 127 =
+//!   32512 < 32767, so no saturation, but two pairs could overflow: each `vpmaddubsw` goes to i32 by
+//!   `vpmaddwd` at once. The activations are stored as `q + 128` for AVX-512's unsigned operand; xor
+//!   0x80 gives `q` back (a scalar xor before the broadcast).
+//!
+//! The integer sums are exact, so they equal the portable kernels' whatever the order; the float steps
+//! per block (`sum as f32 * (w scale * a scale)`, added to the output) are the same in the same order, so
+//! the outputs are bit-identical to the portable kernels'.
+use std::arch::x86_64::{
+    __m256, __m256i, _mm256_add_epi16, _mm256_add_epi32, _mm256_add_ps, _mm256_and_si256, _mm256_cvtepi32_ps,
+    _mm256_cvtph_ps, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps,
+    _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi8, _mm256_set1_ps, _mm256_setzero_ps, _mm256_setzero_si256,
+    _mm256_sign_epi8, _mm256_srli_epi16, _mm256_storeu_ps, _mm256_sub_epi32, _mm_loadu_si128,
+};
+
+use super::{PanelType, MR, NR, QK};
+
+/// Tokens per register tile: `RT` tokens x 16 outputs (two columns) of accumulators.
+const RT: usize = 4;
+const _: () = assert!(MR.is_multiple_of(RT));
+
+/// The kernels, for `super::tile` and `super::row`, which check their operands.
+pub(super) const KERNELS: super::Simd = super::Simd {
+    isa: crate::kernels::Isa::Avx2,
+    name: "AVX2",
+    tile_q4,
+    tile_q8,
+    row_q4,
+    row_q8,
+};
+
+/// The 32 bytes of column `j` (outputs `8j..8j+8`) of 4-input chunk `ch` of a panel block's values at
+/// `pv` (128 bytes a chunk: two halves of 64, each two columns of 32).
+#[inline(always)]
+unsafe fn column(pv: *const u8, ch: usize, j: usize) -> __m256i {
+    // SAFETY: the caller passes a panel block's values and a chunk inside it; j < 4.
+    unsafe { _mm256_loadu_si256(pv.add(ch * 128 + j * 32).cast()) }
+}
+
+/// The f32 scales of column `j` (8 outputs) of a panel block at `pb`.
+#[inline(always)]
+unsafe fn scales(pb: *const u8, j: usize) -> __m256 {
+    // SAFETY: the caller passes a panel block; its first 64 bytes are 32 f16 scales. F16C: the caller's
+    // target features.
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(pb.add(j * 16).cast())) }
+}
+
+/// A token's 4 activation bytes at `p`, broadcast to every 32-bit lane, `x`ored with `flip`.
+#[inline(always)]
+unsafe fn broadcast(p: *const u8, flip: u32) -> __m256i {
+    // SAFETY: the caller passes 4 readable bytes.
+    unsafe { _mm256_set1_epi32((p.cast::<u32>().read_unaligned() ^ flip) as i32) }
+}
+
+/// `o + (sum as f32) * (ws * sa)` at `o` (8 values): the portable epilogue's order.
+#[inline(always)]
+unsafe fn scale_add(o: *mut f32, sum: __m256i, ws: __m256, sa: __m256) {
+    // SAFETY: the caller passes 8 writable f32.
+    unsafe {
+        let v = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(ws, sa));
+        _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), v));
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q4(
+    values: *const u8,
+    scale: *const f32,
+    share: *const i32,
+    w: *const u8,
+    ng: usize,
+    acc: &mut [[f32; NR]; MR],
+) {
+    let pbs = PanelType::Q4_0.panel_block();
+    let (m, ones) = (_mm256_set1_epi8(15), _mm256_set1_epi16(1));
+    *acc = [[0.0; NR]; MR];
+    for g in 0..ng {
+        // SAFETY: g < ng: the panel block and the token block's inputs 32g..32g+32 and its scales and
+        // shares are inside the operands (checked by the caller); the outputs are inside `acc`.
+        unsafe {
+            let pb = w.add(g * pbs);
+            let pv = pb.add(NR * 2);
+            // Two columns (16 outputs) at a time, RT tokens at a time: RT x 2 i16 accumulators, the
+            // columns' low and high halves and two products in registers.
+            for j0 in [0, 2] {
+                let ws = [scales(pb, j0), scales(pb, j0 + 1)];
+                for r0 in (0..MR).step_by(RT) {
+                    let mut c = [[_mm256_setzero_si256(); 2]; RT];
+                    for ch in 0..4 {
+                        let kk = g * QK / 4 + 2 * ch;
+                        let (v0, v1) = (column(pv, ch, j0), column(pv, ch, j0 + 1));
+                        let (lo0, hi0) = (_mm256_and_si256(v0, m), _mm256_and_si256(_mm256_srli_epi16(v0, 4), m));
+                        let (lo1, hi1) = (_mm256_and_si256(v1, m), _mm256_and_si256(_mm256_srli_epi16(v1, 4), m));
+                        for (i, c) in c.iter_mut().enumerate() {
+                            let r = r0 + i;
+                            let a0 = broadcast(values.add((kk * MR + r) * 4), 0);
+                            let a1 = broadcast(values.add(((kk + 1) * MR + r) * 4), 0);
+                            let p0 = _mm256_add_epi16(_mm256_maddubs_epi16(lo0, a0), _mm256_maddubs_epi16(hi0, a1));
+                            let p1 = _mm256_add_epi16(_mm256_maddubs_epi16(lo1, a0), _mm256_maddubs_epi16(hi1, a1));
+                            c[0] = _mm256_add_epi16(c[0], p0);
+                            c[1] = _mm256_add_epi16(c[1], p1);
+                        }
+                    }
+                    for (i, c) in c.iter().enumerate() {
+                        let r = r0 + i;
+                        let sa = _mm256_set1_ps(*scale.add(g * MR + r));
+                        let sh = _mm256_set1_epi32(*share.add(g * MR + r));
+                        for (h, c) in c.iter().enumerate() {
+                            let sum = _mm256_sub_epi32(_mm256_madd_epi16(*c, ones), sh);
+                            scale_add(acc[r].as_mut_ptr().add(8 * (j0 + h)), sum, ws[h], sa);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row_q4(
+    values: *const u8,
+    scale: *const f32,
+    share: *const i32,
+    r: usize,
+    w: *const u8,
+    ng: usize,
+    acc: &mut [f32; NR],
+) {
+    let pbs = PanelType::Q4_0.panel_block();
+    let (m, ones) = (_mm256_set1_epi8(15), _mm256_set1_epi16(1));
+    let mut o = [_mm256_setzero_ps(); 4];
+    for g in 0..ng {
+        // SAFETY: as in `tile_q4`; r < MR.
+        unsafe {
+            let pb = w.add(g * pbs);
+            let pv = pb.add(NR * 2);
+            // Per column the low and high halves' products in two chains (summed at the end).
+            let mut c = [[_mm256_setzero_si256(); 2]; 4];
+            for ch in 0..4 {
+                let kk = g * QK / 4 + 2 * ch;
+                let a0 = broadcast(values.add((kk * MR + r) * 4), 0);
+                let a1 = broadcast(values.add(((kk + 1) * MR + r) * 4), 0);
+                for (j, c) in c.iter_mut().enumerate() {
+                    let v = column(pv, ch, j);
+                    let (lo, hi) = (_mm256_and_si256(v, m), _mm256_and_si256(_mm256_srli_epi16(v, 4), m));
+                    c[0] = _mm256_add_epi16(c[0], _mm256_maddubs_epi16(lo, a0));
+                    c[1] = _mm256_add_epi16(c[1], _mm256_maddubs_epi16(hi, a1));
+                }
+            }
+            let sa = _mm256_set1_ps(*scale.add(g * MR + r));
+            let sh = _mm256_set1_epi32(*share.add(g * MR + r));
+            for (j, (o, c)) in o.iter_mut().zip(&c).enumerate() {
+                // Each chain holds 4 pairs per lane (<= 15240): their i16 sum is within range too.
+                let sum = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_add_epi16(c[0], c[1]), ones), sh);
+                let v = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(scales(pb, j), sa));
+                *o = _mm256_add_ps(*o, v);
+            }
+        }
+    }
+    // SAFETY: acc holds 32 f32, four columns of 8.
+    unsafe {
+        for (j, o) in o.iter().enumerate() {
+            _mm256_storeu_ps(acc.as_mut_ptr().add(8 * j), *o);
+        }
+    }
+}
+
+/// `|w|` (unsigned) x (`a` with `w`'s sign), as i32 sums of 4: one q8_0 product of 4 inputs x 8 outputs.
+#[inline(always)]
+unsafe fn q8_dot(wabs: __m256i, w: __m256i, a: __m256i, ones: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, _mm256_sign_epi8(a, w)), ones)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q8(values: *const u8, scale: *const f32, w: *const u8, ng: usize, acc: &mut [[f32; NR]; MR]) {
+    use std::arch::x86_64::_mm256_abs_epi8;
+    let pbs = PanelType::Q8_0.panel_block();
+    let ones = _mm256_set1_epi16(1);
+    *acc = [[0.0; NR]; MR];
+    for g in 0..ng {
+        // SAFETY: g < ng: the panel block and the token block's inputs 32g..32g+32 and its scales are
+        // inside the operands (checked by the caller); the outputs are inside `acc`.
+        unsafe {
+            let pb = w.add(g * pbs);
+            let pv = pb.add(NR * 2);
+            for j0 in [0, 2] {
+                let ws = [scales(pb, j0), scales(pb, j0 + 1)];
+                for r0 in (0..MR).step_by(RT) {
+                    let mut c = [[_mm256_setzero_si256(); 2]; RT];
+                    for ch in 0..8 {
+                        let (w0, w1) = (column(pv, ch, j0), column(pv, ch, j0 + 1));
+                        let (wa0, wa1) = (_mm256_abs_epi8(w0), _mm256_abs_epi8(w1));
+                        for (i, c) in c.iter_mut().enumerate() {
+                            let a = broadcast(values.add(((g * QK / 4 + ch) * MR + r0 + i) * 4), 0x8080_8080);
+                            c[0] = _mm256_add_epi32(c[0], q8_dot(wa0, w0, a, ones));
+                            c[1] = _mm256_add_epi32(c[1], q8_dot(wa1, w1, a, ones));
+                        }
+                    }
+                    for (i, c) in c.iter().enumerate() {
+                        let r = r0 + i;
+                        let sa = _mm256_set1_ps(*scale.add(g * MR + r));
+                        for (h, c) in c.iter().enumerate() {
+                            scale_add(acc[r].as_mut_ptr().add(8 * (j0 + h)), *c, ws[h], sa);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row_q8(values: *const u8, scale: *const f32, r: usize, w: *const u8, ng: usize, acc: &mut [f32; NR]) {
+    use std::arch::x86_64::_mm256_abs_epi8;
+    let pbs = PanelType::Q8_0.panel_block();
+    let ones = _mm256_set1_epi16(1);
+    let mut o = [_mm256_setzero_ps(); 4];
+    for g in 0..ng {
+        // SAFETY: as in `tile_q8`; r < MR.
+        unsafe {
+            let pb = w.add(g * pbs);
+            let pv = pb.add(NR * 2);
+            // Even and odd chunks in separate chains per column.
+            let mut c = [[_mm256_setzero_si256(); 2]; 4];
+            for ch in 0..8 {
+                let a = broadcast(values.add(((g * QK / 4 + ch) * MR + r) * 4), 0x8080_8080);
+                for (j, c) in c.iter_mut().enumerate() {
+                    let v = column(pv, ch, j);
+                    c[ch % 2] = _mm256_add_epi32(c[ch % 2], q8_dot(_mm256_abs_epi8(v), v, a, ones));
+                }
+            }
+            let sa = _mm256_set1_ps(*scale.add(g * MR + r));
+            for (j, (o, c)) in o.iter_mut().zip(&c).enumerate() {
+                let v = _mm256_mul_ps(
+                    _mm256_cvtepi32_ps(_mm256_add_epi32(c[0], c[1])),
+                    _mm256_mul_ps(scales(pb, j), sa),
+                );
+                *o = _mm256_add_ps(*o, v);
+            }
+        }
+    }
+    // SAFETY: acc holds 32 f32, four columns of 8.
+    unsafe {
+        for (j, o) in o.iter().enumerate() {
+            _mm256_storeu_ps(acc.as_mut_ptr().add(8 * j), *o);
+        }
+    }
+}

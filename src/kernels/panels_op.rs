@@ -1,0 +1,62 @@
+//! `panels`' product as `own_product`'s two custom nodes: the first quantizes the activations (threads
+//! split the blocks of `panels::MR` tokens), the next multiplies them by the q4_0/q8_0 panels (threads
+//! split the panels of `panels::NR` outputs, so that a single decoded token keeps every thread busy).
+use std::ffi::c_void;
+
+use super::own_product::{own_product, OwnProduct};
+use super::panels::{self, Panels};
+use crate::ggml::custom::{share, NodeTensor, RawTensor};
+use crate::ggml::{Context, Result, Tensor};
+
+/// `x·Wᵀ + b` with `w` as q4_0/q8_0 panels: `x` contiguous f32 `[k, ...]`, `b` f32 `[n]` -> f32 `[n, ...]`,
+/// by the kernels of `w`'s instruction set. `w` is borrowed for as long as the context: the graph reads
+/// it when computed.
+pub fn linear_panels<'a>(ctx: &'a Context, x: Tensor<'a>, w: &'a Panels, b: Option<Tensor<'a>>) -> Result<Tensor<'a>> {
+    let p = OwnProduct {
+        op: "linear_panels",
+        k: w.k(),
+        n: w.n(),
+        acts_bytes: panels::acts_bytes,
+        quantize: quantize_node,
+        product: product_node,
+    };
+    own_product(ctx, x, w, b, p)
+}
+
+unsafe extern "C" fn quantize_node(dst: *mut RawTensor, ith: i32, nth: i32, w: *mut c_void) {
+    // SAFETY: ggml calls this with the node built in `linear_panels`: dst is its I8 buffer of acts_bytes(t, k)
+    // bytes, src[0] the contiguous f32 x of t rows of k (checked there), both allocated, userdata the
+    // Panels. Each thread writes only its own blocks' values and metadata (disjoint ranges), and reads x.
+    unsafe {
+        let w = &*(w as *const Panels);
+        let (d, x) = (NodeTensor::of(dst), NodeTensor::src(dst, 0).expect("x"));
+        let (k, t) = (x.ne[0], x.rows());
+        let xs = std::slice::from_raw_parts(x.data as *const f32, t * k);
+        let blocks = panels::token_blocks(t);
+        let mine = share(blocks, ith, nth);
+        let (per, mper) = (panels::block_bytes(k), panels::block_meta_bytes(k));
+        let values = std::slice::from_raw_parts_mut(d.data.add(mine.start * per), mine.len() * per);
+        let meta = std::slice::from_raw_parts_mut(d.data.add(blocks * per + mine.start * mper), mine.len() * mper);
+        panels::quantize_blocks(w.isa(), w.ty(), xs, t, k, mine, values, meta);
+    }
+}
+
+unsafe extern "C" fn product_node(dst: *mut RawTensor, ith: i32, nth: i32, w: *mut c_void) {
+    // SAFETY: ggml calls this with the node built in `linear_panels`: userdata is the Panels it was given
+    // (alive while the graph is), src[0] the quantized activations of t tokens (acts_bytes(t, k) bytes),
+    // src[1] (when present) an f32 bias of n, dst contiguous f32 [n, t]. Each thread takes its own
+    // panels, so its writes (outputs n0..n0 + len of a row, inside the row: len <= n - n0) touch columns
+    // no other thread writes.
+    unsafe {
+        let w = &*(w as *const Panels);
+        let d = NodeTensor::of(dst);
+        let (n, t) = (d.ne[0], d.rows());
+        let acts = NodeTensor::src(dst, 0).expect("activations");
+        let acts = std::slice::from_raw_parts(acts.data as *const u8, panels::acts_bytes(t, w.k()));
+        let bias = NodeTensor::src(dst, 1).map(|b| std::slice::from_raw_parts(b.data as *const f32, n));
+        let out = d.data as *mut f32;
+        panels::product(acts, t, w, bias, share(w.panels(), ith, nth), |tok, n0, vals| {
+            std::ptr::copy_nonoverlapping(vals.as_ptr(), out.add(tok * n + n0), vals.len())
+        });
+    }
+}
