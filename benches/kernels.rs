@@ -2,14 +2,17 @@
 //! `--kernels` can pick; portable is slow: on x86-64 without FMA in the build target its fused
 //! multiply-adds are library calls): one attention head at the ViT's shape (1025 tokens, head dimension
 //! 64), the erf GELU over one layer's MLP activations (1025 x 4096 values, a copy of the input included)
-//! and an int8 product at the ViT's fc1 shape (1025 tokens x 1024 inputs x 4096 outputs, the
-//! activations' quantization included; not on the portable kernels, ~5 s each).
+//! an int8 product at the ViT's fc1 shape (1025 tokens x 1024 inputs x 4096 outputs, the
+//! activations' quantization included; not on the portable kernels, ~5 s each), and one decoded token's
+//! attention over one KV head of an f16 cache of 3386 rows (image1.jpg's 13 tiles and a question) for its 7
+//! query heads, what one of 2 threads does per layer (x 24 layers per token); the cache is in cache here,
+//! not in memory as when decoding.
 //!
 //!   cargo bench -p internvl --bench kernels
 //!
 //! No model file needed: the operands are synthetic (their values do not change the work done).
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use internvl::kernels::{activation, attention, int8, Isa};
+use internvl::kernels::{activation, attention, decode_attention, int8, Isa};
 use internvl::test_values::values;
 
 fn bench(c: &mut Criterion) {
@@ -75,6 +78,27 @@ fn bench(c: &mut Criterion) {
                 int8::quantize(isa, &x, k, t, k, &mut acts);
                 int8::gemm(&acts, t, &pw, None, 0..int8::token_blocks(t), &mut out, nout)
             })
+        });
+    }
+    g.finish();
+
+    // One thread's share of a decode step's attention in one Qwen2-0.5B layer at 3386 cached rows.
+    let (rows, hd, nq) = (3386usize, 64usize, 7usize);
+    let ld = 2 * hd; // two KV heads per cache row
+    let kv: Vec<u16> = values(rows * ld, 5)
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_bits())
+        .collect();
+    let q = values(nq * hd, 6);
+    let mask = vec![0u16; rows];
+    let mut g = c.benchmark_group("decode_attention_kv_head_3386");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements((4 * nq * rows * hd) as u64)); // FLOP
+    for isa in Isa::all_here() {
+        let mut out = vec![0f32; nq * hd];
+        let mut sc = decode_attention::Scratch::default();
+        g.bench_function(isa.name(), |b| {
+            b.iter(|| decode_attention::heads(isa, &q, &kv, &kv[1..], ld, rows, &mask, hd, 0.125, &mut out, &mut sc))
         });
     }
     g.finish();

@@ -835,11 +835,16 @@ fn print_timings(s: &TurnStats, chat: &Chat, load: Option<Duration>, decode_imag
         "first token   {:>10.2} ms  (from the start of the turn)",
         ms(s.time_to_first_token)
     ));
+    let forwards = s.decode_forwards.max(1) as f64;
     lines.push(format!(
-        "decode        {:>10.2} ms  ({} tokens, {} tok/s)",
+        "decode        {:>10.2} ms  ({} tokens, {} tok/s; per forward pass {:.3} ms, of which {:.3} ms outside \
+         ggml's compute; {} graph(s) built)",
         ms(s.decode),
         s.generated_tokens,
-        per_sec(s.generated_tokens, s.decode).map_or("-".into(), |v| format!("{v:.2}"))
+        per_sec(s.generated_tokens, s.decode).map_or("-".into(), |v| format!("{v:.2}")),
+        ms(s.decode_forward) / forwards,
+        ms(s.decode_outside_compute) / forwards,
+        s.decode_graphs_built
     ));
     lines.push(format!("turn total    {:>10.2} ms", ms(s.total)));
     lines.push(format!(

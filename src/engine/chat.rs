@@ -273,6 +273,16 @@ pub struct TurnStats {
     /// From the start of `generate` to the first sampled token.
     pub time_to_first_token: Duration,
     pub decode: Duration,
+    /// Of `decode`, the time in the model's forward passes (the rest is sampling, the constraint's mask,
+    /// detokenizing and the caller's callback).
+    pub decode_forward: Duration,
+    /// Of `decode_forward`, the time outside ggml's computation: building and allocating graphs, setting
+    /// their inputs, reading the logits (issue 18's per-token overhead).
+    pub decode_outside_compute: Duration,
+    /// Forward passes in `decode_forward` (the first token comes from the prefill's logits).
+    pub decode_forwards: usize,
+    /// Decode graphs built in this turn (one per span of `session::DECODE_SPAN` cache rows).
+    pub decode_graphs_built: usize,
     pub total: Duration,
 }
 
@@ -691,6 +701,7 @@ impl Chat {
         let mut probs: Vec<TokenLogprob> = Vec::new();
         let mut generated: Vec<u32> = Vec::new();
         let t_decode = Instant::now();
+        let before = self.session.stats.clone();
         // Passes a decoded piece through the stop strings; true when one was found.
         let mut release = |piece: &str, emitted: &mut String, on_event: &mut dyn FnMut(Event<'_>) -> Flow| {
             let out = stops.push(piece);
@@ -789,6 +800,11 @@ impl Chat {
         }
         stats.decode = t_decode.elapsed();
         stats.generated_tokens = generated.len();
+        let after = &self.session.stats;
+        stats.decode_forward = after.decode_time.saturating_sub(before.decode_time);
+        stats.decode_outside_compute = after.decode_overhead.saturating_sub(before.decode_overhead);
+        stats.decode_forwards = after.tokens_decoded - before.tokens_decoded;
+        stats.decode_graphs_built = after.decode_graphs_built - before.decode_graphs_built;
 
         let (history, text) = if by_string {
             // Cut at the stop string: the history keeps what the caller got.

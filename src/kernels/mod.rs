@@ -2,7 +2,8 @@
 //!
 //! `panels` (q4_0 and q8_0 weights rearranged for SIMD dot products: the ViT's and the language model's
 //! products, decoding included), `int8` (int8 matrix products for f16/f32 weights in the ViT and prefill),
-//! `attention` (the ViT's attention) and `activation` (its erf GELU) run as ggml custom nodes
+//! `attention` (the ViT's attention), `decode_attention` (a decoded token's attention over the f16 KV
+//! cache) and `activation` (the ViT's erf GELU) run as ggml custom nodes
 //! (`*_op.rs`, over `crate::ggml::custom`). Their only `unsafe` is the SIMD intrinsics, in one file per
 //! instruction set (`avx512.rs`), behind safe functions that check every slice bound first, and the
 //! nodes' callbacks, which read ggml's tensors.
@@ -16,6 +17,8 @@ pub mod activation;
 mod activation_op;
 pub mod attention;
 mod attention_op;
+pub mod decode_attention;
+mod decode_attention_op;
 pub mod int8;
 mod int8_op;
 mod own_product;
@@ -24,6 +27,7 @@ mod panels_op;
 
 pub use activation_op::gelu_erf_cpu;
 pub use attention_op::vit_attention;
+pub use decode_attention_op::decode_attention;
 pub use int8_op::linear_int8;
 pub use panels_op::linear_panels;
 
@@ -185,7 +189,8 @@ pub struct Choice {
     /// q4_0 and q8_0 matrices, the language model's included, go to our panels (otherwise only the
     /// vision tower's, and only when an int8 weight layout asks for our kernels).
     pub panels: bool,
-    /// The ViT's attention by our kernel (otherwise ggml's flash attention).
+    /// The ViT's attention, and the language model's attention of a decoded token over an f16 KV cache,
+    /// by our kernels (otherwise ggml's flash attention).
     pub attention: bool,
     /// The erf GELU by our kernel (otherwise ggml's).
     pub gelu: bool,

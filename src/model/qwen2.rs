@@ -6,12 +6,12 @@
 //! A language model is this file's shape: its layers' weights as a struct resolved at load from the name
 //! table (`crate::names::TensorName`), and a `build` over them; `super::llm` dispatches to it.
 
-use crate::ggml::{Context, WeightId};
+use crate::ggml::{BackendKind, Context, WeightId};
 use crate::gguf::GgmlType;
 use crate::hparams::Hparams;
 use crate::names::TensorName as N;
 
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, KvType};
 use super::linear::{Linear, Resolver};
 use super::llm::{Batch, LlmGraph};
 use super::{ModelError, Weights};
@@ -121,12 +121,18 @@ pub fn build<'a>(
         let v_store = ctx.set_rows(cv, v, inp_rows)?;
         // Attention over every cached position (causal mask), GQA: query head h reads kv head h/group.
         // set_rows returns a view of the cache, so reading through it orders the write before the read.
-        let kview = ctx.view(k_store, &[hd, nkv, n_kv], &[head_k, row_k], 0)?;
-        let vview = ctx.view(v_store, &[hd, nkv, n_kv], &[head_k, row_k], 0)?;
-        let kview = ctx.permute(kview, [0, 2, 1, 3])?; // [hd, n_kv, nkv]
-        let vview = ctx.permute(vview, [0, 2, 1, 3])?;
-        let qp = ctx.permute(q, [0, 2, 1, 3])?; // [hd, n, nh]
-        let a = ctx.flash_attn_ext(qp, kview, vview, Some(inp_mask), scale)?; // [hd, nh, n]
+        let a = if n == 1 && kv.ty == KvType::F16 && m.kernels.attention && m.device == BackendKind::Cpu {
+            // Decoding on the CPU: our kernel reads each KV head's rows once for its query heads (see
+            // `kernels::decode_attention`; a custom node would run on the CPU whatever the backend).
+            crate::kernels::decode_attention(ctx, q, k_store, v_store, inp_mask, scale, m.kernels.isa)?
+        } else {
+            let kview = ctx.view(k_store, &[hd, nkv, n_kv], &[head_k, row_k], 0)?;
+            let vview = ctx.view(v_store, &[hd, nkv, n_kv], &[head_k, row_k], 0)?;
+            let kview = ctx.permute(kview, [0, 2, 1, 3])?; // [hd, n_kv, nkv]
+            let vview = ctx.permute(vview, [0, 2, 1, 3])?;
+            let qp = ctx.permute(q, [0, 2, 1, 3])?; // [hd, n, nh]
+            ctx.flash_attn_ext(qp, kview, vview, Some(inp_mask), scale)? // [hd, nh, n]
+        };
         let a = ctx.reshape(a, &[d, n])?;
         let a = wl.wo.forward(ctx, store, a, n)?;
         x = ctx.add(x, a)?;

@@ -176,7 +176,7 @@ fn exp_shifted(row: &mut [f32], max: f32, scale: f32) -> f32 {
 /// A sum in 16 interleaved partial sums, combined pairwise: a fixed order that vectorizes (a plain
 /// running sum cannot be reordered by the compiler, so it would not).
 #[inline(always)]
-fn sum16(row: &[f32]) -> f32 {
+pub(crate) fn sum16(row: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let mut chunks = row.chunks_exact(16);
     for c in &mut chunks {
