@@ -91,6 +91,14 @@ fn bench(c: &mut Criterion) {
         .collect();
     let q = values(nq * hd, 6);
     let mask = vec![0u16; rows];
+    let cache = decode_attention::KvRows {
+        k: &kv,
+        v: &kv[1..],
+        ld,
+        n: rows,
+        mask: &mask,
+        hd,
+    };
     let mut g = c.benchmark_group("decode_attention_kv_head_3386");
     g.sample_size(20);
     g.throughput(Throughput::Elements((4 * nq * rows * hd) as u64)); // FLOP
@@ -98,7 +106,7 @@ fn bench(c: &mut Criterion) {
         let mut out = vec![0f32; nq * hd];
         let mut sc = decode_attention::Scratch::default();
         g.bench_function(isa.name(), |b| {
-            b.iter(|| decode_attention::heads(isa, &q, &kv, &kv[1..], ld, rows, &mask, hd, 0.125, &mut out, &mut sc))
+            b.iter(|| decode_attention::heads(isa, &q, &cache, 0.125, &mut out, &mut sc))
         });
     }
     g.finish();

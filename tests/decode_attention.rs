@@ -46,12 +46,8 @@ fn our_decode_attention_on_every_instruction_set_and_ggml_flash_attention_agree(
     };
     let run = |k: Kernels| run_kv(k, KvType::F16);
     let ours = run(Kernels::Portable);
-    for isa in Isa::all_here() {
-        let kernels = match isa {
-            Isa::Portable => continue,
-            Isa::Avx2 => Kernels::Avx2,
-            Isa::Avx512Vnni => Kernels::Avx512Vnni,
-        };
+    for isa in Isa::all_here().into_iter().filter(|&i| i != Isa::Portable) {
+        let kernels = Kernels::from(isa);
         eprintln!("{}: compared with the portable kernels bit for bit", isa.name());
         assert!(run(kernels) == ours, "{} differs from the portable kernels", isa.name());
     }

@@ -240,12 +240,8 @@ fn int8_layouts_give_the_same_bits_on_every_instruction_set() {
             Arc::new(m)
         };
         let (proj, logits) = run(load(Kernels::Portable));
-        for isa in Isa::all_here() {
-            let kernels = match isa {
-                Isa::Portable => continue,
-                Isa::Avx2 => Kernels::Avx2,
-                Isa::Avx512Vnni => Kernels::Avx512Vnni,
-            };
+        for isa in Isa::all_here().into_iter().filter(|&i| i != Isa::Portable) {
+            let kernels = Kernels::from(isa);
             eprintln!("{layout:?}: {} kernels against the portable ones", isa.name());
             let (p, l) = run(load(kernels));
             assert!(
@@ -275,12 +271,8 @@ fn panels_give_the_same_text_logits_on_every_instruction_set() {
             (prefill, s.eval(&[4242], &[], false).expect("decode").logits)
         };
         let portable = logits(Kernels::Portable);
-        for isa in Isa::all_here() {
-            let k = match isa {
-                Isa::Portable => continue,
-                Isa::Avx2 => Kernels::Avx2,
-                Isa::Avx512Vnni => Kernels::Avx512Vnni,
-            };
+        for isa in Isa::all_here().into_iter().filter(|&i| i != Isa::Portable) {
+            let k = Kernels::from(isa);
             eprintln!("{ty}: text logits with {k} against the portable kernels");
             assert!(
                 logits(k) == portable,

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::ffi::c_void;
 
-use super::decode_attention::{self, Scratch};
+use super::decode_attention::{self, KvRows, Scratch};
 use super::Isa;
 use crate::ggml::context::{shape, ty_err};
 use crate::ggml::custom::{share, NodeFn, NodeTensor, RawTensor};
@@ -109,17 +109,18 @@ unsafe extern "C" fn decode_attention_node<const ISA: u8>(dst: *mut RawTensor, i
                 // This thread's query heads of KV head g.
                 let g = h / group;
                 let end = mine.end.min((g + 1) * group);
-                let ks = std::slice::from_raw_parts((k.data as *const u16).add(g * hd), len);
-                let vs = std::slice::from_raw_parts((v.data as *const u16).add(g * hd), len);
+                let kv = KvRows {
+                    k: std::slice::from_raw_parts((k.data as *const u16).add(g * hd), len),
+                    v: std::slice::from_raw_parts((v.data as *const u16).add(g * hd), len),
+                    ld,
+                    n: n_kv,
+                    mask: ms,
+                    hd,
+                };
                 decode_attention::heads(
                     Isa::from_id(ISA),
                     &qs[h * hd..end * hd],
-                    ks,
-                    vs,
-                    ld,
-                    n_kv,
-                    ms,
-                    hd,
+                    &kv,
                     scale,
                     std::slice::from_raw_parts_mut((d.data as *mut f32).add(h * hd), (end - h) * hd),
                     sc,

@@ -94,6 +94,17 @@ impl Kernels {
     }
 }
 
+impl From<Isa> for Kernels {
+    /// The choice that runs our kernels with `isa` (what the tests compare with the portable path).
+    fn from(isa: Isa) -> Kernels {
+        match isa {
+            Isa::Portable => Kernels::Portable,
+            Isa::Avx2 => Kernels::Avx2,
+            Isa::Avx512Vnni => Kernels::Avx512Vnni,
+        }
+    }
+}
+
 impl fmt::Display for Kernels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -187,7 +187,14 @@ pub(crate) fn sum16(row: &[f32]) -> f32 {
     for (a, x) in acc.iter_mut().zip(chunks.remainder()) {
         *a += x;
     }
-    let mut w = 16;
+    add_halves(acc)
+}
+
+/// The sum of `N` (a power of two) lanes by halves: lane i + N/2 added to lane i, then i + N/4, ...: the
+/// order a vector register is reduced in.
+#[inline(always)]
+pub(crate) fn add_halves<const N: usize>(mut acc: [f32; N]) -> f32 {
+    let mut w = N;
     while w > 1 {
         w /= 2;
         for i in 0..w {

@@ -8,7 +8,7 @@ use std::arch::x86_64::{
 
 use half::f16;
 
-use super::Scratch;
+use super::{KvRows, RowOps, Scratch};
 
 /// Whether this CPU runs `Isa::Avx2` (AVX2, FMA and F16C; asked once per process).
 fn available() -> bool {
@@ -16,50 +16,44 @@ fn available() -> bool {
 }
 
 /// See `super::heads` (whose checks have run).
-#[allow(clippy::too_many_arguments)]
-pub fn heads(
-    q: &[f32],
-    k: &[u16],
-    v: &[u16],
-    ld: usize,
-    n: usize,
-    mask: &[u16],
-    hd: usize,
-    scale: f32,
-    out: &mut [f32],
-    sc: &mut Scratch,
-) {
+pub fn heads(q: &[f32], kv: &KvRows<'_>, scale: f32, out: &mut [f32], sc: &mut Scratch) {
     assert!(
         available(),
         "decode attention: AVX2 kernel on a CPU without AVX2, FMA and F16C"
     );
-    // SAFETY: the CPU has AVX2 and F16C (`available`, checked above); the function is safe code otherwise.
-    unsafe { heads_avx2(q, k, v, ld, n, mask, hd, scale, out, sc) }
+    // SAFETY: the CPU has AVX2, FMA and F16C (`available`, checked above); the function is safe code
+    // otherwise.
+    unsafe { heads_avx2(q, kv, scale, out, sc) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-fn heads_avx2(
-    q: &[f32],
-    k: &[u16],
-    v: &[u16],
-    ld: usize,
-    n: usize,
-    mask: &[u16],
-    hd: usize,
-    scale: f32,
-    out: &mut [f32],
-    sc: &mut Scratch,
-) {
-    // SAFETY (the closures): `convert`, `dots` and `weighted_add` need AVX2, FMA and F16C, which this function's caller has
-    // checked.
-    let convert = |src: &[u16], dst: &mut [f32]| unsafe { convert(src, dst) };
-    let prefetch = |row: &[u16]| prefetch(row);
-    let dots = |q: &[f32], k: &[f32], hd: usize, s: &mut [f32]| unsafe { dots(q, k, hd, s) };
-    let weighted = |acc: &mut [f32], p: &[f32], v: &[f32], hd: usize| unsafe { weighted_add(acc, p, v, hd) };
-    super::body(
-        prefetch, convert, dots, weighted, q, k, v, ld, n, mask, hd, scale, out, sc,
-    )
+fn heads_avx2(q: &[f32], kv: &KvRows<'_>, scale: f32, out: &mut [f32], sc: &mut Scratch) {
+    super::body(&Avx2, q, kv, scale, out, sc)
+}
+
+/// The AVX2 + FMA + F16C row operations; made only by `heads`, after its check of the CPU.
+struct Avx2;
+
+impl RowOps for Avx2 {
+    #[inline(always)]
+    fn prefetch(&self, row: &[u16]) {
+        prefetch(row)
+    }
+    #[inline(always)]
+    fn convert(&self, src: &[u16], dst: &mut [f32]) {
+        // SAFETY: an `Avx2` exists only inside `heads_avx2`, whose caller checked the CPU's features.
+        unsafe { convert(src, dst) }
+    }
+    #[inline(always)]
+    fn dots(&self, q: &[f32], k: &[f32], hd: usize, s: &mut [f32]) {
+        // SAFETY: as for `convert`.
+        unsafe { dots(q, k, hd, s) }
+    }
+    #[inline(always)]
+    fn weighted(&self, acc: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
+        // SAFETY: as for `convert`.
+        unsafe { weighted_add(acc, p, v, hd) }
+    }
 }
 
 /// Asks for the cache lines of `row` (a hint: no load, no fault).

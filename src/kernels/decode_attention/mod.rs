@@ -22,7 +22,7 @@ mod avx2;
 
 use half::f16;
 
-use super::attention::{exp_nonpositive, sum16};
+use super::attention::{add_halves, exp_nonpositive, sum16};
 use super::Isa;
 
 /// Cache rows converted and processed together (two f32 chunks of 64 x 64: 32 KB, in L1 or L2).
@@ -40,25 +40,24 @@ pub struct Scratch {
     sum: Vec<f32>,
 }
 
-/// The query heads `q` (`nq` heads of `hd`, contiguous) that share one KV head, over its `n` cached rows:
-/// row `j`'s key at `k[j * ld..][..hd]` and value at `v[j * ld..][..hd]` (f16 bits), `mask[j]` (f16 bits,
-/// added to the scaled score; -inf skips the row). Writes `nq * hd` values to `out`, head after head.
-/// A head whose rows are all masked gets zeros. `isa`: `Portable` runs plain code, `Avx2` and `Avx512Vnni`
-/// the AVX2 + F16C build of the same code (same bits).
-#[allow(clippy::too_many_arguments)]
-pub fn heads(
-    isa: Isa,
-    q: &[f32],
-    k: &[u16],
-    v: &[u16],
-    ld: usize,
-    n: usize,
-    mask: &[u16],
-    hd: usize,
-    scale: f32,
-    out: &mut [f32],
-    sc: &mut Scratch,
-) {
+/// One KV head's cached rows as a decode step reads them: row `j`'s key at `k[j * ld..][..hd]` and value at
+/// `v[j * ld..][..hd]` (f16 bits), `mask[j]` (f16 bits, added to the scaled score; -inf skips the row), for
+/// `j < n`.
+#[derive(Clone, Copy)]
+pub struct KvRows<'a> {
+    pub k: &'a [u16],
+    pub v: &'a [u16],
+    pub ld: usize,
+    pub n: usize,
+    pub mask: &'a [u16],
+    pub hd: usize,
+}
+
+/// The query heads `q` (`nq` heads of `kv.hd`, contiguous) that share one KV head, over its rows `kv`.
+/// Writes `nq * hd` values to `out`, head after head. A head whose rows are all masked gets zeros. `isa`:
+/// `Portable` runs plain code, `Avx2` and `Avx512Vnni` the AVX2 + FMA + F16C one (same bits).
+pub fn heads(isa: Isa, q: &[f32], kv: &KvRows<'_>, scale: f32, out: &mut [f32], sc: &mut Scratch) {
+    let KvRows { k, v, ld, n, mask, hd } = *kv;
     assert!(
         hd > 0 && q.len().is_multiple_of(hd),
         "decode attention: q is not whole heads"
@@ -80,23 +79,39 @@ pub fn heads(
     }
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => avx2::heads(q, k, v, ld, n, mask, hd, scale, out, sc),
-        _ => body(
-            |_| {},
-            convert_portable,
-            dots_portable,
-            weighted_add,
-            q,
-            k,
-            v,
-            ld,
-            n,
-            mask,
-            hd,
-            scale,
-            out,
-            sc,
-        ),
+        Isa::Avx2 | Isa::Avx512Vnni => avx2::heads(q, kv, scale, out, sc),
+        _ => body(&Portable, q, kv, scale, out, sc),
+    }
+}
+
+/// What `body` does per row and per chunk, by instruction set. Every implementation converts exactly and
+/// computes `dot`'s and `weighted_add`'s fused multiply-adds in their order, so only speed differs.
+pub(super) trait RowOps {
+    /// Asks for a row's cache lines ahead of use (a hint).
+    fn prefetch(&self, row: &[u16]);
+    /// A row of f16 bits into f32.
+    fn convert(&self, src: &[u16], dst: &mut [f32]);
+    /// `s[j] = dot(q, k[j * hd..][..hd])` for each `j < s.len()`.
+    fn dots(&self, q: &[f32], k: &[f32], hd: usize, s: &mut [f32]);
+    /// `acc += Σ_j p[j] v[j * hd..][..hd]`, as `weighted_add`.
+    fn weighted(&self, acc: &mut [f32], p: &[f32], v: &[f32], hd: usize);
+}
+
+/// Plain Rust.
+struct Portable;
+
+impl RowOps for Portable {
+    fn prefetch(&self, _row: &[u16]) {}
+    fn convert(&self, src: &[u16], dst: &mut [f32]) {
+        convert_portable(src, dst)
+    }
+    fn dots(&self, q: &[f32], k: &[f32], hd: usize, s: &mut [f32]) {
+        for (j, s) in s.iter_mut().enumerate() {
+            *s = dot(q, &k[j * hd..(j + 1) * hd]);
+        }
+    }
+    fn weighted(&self, acc: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
+        weighted_add(acc, p, v, hd)
     }
 }
 
@@ -107,29 +122,11 @@ fn convert_portable(src: &[u16], dst: &mut [f32]) {
     }
 }
 
-/// `heads` after its checks, with `prefetch` asking for a row's cache lines ahead of use, `convert`
-/// turning a row of f16 bits into f32, `dots` writing `s[j] = dot(q, k[j * hd..][..hd])` for the rows of a
-/// chunk and `weighted` adding the rows weighted (both callers' conversions are exact and their products
-/// and sums run in `dot`'s and `weighted_add`'s order, so only speed differs). Inlined into each caller so that each is
+/// `heads` after its checks, with `ops` for the instruction set. Inlined into each caller so that each is
 /// compiled for its own instruction set.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn body(
-    prefetch: impl Fn(&[u16]),
-    convert: impl Fn(&[u16], &mut [f32]),
-    dots: impl Fn(&[f32], &[f32], usize, &mut [f32]),
-    weighted: impl Fn(&mut [f32], &[f32], &[f32], usize),
-    q: &[f32],
-    k: &[u16],
-    v: &[u16],
-    ld: usize,
-    n: usize,
-    mask: &[u16],
-    hd: usize,
-    scale: f32,
-    out: &mut [f32],
-    sc: &mut Scratch,
-) {
+pub(super) fn body(ops: &impl RowOps, q: &[f32], kv: &KvRows<'_>, scale: f32, out: &mut [f32], sc: &mut Scratch) {
+    let KvRows { k, v, ld, n, mask, hd } = *kv;
     let nq = q.len() / hd;
     sc.k.resize(CHUNK * hd, 0.0);
     sc.v.resize(CHUNK * hd, 0.0);
@@ -154,11 +151,11 @@ pub(super) fn body(
             // token, and the hardware's prefetchers do not run far enough ahead of these short rows.
             if j0 + j + CHUNK < n_valid {
                 let ahead = row + CHUNK * ld;
-                prefetch(&k[ahead..ahead + hd]);
-                prefetch(&v[ahead..ahead + hd]);
+                ops.prefetch(&k[ahead..ahead + hd]);
+                ops.prefetch(&v[ahead..ahead + hd]);
             }
-            convert(&k[row..row + hd], &mut sc.k[j * hd..(j + 1) * hd]);
-            convert(&v[row..row + hd], &mut sc.v[j * hd..(j + 1) * hd]);
+            ops.convert(&k[row..row + hd], &mut sc.k[j * hd..(j + 1) * hd]);
+            ops.convert(&v[row..row + hd], &mut sc.v[j * hd..(j + 1) * hd]);
         }
         let m = &mut sc.m[..cn];
         for (m, &b) in m.iter_mut().zip(&mask[j0..j0 + cn]) {
@@ -166,7 +163,7 @@ pub(super) fn body(
         }
         for h in 0..nq {
             let s = &mut sc.s[..cn];
-            dots(&q[h * hd..(h + 1) * hd], &sc.k[..cn * hd], hd, s);
+            ops.dots(&q[h * hd..(h + 1) * hd], &sc.k[..cn * hd], hd, s);
             for (s, &m) in s.iter_mut().zip(m.iter()) {
                 *s = if m == f32::NEG_INFINITY { m } else { *s * scale + m };
             }
@@ -189,7 +186,7 @@ pub(super) fn body(
                 }
             }
             sc.sum[h] += sum16(s);
-            weighted(acc, s, &sc.v[..cn * hd], hd);
+            ops.weighted(acc, s, &sc.v[..cn * hd], hd);
             sc.max[h] = new;
         }
     }
@@ -219,13 +216,6 @@ fn max8(x: &[f32]) -> f32 {
     lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
 
-/// `s[j] = dot(q, k[j * hd..][..hd])` for each `j < s.len()`.
-fn dots_portable(q: &[f32], k: &[f32], hd: usize, s: &mut [f32]) {
-    for (j, s) in s.iter_mut().enumerate() {
-        *s = dot(q, &k[j * hd..(j + 1) * hd]);
-    }
-}
-
 /// `a · b` in 8 interleaved partial sums (lane `i` accumulates the products of inputs `i`, `i + 8`, ... in
 /// that order by fused multiply-adds; a tail shorter than 8 goes to lanes 0..), combined as `((l0 + l4) + (l2 + l6)) + ((l1 + l5) +
 /// (l3 + l7))`: the order of an 8-lane vector reduced by halves, which `avx2::dots` computes four rows at
@@ -243,14 +233,7 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (i, (x, y)) in ra.iter().zip(rb).enumerate() {
         acc[i] = x.mul_add(*y, acc[i]);
     }
-    let mut w = 8;
-    while w > 1 {
-        w /= 2;
-        for i in 0..w {
-            acc[i] += acc[i + w];
-        }
-    }
-    acc[0]
+    add_halves(acc)
 }
 
 /// `acc += Σ_j p[j] v[j]` over the rows `v[j * hd..][..hd]`: each channel a chain of fused multiply-adds,
@@ -281,33 +264,19 @@ pub(super) fn weighted_add(acc: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
 mod tests {
     use super::*;
 
-    /// A deterministic pseudo-random stream in [-1, 1).
+    /// `n` values in [-1, 1).
     fn noise(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        crate::test_values::values(n, seed)
     }
 
     fn bits(x: &[f32]) -> Vec<u16> {
         x.iter().map(|&v| f16::from_f32(v).to_bits()).collect()
     }
 
-    /// The textbook computation in f64 on the same f16 values.
-    #[allow(clippy::too_many_arguments)]
-    fn reference(
-        q: &[f32],
-        k: &[u16],
-        v: &[u16],
-        ld: usize,
-        n: usize,
-        mask: &[u16],
-        hd: usize,
-        scale: f32,
-    ) -> Vec<f32> {
+    /// The textbook computation in f64 on the same f16 values, over the first `valid` rows.
+    fn reference(q: &[f32], kv: &KvRows<'_>, valid: usize, scale: f32) -> Vec<f32> {
+        let KvRows { k, v, ld, mask, hd, .. } = *kv;
+        let n = valid;
         let nq = q.len() / hd;
         let f = |b: u16| f16::from_bits(b).to_f32() as f64;
         let mut out = vec![0f32; q.len()];
@@ -355,11 +324,19 @@ mod tests {
             let v = bits(&noise(seed + 200, n * ld));
             let m = mask(n, valid);
             let scale = if seed % 2 == 0 { 1.0 } else { 1.0 / (hd as f32).sqrt() };
-            let want = reference(&q, &k, &v, ld, valid, &m, hd, scale);
+            let kv = KvRows {
+                k: &k,
+                v: &v,
+                ld,
+                n,
+                mask: &m,
+                hd,
+            };
+            let want = reference(&q, &kv, valid, scale);
             let mut first: Option<Vec<f32>> = None;
             for isa in Isa::all_here() {
                 let mut out = vec![f32::NAN; nq * hd];
-                heads(isa, &q, &k, &v, ld, n, &m, hd, scale, &mut out, &mut Scratch::default());
+                heads(isa, &q, &kv, scale, &mut out, &mut Scratch::default());
                 let err = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 eprintln!(
                     "{} nq {nq} hd {hd} n {n} valid {valid}: max abs err {err:e}",
@@ -387,26 +364,24 @@ mod tests {
         // Rows 3 and 10..40 masked: the same as 10 rows without row 3.
         let mut m = mask(n, 10);
         m[3] = f16::NEG_INFINITY.to_bits();
-        let want = reference(&q, &k, &v, hd, 10, &m, hd, 0.25);
+        let kv = KvRows {
+            k: &k,
+            v: &v,
+            ld: hd,
+            n,
+            mask: &m,
+            hd,
+        };
+        let want = reference(&q, &kv, 10, 0.25);
+        let none = mask(n, 0);
         for isa in Isa::all_here() {
             let mut out = vec![0f32; 2 * hd];
-            heads(isa, &q, &k, &v, hd, n, &m, hd, 0.25, &mut out, &mut Scratch::default());
+            heads(isa, &q, &kv, 0.25, &mut out, &mut Scratch::default());
             let err = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(err < 2e-6, "{}: {err}", isa.name());
             let mut out = vec![1f32; 2 * hd];
-            heads(
-                isa,
-                &q,
-                &k,
-                &v,
-                hd,
-                n,
-                &mask(n, 0),
-                hd,
-                0.25,
-                &mut out,
-                &mut Scratch::default(),
-            );
+            let masked = KvRows { mask: &none, ..kv };
+            heads(isa, &q, &masked, 0.25, &mut out, &mut Scratch::default());
             assert!(out.iter().all(|&x| x == 0.0), "{}: all masked gives zeros", isa.name());
         }
     }
