@@ -230,6 +230,8 @@ fn one_image_streams_and_prints_timings() {
         "first token",
         "decode",
         "tok/s",
+        "outside ggml's compute",
+        "graph(s) built",
         "peak RSS",
     ] {
         assert!(err.contains(want), "timings lack {want:?}:\n{err}");
