@@ -390,6 +390,7 @@ impl Session {
                     n_kv,
                     n_out: 1,
                     keep_hidden: false,
+                    decode_step: true,
                 };
                 let g = llm::build(ctx, model, kv, batch)?;
                 let mut graph = ctx.new_graph()?;
@@ -443,6 +444,7 @@ impl Session {
             n_kv,
             n_out: 1,
             keep_hidden,
+            decode_step: false,
         };
         let g = llm::build(&ctx, &model, kv, batch)?;
         let mut graph = ctx.new_graph()?;

@@ -1,10 +1,12 @@
 //! The decode graph kept between tokens (`Session::decode`, issue 18): the same logits, bit for bit, as a graph
 //! built afresh for every token, across cache spans, prefills and rewinds in between; and in the first span
-//! (contexts up to 256 tokens) the same bits as the exact-length graph every version before built per token.
+//! (contexts up to 256 tokens), with ggml's flash attention, the same bits as the exact-length graph every
+//! version before built per token.
 mod common;
 use std::sync::Arc;
 
-use internvl::model::Weights;
+use internvl::kernels::Kernels;
+use internvl::model::{Device, WeightLayout, Weights};
 use internvl::session::{Session, SessionParams, DECODE_SPAN};
 
 fn session(model: &Arc<Weights>, threads: usize, reuse: bool) -> Session {
@@ -86,9 +88,13 @@ fn spans_under_512_rows_give_the_bits_of_the_exact_length_graph() {
     // kept. Under 512 rows (the first span: contexts up to DECODE_SPAN tokens) ggml splits the attention by
     // head only, so the hidden rows past the cached ones change nothing. (From 512 rows on it splits the rows
     // between threads by the view's length: the first test checks those spans against rebuilt graphs.)
+    // This is a property of ggml's flash attention, so ggml's kernels run here: with ours, a decode step's
+    // attention is our kernel, which stops at the last unmasked row (`kernels::decode_attention`'s tests),
+    // while a one-token `eval` keeps ggml's, as every prefill does.
     const { assert!(DECODE_SPAN < 512) };
     let path = common::tiny_gguf(42, "f32", &[]);
-    let model = Arc::new(Weights::load(&[&path]).unwrap());
+    let model = Weights::load_with_kernels(&[&path], Device::Cpu, WeightLayout::Repacked, Kernels::Ggml).unwrap();
+    let model = Arc::new(model);
     let (mut kept, mut exact) = (session(&model, 2, true), session(&model, 2, true));
     let ids = prompt(DECODE_SPAN - 40);
     let mut id = internvl::sampling::argmax(&kept.eval(&ids, &[], false).unwrap().logits);

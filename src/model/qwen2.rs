@@ -76,6 +76,7 @@ pub fn build<'a>(
         n_kv,
         n_out,
         keep_hidden,
+        decode_step,
     } = batch;
     let t = &m.hp.llm;
     let (d, hd, nh, nkv) = (t.n_embd, t.head_dim(), t.n_head, t.n_head_kv);
@@ -121,7 +122,8 @@ pub fn build<'a>(
         let v_store = ctx.set_rows(cv, v, inp_rows)?;
         // Attention over every cached position (causal mask), GQA: query head h reads kv head h/group.
         // set_rows returns a view of the cache, so reading through it orders the write before the read.
-        let a = if n == 1 && kv.ty == KvType::F16 && m.kernels.attention && m.device == BackendKind::Cpu {
+        let ours = decode_step && n == 1 && kv.ty == KvType::F16 && m.kernels.attention;
+        let a = if ours && m.device == BackendKind::Cpu {
             // Decoding on the CPU: our kernel reads each KV head's rows once for its query heads (see
             // `kernels::decode_attention`; a custom node would run on the CPU whatever the backend).
             crate::kernels::decode_attention(ctx, q, k_store, v_store, inp_mask, scale, m.kernels.isa)?
