@@ -105,6 +105,11 @@ pub fn build<'a>(
         .ok_or_else(|| ModelError::Unsupported("kv head".into()))?;
     let scale = 1.0 / (hd as f32).sqrt();
 
+    // Decoding on the CPU: our kernel reads each KV head's rows once for its query heads (see
+    // `kernels::decode_attention`; a custom node would run on the CPU whatever the backend).
+    let our_attention =
+        decode_step && n == 1 && kv.ty == KvType::F16 && m.kernels.attention && m.device == BackendKind::Cpu;
+
     let store = &m.weights;
     let mut x = inp_embd;
     for (l, wl) in w.layers.iter().enumerate() {
@@ -122,10 +127,7 @@ pub fn build<'a>(
         let v_store = ctx.set_rows(cv, v, inp_rows)?;
         // Attention over every cached position (causal mask), GQA: query head h reads kv head h/group.
         // set_rows returns a view of the cache, so reading through it orders the write before the read.
-        let ours = decode_step && n == 1 && kv.ty == KvType::F16 && m.kernels.attention;
-        let a = if ours && m.device == BackendKind::Cpu {
-            // Decoding on the CPU: our kernel reads each KV head's rows once for its query heads (see
-            // `kernels::decode_attention`; a custom node would run on the CPU whatever the backend).
+        let a = if our_attention {
             crate::kernels::decode_attention(ctx, q, k_store, v_store, inp_mask, scale, m.kernels.isa)?
         } else {
             let kview = ctx.view(k_store, &[hd, nkv, n_kv], &[head_k, row_k], 0)?;

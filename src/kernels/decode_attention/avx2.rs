@@ -1,12 +1,12 @@
-//! The AVX2 + F16C build of `super::body`: the f16 -> f32 conversion by `vcvtph2ps` (exact, as the portable
-//! conversion), the rest the same Rust code compiled for AVX2 (same bits as the portable path).
+//! The AVX2 + FMA + F16C build of `super::body`: its row operations with intrinsics (the f16 -> f32
+//! conversion by `vcvtph2ps`, exact as the portable one; the dot products four rows at a time and the
+//! weighted sums in the portable code's order of fused multiply-adds), the rest the same Rust code compiled
+//! for AVX2: the same bits as the portable path.
 use std::arch::x86_64::{
     __m128, __m128i, __m256, _mm256_castps256_ps128, _mm256_cvtph_ps, _mm256_extractf128_ps, _mm256_fmadd_ps,
     _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps, _mm_add_ps, _mm_loadu_si128, _mm_movehl_ps,
     _mm_movelh_ps, _mm_prefetch, _mm_storeu_ps, _mm_unpackhi_ps, _mm_unpacklo_ps, _MM_HINT_T0,
 };
-
-use half::f16;
 
 use super::{KvRows, RowOps, Scratch};
 
@@ -70,7 +70,7 @@ fn prefetch(row: &[u16]) {
 /// `super::dots_portable`'s results, four rows at a time (four independent chains of additions hide their
 /// latency), each row's sum in `super::dot`'s order: lane i of one 8-lane accumulator adds inputs i, i + 8,
 /// ...; then halves are added (lanes i + 4, then i + 2, then i + 1), four rows together after a 4 x 4
-/// transpose. A head dimension that is not a multiple of 8 takes `super::dot` itself.
+/// transpose. A head dimension that is not a multiple of 8 takes `super::dots_portable` itself.
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA.
@@ -80,9 +80,7 @@ unsafe fn dots(q: &[f32], k: &[f32], hd: usize, s: &mut [f32]) {
     let rows = s.len();
     assert!(q.len() == hd && k.len() >= rows * hd, "decode attention: dots shapes");
     if !hd.is_multiple_of(8) {
-        for (j, s) in s.iter_mut().enumerate() {
-            *s = super::dot(q, &k[j * hd..(j + 1) * hd]);
-        }
+        super::dots_portable(q, k, hd, s);
         return;
     }
     let (qp, kp) = (q.as_ptr(), k.as_ptr());
@@ -110,9 +108,7 @@ unsafe fn dots(q: &[f32], k: &[f32], hd: usize, s: &mut [f32]) {
         }
         j += 4;
     }
-    for (jj, s) in s.iter_mut().enumerate().skip(j) {
-        *s = super::dot(q, &k[jj * hd..(jj + 1) * hd]);
-    }
+    super::dots_portable(q, &k[j * hd..], hd, &mut s[j..]);
 }
 
 /// f16 bits -> f32, 8 at a time by `vcvtph2ps`, the tail element by element.
@@ -132,9 +128,7 @@ unsafe fn convert(src: &[u16], dst: &mut [f32]) {
             _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
         }
     }
-    for i in whole..n {
-        dst[i] = f16::from_bits(src[i]).to_f32();
-    }
+    super::convert_portable(&src[whole..n], &mut dst[whole..n]);
 }
 
 /// `super::weighted_add`'s result: each channel's chain of fused multiply-adds over the rows in order, 64

@@ -106,17 +106,23 @@ impl RowOps for Portable {
         convert_portable(src, dst)
     }
     fn dots(&self, q: &[f32], k: &[f32], hd: usize, s: &mut [f32]) {
-        for (j, s) in s.iter_mut().enumerate() {
-            *s = dot(q, &k[j * hd..(j + 1) * hd]);
-        }
+        dots_portable(q, k, hd, s)
     }
     fn weighted(&self, acc: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
         weighted_add(acc, p, v, hd)
     }
 }
 
+/// `s[j] = dot(q, k[j * hd..][..hd])` for each `j < s.len()`, one row after another.
+#[inline(always)]
+pub(super) fn dots_portable(q: &[f32], k: &[f32], hd: usize, s: &mut [f32]) {
+    for (j, s) in s.iter_mut().enumerate() {
+        *s = dot(q, &k[j * hd..(j + 1) * hd]);
+    }
+}
+
 /// f16 bits -> f32, element by element (exact).
-fn convert_portable(src: &[u16], dst: &mut [f32]) {
+pub(super) fn convert_portable(src: &[u16], dst: &mut [f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = f16::from_bits(s).to_f32();
     }
@@ -217,9 +223,9 @@ fn max8(x: &[f32]) -> f32 {
 }
 
 /// `a · b` in 8 interleaved partial sums (lane `i` accumulates the products of inputs `i`, `i + 8`, ... in
-/// that order by fused multiply-adds; a tail shorter than 8 goes to lanes 0..), combined as `((l0 + l4) + (l2 + l6)) + ((l1 + l5) +
-/// (l3 + l7))`: the order of an 8-lane vector reduced by halves, which `avx2::dots` computes four rows at
-/// a time.
+/// that order by fused multiply-adds; a tail shorter than 8 goes to lanes 0..), combined as
+/// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`: the order of an 8-lane vector reduced by halves,
+/// which `avx2::dots` computes four rows at a time.
 #[inline(always)]
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
