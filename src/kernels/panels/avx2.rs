@@ -13,8 +13,9 @@
 //! - q8_0: both operands are signed. ggml's sign trick: `|w|` as unsigned bytes times `a` with `w`'s
 //!   sign (`vpsignb`), exact for `w = -128` too (|w| = 128 as u8); a pair is at most 2 x 128 x 127 =
 //!   32512 < 32767, so no saturation, but two pairs could overflow: each `vpmaddubsw` goes to i32 by
-//!   `vpmaddwd` at once. The activations are stored as `q + 128` for AVX-512's unsigned operand; xor
-//!   0x80 gives `q` back (a scalar xor before the broadcast).
+//!   `vpmaddwd` at once. The activations are stored as `q` for these kernels (`super::q8_offset`), so a
+//!   token's 4 bytes are broadcast straight from memory (a load, no vector or scalar work): with the
+//!   sign trick's 4 instructions per 32 products, any other instruction in the loop costs speed.
 //!
 //! The integer sums are exact, so they equal the portable kernels' whatever the order; the float steps
 //! per block (`sum as f32 * (w scale * a scale)`, added to the output) are the same in the same order, so
@@ -31,6 +32,56 @@ use super::{PanelType, MR, NR, QK};
 /// Tokens per register tile: `RT` tokens x 16 outputs (two columns) of accumulators.
 const RT: usize = 4;
 const _: () = assert!(MR.is_multiple_of(RT));
+
+/// See `super::quantize_group_portable`, whose bits this gives.
+pub fn quantize_group(v: &[f32], q: &mut [i8; QK]) -> (f32, i32) {
+    assert!(
+        crate::kernels::Isa::Avx2.runs_here(),
+        "panels quantize: AVX2 kernel on a CPU without it"
+    );
+    assert!(v.len() >= QK, "panels quantize: short group");
+    // SAFETY: the CPU has AVX2 (checked above); the function reads 32 floats of `v` and writes the 32
+    // bytes of `q`, both that long (checked above, and by the type).
+    unsafe { quantize_group_avx2(v.as_ptr(), q.as_mut_ptr()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_group_avx2(v: *const f32, q: *mut i8) -> (f32, i32) {
+    use std::arch::x86_64::{
+        _mm256_andnot_ps, _mm256_castsi256_si128, _mm256_cvtps_epi32, _mm256_extracti128_si256, _mm256_max_epi32,
+        _mm256_max_ps, _mm256_min_epi32, _mm256_packs_epi16, _mm256_packs_epi32, _mm256_permutevar8x32_epi32,
+        _mm256_setr_epi32, _mm256_storeu_si256, _mm_add_epi32, _mm_cvtsi128_si32, _mm_shuffle_epi32,
+    };
+    // SAFETY: 32 floats at v and 32 bytes at q (the caller's contract).
+    unsafe {
+        let x: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(v.add(8 * i)));
+        // |x| by clearing the sign bit; the maximum is exact, so the order of the reduction is free.
+        let sign = _mm256_set1_ps(-0.0);
+        let m = x
+            .iter()
+            .fold(_mm256_setzero_ps(), |m, &x| _mm256_max_ps(m, _mm256_andnot_ps(sign, x)));
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        let amax = lanes.iter().fold(0f32, |a, &b| a.max(b));
+        let s = amax / 127.0;
+        let inv = _mm256_set1_ps(if (1.0 / s).is_finite() { 1.0 / s } else { 0.0 });
+        let (lo, hi) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
+        // cvtps rounds to nearest even under the default MXCSR, like round_ties_even.
+        let qi: [__m256i; 4] = std::array::from_fn(|i| {
+            _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x[i], inv)), lo), hi)
+        });
+        // Narrowing packs within 128-bit lanes: the 4-byte pieces come out as (x0 0-3, x1 0-3, x2 0-3,
+        // x3 0-3 | x0 4-7, x1 4-7, x2 4-7, x3 4-7); the permutation puts them back in order.
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+        let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(q.cast(), bytes);
+        let sum = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+        let sum = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
+        let sum = _mm_add_epi32(sum, _mm_shuffle_epi32::<0b01_00_11_10>(sum));
+        let sum = _mm_add_epi32(sum, _mm_shuffle_epi32::<0b10_11_00_01>(sum));
+        (s, _mm_cvtsi128_si32(sum))
+    }
+}
 
 /// The kernels, for `super::tile` and `super::row`, which check their operands.
 pub(super) const KERNELS: super::Simd = super::Simd {
@@ -58,11 +109,11 @@ unsafe fn scales(pb: *const u8, j: usize) -> __m256 {
     unsafe { _mm256_cvtph_ps(_mm_loadu_si128(pb.add(j * 16).cast())) }
 }
 
-/// A token's 4 activation bytes at `p`, broadcast to every 32-bit lane, `x`ored with `flip`.
+/// A token's 4 activation bytes at `p`, broadcast to every 32-bit lane (`vpbroadcastd` from memory).
 #[inline(always)]
-unsafe fn broadcast(p: *const u8, flip: u32) -> __m256i {
+unsafe fn broadcast(p: *const u8) -> __m256i {
     // SAFETY: the caller passes 4 readable bytes.
-    unsafe { _mm256_set1_epi32((p.cast::<u32>().read_unaligned() ^ flip) as i32) }
+    unsafe { _mm256_set1_epi32(p.cast::<i32>().read_unaligned()) }
 }
 
 /// `o + (sum as f32) * (ws * sa)` at `o` (8 values): the portable epilogue's order.
@@ -106,8 +157,8 @@ unsafe fn tile_q4(
                         let (lo1, hi1) = (_mm256_and_si256(v1, m), _mm256_and_si256(_mm256_srli_epi16(v1, 4), m));
                         for (i, c) in c.iter_mut().enumerate() {
                             let r = r0 + i;
-                            let a0 = broadcast(values.add((kk * MR + r) * 4), 0);
-                            let a1 = broadcast(values.add(((kk + 1) * MR + r) * 4), 0);
+                            let a0 = broadcast(values.add((kk * MR + r) * 4));
+                            let a1 = broadcast(values.add(((kk + 1) * MR + r) * 4));
                             let p0 = _mm256_add_epi16(_mm256_maddubs_epi16(lo0, a0), _mm256_maddubs_epi16(hi0, a1));
                             let p1 = _mm256_add_epi16(_mm256_maddubs_epi16(lo1, a0), _mm256_maddubs_epi16(hi1, a1));
                             c[0] = _mm256_add_epi16(c[0], p0);
@@ -151,8 +202,8 @@ unsafe fn row_q4(
             let mut c = [[_mm256_setzero_si256(); 2]; 4];
             for ch in 0..4 {
                 let kk = g * QK / 4 + 2 * ch;
-                let a0 = broadcast(values.add((kk * MR + r) * 4), 0);
-                let a1 = broadcast(values.add(((kk + 1) * MR + r) * 4), 0);
+                let a0 = broadcast(values.add((kk * MR + r) * 4));
+                let a1 = broadcast(values.add(((kk + 1) * MR + r) * 4));
                 for (j, c) in c.iter_mut().enumerate() {
                     let v = column(pv, ch, j);
                     let (lo, hi) = (_mm256_and_si256(v, m), _mm256_and_si256(_mm256_srli_epi16(v, 4), m));
@@ -204,7 +255,7 @@ unsafe fn tile_q8(values: *const u8, scale: *const f32, w: *const u8, ng: usize,
                         let (w0, w1) = (column(pv, ch, j0), column(pv, ch, j0 + 1));
                         let (wa0, wa1) = (_mm256_abs_epi8(w0), _mm256_abs_epi8(w1));
                         for (i, c) in c.iter_mut().enumerate() {
-                            let a = broadcast(values.add(((g * QK / 4 + ch) * MR + r0 + i) * 4), 0x8080_8080);
+                            let a = broadcast(values.add(((g * QK / 4 + ch) * MR + r0 + i) * 4));
                             c[0] = _mm256_add_epi32(c[0], q8_dot(wa0, w0, a, ones));
                             c[1] = _mm256_add_epi32(c[1], q8_dot(wa1, w1, a, ones));
                         }
@@ -236,7 +287,7 @@ unsafe fn row_q8(values: *const u8, scale: *const f32, r: usize, w: *const u8, n
             // Even and odd chunks in separate chains per column.
             let mut c = [[_mm256_setzero_si256(); 2]; 4];
             for ch in 0..8 {
-                let a = broadcast(values.add(((g * QK / 4 + ch) * MR + r) * 4), 0x8080_8080);
+                let a = broadcast(values.add(((g * QK / 4 + ch) * MR + r) * 4));
                 for (j, c) in c.iter_mut().enumerate() {
                     let v = column(pv, ch, j);
                     c[ch % 2] = _mm256_add_epi32(c[ch % 2], q8_dot(_mm256_abs_epi8(v), v, a, ones));

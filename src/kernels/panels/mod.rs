@@ -24,8 +24,9 @@
 //!   16-31, 4 signed bytes per output.
 //!
 //! Activations (`quantize_blocks`): blocks of `MR` = 12 tokens; in a block, for every 4 inputs, 12 x 4
-//! bytes (signed for q4_0, whose 4-bit values are the unsigned operand; `q + 128` for q8_0, whose values
-//! are signed); after all blocks, per block, group and token, the f32 scale and `8 x` the group's int sum
+//! bytes (signed for q4_0, whose 4-bit values are the unsigned operand; for q8_0, whose values are signed,
+//! `q + 128` for AVX-512 VNNI's unsigned operand and `q` itself for the other kernels, which multiply
+//! signed bytes: `q8_offset`); after all blocks, per block, group and token, the f32 scale and `8 x` the group's int sum
 //! (the share of q4_0's `+ 8` offset; q8_0's `+ 128` offset is taken out per output instead, by a
 //! product of the weights with ones).
 //!
@@ -219,7 +220,7 @@ pub fn quantize_blocks(
     values: &mut [u8],
     meta: &mut [u8],
 ) {
-    let offset = if ty == PanelType::Q8_0 { 0x8080_8080u32 } else { 0 };
+    let offset = if ty == PanelType::Q8_0 { q8_offset(isa) } else { 0 };
     let (per, mper, ng) = (block_bytes(k), block_meta_bytes(k), k / QK);
     assert!(
         k.is_multiple_of(QK) && x.len() >= t * k,
@@ -256,12 +257,25 @@ pub fn quantize_blocks(
     }
 }
 
+/// What q8_0 activation bytes are stored as for the kernels of `isa`, as a mask xored onto each 4-byte
+/// slot: `q + 128` (`q ^ 0x80`) for AVX-512 VNNI, whose `vpdpbusd` takes them as its unsigned operand;
+/// `q` for AVX2 (its sign trick multiplies signed bytes, broadcast straight from memory) and the
+/// portable kernels.
+const fn q8_offset(isa: Isa) -> u32 {
+    match isa {
+        Isa::Avx512Vnni => 0x8080_8080,
+        Isa::Avx2 | Isa::Portable => 0,
+    }
+}
+
 /// One group of 32 values to int8 with scale `max |v| / 127` (rounded to nearest even, like the vector
 /// conversion), returning the scale and the sum of the integers.
 fn quantize_group(isa: Isa, v: &[f32], q: &mut [i8; QK]) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni {
-        return avx512::quantize_group(v, q);
+    match isa {
+        Isa::Avx512Vnni => return avx512::quantize_group(v, q),
+        Isa::Avx2 => return avx2::quantize_group(v, q),
+        Isa::Portable => {}
     }
     quantize_group_portable(v, q)
 }
@@ -488,7 +502,8 @@ fn dots(ty: PanelType, a: &Block, r: usize, w: &[[i8; QK]; NR], g: usize) -> [i3
         let byte = a.values[((g * QK / 4 + e / 4) * MR + r) * 4 + e % 4];
         *v = match ty {
             PanelType::Q4_0 => i32::from(byte as i8),
-            PanelType::Q8_0 => i32::from(byte) - 128,
+            // The portable kernels' own blocks: `q` itself (`q8_offset`).
+            PanelType::Q8_0 => i32::from(byte as i8),
         };
     }
     let mut s = [0i32; NR];
@@ -709,13 +724,14 @@ mod tests {
         let vector: Vec<Isa> = Isa::all_here().into_iter().filter(|&i| i != Isa::Portable).collect();
         eprintln!("vector kernels compared with the portable ones: {vector:?}");
         for isa in vector {
-            #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Avx512Vnni {
-                for g in x.chunks_exact(QK) {
-                    let (mut a, mut b) = ([0i8; QK], [0i8; QK]);
-                    assert_eq!(avx512::quantize_group(g, &mut a), quantize_group_portable(g, &mut b));
-                    assert_eq!(a, b);
-                }
+            for g in x.chunks_exact(QK) {
+                let (mut a, mut b) = ([0i8; QK], [0i8; QK]);
+                assert_eq!(
+                    quantize_group(isa, g, &mut a),
+                    quantize_group_portable(g, &mut b),
+                    "{isa:?}"
+                );
+                assert_eq!(a, b, "{isa:?} quantize");
             }
             for ty in TYPES {
                 let n = n - 9; // a padded last panel
@@ -736,14 +752,21 @@ mod tests {
                 }
                 let w = Panels::new(ty, &bytes, n, k, isa).expect("pack");
                 let acts = quantized(isa, ty, &x, t, k);
-                assert_eq!(acts, quantized(Isa::Portable, ty, &x, t, k), "{isa:?} {ty:?} quantize");
+                let plain = quantized(Isa::Portable, ty, &x, t, k);
+                // The same integers and scales; the values stored as each kernel takes them (`q8_offset`).
+                let off = if ty == PanelType::Q8_0 { q8_offset(isa) as u8 } else { 0 };
+                let values_len = token_blocks(t) * block_bytes(k);
+                let unstored: Vec<u8> = (acts.iter().enumerate())
+                    .map(|(i, &v)| if i < values_len { v ^ off } else { v })
+                    .collect();
+                assert_eq!(unstored, plain, "{isa:?} {ty:?} quantize");
                 let ng = k / QK;
                 for b in 0..token_blocks(t) {
-                    let a = block(&acts, t, k, b);
+                    let (a, ap) = (block(&acts, t, k, b), block(&plain, t, k, b));
                     for p in 0..w.panels() {
                         let (mut fast, mut slow) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
                         tile(isa, ty, &a, w.panel(p), ng, &mut fast);
-                        tile(Isa::Portable, ty, &a, w.panel(p), ng, &mut slow);
+                        tile(Isa::Portable, ty, &ap, w.panel(p), ng, &mut slow);
                         assert_eq!(fast, slow, "{isa:?} {ty:?} tile: block {b} panel {p}");
                         for (r, want) in slow.iter().enumerate() {
                             let mut got = [0f32; NR];
