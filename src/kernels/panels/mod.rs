@@ -359,10 +359,10 @@ pub fn product(
     while sb < blocks {
         let se = (sb + MC_BLOCKS).min(blocks);
         let chunk: Vec<Block> = (sb..se).map(|b| block(acts, t, w.k, b)).collect();
-        let mut acc = [[0f32; NR]; MR];
+        let mut accs = vec![[[0f32; NR]; MR]; chunk.len()];
         for p in panels.clone() {
-            for (a, b) in chunk.iter().zip(sb..) {
-                tile(w.isa, w.ty, a, w.panel(p), ng, &mut acc);
+            tiles(w.isa, w.ty, &chunk, w.panel(p), ng, &mut accs);
+            for (acc, b) in accs.iter_mut().zip(sb..) {
                 for (r, acc_r) in acc.iter_mut().enumerate().take(MR.min(t - b * MR)) {
                     finish(b * MR + r, p, acc_r);
                 }
@@ -450,6 +450,25 @@ fn row(isa: Isa, ty: PanelType, a: &Block, r: usize, w: &[u8], ng: usize, acc: &
     for g in 0..ng {
         let pb = &w[g * pbs..(g + 1) * pbs];
         epilogue(a, r, pb, g, &dots(ty, a, r, &weights(ty, pb), g), acc);
+    }
+}
+
+/// Token blocks `chunk` times one panel, `accs[i]` overwritten by block `i`'s tile: what `tile` gives
+/// each, in one call, so that a kernel can prepare the panel once for every block (the AVX2 q8_0
+/// kernel widens the weights to i16).
+fn tiles(isa: Isa, ty: PanelType, chunk: &[Block], w: &[u8], ng: usize, accs: &mut [[[f32; NR]; MR]]) {
+    assert!(
+        accs.len() >= chunk.len(),
+        "panels tiles: {} outputs for {} blocks",
+        accs.len(),
+        chunk.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && ty == PanelType::Q8_0 {
+        return avx2::tiles_q8(chunk, w, ng, accs);
+    }
+    for (a, acc) in chunk.iter().zip(accs) {
+        tile(isa, ty, a, w, ng, acc);
     }
 }
 
@@ -761,6 +780,17 @@ mod tests {
                     .collect();
                 assert_eq!(unstored, plain, "{isa:?} {ty:?} quantize");
                 let ng = k / QK;
+                // All blocks at once (`tiles`), against the portable tile per block.
+                let chunk: Vec<Block> = (0..token_blocks(t)).map(|b| block(&acts, t, k, b)).collect();
+                for p in 0..w.panels() {
+                    let mut fast = vec![[[0f32; NR]; MR]; chunk.len()];
+                    tiles(isa, ty, &chunk, w.panel(p), ng, &mut fast);
+                    for (b, fast) in fast.iter().enumerate() {
+                        let mut slow = [[0f32; NR]; MR];
+                        tile(Isa::Portable, ty, &block(&plain, t, k, b), w.panel(p), ng, &mut slow);
+                        assert_eq!(fast, &slow, "{isa:?} {ty:?} tiles: block {b} panel {p}");
+                    }
+                }
                 for b in 0..token_blocks(t) {
                     let (a, ap) = (block(&acts, t, k, b), block(&plain, t, k, b));
                     for p in 0..w.panels() {
