@@ -23,6 +23,7 @@ pub fn linear_int8<'a>(
         acts_bytes: int8::acts_bytes,
         quantize: quantize_node,
         product: gemm_node,
+        one_token: None,
     };
     own_product(ctx, x, w, b, p)
 }

@@ -1,6 +1,9 @@
 //! `panels`' product as `own_product`'s two custom nodes: the first quantizes the activations (threads
 //! split the blocks of `panels::MR` tokens), the next multiplies them by the q4_0/q8_0 panels (threads
 //! split the panels of `panels::NR` outputs, so that a single decoded token keeps every thread busy).
+//! A single token takes one node: every thread quantizes it into its own buffer, then multiplies its
+//! panels.
+use std::cell::RefCell;
 use std::ffi::c_void;
 
 use super::own_product::{own_product, OwnProduct};
@@ -19,6 +22,7 @@ pub fn linear_panels<'a>(ctx: &'a Context, x: Tensor<'a>, w: &'a Panels, b: Opti
         acts_bytes: panels::acts_bytes,
         quantize: quantize_node,
         product: product_node,
+        one_token: Some(one_token_node),
     };
     own_product(ctx, x, w, b, p)
 }
@@ -58,5 +62,80 @@ unsafe extern "C" fn product_node(dst: *mut RawTensor, ith: i32, nth: i32, w: *m
         panels::product(acts, t, w, bias, share(w.panels(), ith, nth), |tok, n0, vals| {
             std::ptr::copy_nonoverlapping(vals.as_ptr(), out.add(tok * n + n0), vals.len())
         });
+    }
+}
+
+thread_local! {
+    /// A thread's quantized copy of a single token (`one_token_node`), kept for the next product.
+    static ONE_TOKEN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+unsafe extern "C" fn one_token_node(dst: *mut RawTensor, ith: i32, nth: i32, w: *mut c_void) {
+    // SAFETY: ggml calls this with the one-token node built in `linear_panels`: userdata is the Panels
+    // (alive while the graph is), src[0] the contiguous f32 x of one row of k, src[1] (when present) an
+    // f32 bias of n, dst contiguous f32 [n, 1]. Each thread quantizes x into its own buffer and writes
+    // only its own panels' columns.
+    unsafe {
+        let w = &*(w as *const Panels);
+        let (d, x) = (NodeTensor::of(dst), NodeTensor::src(dst, 0).expect("x"));
+        let (k, n) = (x.ne[0], d.ne[0]);
+        let xs = std::slice::from_raw_parts(x.data as *const f32, k);
+        let bias = NodeTensor::src(dst, 1).map(|b| std::slice::from_raw_parts(b.data as *const f32, n));
+        let out = d.data as *mut f32;
+        ONE_TOKEN.with_borrow_mut(|acts| {
+            acts.resize(panels::acts_bytes(1, k), 0);
+            let (values, meta) = acts.split_at_mut(panels::block_bytes(k));
+            panels::quantize_blocks(w.isa(), w.ty(), xs, 1, k, 0..1, values, meta);
+            panels::product(acts, 1, w, bias, share(w.panels(), ith, nth), |tok, n0, vals| {
+                std::ptr::copy_nonoverlapping(vals.as_ptr(), out.add(tok * n + n0), vals.len())
+            });
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ggml::{quantize, Backend, Sched};
+    use crate::gguf::GgmlType;
+    use crate::kernels::panels::PanelType;
+    use crate::kernels::Isa;
+    use crate::test_values::values;
+
+    /// `y = x·Wᵀ + b` for `t` tokens through a ggml graph on 2 threads.
+    fn run(w: &Panels, b: &[f32], x: &[f32], t: usize) -> Vec<f32> {
+        let backend = Backend::cpu(2).expect("backend");
+        let ctx = Context::new(8, 2).expect("context");
+        let xt = ctx.new_f32(&[w.k(), t]).expect("x").set_input();
+        let bt = ctx.new_f32(&[w.n()]).expect("b").set_input();
+        let y = linear_panels(&ctx, xt, w, Some(bt)).expect("product").set_output();
+        let mut graph = ctx.new_graph().expect("graph");
+        graph.build_forward(y).expect("build");
+        let mut sched = Sched::new(&[&backend], 16).expect("sched");
+        sched.alloc(&graph).expect("alloc");
+        xt.set_f32(x).expect("x");
+        bt.set_f32(b).expect("b");
+        sched.compute(&graph).expect("compute");
+        y.get_f32().expect("y")
+    }
+
+    /// A single token takes the one-node path (each thread quantizes it); in a batch of 5 it takes the
+    /// two nodes and the tile kernels. Its outputs are the same bits either way, on every instruction set.
+    #[test]
+    fn one_token_node_gives_the_rows_of_the_two_node_product() {
+        let (k, n) = (96, 70);
+        for (ty, gty) in [(PanelType::Q4_0, GgmlType::Q4_0), (PanelType::Q8_0, GgmlType::Q8_0)] {
+            let blocks = quantize(gty, &values(n * k, 3), k).expect("quantize");
+            let x = values(5 * k, 4);
+            let b = values(n, 5);
+            for isa in Isa::all_here() {
+                let w = Panels::new(ty, &blocks, n, k, isa).expect("pack");
+                let batch = run(&w, &b, &x, 5);
+                for tok in [0, 3] {
+                    let one = run(&w, &b, &x[tok * k..(tok + 1) * k], 1);
+                    assert_eq!(one, batch[tok * n..(tok + 1) * n], "{ty:?} {isa:?} token {tok}");
+                }
+            }
+        }
     }
 }
