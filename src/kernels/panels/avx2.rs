@@ -10,12 +10,13 @@
 //!   32 inputs (8 pairs per lane) stay within 8 x 3810 = 30480 < 32767, and one `vpmaddwd` per block
 //!   and column gives the i32 sums. The `+ 8` offset is taken out with the activations' share, as on
 //!   AVX-512.
-//! - q8_0: both operands are signed. ggml's sign trick: `|w|` as unsigned bytes times `a` with `w`'s
-//!   sign (`vpsignb`), exact for `w = -128` too (|w| = 128 as u8); a pair is at most 2 x 128 x 127 =
-//!   32512 < 32767, so no saturation, but two pairs could overflow: each `vpmaddubsw` goes to i32 by
-//!   `vpmaddwd` at once. The activations are stored as `q` for these kernels (`super::q8_offset`), so a
-//!   token's 4 bytes are broadcast straight from memory (a load, no vector or scalar work): with the
-//!   sign trick's 4 instructions per 32 products, any other instruction in the loop costs speed.
+//! - q8_0: both operands are signed. The row (decoding, bound by memory) uses ggml's sign trick: `|w|`
+//!   as unsigned bytes times `a` with `w`'s sign (`vpsignb`), exact for `w = -128` too (|w| = 128 as
+//!   u8); a pair is at most 2 x 128 x 127 = 32512 < 32767, so no saturation, but two pairs could
+//!   overflow: each `vpmaddubsw` goes to i32 by `vpmaddwd` at once. The tile (bound by arithmetic)
+//!   widens both operands to i16 and uses `vpmaddwd` alone (see `tiles_q8_raw`). The activations are
+//!   stored as `q` for these kernels (`super::q8_offset`), so a token's bytes are broadcast or widened
+//!   straight from memory, with no offset to take out.
 //!
 //! The integer sums are exact, so they equal the portable kernels' whatever the order; the float steps
 //! per block (`sum as f32 * (w scale * a scale)`, added to the output) are the same in the same order, so

@@ -26,9 +26,9 @@
 //! Activations (`quantize_blocks`): blocks of `MR` = 12 tokens; in a block, for every 4 inputs, 12 x 4
 //! bytes (signed for q4_0, whose 4-bit values are the unsigned operand; for q8_0, whose values are signed,
 //! `q + 128` for AVX-512 VNNI's unsigned operand and `q` itself for the other kernels, which multiply
-//! signed bytes: `q8_offset`); after all blocks, per block, group and token, the f32 scale and `8 x` the group's int sum
-//! (the share of q4_0's `+ 8` offset; q8_0's `+ 128` offset is taken out per output instead, by a
-//! product of the weights with ones).
+//! signed bytes: `q8_offset`); after all blocks, per block, group and token, the f32 scale and `8 x`
+//! the group's int sum (the share of q4_0's `+ 8` offset; AVX-512's `+ 128` of q8_0 is taken out per
+//! output instead, by a product of the weights with ones).
 //!
 //! The AVX-512 kernels (`avx512`, chosen at run time) compute the same integers and the same float
 //! steps in the same order as the portable ones here, so the outputs are bit-identical for finite inputs
