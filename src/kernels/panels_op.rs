@@ -2,9 +2,12 @@
 //! split the blocks of `panels::MR` tokens), the next multiplies them by the q4_0/q8_0 panels (threads
 //! split the panels of `panels::NR` outputs, so that a single decoded token keeps every thread busy).
 //! A single token takes one node: every thread quantizes it into its own buffer, then multiplies its
-//! panels.
+//! panels. With more tokens the threads draw runs of panels from a counter kept after the activations
+//! (`Counter`) rather than each taking a fixed share: the two cores of the machines measured here ran
+//! the same work at different speeds (one waited at the next barrier for 6-11% of its time).
 use std::cell::RefCell;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::own_product::{own_product, OwnProduct};
 use super::panels::{self, Panels};
@@ -19,7 +22,7 @@ pub fn linear_panels<'a>(ctx: &'a Context, x: Tensor<'a>, w: &'a Panels, b: Opti
         op: "linear_panels",
         k: w.k(),
         n: w.n(),
-        acts_bytes: panels::acts_bytes,
+        acts_bytes: node_bytes,
         quantize: quantize_node,
         product: product_node,
         one_token: Some(one_token_node),
@@ -27,8 +30,36 @@ pub fn linear_panels<'a>(ctx: &'a Context, x: Tensor<'a>, w: &'a Panels, b: Opti
     own_product(ctx, x, w, b, p)
 }
 
+/// The bytes of the quantize node: the activations (`panels::acts_bytes`), then room for the product's
+/// counter of panel runs (an `AtomicUsize` at the first aligned address after them).
+fn node_bytes(t: usize, k: usize) -> usize {
+    panels::acts_bytes(t, k) + 2 * std::mem::size_of::<AtomicUsize>()
+}
+
+/// The counter of panel runs after the `acts` bytes of the activations at `data`: thread 0 of the
+/// quantize node sets it to 0, ggml's barrier between the nodes publishes that, and the product's
+/// threads draw runs from it.
+///
+/// Safety: `data` is the quantize node's buffer of `node_bytes` with `acts` = `panels::acts_bytes`.
+unsafe fn counter<'a>(data: *mut u8, acts: usize) -> &'a AtomicUsize {
+    // SAFETY: the buffer has 2 x size_of::<AtomicUsize>() bytes after the activations, so the first
+    // address aligned for an AtomicUsize is inside it, with the whole AtomicUsize; only atomic operations
+    // touch it.
+    unsafe {
+        let p = data.add(acts);
+        &*p.add(p.align_offset(std::mem::align_of::<AtomicUsize>()))
+            .cast::<AtomicUsize>()
+    }
+}
+
+/// Panels per item drawn from the counter (`panels::Work`): about 4 runs per thread and chunk of token
+/// blocks, so that a faster thread can take more of them.
+fn run_panels(panels: usize, nth: usize) -> usize {
+    (panels / (4 * nth.max(1))).max(1)
+}
+
 unsafe extern "C" fn quantize_node(dst: *mut RawTensor, ith: i32, nth: i32, w: *mut c_void) {
-    // SAFETY: ggml calls this with the node built in `linear_panels`: dst is its I8 buffer of acts_bytes(t, k)
+    // SAFETY: ggml calls this with the node built in `linear_panels`: dst is its I8 buffer of node_bytes(t, k)
     // bytes, src[0] the contiguous f32 x of t rows of k (checked there), both allocated, userdata the
     // Panels. Each thread writes only its own blocks' values and metadata (disjoint ranges), and reads x.
     unsafe {
@@ -42,24 +73,31 @@ unsafe extern "C" fn quantize_node(dst: *mut RawTensor, ith: i32, nth: i32, w: *
         let values = std::slice::from_raw_parts_mut(d.data.add(mine.start * per), mine.len() * per);
         let meta = std::slice::from_raw_parts_mut(d.data.add(blocks * per + mine.start * mper), mine.len() * mper);
         panels::quantize_blocks(w.isa(), w.ty(), xs, t, k, mine, values, meta);
+        if ith == 0 {
+            counter(d.data, panels::acts_bytes(t, k)).store(0, Ordering::Relaxed);
+        }
     }
 }
 
-unsafe extern "C" fn product_node(dst: *mut RawTensor, ith: i32, nth: i32, w: *mut c_void) {
+unsafe extern "C" fn product_node(dst: *mut RawTensor, _ith: i32, nth: i32, w: *mut c_void) {
     // SAFETY: ggml calls this with the node built in `linear_panels`: userdata is the Panels it was given
-    // (alive while the graph is), src[0] the quantized activations of t tokens (acts_bytes(t, k) bytes),
-    // src[1] (when present) an f32 bias of n, dst contiguous f32 [n, t]. Each thread takes its own
-    // panels, so its writes (outputs n0..n0 + len of a row, inside the row: len <= n - n0) touch columns
-    // no other thread writes.
+    // (alive while the graph is), src[0] the quantize node's buffer (node_bytes(t, k): the activations of
+    // t tokens, then the counter it reset), src[1] (when present) an f32 bias of n, dst contiguous f32
+    // [n, t]. Each run of panels is drawn by one thread only (fetch_add), so its writes (outputs
+    // n0..n0 + len of a row, inside the row: len <= n - n0) touch columns no other thread writes.
     unsafe {
         let w = &*(w as *const Panels);
         let d = NodeTensor::of(dst);
         let (n, t) = (d.ne[0], d.rows());
         let acts = NodeTensor::src(dst, 0).expect("activations");
-        let acts = std::slice::from_raw_parts(acts.data as *const u8, panels::acts_bytes(t, w.k()));
+        let bytes = panels::acts_bytes(t, w.k());
+        let next = counter(acts.data, bytes);
+        let acts = std::slice::from_raw_parts(acts.data as *const u8, bytes);
         let bias = NodeTensor::src(dst, 1).map(|b| std::slice::from_raw_parts(b.data as *const f32, n));
         let out = d.data as *mut f32;
-        panels::product(acts, t, w, bias, share(w.panels(), ith, nth), |tok, n0, vals| {
+        let work = panels::Work::new(t, w.panels(), run_panels(w.panels(), nth as usize));
+        let draw = || Some(next.fetch_add(1, Ordering::Relaxed));
+        panels::product_items(acts, t, w, bias, 0, &work, draw, |tok, n0, vals| {
             std::ptr::copy_nonoverlapping(vals.as_ptr(), out.add(tok * n + n0), vals.len())
         });
     }

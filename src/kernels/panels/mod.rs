@@ -321,10 +321,67 @@ pub fn product(
     w: &Panels,
     bias: Option<&[f32]>,
     panels: Range<usize>,
+    emit: impl FnMut(usize, usize, &[f32]),
+) {
+    let work = Work::new(t, panels.len(), panels.len().max(1));
+    let mut items = 0..work.items();
+    product_items(acts, t, w, bias, panels.start, &work, || items.next(), emit);
+}
+
+/// How a product's work is cut into items that threads can draw one at a time: a chunk of token blocks
+/// (`MC_BLOCKS`, the activations kept in cache) times a run of panels, chunk by chunk, so that items drawn
+/// one after another share their activations.
+#[derive(Debug, Clone, Copy)]
+pub struct Work {
+    chunks: usize,
+    runs: usize,
+    run: usize,
+    panels: usize,
+}
+
+impl Work {
+    /// The work of `t` tokens times `panels` panels in runs of `run` panels.
+    pub fn new(t: usize, panels: usize, run: usize) -> Self {
+        let run = run.max(1);
+        let chunks = if t < TILE_MIN_TOKENS {
+            1
+        } else {
+            token_blocks(t).div_ceil(MC_BLOCKS)
+        };
+        Work {
+            chunks,
+            runs: panels.div_ceil(run),
+            run,
+            panels,
+        }
+    }
+    /// Items in all.
+    pub fn items(&self) -> usize {
+        self.chunks * self.runs
+    }
+    /// Item `i`'s chunk and its panels (relative to the first panel of the product).
+    fn item(&self, i: usize) -> (usize, Range<usize>) {
+        let (c, r) = (i / self.runs, i % self.runs);
+        (c, r * self.run..((r + 1) * self.run).min(self.panels))
+    }
+}
+
+/// `product` over the items of `work` (panels counted from `first`) that `next` hands out until it
+/// returns `None` or an item past the end: threads drawing from one shared counter, so that a thread that
+/// runs faster takes more of them.
+#[allow(clippy::too_many_arguments)]
+pub fn product_items(
+    acts: &[u8],
+    t: usize,
+    w: &Panels,
+    bias: Option<&[f32]>,
+    first: usize,
+    work: &Work,
+    mut next: impl FnMut() -> Option<usize>,
     mut emit: impl FnMut(usize, usize, &[f32]),
 ) {
     assert_eq!(acts.len(), acts_bytes(t, w.k), "panels product: activation buffer size");
-    assert!(panels.end <= w.panels(), "panels product: panel range");
+    assert!(first + work.panels <= w.panels(), "panels product: panel range");
     if let Some(b) = bias {
         assert_eq!(b.len(), w.n, "panels product: bias length");
     }
@@ -340,35 +397,46 @@ pub fn product(
     };
     let ng = w.k / QK;
     let blocks = token_blocks(t);
-    if panels.is_empty() || t == 0 {
-        return; // a thread without a panel (more threads than panels)
-    }
-    if t < TILE_MIN_TOKENS {
-        // One block (TILE_MIN_TOKENS <= MR); panels outside, so the weights stream once for all tokens.
-        let a = block(acts, t, w.k, 0);
-        for p in panels {
-            for r in 0..t {
-                let mut acc = [0f32; NR];
-                row(w.isa, w.ty, &a, r, w.panel(p), ng, &mut acc);
-                finish(r, p, &mut acc);
-            }
-        }
+    if t == 0 {
         return;
     }
-    let mut sb = 0;
-    while sb < blocks {
-        let se = (sb + MC_BLOCKS).min(blocks);
-        let chunk: Vec<Block> = (sb..se).map(|b| block(acts, t, w.k, b)).collect();
-        let mut accs = vec![[[0f32; NR]; MR]; chunk.len()];
-        for p in panels.clone() {
-            tiles(w.isa, w.ty, &chunk, w.panel(p), ng, &mut accs);
-            for (acc, b) in accs.iter_mut().zip(sb..) {
+    let mut accs = vec![[[0f32; NR]; MR]; MC_BLOCKS.min(blocks)];
+    // The blocks of the chunk last drawn (read from the buffer once per chunk).
+    let mut held: Option<(usize, Vec<Block>)> = None;
+    while let Some(i) = next().filter(|&i| i < work.items()) {
+        let (c, panels) = work.item(i);
+        let panels = first + panels.start..first + panels.end;
+        if t < TILE_MIN_TOKENS {
+            // One block (TILE_MIN_TOKENS <= MR); panels outside, so the weights stream once for all tokens.
+            let a = block(acts, t, w.k, 0);
+            for p in panels {
+                for r in 0..t {
+                    let mut acc = [0f32; NR];
+                    row(w.isa, w.ty, &a, r, w.panel(p), ng, &mut acc);
+                    finish(r, p, &mut acc);
+                }
+            }
+            continue;
+        }
+        if held.as_ref().is_none_or(|(hc, _)| *hc != c) {
+            let sb = c * MC_BLOCKS;
+            let chunk = (sb..(sb + MC_BLOCKS).min(blocks))
+                .map(|b| block(acts, t, w.k, b))
+                .collect();
+            held = Some((c, chunk));
+        }
+        let Some((_, chunk)) = &held else {
+            unreachable!("set above")
+        };
+        let sb = c * MC_BLOCKS;
+        for p in panels {
+            tiles(w.isa, w.ty, chunk, w.panel(p), ng, &mut accs);
+            for (acc, b) in accs.iter_mut().zip(sb..sb + chunk.len()) {
                 for (r, acc_r) in acc.iter_mut().enumerate().take(MR.min(t - b * MR)) {
                     finish(b * MR + r, p, acc_r);
                 }
             }
         }
-        sb = se;
     }
 }
 
@@ -620,6 +688,46 @@ mod tests {
     }
 
     const TYPES: [PanelType; 2] = [PanelType::Q4_0, PanelType::Q8_0];
+
+    /// Work drawn item by item in any order, as threads drawing from a shared counter would (two
+    /// "threads" taking turns, from the last item back), gives the bits of the whole product in one call: over
+    /// several chunks of token blocks, runs of panels that do not divide the panels, and the row path.
+    #[test]
+    fn work_items_drawn_in_any_order_give_the_whole_product() {
+        let (k, n) = (64, 9 * NR - 5);
+        for (isa, ty) in Isa::all_here().into_iter().flat_map(|i| TYPES.map(|t| (i, t))) {
+            let gty = match ty {
+                PanelType::Q4_0 => crate::gguf::GgmlType::Q4_0,
+                PanelType::Q8_0 => crate::gguf::GgmlType::Q8_0,
+            };
+            let q = crate::ggml::quantize(gty, &values(n * k, 8), k).expect("quantize");
+            let w = Panels::new(ty, &q, n, k, isa).expect("pack");
+            let bias = values(n, 9);
+            for t in [2, 3 * MC_BLOCKS * MR + 5] {
+                let x = values(t * k, 10);
+                let whole = run(isa, ty, t, k, n, Some(&bias), &x, &q, 0..w.panels());
+                let acts = quantized(isa, ty, &x, t, k);
+                let work = Work::new(t, w.panels(), 4);
+                assert!(work.items() > 2, "{t} tokens: {} items", work.items());
+                let mut order: Vec<usize> = (0..work.items()).collect();
+                let mut out = vec![f32::NAN; t * n];
+                let mut emit = |tok: usize, n0: usize, vals: &[f32]| {
+                    out[tok * n + n0..tok * n + n0 + vals.len()].copy_from_slice(vals)
+                };
+                // Two callers taking one item each in turn until the items run out.
+                while !order.is_empty() {
+                    let mut one = order.pop().into_iter();
+                    product_items(&acts, t, &w, Some(&bias), 0, &work, || one.next(), &mut emit);
+                    let mut two = order.pop().into_iter();
+                    product_items(&acts, t, &w, Some(&bias), 0, &work, || two.next(), &mut emit);
+                }
+                assert!(
+                    out == whole,
+                    "{isa:?} {ty:?} {t} tokens: items differ from the whole product"
+                );
+            }
+        }
+    }
 
     /// On every instruction set this CPU runs: the same assertions, and the portable kernels' bits.
     #[test]
