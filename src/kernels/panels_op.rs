@@ -2,9 +2,10 @@
 //! split the blocks of `panels::MR` tokens), the next multiplies them by the q4_0/q8_0 panels (threads
 //! split the panels of `panels::NR` outputs, so that a single decoded token keeps every thread busy).
 //! A single token takes one node: every thread quantizes it into its own buffer, then multiplies its
-//! panels. With more tokens the threads draw runs of panels from a counter kept after the activations
-//! (`Counter`) rather than each taking a fixed share: the two cores of the machines measured here ran
-//! the same work at different speeds (one waited at the next barrier for 6-11% of its time).
+//! panels. With more tokens the threads draw work items (`panels::Work`) from a counter kept after the
+//! activations (`counter`) rather than each taking a fixed share of the panels: the two cores of the
+//! machine measured here ran the same work at different speeds (one waited at the next barrier for
+//! 6-11% of its time).
 use std::cell::RefCell;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
