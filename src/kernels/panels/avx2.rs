@@ -271,7 +271,7 @@ unsafe fn widen_q8(pv: *const u8, wide: &mut WideBlock) {
 /// See `tiles_q8`: one token block.
 unsafe fn tile_q8(values: *const u8, scale: *const f32, w: *const u8, ng: usize, acc: &mut [[f32; NR]; MR]) {
     // SAFETY: the caller's contract is `tiles_q8_raw`'s for one block.
-    unsafe { tiles_q8_raw(&[values], &[scale], w, ng, std::slice::from_mut(acc)) }
+    unsafe { tiles_q8_raw(1, |_| (values, scale), w, ng, std::slice::from_mut(acc)) }
 }
 
 /// Token blocks `chunk` times one q8_0 panel `w` of `ng` blocks, `accs[i]` overwritten by block `i`'s
@@ -291,11 +291,10 @@ pub(super) fn tiles_q8(chunk: &[super::Block], w: &[u8], ng: usize, accs: &mut [
             "panels tiles: short token block"
         );
     }
-    let values: Vec<*const u8> = chunk.iter().map(|a| a.values.as_ptr()).collect();
-    let scales: Vec<*const f32> = chunk.iter().map(|a| a.scale.as_ptr()).collect();
+    let block = |i: usize| (chunk[i].values.as_ptr(), chunk[i].scale.as_ptr());
     // SAFETY: the CPU has AVX2 (checked above); the blocks' values and scales and the panel hold `ng`
     // groups (checked above).
-    unsafe { tiles_q8_raw(&values, &scales, w.as_ptr(), ng, accs) }
+    unsafe { tiles_q8_raw(chunk.len(), block, w.as_ptr(), ng, accs) }
 }
 
 /// The q8_0 tile multiplies i16, not bytes. On the CPUs measured (AMD Zen 4) the sign trick's
@@ -305,13 +304,13 @@ pub(super) fn tiles_q8(chunk: &[super::Block], w: &[u8], ng: usize, accs: &mut [
 /// once for the panel. The i32 sums are the same integers and the float steps the portable kernel's, in
 /// its order, so the outputs keep its bits.
 ///
-/// Safety: the CPU runs AVX2; `values[i]` and `ascales[i]` point at a token block's `ng * QK * MR` value
-/// bytes and `ng * MR` scales, `w` at a panel of `ng` q8_0 blocks; `accs` holds at least `values.len()`
-/// tiles.
+/// Safety: the CPU runs AVX2; for `i < blocks`, `block(i)` gives pointers to a token block's
+/// `ng * QK * MR` value bytes and `ng * MR` scales; `w` points at a panel of `ng` q8_0 blocks; `accs`
+/// holds at least `blocks` tiles.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tiles_q8_raw(
-    values: &[*const u8],
-    ascales: &[*const f32],
+    blocks: usize,
+    block: impl Fn(usize) -> (*const u8, *const f32),
     w: *const u8,
     ng: usize,
     accs: &mut [[[f32; NR]; MR]],
@@ -323,7 +322,7 @@ unsafe fn tiles_q8_raw(
     let mut wide: WideBlock = [[_mm256_setzero_si256(); 2]; 32];
     // A block's activations of one group as i16, `[chunk][token][4]`: the bytes' order, widened.
     let mut a16 = [_mm256_setzero_si256(); GROUP_BYTES / 16];
-    let accs = &mut accs[..values.len()];
+    let accs = &mut accs[..blocks];
     accs.fill([[0.0; NR]; MR]);
     for g in 0..ng {
         // SAFETY: g < ng: the panel block, each token block's group (GROUP_BYTES bytes at
@@ -333,7 +332,8 @@ unsafe fn tiles_q8_raw(
             let pb = w.add(g * pbs);
             widen_q8(pb.add(NR * 2), &mut wide);
             let ws: [__m256; 4] = std::array::from_fn(|j| scales(pb, j));
-            for ((&vals, &scale), acc) in values.iter().zip(ascales).zip(accs.iter_mut()) {
+            for (i, acc) in accs.iter_mut().enumerate() {
+                let (vals, scale) = block(i);
                 let ag = vals.add(g * GROUP_BYTES);
                 for (i, v) in a16.iter_mut().enumerate() {
                     *v = _mm256_cvtepi8_epi16(_mm_loadu_si128(ag.add(16 * i).cast()));

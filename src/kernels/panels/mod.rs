@@ -400,24 +400,14 @@ pub fn product_items(
     if t == 0 {
         return;
     }
-    let mut accs = vec![[[0f32; NR]; MR]; MC_BLOCKS.min(blocks)];
-    // The blocks of the chunk last drawn (read from the buffer once per chunk).
+    // Tiles' outputs, made on the first chunk drawn (the row path needs none).
+    let mut accs = Vec::new();
+    // The blocks of the chunk last drawn (read from the buffer once per chunk; the row path's one block
+    // once per call).
     let mut held: Option<(usize, Vec<Block>)> = None;
     while let Some(i) = next().filter(|&i| i < work.items()) {
         let (c, panels) = work.item(i);
         let panels = first + panels.start..first + panels.end;
-        if t < TILE_MIN_TOKENS {
-            // One block (TILE_MIN_TOKENS <= MR); panels outside, so the weights stream once for all tokens.
-            let a = block(acts, t, w.k, 0);
-            for p in panels {
-                for r in 0..t {
-                    let mut acc = [0f32; NR];
-                    row(w.isa, w.ty, &a, r, w.panel(p), ng, &mut acc);
-                    finish(r, p, &mut acc);
-                }
-            }
-            continue;
-        }
         if held.as_ref().is_none_or(|(hc, _)| *hc != c) {
             let sb = c * MC_BLOCKS;
             let chunk = (sb..(sb + MC_BLOCKS).min(blocks))
@@ -428,6 +418,20 @@ pub fn product_items(
         let Some((_, chunk)) = &held else {
             unreachable!("set above")
         };
+        if t < TILE_MIN_TOKENS {
+            // One block (TILE_MIN_TOKENS <= MR); panels outside, so the weights stream once for all tokens.
+            for p in panels {
+                for r in 0..t {
+                    let mut acc = [0f32; NR];
+                    row(w.isa, w.ty, &chunk[0], r, w.panel(p), ng, &mut acc);
+                    finish(r, p, &mut acc);
+                }
+            }
+            continue;
+        }
+        if accs.is_empty() {
+            accs = vec![[[0f32; NR]; MR]; MC_BLOCKS.min(blocks)];
+        }
         let sb = c * MC_BLOCKS;
         for p in panels {
             tiles(w.isa, w.ty, chunk, w.panel(p), ng, &mut accs);
