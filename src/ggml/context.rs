@@ -23,6 +23,8 @@ pub struct Context {
     used: Cell<usize>,
     graph_size: usize,
     graphs: Cell<usize>,
+    /// State that custom nodes of this context point at (`Context::keep`), dropped with it.
+    pub(super) kept: std::cell::RefCell<Vec<Box<dyn Send>>>,
 }
 
 // SAFETY: a ggml context is plain memory owned by this value; moving it to another thread is fine. It is
@@ -66,6 +68,7 @@ impl Context {
             used: Cell::new(0),
             graph_size,
             graphs: Cell::new(max_graphs),
+            kept: Default::default(),
         })
     }
 

@@ -3,6 +3,7 @@
 //! kernels that run this way live outside this module (`crate::kernels`); this is only the plumbing.
 use std::ffi::c_void;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::context::{Context, Tensor};
 use super::{sys, Result};
@@ -71,7 +72,45 @@ pub fn share(items: usize, ith: i32, nth: i32) -> Range<usize> {
     items * i / n..items * (i + 1) / n
 }
 
+/// A counter from which the threads of one node draw work items, for nodes that have no node of ours
+/// before them to reset a counter (see `crate::kernels::panels_op`). It returns to 0 when the last of the
+/// node's threads is done drawing, so each computation of the node starts from 0. It belongs to one
+/// graph (`Context::keep`): two graphs computed at once, two sessions on the same weights, have one each.
+#[derive(Debug, Default)]
+pub struct DrawCounter {
+    next: AtomicUsize,
+    done: AtomicUsize,
+}
+
+impl DrawCounter {
+    /// The next item: 0, 1, 2, ... across the node's threads, each number once.
+    pub fn draw(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Called once by each of the node's `nth` threads after its last draw (one that got an item past the
+    /// end). The last one resets the counter: every thread has stopped drawing by then. ggml's barrier after
+    /// the node publishes the reset to the threads of the next computation.
+    pub fn leave(&self, nth: usize) {
+        if self.done.fetch_add(1, Ordering::AcqRel) + 1 >= nth {
+            self.next.store(0, Ordering::Relaxed);
+            self.done.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Context {
+    /// Keeps `value` for as long as this context (and so every graph built in it): custom nodes get its
+    /// address as their userdata.
+    pub fn keep<T: Send + Sync + 'static>(&self, value: T) -> &T {
+        let b = Box::new(value);
+        let p: *const T = &*b;
+        self.kept.borrow_mut().push(b);
+        // SAFETY: the value lives on the heap in its box, which does not move when the vector grows and
+        // is dropped only with the context, which the returned reference cannot outlive (`&self`).
+        unsafe { &*p }
+    }
+
     /// A node of type `ty` and shape `ne` computed by `f` from `args`, on all of the backend's threads.
     /// `op` names it in errors.
     ///
@@ -134,5 +173,44 @@ impl Context {
         // SAFETY: the context and `a` are live; the callback's validity is the caller's contract.
         let p = unsafe { sys::ggml_map_custom1_inplace(self.raw(), a.raw(), Some(f), sys::GGML_N_TASKS_MAX, userdata) };
         self.wrap(p, op)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Threads drawing from one counter, round after round: each round hands out every item exactly once
+    /// (the last thread to leave resets it for the next round).
+    #[test]
+    fn a_draw_counter_hands_out_each_item_once_per_round() {
+        let (nth, items, rounds) = (3, 50, 40);
+        let counter = DrawCounter::default();
+        let barrier = std::sync::Barrier::new(nth);
+        let drawn: Vec<Vec<Vec<usize>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..nth)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..rounds)
+                            .map(|_| {
+                                let mine: Vec<usize> = std::iter::from_fn(|| Some(counter.draw()))
+                                    .take_while(|&i| i < items)
+                                    .collect();
+                                counter.leave(nth);
+                                // ggml's barrier between nodes.
+                                barrier.wait();
+                                mine
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        for round in 0..rounds {
+            let mut all: Vec<usize> = drawn.iter().flat_map(|t| t[round].iter().copied()).collect();
+            all.sort_unstable();
+            assert_eq!(all, (0..items).collect::<Vec<_>>(), "round {round}");
+        }
     }
 }

@@ -8,7 +8,7 @@
 use std::ffi::c_void;
 
 use crate::ggml::context::{shape, ty_err};
-use crate::ggml::custom::NodeFn;
+use crate::ggml::custom::{DrawCounter, NodeFn};
 use crate::ggml::{Context, Result, Tensor};
 use crate::gguf::GgmlType;
 
@@ -22,14 +22,29 @@ pub(super) struct OwnProduct {
     pub quantize: NodeFn,
     pub product: NodeFn,
     /// Both steps in one node for a single token (`x` and the bias as its sources, each thread
-    /// quantizing the token into a buffer of its own), where the layout has it.
+    /// quantizing the token into a buffer of its own), where the layout has it. Its userdata is a
+    /// `OneToken` of the weights, not the weights.
     pub one_token: Option<NodeFn>,
 }
+
+/// A one-token node's userdata: the weights, and the counter its threads draw their work from (one per
+/// node, kept by the graph's context: a counter in the weights would be shared by two graphs computed at
+/// once on the same model).
+pub(super) struct OneToken<W> {
+    pub w: *const W,
+    pub counter: DrawCounter,
+}
+
+// SAFETY: `w` points at weights that are only read (W: Sync) and outlive every graph of the context that
+// keeps this value (`own_product`'s borrow); the counter is atomic.
+unsafe impl<W: Sync> Send for OneToken<W> {}
+// SAFETY: as above.
+unsafe impl<W: Sync> Sync for OneToken<W> {}
 
 /// `x·Wᵀ + b`: `x` contiguous f32 `[k, ...]`, `b` f32 `[n]` -> f32 `[n, ...]`; `w` is borrowed for as long
 /// as the context (the graph reads it when computed) and handed to both callbacks, which must read it as
 /// the type `W` it is.
-pub(super) fn own_product<'a, W>(
+pub(super) fn own_product<'a, W: Sync + 'static>(
     ctx: &'a Context,
     x: Tensor<'a>,
     w: &'a W,
@@ -53,8 +68,14 @@ pub(super) fn own_product<'a, W>(
     let out = [p.n, ne[1] as usize, ne[2] as usize, ne[3] as usize];
     if let (1, Some(f)) = (t, p.one_token) {
         let args: Vec<Tensor<'a>> = std::iter::once(x).chain(b).collect();
+        let state = ctx.keep(OneToken {
+            w: w as *const W,
+            counter: DrawCounter::default(),
+        });
+        let userdata = (state as *const OneToken<W>).cast_mut().cast::<c_void>();
         // SAFETY: as below for the product: src[0] is x, contiguous f32 [k, 1] (checked above), src[1]
-        // (when present) the bias of n, the node f32 [n, 1]; userdata points at `w`.
+        // (when present) the bias of n, the node f32 [n, 1]; userdata points at a `OneToken<W>` that the
+        // context keeps, whose `w` outlives it.
         return unsafe { ctx.custom_node(p.op, GgmlType::F32, out, &args, f, userdata) };
     }
     // SAFETY: the shapes and types the callbacks rely on are checked above (x contiguous f32 [k, t], the

@@ -1,16 +1,18 @@
 //! `panels`' product as `own_product`'s two custom nodes: the first quantizes the activations (threads
 //! split the blocks of `panels::MR` tokens), the next multiplies them by the q4_0/q8_0 panels (threads
 //! split the panels of `panels::NR` outputs, so that a single decoded token keeps every thread busy).
-//! A single token takes one node: every thread quantizes it into its own buffer, then multiplies its
-//! panels. With more tokens the threads draw work items (`panels::Work`) from a counter kept after the
-//! activations (`counter`) rather than each taking a fixed share of the panels: the two cores of the
-//! machine measured here ran the same work at different speeds (one waited at the next barrier for
-//! 6-11% of its time).
+//! A single token takes one node: every thread quantizes it into its own buffer, then multiplies the
+//! panels it draws. Threads draw work items (`panels::Work`) from a counter rather than each taking a
+//! fixed share of the panels: the two cores of the machine measured here ran the same work at different
+//! speeds (one waited at the next barrier for 6-11% of its time). With more tokens the counter is kept
+//! after the activations (`counter`) and reset by the quantize node; a single token's node has no node
+//! of ours before it, so its counter (`DrawCounter`, kept by the graph's context) is reset by the last
+//! thread to finish drawing.
 use std::cell::RefCell;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::own_product::{own_product, OwnProduct};
+use super::own_product::{own_product, OneToken, OwnProduct};
 use super::panels::{self, Panels};
 use crate::ggml::custom::{share, NodeTensor, RawTensor};
 use crate::ggml::{Context, Result, Tensor};
@@ -109,13 +111,15 @@ thread_local! {
     static ONE_TOKEN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-unsafe extern "C" fn one_token_node(dst: *mut RawTensor, ith: i32, nth: i32, w: *mut c_void) {
-    // SAFETY: ggml calls this with the one-token node built in `linear_panels`: userdata is the Panels
-    // (alive while the graph is), src[0] the contiguous f32 x of one row of k, src[1] (when present) an
-    // f32 bias of n, dst contiguous f32 [n, 1]. Each thread quantizes x into its own buffer and writes
-    // only its own panels' columns.
+unsafe extern "C" fn one_token_node(dst: *mut RawTensor, _ith: i32, nth: i32, state: *mut c_void) {
+    // SAFETY: ggml calls this with the one-token node built in `linear_panels`: userdata is the
+    // `OneToken<Panels>` its context keeps (the Panels alive while the graph is), src[0] the contiguous
+    // f32 x of one row of k, src[1] (when present) an f32 bias of n, dst contiguous f32 [n, 1]. Each
+    // thread quantizes x into its own buffer; each run of panels is drawn by one thread only, which
+    // writes only its columns.
     unsafe {
-        let w = &*(w as *const Panels);
+        let state = &*(state as *const OneToken<Panels>);
+        let w = &*state.w;
         let (d, x) = (NodeTensor::of(dst), NodeTensor::src(dst, 0).expect("x"));
         let (k, n) = (x.ne[0], d.ne[0]);
         let xs = std::slice::from_raw_parts(x.data as *const f32, k);
@@ -125,10 +129,13 @@ unsafe extern "C" fn one_token_node(dst: *mut RawTensor, ith: i32, nth: i32, w: 
             acts.resize(panels::acts_bytes(1, k), 0);
             let (values, meta) = acts.split_at_mut(panels::block_bytes(k));
             panels::quantize_blocks(w.isa(), w.ty(), xs, 1, k, 0..1, values, meta);
-            panels::product(acts, 1, w, bias, share(w.panels(), ith, nth), |tok, n0, vals| {
+            let work = panels::Work::new(1, w.panels(), run_panels(w.panels(), nth as usize));
+            let draw = || Some(state.counter.draw());
+            panels::product_items(acts, 1, w, bias, 0, &work, draw, |tok, n0, vals| {
                 std::ptr::copy_nonoverlapping(vals.as_ptr(), out.add(tok * n + n0), vals.len())
             });
         });
+        state.counter.leave(nth as usize);
     }
 }
 
@@ -143,6 +150,12 @@ mod tests {
 
     /// `y = x·Wᵀ + b` for `t` tokens through a ggml graph on 2 threads.
     fn run(w: &Panels, b: &[f32], x: &[f32], t: usize) -> Vec<f32> {
+        run_each(w, b, &[x], t).remove(0)
+    }
+
+    /// `run` for each of `xs` in turn through one graph, built and allocated once (as a kept decode graph
+    /// is recomputed token after token).
+    fn run_each(w: &Panels, b: &[f32], xs: &[&[f32]], t: usize) -> Vec<Vec<f32>> {
         let backend = Backend::cpu(2).expect("backend");
         let ctx = Context::new(8, 2).expect("context");
         let xt = ctx.new_f32(&[w.k(), t]).expect("x").set_input();
@@ -152,10 +165,34 @@ mod tests {
         graph.build_forward(y).expect("build");
         let mut sched = Sched::new(&[&backend], 16).expect("sched");
         sched.alloc(&graph).expect("alloc");
-        xt.set_f32(x).expect("x");
         bt.set_f32(b).expect("b");
-        sched.compute(&graph).expect("compute");
-        y.get_f32().expect("y")
+        xs.iter()
+            .map(|x| {
+                xt.set_f32(x).expect("x");
+                sched.compute(&graph).expect("compute");
+                y.get_f32().expect("y")
+            })
+            .collect()
+    }
+
+    /// A single token's node draws its panels from a counter of its own that must be back at 0 for the
+    /// next computation of the same graph: tokens computed one after another through one graph give the
+    /// rows the batch gives them (a counter left where it ended would hand out no panels, and the output
+    /// would keep the previous token's values).
+    #[test]
+    fn one_token_node_gives_every_row_when_recomputed() {
+        let (k, n) = (64, 300);
+        let blocks = quantize(GgmlType::Q8_0, &values(n * k, 6), k).expect("quantize");
+        let x = values(4 * k, 7);
+        let b = values(n, 8);
+        for isa in Isa::all_here() {
+            let w = Panels::new(PanelType::Q8_0, &blocks, n, k, isa).expect("pack");
+            let batch = run(&w, &b, &x, 4);
+            let tokens: Vec<&[f32]> = x.chunks_exact(k).collect();
+            for (tok, one) in run_each(&w, &b, &tokens, 1).iter().enumerate() {
+                assert_eq!(*one, batch[tok * n..(tok + 1) * n], "{isa:?} token {tok}");
+            }
+        }
     }
 
     /// A single token takes the one-node path (each thread quantizes it); in a batch of 5 it takes the
