@@ -208,7 +208,10 @@ pub fn token_blocks(t: usize) -> usize {
 /// (`acts_bytes(t, k)`): this call writes only those blocks' values and metadata, so threads can
 /// quantize disjoint ranges of one buffer (the ggml node hands each its own pieces: `values` is the
 /// blocks' value area, `meta` their metadata area). `ty`: the weights' type, which sets the values' form;
-/// `isa`: the kernels that run (the weights').
+/// `isa`: the kernels that run (the weights'). A block's rows past `t` are zeros for the tile kernels,
+/// which multiply all `MR`; below `TILE_MIN_TOKENS` tokens only the row kernel reads the block, and
+/// only the tokens' rows, so the padding is left as it is (a decoded token's product quantizes one
+/// token per thread: zeroing the other eleven rows took 3-4% of a decode's time).
 #[allow(clippy::too_many_arguments)]
 pub fn quantize_blocks(
     isa: Isa,
@@ -234,7 +237,12 @@ pub fn quantize_blocks(
     for (i, b) in blocks.enumerate() {
         let (vals, meta) = (&mut values[i * per..(i + 1) * per], &mut meta[i * mper..(i + 1) * mper]);
         let (scales, shares) = meta.split_at_mut(mper / 2);
-        for r in 0..MR {
+        let rows = if t < TILE_MIN_TOKENS {
+            t.saturating_sub(b * MR).min(MR)
+        } else {
+            MR
+        };
+        for r in 0..rows {
             let tok = b * MR + r;
             for g in 0..ng {
                 let (s, sum) = match x.get(tok * k + g * QK..tok * k + (g + 1) * QK) {
