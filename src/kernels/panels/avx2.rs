@@ -239,7 +239,7 @@ unsafe fn q8_dot(wabs: __m256i, w: __m256i, a: __m256i, ones: __m256i) -> __m256
 /// The i16 copy of one panel block's q8_0 weights that the tile multiplies: per column `j` (8 outputs)
 /// and 4-input chunk `ch`, two vectors of 8 outputs x 2 inputs (the chunk's inputs 0-1, then 2-3), each
 /// output's pair adjacent, as `vpmaddwd` takes them.
-type WideBlock = [[__m256i; 2]; 4 * 8];
+type WideBlock = [[[__m256i; 2]; 8]; 4];
 
 /// Widens the values of the panel block at `pv` (see `WideBlock`).
 #[inline(always)]
@@ -254,13 +254,13 @@ unsafe fn widen_q8(pv: *const u8, wide: &mut WideBlock) {
         0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
         0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
     );
-    for j in 0..4 {
-        for ch in 0..8 {
+    for (j, column_j) in wide.iter_mut().enumerate() {
+        for (ch, wide) in column_j.iter_mut().enumerate() {
             // SAFETY: the caller passes a panel block's values; ch < 8, j < 4.
             let v = _mm256_shuffle_epi8(unsafe { column(pv, ch, j) }, pairs);
             // 64-bit pieces in the order lane 0 pairs 0-1, lane 1 pairs 0-1, lane 0 pairs 2-3, lane 1 pairs 2-3.
             let v = _mm256_permute4x64_epi64::<0b11_01_10_00>(v);
-            wide[j * 8 + ch] = [
+            *wide = [
                 _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)),
                 _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(v)),
             ];
@@ -319,7 +319,7 @@ unsafe fn tiles_q8_raw(
     /// Bytes of a token block's activations per group: 8 chunks x MR tokens x 4.
     const GROUP_BYTES: usize = QK / 4 * MR * 4;
     let pbs = PanelType::Q8_0.panel_block();
-    let mut wide: WideBlock = [[_mm256_setzero_si256(); 2]; 32];
+    let mut wide: WideBlock = [[[_mm256_setzero_si256(); 2]; 8]; 4];
     // A block's activations of one group as i16, `[chunk][token][4]`: the bytes' order, widened.
     let mut a16 = [_mm256_setzero_si256(); GROUP_BYTES / 16];
     let accs = &mut accs[..blocks];
@@ -342,8 +342,7 @@ unsafe fn tiles_q8_raw(
                 for j0 in [0, 2] {
                     for r0 in (0..MR).step_by(RT) {
                         let mut c = [[_mm256_setzero_si256(); 2]; RT];
-                        for ch in 0..8 {
-                            let (w0, w1) = (&wide[j0 * 8 + ch], &wide[(j0 + 1) * 8 + ch]);
+                        for (ch, (w0, w1)) in wide[j0].iter().zip(&wide[j0 + 1]).enumerate() {
                             for (i, c) in c.iter_mut().enumerate() {
                                 let at = pairs.add((ch * MR + r0 + i) * 2);
                                 let (a01, a23) = (_mm256_set1_epi32(at.read()), _mm256_set1_epi32(at.add(1).read()));
