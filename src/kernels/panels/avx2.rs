@@ -195,6 +195,7 @@ unsafe fn row_q4(
     let (m, ones) = (_mm256_set1_epi8(15), _mm256_set1_epi16(1));
     let mut o = [_mm256_setzero_ps(); 4];
     for g in 0..ng {
+        prefetch_ahead(w.wrapping_add(g * pbs), pbs);
         // SAFETY: as in `tile_q4`; r < MR.
         unsafe {
             let pb = w.add(g * pbs);
@@ -227,6 +228,25 @@ unsafe fn row_q4(
         for (j, o) in o.iter().enumerate() {
             _mm256_storeu_ps(acc.as_mut_ptr().add(8 * j), *o);
         }
+    }
+}
+
+/// Panel blocks ahead of the one being read that a row kernel asks the caches for.
+const PREFETCH_BLOCKS: usize = 6;
+
+/// Asks for the cache lines of the panel block `PREFETCH_BLOCKS` blocks of `bytes` after `pb`. The q4_0
+/// row streams the weights once; with the hardware prefetchers alone it ran slower per byte than the
+/// q8_0 row (a q4_0 decode's profile: 47% of the samples for its 201 MB per token, 23% for the q8_0
+/// output matrix's 144 MB). With this, 12 interleaved decode pairs went from 59.0 to 63.5 tok/s on
+/// average (Zen 4, AVX2 path). The q8_0 row is not given it: its decode went from 41 to 36 tok/s.
+/// A prefetch does not fault, so addresses past the panel are harmless.
+#[inline(always)]
+fn prefetch_ahead(pb: *const u8, bytes: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let ahead = pb.wrapping_add(PREFETCH_BLOCKS * bytes);
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: a prefetch reads nothing and cannot fault, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast()) };
     }
 }
 
