@@ -72,10 +72,10 @@ pub fn share(items: usize, ith: i32, nth: i32) -> Range<usize> {
     items * i / n..items * (i + 1) / n
 }
 
-/// A counter from which the threads of one node draw work items, for nodes that have no node of ours
-/// before them to reset a counter (see `crate::kernels::panels_op`). It returns to 0 when the last of the
-/// node's threads is done drawing, so each computation of the node starts from 0. It belongs to one
-/// graph (`Context::keep`): two graphs computed at once, two sessions on the same weights, have one each.
+/// A counter from which the threads of one node draw work items (see `crate::kernels::panels_op`). It
+/// returns to 0 when the last of the node's threads is done drawing, so each computation of the node
+/// starts from 0 with no other node to reset it. It belongs to one graph (`Context::keep`): two graphs
+/// computed at once, two sessions on the same weights, have one each.
 #[derive(Debug, Default)]
 pub struct DrawCounter {
     next: AtomicUsize,

@@ -3,7 +3,7 @@
 use std::ffi::c_void;
 
 use super::int8::{self, PackedWeights, MR};
-use super::own_product::{own_product, OwnProduct};
+use super::own_product::{own_product, NodeState, OwnProduct};
 use crate::ggml::custom::{share, NodeTensor, RawTensor};
 use crate::ggml::{Context, Result, Tensor};
 
@@ -31,10 +31,10 @@ pub fn linear_int8<'a>(
 unsafe extern "C" fn quantize_node(dst: *mut RawTensor, ith: i32, nth: i32, w: *mut c_void) {
     // SAFETY: ggml calls this with the node built in `linear_int8`: dst is its I8 buffer of
     // acts_bytes(t, k) bytes, src[0] the contiguous f32 x of t rows of k (checked there), both allocated,
-    // userdata the PackedWeights. Each thread writes only its own blocks' bytes and scales (disjoint
+    // userdata the `NodeState` of the PackedWeights. Each thread writes only its own blocks' bytes and scales (disjoint
     // ranges), and reads x.
     unsafe {
-        let w = &*(w as *const PackedWeights);
+        let (w, _) = NodeState::<PackedWeights>::of(w);
         let (d, x) = (NodeTensor::of(dst), NodeTensor::src(dst, 0).expect("x"));
         let (k, t) = (x.ne[0], x.rows());
         let xs = std::slice::from_raw_parts(x.data as *const f32, t * k);
@@ -50,12 +50,12 @@ unsafe extern "C" fn quantize_node(dst: *mut RawTensor, ith: i32, nth: i32, w: *
 }
 
 unsafe extern "C" fn gemm_node(dst: *mut RawTensor, ith: i32, nth: i32, w: *mut c_void) {
-    // SAFETY: ggml calls this with the node built in `linear_int8`: userdata is the PackedWeights it was
-    // given (alive while the graph is), src[0] the quantized activations of t tokens (acts_bytes(t, k)
+    // SAFETY: ggml calls this with the node built in `linear_int8`: userdata is the `NodeState` of the
+    // PackedWeights it was given (alive while the graph is), src[0] the quantized activations of t tokens (acts_bytes(t, k)
     // bytes), src[1] (when present) an f32 bias of n, dst contiguous f32 [n, t]. Each thread writes
     // the rows of its own token blocks only.
     unsafe {
-        let w = &*(w as *const PackedWeights);
+        let (w, _) = NodeState::<PackedWeights>::of(w);
         let d = NodeTensor::of(dst);
         let (n, t) = (d.ne[0], d.rows());
         let acts = NodeTensor::src(dst, 0).expect("activations");

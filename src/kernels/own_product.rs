@@ -22,28 +22,43 @@ pub(super) struct OwnProduct {
     pub quantize: NodeFn,
     pub product: NodeFn,
     /// Both steps in one node for a single token (`x` and the bias as its sources, each thread
-    /// quantizing the token into a buffer of its own), where the layout has it. Its userdata is a
-    /// `OneToken` of the weights, not the weights.
+    /// quantizing the token into a buffer of its own), where the layout has it.
     pub one_token: Option<NodeFn>,
 }
 
-/// A one-token node's userdata: the weights, and the counter its threads draw their work from (one per
-/// node, kept by the graph's context: a counter in the weights would be shared by two graphs computed at
-/// once on the same model).
-pub(super) struct OneToken<W> {
+/// Every node's userdata: the weights, and a counter the threads of a node that draws its work can take
+/// items from (one per product, kept by the graph's context: a counter in the weights would be shared by
+/// two graphs computed at once on the same model). The nodes of one product run one after another, so
+/// they can share it: each computation of a node leaves it at 0 (`DrawCounter::leave`).
+pub(super) struct NodeState<W> {
     pub w: *const W,
     pub counter: DrawCounter,
 }
 
+impl<W> NodeState<W> {
+    /// The state behind a node's userdata.
+    ///
+    /// # Safety
+    /// `userdata` is what `own_product` gave a node of a product by weights of type `W`, and the graph
+    /// is being computed (its context, and so the state and the weights, are alive).
+    pub unsafe fn of<'s>(userdata: *mut c_void) -> (&'s W, &'s DrawCounter) {
+        // SAFETY: the caller's contract: the pointer is a live `NodeState<W>` whose `w` is live.
+        unsafe {
+            let state = &*(userdata as *const NodeState<W>);
+            (&*state.w, &state.counter)
+        }
+    }
+}
+
 // SAFETY: `w` points at weights that are only read (W: Sync) and outlive every graph of the context that
 // keeps this value (`own_product`'s borrow); the counter is atomic.
-unsafe impl<W: Sync> Send for OneToken<W> {}
+unsafe impl<W: Sync> Send for NodeState<W> {}
 // SAFETY: as above.
-unsafe impl<W: Sync> Sync for OneToken<W> {}
+unsafe impl<W: Sync> Sync for NodeState<W> {}
 
 /// `x·Wᵀ + b`: `x` contiguous f32 `[k, ...]`, `b` f32 `[n]` -> f32 `[n, ...]`; `w` is borrowed for as long
-/// as the context (the graph reads it when computed) and handed to both callbacks, which must read it as
-/// the type `W` it is.
+/// as the context (the graph reads it when computed) and handed to the callbacks in a `NodeState<W>`,
+/// which they must read as such (`NodeState::of`).
 pub(super) fn own_product<'a, W: Sync + 'static>(
     ctx: &'a Context,
     x: Tensor<'a>,
@@ -64,23 +79,21 @@ pub(super) fn own_product<'a, W: Sync + 'static>(
         }
     }
     let t = (ne[1] * ne[2] * ne[3]) as usize;
-    let userdata = (w as *const W).cast_mut().cast::<c_void>();
+    let state = ctx.keep(NodeState {
+        w: w as *const W,
+        counter: DrawCounter::default(),
+    });
+    let userdata = (state as *const NodeState<W>).cast_mut().cast::<c_void>();
     let out = [p.n, ne[1] as usize, ne[2] as usize, ne[3] as usize];
     if let (1, Some(f)) = (t, p.one_token) {
         let args: Vec<Tensor<'a>> = std::iter::once(x).chain(b).collect();
-        let state = ctx.keep(OneToken {
-            w: w as *const W,
-            counter: DrawCounter::default(),
-        });
-        let userdata = (state as *const OneToken<W>).cast_mut().cast::<c_void>();
         // SAFETY: as below for the product: src[0] is x, contiguous f32 [k, 1] (checked above), src[1]
-        // (when present) the bias of n, the node f32 [n, 1]; userdata points at a `OneToken<W>` that the
-        // context keeps, whose `w` outlives it.
+        // (when present) the bias of n, the node f32 [n, 1].
         return unsafe { ctx.custom_node(p.op, GgmlType::F32, out, &args, f, userdata) };
     }
     // SAFETY: the shapes and types the callbacks rely on are checked above (x contiguous f32 [k, t], the
-    // node an I8 buffer of acts_bytes(t, k)); userdata points at `w`, which outlives the context ('a) and
-    // so every computation of a graph built in it; the callbacks read it as the `W` it is.
+    // node an I8 buffer of acts_bytes(t, k)); userdata points at a `NodeState<W>` that the context keeps,
+    // whose `w` outlives the context ('a) and so every computation of a graph built in it.
     let acts = unsafe {
         ctx.custom_node(
             p.op,

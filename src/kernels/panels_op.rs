@@ -2,17 +2,14 @@
 //! split the blocks of `panels::MR` tokens), the next multiplies them by the q4_0/q8_0 panels (threads
 //! split the panels of `panels::NR` outputs, so that a single decoded token keeps every thread busy).
 //! A single token takes one node: every thread quantizes it into its own buffer, then multiplies the
-//! panels it draws. Threads draw work items (`panels::Work`) from a counter rather than each taking a
-//! fixed share of the panels: the two cores of the machine measured here ran the same work at different
-//! speeds (one waited at the next barrier for 6-11% of its time). With more tokens the counter is kept
-//! after the activations (`counter`) and reset by the quantize node; a single token's node has no node
-//! of ours before it, so its counter (`DrawCounter`, kept by the graph's context) is reset by the last
-//! thread to finish drawing.
+//! panels it draws. Threads draw work items (`panels::Work`) from the product's counter (`DrawCounter`,
+//! in the `NodeState` the graph's context keeps; the last thread to finish drawing resets it) rather than
+//! each taking a fixed share of the panels: the two cores of the machine measured here ran the same work
+//! at different speeds (one waited at the next barrier for 6-11% of its time).
 use std::cell::RefCell;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::own_product::{own_product, OneToken, OwnProduct};
+use super::own_product::{own_product, NodeState, OwnProduct};
 use super::panels::{self, Panels};
 use crate::ggml::custom::{share, NodeTensor, RawTensor};
 use crate::ggml::{Context, Result, Tensor};
@@ -25,34 +22,12 @@ pub fn linear_panels<'a>(ctx: &'a Context, x: Tensor<'a>, w: &'a Panels, b: Opti
         op: "linear_panels",
         k: w.k(),
         n: w.n(),
-        acts_bytes: node_bytes,
+        acts_bytes: panels::acts_bytes,
         quantize: quantize_node,
         product: product_node,
         one_token: Some(one_token_node),
     };
     own_product(ctx, x, w, b, p)
-}
-
-/// The bytes of the quantize node: the activations (`panels::acts_bytes`), then room for the product's
-/// counter of panel runs (an `AtomicUsize` at the first aligned address after them).
-fn node_bytes(t: usize, k: usize) -> usize {
-    panels::acts_bytes(t, k) + 2 * std::mem::size_of::<AtomicUsize>()
-}
-
-/// The counter of panel runs after the `acts` bytes of the activations at `data`: thread 0 of the
-/// quantize node sets it to 0, ggml's barrier between the nodes publishes that, and the product's
-/// threads draw runs from it.
-///
-/// Safety: `data` is the quantize node's buffer of `node_bytes` with `acts` = `panels::acts_bytes`.
-unsafe fn counter<'a>(data: *mut u8, acts: usize) -> &'a AtomicUsize {
-    // SAFETY: the buffer has 2 x size_of::<AtomicUsize>() bytes after the activations, so the first
-    // address aligned for an AtomicUsize is inside it, with the whole AtomicUsize; only atomic operations
-    // touch it.
-    unsafe {
-        let p = data.add(acts);
-        &*p.add(p.align_offset(std::mem::align_of::<AtomicUsize>()))
-            .cast::<AtomicUsize>()
-    }
 }
 
 /// Panels per item drawn from the counter (`panels::Work`): about 4 runs per thread and chunk of token
@@ -61,12 +36,12 @@ fn run_panels(panels: usize, nth: usize) -> usize {
     (panels / (4 * nth.max(1))).max(1)
 }
 
-unsafe extern "C" fn quantize_node(dst: *mut RawTensor, ith: i32, nth: i32, w: *mut c_void) {
-    // SAFETY: ggml calls this with the node built in `linear_panels`: dst is its I8 buffer of node_bytes(t, k)
+unsafe extern "C" fn quantize_node(dst: *mut RawTensor, ith: i32, nth: i32, state: *mut c_void) {
+    // SAFETY: ggml calls this with the node built in `linear_panels`: dst is its I8 buffer of acts_bytes(t, k)
     // bytes, src[0] the contiguous f32 x of t rows of k (checked there), both allocated, userdata the
-    // Panels. Each thread writes only its own blocks' values and metadata (disjoint ranges), and reads x.
+    // `NodeState` of the Panels. Each thread writes only its own blocks' values and metadata (disjoint ranges), and reads x.
     unsafe {
-        let w = &*(w as *const Panels);
+        let (w, _) = NodeState::<Panels>::of(state);
         let (d, x) = (NodeTensor::of(dst), NodeTensor::src(dst, 0).expect("x"));
         let (k, t) = (x.ne[0], x.rows());
         let xs = std::slice::from_raw_parts(x.data as *const f32, t * k);
@@ -76,33 +51,29 @@ unsafe extern "C" fn quantize_node(dst: *mut RawTensor, ith: i32, nth: i32, w: *
         let values = std::slice::from_raw_parts_mut(d.data.add(mine.start * per), mine.len() * per);
         let meta = std::slice::from_raw_parts_mut(d.data.add(blocks * per + mine.start * mper), mine.len() * mper);
         panels::quantize_blocks(w.isa(), w.ty(), xs, t, k, mine, values, meta);
-        if ith == 0 {
-            counter(d.data, panels::acts_bytes(t, k)).store(0, Ordering::Relaxed);
-        }
     }
 }
 
-unsafe extern "C" fn product_node(dst: *mut RawTensor, _ith: i32, nth: i32, w: *mut c_void) {
-    // SAFETY: ggml calls this with the node built in `linear_panels`: userdata is the Panels it was given
-    // (alive while the graph is), src[0] the quantize node's buffer (node_bytes(t, k): the activations of
-    // t tokens, then the counter it reset), src[1] (when present) an f32 bias of n, dst contiguous f32
-    // [n, t]. Each run of panels is drawn by one thread only (fetch_add), so its writes (outputs
-    // n0..n0 + len of a row, inside the row: len <= n - n0) touch columns no other thread writes.
+unsafe extern "C" fn product_node(dst: *mut RawTensor, _ith: i32, nth: i32, state: *mut c_void) {
+    // SAFETY: ggml calls this with the node built in `linear_panels`: userdata is the `NodeState` of the
+    // Panels it was given (alive while the graph is), src[0] the quantized activations of t tokens
+    // (acts_bytes(t, k) bytes), src[1] (when present) an f32 bias of n, dst contiguous f32 [n, t]. Each
+    // run of panels is drawn by one thread only, so its writes (outputs n0..n0 + len of a row, inside
+    // the row: len <= n - n0) touch columns no other thread writes.
     unsafe {
-        let w = &*(w as *const Panels);
+        let (w, counter) = NodeState::<Panels>::of(state);
         let d = NodeTensor::of(dst);
         let (n, t) = (d.ne[0], d.rows());
         let acts = NodeTensor::src(dst, 0).expect("activations");
-        let bytes = panels::acts_bytes(t, w.k());
-        let next = counter(acts.data, bytes);
-        let acts = std::slice::from_raw_parts(acts.data as *const u8, bytes);
+        let acts = std::slice::from_raw_parts(acts.data as *const u8, panels::acts_bytes(t, w.k()));
         let bias = NodeTensor::src(dst, 1).map(|b| std::slice::from_raw_parts(b.data as *const f32, n));
         let out = d.data as *mut f32;
         let work = panels::Work::new(t, w.panels(), run_panels(w.panels(), nth as usize));
-        let draw = || Some(next.fetch_add(1, Ordering::Relaxed));
+        let draw = || Some(counter.draw());
         panels::product_items(acts, t, w, bias, 0, &work, draw, |tok, n0, vals| {
             std::ptr::copy_nonoverlapping(vals.as_ptr(), out.add(tok * n + n0), vals.len())
         });
+        counter.leave(nth as usize);
     }
 }
 
@@ -113,13 +84,12 @@ thread_local! {
 
 unsafe extern "C" fn one_token_node(dst: *mut RawTensor, _ith: i32, nth: i32, state: *mut c_void) {
     // SAFETY: ggml calls this with the one-token node built in `linear_panels`: userdata is the
-    // `OneToken<Panels>` its context keeps (the Panels alive while the graph is), src[0] the contiguous
+    // `NodeState<Panels>` its context keeps (the Panels alive while the graph is), src[0] the contiguous
     // f32 x of one row of k, src[1] (when present) an f32 bias of n, dst contiguous f32 [n, 1]. Each
     // thread quantizes x into its own buffer; each run of panels is drawn by one thread only, which
     // writes only its columns.
     unsafe {
-        let state = &*(state as *const OneToken<Panels>);
-        let w = &*state.w;
+        let (w, counter) = NodeState::<Panels>::of(state);
         let (d, x) = (NodeTensor::of(dst), NodeTensor::src(dst, 0).expect("x"));
         let (k, n) = (x.ne[0], d.ne[0]);
         let xs = std::slice::from_raw_parts(x.data as *const f32, k);
@@ -130,12 +100,12 @@ unsafe extern "C" fn one_token_node(dst: *mut RawTensor, _ith: i32, nth: i32, st
             let (values, meta) = acts.split_at_mut(panels::block_bytes(k));
             panels::quantize_blocks(w.isa(), w.ty(), xs, 1, k, 0..1, values, meta);
             let work = panels::Work::new(1, w.panels(), run_panels(w.panels(), nth as usize));
-            let draw = || Some(state.counter.draw());
+            let draw = || Some(counter.draw());
             panels::product_items(acts, 1, w, bias, 0, &work, draw, |tok, n0, vals| {
                 std::ptr::copy_nonoverlapping(vals.as_ptr(), out.add(tok * n + n0), vals.len())
             });
         });
-        state.counter.leave(nth as usize);
+        counter.leave(nth as usize);
     }
 }
 
@@ -175,15 +145,15 @@ mod tests {
             .collect()
     }
 
-    /// A single token's node draws its panels from a counter of its own that must be back at 0 for the
-    /// next computation of the same graph: tokens computed one after another through one graph give the
-    /// rows the batch gives them (a counter left where it ended would hand out no panels, and the output
-    /// would keep the previous token's values).
+    /// A product's nodes draw their panels from a counter of the product's own that must be back at 0 for
+    /// the next computation of the same graph: tokens computed one after another through one graph give
+    /// the rows the batch gives them, and a second batch the rows a fresh graph gives it (a counter left
+    /// where it ended would hand out no panels, and the output would keep the previous values).
     #[test]
-    fn one_token_node_gives_every_row_when_recomputed() {
+    fn products_give_every_row_when_recomputed() {
         let (k, n) = (64, 300);
         let blocks = quantize(GgmlType::Q8_0, &values(n * k, 6), k).expect("quantize");
-        let x = values(4 * k, 7);
+        let (x, x2) = (values(4 * k, 7), values(4 * k, 11));
         let b = values(n, 8);
         for isa in Isa::all_here() {
             let w = Panels::new(PanelType::Q8_0, &blocks, n, k, isa).expect("pack");
@@ -192,6 +162,10 @@ mod tests {
             for (tok, one) in run_each(&w, &b, &tokens, 1).iter().enumerate() {
                 assert_eq!(*one, batch[tok * n..(tok + 1) * n], "{isa:?} token {tok}");
             }
+            // The two-node product draws from the same kind of counter: a second batch through one graph
+            // gives what a fresh graph gives it.
+            let again = run_each(&w, &b, &[&x, &x2], 4);
+            assert_eq!(again[1], run(&w, &b, &x2, 4), "{isa:?} second batch");
         }
     }
 
