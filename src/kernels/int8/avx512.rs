@@ -8,6 +8,11 @@ use std::arch::x86_64::{
 
 use super::{GROUP, MR, NR};
 
+/// Tokens per register sub-tile (12 accumulators): with all `MR` tokens' 24 in registers, LLVM's
+/// unrolling spilled them to the stack in the inner loop (see `crate::kernels::panels`' AVX-512 `RT`).
+const RT: usize = 6;
+const _: () = assert!(MR.is_multiple_of(RT));
+
 /// Whether this CPU has AVX-512 F, BW and VNNI (`Isa` asks the CPU once).
 pub fn available() -> bool {
     crate::kernels::Isa::Avx512Vnni.runs_here()
@@ -54,36 +59,38 @@ unsafe fn tile_vnni(
 ) {
     *acc = [[0.0; NR]; MR];
     for g in 0..k4.div_ceil(GROUP / 4) {
-        let mut c: [__m512i; 2 * MR] = [_mm512_setzero_si512(); 2 * MR];
-        for kk in g * GROUP / 4..((g + 1) * GROUP / 4).min(k4) {
-            // SAFETY: kk < k4, so the two 64-byte loads at kk * 128 and the MR 4-byte loads at
-            // (kk * MR + r) * 4 are within the operands (checked in `tile`).
-            unsafe {
-                let w0 = _mm512_loadu_si512(w.add(kk * NR * 4).cast());
-                let w1 = _mm512_loadu_si512(w.add(kk * NR * 4 + 64).cast());
-                let ag = a.add(kk * MR * 4).cast::<i32>();
-                for r in 0..MR {
-                    let av = _mm512_set1_epi32(ag.add(r).read_unaligned());
-                    c[2 * r] = _mm512_dpbusd_epi32(c[2 * r], av, w0);
-                    c[2 * r + 1] = _mm512_dpbusd_epi32(c[2 * r + 1], av, w1);
+        for r0 in (0..MR).step_by(RT) {
+            let mut c: [__m512i; 2 * RT] = [_mm512_setzero_si512(); 2 * RT];
+            for kk in g * GROUP / 4..((g + 1) * GROUP / 4).min(k4) {
+                // SAFETY: kk < k4, so the two 64-byte loads at kk * 128 and the MR 4-byte loads at
+                // (kk * MR + r) * 4 are within the operands (checked in `tile`); r0 + r < MR.
+                unsafe {
+                    let w0 = _mm512_loadu_si512(w.add(kk * NR * 4).cast());
+                    let w1 = _mm512_loadu_si512(w.add(kk * NR * 4 + 64).cast());
+                    let ag = a.add(kk * MR * 4).cast::<i32>().add(r0);
+                    for r in 0..RT {
+                        let av = _mm512_set1_epi32(ag.add(r).read_unaligned());
+                        c[2 * r] = _mm512_dpbusd_epi32(c[2 * r], av, w0);
+                        c[2 * r + 1] = _mm512_dpbusd_epi32(c[2 * r + 1], av, w1);
+                    }
                 }
             }
-        }
-        for (r, row) in acc.iter_mut().enumerate() {
-            for h in 0..2 {
-                // SAFETY: g < groups: the group's NR scales and corrections and MR token scales are inside
-                // the slices (checked in `tile`); the row has NR = 32 f32, two halves of 16.
-                unsafe {
-                    let sa = _mm512_set1_ps(*ascale.add(g * MR + r));
-                    let ws = _mm512_loadu_ps(wscale.add(g * NR + 16 * h));
-                    let cr = _mm512_loadu_si512(corr.add(g * NR + 16 * h).cast());
-                    // (sum - corr) as f32 * (ws * sa), then added: the portable kernel's order.
-                    let v = _mm512_mul_ps(
-                        _mm512_cvtepi32_ps(_mm512_sub_epi32(c[2 * r + h], cr)),
-                        _mm512_mul_ps(ws, sa),
-                    );
-                    let o = row.as_mut_ptr().add(16 * h);
-                    _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), v));
+            for (r, row) in acc[r0..r0 + RT].iter_mut().enumerate() {
+                for h in 0..2 {
+                    // SAFETY: g < groups: the group's NR scales and corrections and MR token scales are
+                    // inside the slices (checked in `tile`); the row has NR = 32 f32, two halves of 16.
+                    unsafe {
+                        let sa = _mm512_set1_ps(*ascale.add(g * MR + r0 + r));
+                        let ws = _mm512_loadu_ps(wscale.add(g * NR + 16 * h));
+                        let cr = _mm512_loadu_si512(corr.add(g * NR + 16 * h).cast());
+                        // (sum - corr) as f32 * (ws * sa), then added: the portable kernel's order.
+                        let v = _mm512_mul_ps(
+                            _mm512_cvtepi32_ps(_mm512_sub_epi32(c[2 * r + h], cr)),
+                            _mm512_mul_ps(ws, sa),
+                        );
+                        let o = row.as_mut_ptr().add(16 * h);
+                        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), v));
+                    }
                 }
             }
         }

@@ -11,6 +11,13 @@ use std::arch::x86_64::{
 
 use super::{PanelType, MR, NR, QK};
 
+/// Tokens per register sub-tile: `RT` tokens x 32 outputs, 12 accumulators. The whole 12-token tile (24
+/// accumulators, two weight operands, a broadcast) fits AVX-512's 32 registers only if the compiler keeps
+/// one chunk's broadcasts at a time; LLVM unrolled the chunks and hoisted them, spilling accumulators to
+/// the stack in the inner loop. Two passes of 6 tokens over a panel block (in L1) spill nothing.
+const RT: usize = 6;
+const _: () = assert!(MR.is_multiple_of(RT));
+
 /// Whether this CPU has AVX-512 F, BW and VNNI (`Isa` asks the CPU once).
 pub fn available() -> bool {
     crate::kernels::Isa::Avx512Vnni.runs_here()
@@ -94,38 +101,40 @@ unsafe fn tile_q4(
         unsafe {
             // The sums start at -share (the 4-bit values' + 8 times the activations), so they end at
             // the products of the signed values.
-            let mut c: [__m512i; 2 * MR] = [_mm512_setzero_si512(); 2 * MR];
-            for r in 0..MR {
-                let sh = _mm512_set1_epi32(-*share.add(g * MR + r));
-                c[2 * r] = sh;
-                c[2 * r + 1] = sh;
-            }
             let pb = w.add(g * PanelType::Q4_0.panel_block());
-            for ch in 0..4 {
-                let (lo0, hi0) = operands(pb, ch, 0);
-                let (lo1, hi1) = operands(pb, ch, 1);
-                let kk = g * QK / 4 + 2 * ch;
-                let a0 = values.add(kk * MR * 4).cast::<i32>();
-                let a1 = values.add((kk + 1) * MR * 4).cast::<i32>();
-                for r in 0..MR {
-                    let av = _mm512_set1_epi32(a0.add(r).read_unaligned());
-                    c[2 * r] = _mm512_dpbusd_epi32(c[2 * r], lo0, av);
-                    c[2 * r + 1] = _mm512_dpbusd_epi32(c[2 * r + 1], lo1, av);
-                }
-                for r in 0..MR {
-                    let av = _mm512_set1_epi32(a1.add(r).read_unaligned());
-                    c[2 * r] = _mm512_dpbusd_epi32(c[2 * r], hi0, av);
-                    c[2 * r + 1] = _mm512_dpbusd_epi32(c[2 * r + 1], hi1, av);
-                }
-            }
             let ws = [scales(pb, 0), scales(pb, 1)];
-            for (r, row) in acc.iter_mut().enumerate() {
-                let sa = _mm512_set1_ps(*scale.add(g * MR + r));
-                for h in 0..2 {
-                    // sum as f32 * (ws * sa), then added: the portable kernel's order.
-                    let v = _mm512_mul_ps(_mm512_cvtepi32_ps(c[2 * r + h]), _mm512_mul_ps(ws[h], sa));
-                    let o = row.as_mut_ptr().add(16 * h);
-                    _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), v));
+            for r0 in (0..MR).step_by(RT) {
+                let mut c: [__m512i; 2 * RT] = [_mm512_setzero_si512(); 2 * RT];
+                for r in 0..RT {
+                    let sh = _mm512_set1_epi32(-*share.add(g * MR + r0 + r));
+                    c[2 * r] = sh;
+                    c[2 * r + 1] = sh;
+                }
+                for ch in 0..4 {
+                    let (lo0, hi0) = operands(pb, ch, 0);
+                    let (lo1, hi1) = operands(pb, ch, 1);
+                    let kk = g * QK / 4 + 2 * ch;
+                    let a0 = values.add(kk * MR * 4).cast::<i32>().add(r0);
+                    let a1 = values.add((kk + 1) * MR * 4).cast::<i32>().add(r0);
+                    for r in 0..RT {
+                        let av = _mm512_set1_epi32(a0.add(r).read_unaligned());
+                        c[2 * r] = _mm512_dpbusd_epi32(c[2 * r], lo0, av);
+                        c[2 * r + 1] = _mm512_dpbusd_epi32(c[2 * r + 1], lo1, av);
+                    }
+                    for r in 0..RT {
+                        let av = _mm512_set1_epi32(a1.add(r).read_unaligned());
+                        c[2 * r] = _mm512_dpbusd_epi32(c[2 * r], hi0, av);
+                        c[2 * r + 1] = _mm512_dpbusd_epi32(c[2 * r + 1], hi1, av);
+                    }
+                }
+                for (r, row) in acc[r0..r0 + RT].iter_mut().enumerate() {
+                    let sa = _mm512_set1_ps(*scale.add(g * MR + r0 + r));
+                    for h in 0..2 {
+                        // sum as f32 * (ws * sa), then added: the portable kernel's order.
+                        let v = _mm512_mul_ps(_mm512_cvtepi32_ps(c[2 * r + h]), _mm512_mul_ps(ws[h], sa));
+                        let o = row.as_mut_ptr().add(16 * h);
+                        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), v));
+                    }
                 }
             }
         }
@@ -201,31 +210,41 @@ unsafe fn tile_q8(values: *const u8, scale: *const f32, w: *const u8, ng: usize,
     let ones = _mm512_set1_epi8(1);
     *acc = [[0.0; NR]; MR];
     for g in 0..ng {
-        let mut c: [__m512i; 2 * MR] = [_mm512_setzero_si512(); 2 * MR];
-        let mut wsum = [_mm512_setzero_si512(); 2];
         // SAFETY: g < ng: the panel block and the token block's inputs 32g..32g+32 are inside the
         // operands (checked by the caller).
         unsafe {
             let pb = w.add(g * pbs);
+            let weights = |ch: usize| {
+                (
+                    _mm512_loadu_si512(pb.add(NR * 2 + ch * 128).cast()),
+                    _mm512_loadu_si512(pb.add(NR * 2 + ch * 128 + 64).cast()),
+                )
+            };
+            let mut wsum = [_mm512_setzero_si512(); 2];
             for ch in 0..8 {
-                let w0 = _mm512_loadu_si512(pb.add(NR * 2 + ch * 128).cast());
-                let w1 = _mm512_loadu_si512(pb.add(NR * 2 + ch * 128 + 64).cast());
+                let (w0, w1) = weights(ch);
                 wsum[0] = _mm512_dpbusd_epi32(wsum[0], ones, w0);
                 wsum[1] = _mm512_dpbusd_epi32(wsum[1], ones, w1);
-                let a = values.add((g * QK / 4 + ch) * MR * 4).cast::<i32>();
-                for r in 0..MR {
-                    let av = _mm512_set1_epi32(a.add(r).read_unaligned());
-                    c[2 * r] = _mm512_dpbusd_epi32(c[2 * r], av, w0);
-                    c[2 * r + 1] = _mm512_dpbusd_epi32(c[2 * r + 1], av, w1);
-                }
             }
             let ws = [scales(pb, 0), scales(pb, 1)];
-            for (r, row) in acc.iter_mut().enumerate() {
-                let sa = _mm512_set1_ps(*scale.add(g * MR + r));
-                for h in 0..2 {
-                    let v = q8_scaled(c[2 * r + h], wsum[h], ws[h], sa);
-                    let o = row.as_mut_ptr().add(16 * h);
-                    _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), v));
+            for r0 in (0..MR).step_by(RT) {
+                let mut c: [__m512i; 2 * RT] = [_mm512_setzero_si512(); 2 * RT];
+                for ch in 0..8 {
+                    let (w0, w1) = weights(ch);
+                    let a = values.add((g * QK / 4 + ch) * MR * 4).cast::<i32>().add(r0);
+                    for r in 0..RT {
+                        let av = _mm512_set1_epi32(a.add(r).read_unaligned());
+                        c[2 * r] = _mm512_dpbusd_epi32(c[2 * r], av, w0);
+                        c[2 * r + 1] = _mm512_dpbusd_epi32(c[2 * r + 1], av, w1);
+                    }
+                }
+                for (r, row) in acc[r0..r0 + RT].iter_mut().enumerate() {
+                    let sa = _mm512_set1_ps(*scale.add(g * MR + r0 + r));
+                    for h in 0..2 {
+                        let v = q8_scaled(c[2 * r + h], wsum[h], ws[h], sa);
+                        let o = row.as_mut_ptr().add(16 * h);
+                        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), v));
+                    }
                 }
             }
         }
