@@ -19,7 +19,8 @@ mod avx512;
 
 use super::Isa;
 
-/// Queries per block (12 x 2 accumulators + 2 loads fit AVX-512's 32 registers).
+/// Queries per block. The vector kernels compute a block in register sub-tiles of 6 queries (AVX-512: 6 x 32,
+/// AVX2: 6 x 16), so a block is two (AVX-512) or four (AVX2) passes over a panel that stays in L1.
 pub const MR: usize = 12;
 /// Keys (for the scores) or value channels (for the output) per panel: two 16-lane vectors.
 pub const NR: usize = 32;

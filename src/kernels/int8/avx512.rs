@@ -1,6 +1,7 @@
-//! The AVX-512 VNNI tile: 12 tokens x 32 outputs, 24 int32 accumulators in registers, one `vpdpbusd`
-//! (64 unsigned x signed byte products summed in fours) per accumulator per 4 inputs; after each group
-//! of inputs the sums are scaled into f32 accumulators (in L1) and the int32 ones start again.
+//! The AVX-512 VNNI tile: 12 tokens x 32 outputs, as two sub-tiles of 6 tokens (12 int32 accumulators in
+//! registers, `RT`), one `vpdpbusd` (64 unsigned x signed byte products summed in fours) per accumulator
+//! per 4 inputs; after each group of inputs the sums are scaled into f32 accumulators (in L1) and the
+//! int32 ones start again.
 use std::arch::x86_64::{
     __m512i, _mm512_add_ps, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32, _mm512_loadu_ps, _mm512_loadu_si512,
     _mm512_mul_ps, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_si512, _mm512_storeu_ps, _mm512_sub_epi32,

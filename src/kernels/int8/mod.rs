@@ -33,7 +33,8 @@ use std::ops::Range;
 
 /// Outputs per weight panel (two 16-lane int32 vectors).
 pub const NR: usize = 32;
-/// Tokens per activation block (12 x 2 accumulators + 2 weight vectors fit AVX-512's 32 registers).
+/// Tokens per activation block (the AVX-512 tile computes it in two register sub-tiles of 6 tokens x 32
+/// outputs, 12 accumulators each: `avx512::RT`).
 pub const MR: usize = 12;
 /// Inputs per quantization group: one scale per group of 128 inputs for the weights (per output) and
 /// the activations (per token), so that one large value costs precision within its group only. A
