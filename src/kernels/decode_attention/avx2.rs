@@ -1,14 +1,14 @@
-//! The AVX2 + FMA + F16C build of `super::body`: its row operations with intrinsics (the f16 -> f32
-//! conversion by `vcvtph2ps`, exact as the portable one; the dot products four rows at a time and the
-//! weighted sums in the portable code's order of fused multiply-adds), the rest the same Rust code compiled
-//! for AVX2: the same bits as the portable path.
+//! The AVX2 + FMA + F16C build of `super::body`: its chunk operations with intrinsics (the f16 -> f32
+//! conversion by `vcvtph2ps`, exact as the portable one; the scores as register tiles of 8 rows x `LANES`
+//! heads, the weighted sums as tiles of 4 heads x 16 channels, in the portable code's order of fused
+//! multiply-adds), the
+//! rest the same Rust code compiled for AVX2: the same bits as the portable path.
 use std::arch::x86_64::{
-    __m128, __m128i, __m256, _mm256_castps256_ps128, _mm256_cvtph_ps, _mm256_extractf128_ps, _mm256_fmadd_ps,
-    _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps, _mm_add_ps, _mm_loadu_si128, _mm_movehl_ps,
-    _mm_movelh_ps, _mm_prefetch, _mm_storeu_ps, _mm_unpackhi_ps, _mm_unpacklo_ps, _MM_HINT_T0,
+    __m128i, __m256, _mm256_cvtph_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps,
+    _mm256_storeu_ps, _mm_loadu_si128, _mm_prefetch, _MM_HINT_T0,
 };
 
-use super::{KvRows, RowOps, Scratch};
+use super::{KvRows, RowOps, Scratch, LANES};
 
 /// Whether this CPU runs `Isa::Avx2` (AVX2, FMA and F16C; asked once per process).
 fn available() -> bool {
@@ -45,14 +45,14 @@ impl RowOps for Avx2 {
         unsafe { convert(src, dst) }
     }
     #[inline(always)]
-    fn dots(&self, q: &[f32], k: &[f32], hd: usize, s: &mut [f32]) {
+    fn scores(&self, qt: &[f32], k: &[f32], hd: usize, rows: usize, s: &mut [f32]) {
         // SAFETY: as for `convert`.
-        unsafe { dots(q, k, hd, s) }
+        unsafe { scores(qt, k, hd, rows, s) }
     }
     #[inline(always)]
-    fn weighted(&self, acc: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
+    fn weighted(&self, acc: &mut [f32], p: &[f32], v: &[u16], ld: usize, hd: usize, rows: usize) {
         // SAFETY: as for `convert`.
-        unsafe { weighted_add(acc, p, v, hd) }
+        unsafe { weighted(acc, p, v, ld, hd, rows) }
     }
 }
 
@@ -67,48 +67,69 @@ fn prefetch(row: &[u16]) {
     }
 }
 
-/// `super::dots_portable`'s results, four rows at a time (four independent chains of additions hide their
-/// latency), each row's sum in `super::dot`'s order: lane i of one 8-lane accumulator adds inputs i, i + 8,
-/// ...; then halves are added (lanes i + 4, then i + 2, then i + 1), four rows together after a 4 x 4
-/// transpose. A head dimension that is not a multiple of 8 takes `super::dots_portable` itself.
+/// `super::scores_portable`'s results, 8 rows at a time: 8 accumulators of `LANES` heads, each channel's
+/// query vector loaded once and each row's key value broadcast from memory; every score is the same chain
+/// of fused multiply-adds over the channels. Rows past the last whole 8 go one at a time. The head
+/// dimension 64 (Qwen2's) is compiled as a constant, so that the 8 rows' values are fixed offsets from one
+/// address (with a run-time dimension the addresses took more instructions than the products).
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn dots(q: &[f32], k: &[f32], hd: usize, s: &mut [f32]) {
-    let rows = s.len();
-    assert!(q.len() == hd && k.len() >= rows * hd, "decode attention: dots shapes");
-    if !hd.is_multiple_of(8) {
-        super::dots_portable(q, k, hd, s);
-        return;
-    }
-    let (qp, kp) = (q.as_ptr(), k.as_ptr());
-    let mut j = 0;
-    while j + 4 <= rows {
-        // SAFETY: rows j..j + 4 < rows and c + 8 <= hd: every load is inside `q` (hd values) or `k`
-        // (rows * hd values, checked above); the store writes s[j..j + 4].
-        unsafe {
-            let mut acc: [__m256; 4] = [_mm256_setzero_ps(); 4];
-            for c in (0..hd).step_by(8) {
-                let x = _mm256_loadu_ps(qp.add(c));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(x, _mm256_loadu_ps(kp.add((j + r) * hd + c)), *a);
-                }
-            }
-            let half = |a: __m256| -> __m128 { _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)) };
-            let (b0, b1, b2, b3) = (half(acc[0]), half(acc[1]), half(acc[2]), half(acc[3]));
-            // Transpose: t_k holds lane k of b0..b3.
-            let (u0, u1) = (_mm_unpacklo_ps(b0, b1), _mm_unpacklo_ps(b2, b3));
-            let (u2, u3) = (_mm_unpackhi_ps(b0, b1), _mm_unpackhi_ps(b2, b3));
-            let (t0, t1) = (_mm_movelh_ps(u0, u1), _mm_movehl_ps(u1, u0));
-            let (t2, t3) = (_mm_movelh_ps(u2, u3), _mm_movehl_ps(u3, u2));
-            let d = _mm_add_ps(_mm_add_ps(t0, t2), _mm_add_ps(t1, t3));
-            _mm_storeu_ps(s.as_mut_ptr().add(j), d);
+unsafe fn scores(qt: &[f32], k: &[f32], hd: usize, rows: usize, s: &mut [f32]) {
+    assert!(
+        qt.len() >= hd * LANES && k.len() >= rows * hd && s.len() >= rows * LANES,
+        "decode attention: scores shapes"
+    );
+    // SAFETY: the shapes are checked above; the CPU has the features (the caller's contract).
+    unsafe {
+        if hd == 64 {
+            scores_for::<64>(qt, k, 64, rows, s)
+        } else {
+            scores_for::<0>(qt, k, hd, rows, s)
         }
-        j += 4;
     }
-    super::dots_portable(q, &k[j * hd..], hd, &mut s[j..]);
+}
+
+/// `scores` with the head dimension `HD` when it is not 0, else `hd`.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `qt`, `k` and `s` hold `hd * LANES`, `rows * hd` and `rows * LANES`
+/// values.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn scores_for<const HD: usize>(qt: &[f32], k: &[f32], hd: usize, rows: usize, s: &mut [f32]) {
+    let hd = if HD > 0 { HD } else { hd };
+    let (qp, kp, sp) = (qt.as_ptr(), k.as_ptr(), s.as_mut_ptr());
+    let mut j = 0;
+    while j < rows {
+        let block = if j + 8 <= rows { 8 } else { 1 };
+        // SAFETY: rows j..j + block <= rows and channels c < hd: loads inside `k` and `qt`, stores inside
+        // `s` (the caller's contract).
+        unsafe {
+            let kr = kp.add(j * hd);
+            if block == 8 {
+                let mut a = [_mm256_setzero_ps(); 8];
+                for c in 0..hd {
+                    let x = _mm256_loadu_ps(qp.add(c * LANES));
+                    for (r, a) in a.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_set1_ps(*kr.add(r * hd + c)), x, *a);
+                    }
+                }
+                for (r, a) in a.iter().enumerate() {
+                    _mm256_storeu_ps(sp.add((j + r) * LANES), *a);
+                }
+            } else {
+                let mut a = _mm256_setzero_ps();
+                for c in 0..hd {
+                    a = _mm256_fmadd_ps(_mm256_set1_ps(*kr.add(c)), _mm256_loadu_ps(qp.add(c * LANES)), a);
+                }
+                _mm256_storeu_ps(sp.add(j * LANES), a);
+            }
+        }
+        j += block;
+    }
 }
 
 /// f16 bits -> f32, 8 at a time by `vcvtph2ps`, the tail element by element.
@@ -131,60 +152,106 @@ unsafe fn convert(src: &[u16], dst: &mut [f32]) {
     super::convert_portable(&src[whole..n], &mut dst[whole..n]);
 }
 
-/// `super::weighted_add`'s result: each channel's chain of fused multiply-adds over the rows in order, 64
-/// channels (8 registers) or 8 at a time across the rows. A head dimension that is not a multiple of 8
-/// takes `super::weighted_add` itself.
+/// `super::weighted_portable`'s results: tiles of up to 4 heads x 16 channels (8 accumulators) held across
+/// the rows, each row's 16 values converted from the cache's f16 in registers (`vcvtph2ps` from memory, no
+/// f32 copy) and each head's weight broadcast; every output is the same chain of fused multiply-adds over
+/// the rows in order. Channels past the last whole 8 take the portable code.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn weighted_add(acc: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
+unsafe fn weighted(acc: &mut [f32], p: &[f32], v: &[u16], ld: usize, hd: usize, rows: usize) {
+    let heads = acc.len() / hd;
     assert!(
-        acc.len() == hd && v.len() >= p.len() * hd,
-        "decode attention: weighted_add shapes"
+        acc.len() == heads * hd
+            && heads <= LANES
+            && p.len() >= rows * LANES
+            && (rows == 0 || v.len() >= (rows - 1) * ld + hd),
+        "decode attention: weighted shapes"
     );
-    if !hd.is_multiple_of(8) {
-        super::weighted_add(acc, p, v, hd);
-        return;
+    let whole = hd / 8 * 8;
+    let mut h0 = 0;
+    while h0 < heads {
+        let hb = 4.min(heads - h0);
+        let mut c0 = 0;
+        while c0 < whole {
+            let two = c0 + 16 <= whole;
+            // SAFETY: heads h0..h0 + hb <= heads, channels c0..c0 + 8 or 16 <= hd, rows < rows: inside `acc`,
+            // `p` and `v` (checked above); the CPU has the features (the caller's contract).
+            unsafe {
+                match (hb, two) {
+                    (4, true) => tile::<4, 2>(acc, p, v, ld, hd, rows, h0, c0),
+                    (3, true) => tile::<3, 2>(acc, p, v, ld, hd, rows, h0, c0),
+                    (2, true) => tile::<2, 2>(acc, p, v, ld, hd, rows, h0, c0),
+                    (1, true) => tile::<1, 2>(acc, p, v, ld, hd, rows, h0, c0),
+                    (4, false) => tile::<4, 1>(acc, p, v, ld, hd, rows, h0, c0),
+                    (3, false) => tile::<3, 1>(acc, p, v, ld, hd, rows, h0, c0),
+                    (2, false) => tile::<2, 1>(acc, p, v, ld, hd, rows, h0, c0),
+                    _ => tile::<1, 1>(acc, p, v, ld, hd, rows, h0, c0),
+                }
+            }
+            c0 += if two { 16 } else { 8 };
+        }
+        h0 += hb;
     }
-    let mut c0 = 0;
-    while c0 + 64 <= hd {
-        // SAFETY: channels c0..c0 + 64 <= hd (the loop's condition), as `weighted_block` needs.
-        unsafe { weighted_block::<8>(acc, p, v, hd, c0) };
-        c0 += 64;
-    }
-    while c0 < hd {
-        // SAFETY: c0 + 8 <= hd (hd is a multiple of 8 and c0 < hd steps by 8).
-        unsafe { weighted_block::<1>(acc, p, v, hd, c0) };
-        c0 += 8;
+    if whole < hd {
+        // The channels past the last 8, for every head: the portable chains on a view of those channels.
+        for h in 0..heads {
+            for c in whole..hd {
+                let a = &mut acc[h * hd + c];
+                for j in 0..rows {
+                    *a = half::f16::from_bits(v[j * ld + c])
+                        .to_f32()
+                        .mul_add(p[j * LANES + h], *a);
+                }
+            }
+        }
     }
 }
 
-/// Channels `c0..c0 + 8 R` of `weighted_add`, in `R` registers across the rows.
+/// Heads `h0..h0 + H` x channels `c0..c0 + 8 NV` of `weighted`, in `H * NV` registers across the rows.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; `c0 + 8 R <= hd`, `acc.len() == hd`, `v.len() >= p.len() * hd`.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must have AVX2, FMA and F16C; the heads, channels and rows are inside `acc`, `p` and `v` as
+/// `weighted` checks.
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn weighted_block<const R: usize>(acc: &mut [f32], p: &[f32], v: &[f32], hd: usize, c0: usize) {
-    // SAFETY: loads and stores of channels c0..c0 + 8 R inside `acc` and inside row j < p.len() of `v` (the
-    // caller's contract).
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const H: usize, const NV: usize>(
+    acc: &mut [f32],
+    p: &[f32],
+    v: &[u16],
+    ld: usize,
+    hd: usize,
+    rows: usize,
+    h0: usize,
+    c0: usize,
+) {
+    // SAFETY: the caller's contract.
     unsafe {
-        let (ap, vp) = (acc.as_mut_ptr().add(c0), v.as_ptr().add(c0));
-        let mut r: [__m256; R] = [_mm256_setzero_ps(); R];
-        for (i, x) in r.iter_mut().enumerate() {
-            *x = _mm256_loadu_ps(ap.add(8 * i));
-        }
-        for (j, &pj) in p.iter().enumerate() {
-            let w = _mm256_set1_ps(pj);
-            let row = vp.add(j * hd);
-            for (i, x) in r.iter_mut().enumerate() {
-                *x = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(8 * i)), *x);
+        let (ap, pp, vp) = (acc.as_mut_ptr(), p.as_ptr(), v.as_ptr());
+        let mut a: [[__m256; NV]; H] = [[_mm256_setzero_ps(); NV]; H];
+        for (h, a) in a.iter_mut().enumerate() {
+            for (i, a) in a.iter_mut().enumerate() {
+                *a = _mm256_loadu_ps(ap.add((h0 + h) * hd + c0 + 8 * i));
             }
         }
-        for (i, x) in r.iter().enumerate() {
-            _mm256_storeu_ps(ap.add(8 * i), *x);
+        for j in 0..rows {
+            let x: [__m256; NV] = std::array::from_fn(|i| {
+                _mm256_cvtph_ps(_mm_loadu_si128(vp.add(j * ld + c0 + 8 * i) as *const __m128i))
+            });
+            for (h, a) in a.iter_mut().enumerate() {
+                let w = _mm256_set1_ps(*pp.add(j * LANES + h0 + h));
+                for (a, &x) in a.iter_mut().zip(&x) {
+                    *a = _mm256_fmadd_ps(x, w, *a);
+                }
+            }
+        }
+        for (h, a) in a.iter().enumerate() {
+            for (i, a) in a.iter().enumerate() {
+                _mm256_storeu_ps(ap.add((h0 + h) * hd + c0 + 8 * i), *a);
+            }
         }
     }
 }

@@ -5,36 +5,39 @@
 //! Why our own: ggml's CPU flash attention handles a one-row query one query head and one cache row at a
 //! time (a 64-long f16 dot product, a scalar online-softmax step, a 64-long f16 multiply-add), so with
 //! 3.4k cached rows (a 13-tile image in the context) it takes ~16 ms per token on 2 AVX2 threads, as
-//! long as reading all the weights. Here a chunk of `CHUNK` rows of one KV head is converted to f32 once
-//! and every query head of the group runs its scores, its softmax step and its weighted sum over the
-//! chunk in L1, with vectorizable loops.
+//! long as reading all the weights. Here a chunk of `CHUNK` rows of one KV head is read once for every
+//! query head of the group: its keys converted to f32 once, then the group's heads, `LANES` at a time in
+//! the lanes of one vector, run their scores, their softmax step and their weighted sums over the chunk
+//! as small register-tiled products (see `body`).
 //!
 //! Numerics: the reference computes attention in f32; so does this kernel, on the cache's f16 values
 //! (ggml's rounds the query to f16 and accumulates the weighted values in f16). The online softmax
 //! rescales at each chunk whose maximum is new (as flash attention does), with the ViT attention's
 //! exponential (`super::attention::exp_nonpositive`). The portable path and the AVX2 path compute the
-//! same fused multiply-adds in the same order (the AVX2 one with intrinsics for the dot products, the
-//! weighted sums and the exact f16 -> f32 conversion; `f32::mul_add` in the portable one, a library call
-//! where the build target lacks FMA: slow, for testing), so they give the same bits.
+//! same fused multiply-adds in the same order (each score and each weighted sum one chain; the AVX2 one
+//! with intrinsics for the products and the exact f16 -> f32 conversion; `f32::mul_add` in the portable
+//! one, a library call where the build target lacks FMA: slow, for testing), so they give the same bits.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
 use half::f16;
 
-use super::attention::{add_halves, exp_nonpositive, sum16};
+use super::attention::exp_nonpositive;
 use super::Isa;
 
-/// Cache rows converted and processed together (two f32 chunks of 64 x 64: 32 KB, in L1 or L2).
+/// Cache rows processed together (their keys converted to f32: 16 KB, in L1).
 pub const CHUNK: usize = 64;
+/// Query heads whose scores are computed together, one per f32 lane of an AVX2 vector.
+pub const LANES: usize = 8;
 
 /// Buffers one thread reuses between calls.
 #[derive(Default)]
 pub struct Scratch {
     k: Vec<f32>,
-    v: Vec<f32>,
     s: Vec<f32>,
     m: Vec<f32>,
+    qt: Vec<f32>,
     acc: Vec<f32>,
     max: Vec<f32>,
     sum: Vec<f32>,
@@ -84,17 +87,17 @@ pub fn heads(isa: Isa, q: &[f32], kv: &KvRows<'_>, scale: f32, out: &mut [f32], 
     }
 }
 
-/// What `body` does per row and per chunk, by instruction set. Every implementation converts exactly and
-/// computes `dot`'s and `weighted_add`'s fused multiply-adds in their order, so only speed differs.
+/// What `body` does per chunk, by instruction set. Every implementation converts exactly and computes
+/// `scores_portable`'s and `weighted_portable`'s fused multiply-adds in their order, so only speed differs.
 pub(super) trait RowOps {
     /// Asks for a row's cache lines ahead of use (a hint).
     fn prefetch(&self, row: &[u16]);
     /// A row of f16 bits into f32.
     fn convert(&self, src: &[u16], dst: &mut [f32]);
-    /// `s[j] = dot(q, k[j * hd..][..hd])` for each `j < s.len()`.
-    fn dots(&self, q: &[f32], k: &[f32], hd: usize, s: &mut [f32]);
-    /// `acc += Σ_j p[j] v[j * hd..][..hd]`, as `weighted_add`.
-    fn weighted(&self, acc: &mut [f32], p: &[f32], v: &[f32], hd: usize);
+    /// `scores_portable`.
+    fn scores(&self, qt: &[f32], k: &[f32], hd: usize, rows: usize, s: &mut [f32]);
+    /// `weighted_portable`.
+    fn weighted(&self, acc: &mut [f32], p: &[f32], v: &[u16], ld: usize, hd: usize, rows: usize);
 }
 
 /// Plain Rust.
@@ -105,19 +108,42 @@ impl RowOps for Portable {
     fn convert(&self, src: &[u16], dst: &mut [f32]) {
         convert_portable(src, dst)
     }
-    fn dots(&self, q: &[f32], k: &[f32], hd: usize, s: &mut [f32]) {
-        dots_portable(q, k, hd, s)
+    fn scores(&self, qt: &[f32], k: &[f32], hd: usize, rows: usize, s: &mut [f32]) {
+        scores_portable(qt, k, hd, rows, s)
     }
-    fn weighted(&self, acc: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
-        weighted_add(acc, p, v, hd)
+    fn weighted(&self, acc: &mut [f32], p: &[f32], v: &[u16], ld: usize, hd: usize, rows: usize) {
+        weighted_portable(acc, p, v, ld, hd, rows)
     }
 }
 
-/// `s[j] = dot(q, k[j * hd..][..hd])` for each `j < s.len()`, one row after another.
+/// The scores of `rows` cached rows for `LANES` query heads: `s[j * LANES + l] = Σ_c k[j * hd + c] qt[c *
+/// LANES + l]`, where `k` holds the rows' keys as f32 and `qt` the heads transposed (channel-major, one head
+/// per lane). Each score is one chain of fused multiply-adds over the channels in increasing order from 0.
 #[inline(always)]
-pub(super) fn dots_portable(q: &[f32], k: &[f32], hd: usize, s: &mut [f32]) {
-    for (j, s) in s.iter_mut().enumerate() {
-        *s = dot(q, &k[j * hd..(j + 1) * hd]);
+pub(super) fn scores_portable(qt: &[f32], k: &[f32], hd: usize, rows: usize, s: &mut [f32]) {
+    for j in 0..rows {
+        let mut a = [0f32; LANES];
+        for c in 0..hd {
+            let x = k[j * hd + c];
+            for (a, &q) in a.iter_mut().zip(&qt[c * LANES..(c + 1) * LANES]) {
+                *a = x.mul_add(q, *a);
+            }
+        }
+        s[j * LANES..(j + 1) * LANES].copy_from_slice(&a);
+    }
+}
+
+/// `acc[h * hd + c] += Σ_j v[j * ld + c] p[j * LANES + h]` over `rows` cached rows (values as f16 bits,
+/// converted exactly) for the `acc.len() / hd` heads of a group: each output one chain of fused
+/// multiply-adds over the rows in order.
+#[inline(always)]
+pub(super) fn weighted_portable(acc: &mut [f32], p: &[f32], v: &[u16], ld: usize, hd: usize, rows: usize) {
+    for (h, acc) in acc.chunks_exact_mut(hd).enumerate() {
+        for (c, a) in acc.iter_mut().enumerate() {
+            for j in 0..rows {
+                *a = f16::from_bits(v[j * ld + c]).to_f32().mul_add(p[j * LANES + h], *a);
+            }
+        }
     }
 }
 
@@ -129,21 +155,37 @@ pub(super) fn convert_portable(src: &[u16], dst: &mut [f32]) {
 }
 
 /// `heads` after its checks, with `ops` for the instruction set. Inlined into each caller so that each is
-/// compiled for its own instruction set.
+/// compiled for its own instruction set (the per-lane loops below vectorize there).
+///
+/// The query heads go in groups of `LANES`, one head per lane of the scores: the softmax steps (maximum,
+/// exponential, rescaling, sums) run across a group's heads as one vector, the scores broadcast each key
+/// value against a vector of heads (no horizontal sums), and the weighted sums read each row's values
+/// once per 4 heads, converted in registers.
 #[inline(always)]
 pub(super) fn body(ops: &impl RowOps, q: &[f32], kv: &KvRows<'_>, scale: f32, out: &mut [f32], sc: &mut Scratch) {
     let KvRows { k, v, ld, n, mask, hd } = *kv;
     let nq = q.len() / hd;
+    let groups = nq.div_ceil(LANES);
+    let width = hd * LANES;
     sc.k.resize(CHUNK * hd, 0.0);
-    sc.v.resize(CHUNK * hd, 0.0);
-    sc.s.resize(CHUNK, 0.0);
+    sc.s.resize(CHUNK * LANES, 0.0);
     sc.m.resize(CHUNK, 0.0);
+    // The heads transposed per group, lanes past the last head 0 (their scores are computed and dropped).
+    sc.qt.clear();
+    sc.qt.resize(groups * width, 0.0);
+    for h in 0..nq {
+        let (g, l) = (h / LANES, h % LANES);
+        for c in 0..hd {
+            sc.qt[g * width + c * LANES + l] = q[h * hd + c];
+        }
+    }
+    // Each head's weighted sum, head after head.
     sc.acc.clear();
     sc.acc.resize(nq * hd, 0.0);
     sc.max.clear();
-    sc.max.resize(nq, f32::NEG_INFINITY);
+    sc.max.resize(groups * LANES, f32::NEG_INFINITY);
     sc.sum.clear();
-    sc.sum.resize(nq, 0.0);
+    sc.sum.resize(groups * LANES, 0.0);
     // Rows past the last unmasked one (the padding of a decode graph's cache view) are not read.
     let n_valid = mask[..n]
         .iter()
@@ -151,6 +193,14 @@ pub(super) fn body(ops: &impl RowOps, q: &[f32], kv: &KvRows<'_>, scale: f32, ou
         .map_or(0, |i| i + 1);
     for j0 in (0..n_valid).step_by(CHUNK) {
         let cn = CHUNK.min(n_valid - j0);
+        let m = &mut sc.m[..cn];
+        for (m, &b) in m.iter_mut().zip(&mask[j0..j0 + cn]) {
+            *m = f16::from_bits(b).to_f32_const();
+        }
+        // A chunk of masked rows changes nothing (the mask is the same for every head).
+        if m.iter().all(|&m| m == f32::NEG_INFINITY) {
+            continue;
+        }
         for j in 0..cn {
             let row = (j0 + j) * ld;
             // The same row of the next chunk is asked for now: the cache is read from memory once per
@@ -161,107 +211,67 @@ pub(super) fn body(ops: &impl RowOps, q: &[f32], kv: &KvRows<'_>, scale: f32, ou
                 ops.prefetch(&v[ahead..ahead + hd]);
             }
             ops.convert(&k[row..row + hd], &mut sc.k[j * hd..(j + 1) * hd]);
-            ops.convert(&v[row..row + hd], &mut sc.v[j * hd..(j + 1) * hd]);
         }
-        let m = &mut sc.m[..cn];
-        for (m, &b) in m.iter_mut().zip(&mask[j0..j0 + cn]) {
-            *m = f16::from_bits(b).to_f32_const();
-        }
-        for h in 0..nq {
-            let s = &mut sc.s[..cn];
-            ops.dots(&q[h * hd..(h + 1) * hd], &sc.k[..cn * hd], hd, s);
-            for (s, &m) in s.iter_mut().zip(m.iter()) {
-                *s = if m == f32::NEG_INFINITY { m } else { *s * scale + m };
-            }
-            let chunk_max = max8(s);
-            if chunk_max == f32::NEG_INFINITY {
-                continue;
-            }
-            let old = sc.max[h];
-            let new = old.max(chunk_max);
-            // exp_nonpositive(-inf) is 0: masked rows and the empty start weigh nothing.
-            for s in s.iter_mut() {
-                *s = exp_nonpositive(*s - new);
-            }
-            let acc = &mut sc.acc[h * hd..(h + 1) * hd];
-            if new != old {
-                let alpha = exp_nonpositive(old - new);
-                sc.sum[h] *= alpha;
-                for a in acc.iter_mut() {
-                    *a *= alpha;
+        for g in 0..groups {
+            let s = &mut sc.s[..cn * LANES];
+            ops.scores(&sc.qt[g * width..(g + 1) * width], &sc.k[..cn * hd], hd, cn, s);
+            // Scaled and masked, then the chunk's maximum per head (`>`, not `f32::max`, whose NaN rule
+            // keeps the loop from vectorizing; every path runs this same code).
+            let mut chunk_max = [f32::NEG_INFINITY; LANES];
+            for (row, &m) in s.chunks_exact_mut(LANES).zip(sc.m[..cn].iter()) {
+                if m == f32::NEG_INFINITY {
+                    row.fill(m);
+                    continue;
+                }
+                for (x, cm) in row.iter_mut().zip(chunk_max.iter_mut()) {
+                    *x = *x * scale + m;
+                    *cm = if *x > *cm { *x } else { *cm };
                 }
             }
-            sc.sum[h] += sum16(s);
-            ops.weighted(acc, s, &sc.v[..cn * hd], hd);
-            sc.max[h] = new;
+            let old: [f32; LANES] = std::array::from_fn(|l| sc.max[g * LANES + l]);
+            let new: [f32; LANES] = std::array::from_fn(|l| if chunk_max[l] > old[l] { chunk_max[l] } else { old[l] });
+            // exp_nonpositive(0) is 1 exactly, so a head whose maximum stays keeps its sums bit for bit;
+            // from the empty start (-inf) the factor is 0 on sums that are 0.
+            let alpha: [f32; LANES] = std::array::from_fn(|l| {
+                if new[l] != old[l] {
+                    exp_nonpositive(old[l] - new[l])
+                } else {
+                    1.0
+                }
+            });
+            // exp_nonpositive(-inf) is 0: masked rows weigh nothing. The chunk's sum per head in 4
+            // interleaved partial sums (rows j, j + 4, ...), then (0 + 1) + (2 + 3).
+            let mut part = [[0f32; LANES]; 4];
+            for (j, row) in s.chunks_exact_mut(LANES).enumerate() {
+                let part = &mut part[j % 4];
+                for ((x, &nw), p) in row.iter_mut().zip(&new).zip(part.iter_mut()) {
+                    *x = exp_nonpositive(*x - nw);
+                    *p += *x;
+                }
+            }
+            for l in 0..LANES {
+                let chunk_sum = (part[0][l] + part[1][l]) + (part[2][l] + part[3][l]);
+                let sum = &mut sc.sum[g * LANES + l];
+                *sum = *sum * alpha[l] + chunk_sum;
+                sc.max[g * LANES + l] = new[l];
+            }
+            let heads = LANES.min(nq - g * LANES);
+            let acc = &mut sc.acc[g * LANES * hd..(g * LANES + heads) * hd];
+            if alpha.iter().any(|&a| a != 1.0) {
+                for (a, &f) in acc.chunks_exact_mut(hd).zip(&alpha) {
+                    for a in a.iter_mut() {
+                        *a *= f;
+                    }
+                }
+            }
+            ops.weighted(acc, s, &v[j0 * ld..], ld, hd, cn);
         }
     }
     for h in 0..nq {
-        let l = sc.sum[h];
-        let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+        let total = sc.sum[h];
+        let inv = if total > 0.0 { 1.0 / total } else { 0.0 };
         for (o, a) in out[h * hd..(h + 1) * hd].iter_mut().zip(&sc.acc[h * hd..(h + 1) * hd]) {
             *o = a * inv;
-        }
-    }
-}
-
-/// The largest of `x` (-inf when empty), in 8 lanes so that it vectorizes (the maximum does not depend on
-/// the order).
-#[inline(always)]
-fn max8(x: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let chunks = x.chunks_exact(8);
-    for (l, &v) in lanes.iter_mut().zip(chunks.remainder()) {
-        *l = v;
-    }
-    for c in chunks {
-        for i in 0..8 {
-            lanes[i] = lanes[i].max(c[i]);
-        }
-    }
-    lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
-}
-
-/// `a · b` in 8 interleaved partial sums (lane `i` accumulates the products of inputs `i`, `i + 8`, ... in
-/// that order by fused multiply-adds; a tail shorter than 8 goes to lanes 0..), combined as
-/// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`: the order of an 8-lane vector reduced by halves,
-/// which `avx2::dots` computes four rows at a time.
-#[inline(always)]
-pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] = x[i].mul_add(y[i], acc[i]);
-        }
-    }
-    for (i, (x, y)) in ra.iter().zip(rb).enumerate() {
-        acc[i] = x.mul_add(*y, acc[i]);
-    }
-    add_halves(acc)
-}
-
-/// `acc += Σ_j p[j] v[j]` over the rows `v[j * hd..][..hd]`: each channel a chain of fused multiply-adds,
-/// rows in order (`avx2::weighted_add` computes the same), 32 channels at a time held across the rows.
-pub(super) fn weighted_add(acc: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
-    const W: usize = 32;
-    let mut c0 = 0;
-    while c0 + W <= hd {
-        let mut r = [0f32; W];
-        r.copy_from_slice(&acc[c0..c0 + W]);
-        for (j, &pj) in p.iter().enumerate() {
-            let row = &v[j * hd + c0..j * hd + c0 + W];
-            for i in 0..W {
-                r[i] = pj.mul_add(row[i], r[i]);
-            }
-        }
-        acc[c0..c0 + W].copy_from_slice(&r);
-        c0 += W;
-    }
-    for (c, a) in acc.iter_mut().enumerate().skip(c0) {
-        for (j, &pj) in p.iter().enumerate() {
-            *a = pj.mul_add(v[j * hd + c], *a);
         }
     }
 }
@@ -315,13 +325,16 @@ mod tests {
     #[test]
     fn every_path_matches_the_f64_reference_and_the_paths_agree_bit_for_bit() {
         // Qwen2-0.5B's shape (7 query heads per KV head, hd 64, 2 KV heads interleaved in a row) and odd
-        // ones: rows not a multiple of CHUNK, a head dimension not a multiple of 8 or 32, padding rows.
+        // ones: rows not a multiple of CHUNK or of 8, head dimensions not a multiple of 8 or of 16,
+        // padding rows, more query heads than LANES.
         for &(nq, hd, n, valid, seed) in &[
             (7usize, 64usize, 1usize, 1usize, 1u64),
             (7, 64, 256, 37, 2),
             (7, 64, 3386, 3386, 3),
             (2, 40, 100, 99, 4),
             (3, 13, 70, 70, 5),
+            // More heads than lanes: two groups, the second partial.
+            (14, 64, 300, 290, 6),
         ] {
             let ld = 2 * hd;
             // Large scores (scale 1, values up to ~8) exercise the online rescaling.
