@@ -3,7 +3,7 @@
 //! `panels` (q4_0 and q8_0 weights rearranged for SIMD dot products: the ViT's and the language model's
 //! products, decoding included), `int8` (int8 matrix products for f16/f32 weights in the ViT and prefill),
 //! `attention` (the ViT's attention), `decode_attention` (a decoded token's attention over the f16 KV
-//! cache) and `activation` (the ViT's erf GELU) run as ggml custom nodes
+//! cache), `prefill_attention` (a prompt chunk's attention over it) and `activation` (the ViT's erf GELU) run as ggml custom nodes
 //! (`*_op.rs`, over `crate::ggml::custom`). Their only `unsafe` is the SIMD intrinsics, in one file per
 //! instruction set (`avx512.rs`), behind safe functions that check every slice bound first, and the
 //! nodes' callbacks, which read ggml's tensors.
@@ -24,12 +24,15 @@ mod int8_op;
 mod own_product;
 pub mod panels;
 mod panels_op;
+pub mod prefill_attention;
+mod prefill_attention_op;
 
 pub use activation_op::gelu_erf_cpu;
 pub use attention_op::vit_attention;
 pub use decode_attention_op::decode_attention;
 pub use int8_op::linear_int8;
 pub use panels_op::linear_panels;
+pub use prefill_attention_op::prefill_attention;
 
 use std::fmt;
 use std::str::FromStr;

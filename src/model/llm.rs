@@ -101,10 +101,12 @@ pub struct Batch {
     pub n_kv: usize,
     pub n_out: usize,
     pub keep_hidden: bool,
-    /// A decode step (one token, the session's kept graph): its attention may run on our kernel
-    /// (`kernels::decode_attention`). Prefill chunks, one token long included, keep ggml's flash attention,
-    /// so that a token evaluated alone (the last prompt token of a turn whose prefix is reused from the
-    /// cache) gets the same bits as inside a longer chunk, and a reused prefix the same answer as a fresh one.
+    /// A decode step (one token, the session's kept graph): its attention may run on our decode kernel
+    /// (`kernels::decode_attention`). Prefill chunks, one token long included, run an attention that gives
+    /// a token the same bits in a chunk of any length (`kernels::prefill_attention` on the CPU, else ggml's
+    /// flash attention), so that a token evaluated alone (the last prompt token of a turn whose prefix is
+    /// reused from the cache) gets the same bits as inside a longer chunk, and a reused prefix the same
+    /// answer as a fresh one.
     pub decode_step: bool,
 }
 

@@ -105,10 +105,12 @@ pub fn build<'a>(
         .ok_or_else(|| ModelError::Unsupported("kv head".into()))?;
     let scale = 1.0 / (hd as f32).sqrt();
 
-    // Decoding on the CPU: our kernel reads each KV head's rows once for its query heads (see
-    // `kernels::decode_attention`; a custom node would run on the CPU whatever the backend).
-    let our_attention =
-        decode_step && n == 1 && kv.ty == KvType::F16 && m.kernels.attention && m.device == BackendKind::Cpu;
+    // On the CPU over an f16 cache, our kernels (a custom node would run on the CPU whatever the backend):
+    // a decode step's reads each KV head's rows once for its query heads (`kernels::decode_attention`),
+    // a prompt chunk's are register-tiled products giving each token the same bits in any chunk
+    // (`kernels::prefill_attention`).
+    let ours = kv.ty == KvType::F16 && m.kernels.attention && m.device == BackendKind::Cpu;
+    let our_decode = ours && decode_step && n == 1;
 
     let store = &m.weights;
     let mut x = inp_embd;
@@ -127,8 +129,10 @@ pub fn build<'a>(
         let v_store = ctx.set_rows(cv, v, inp_rows)?;
         // Attention over every cached position (causal mask), GQA: query head h reads kv head h/group.
         // set_rows returns a view of the cache, so reading through it orders the write before the read.
-        let a = if our_attention {
+        let a = if our_decode {
             crate::kernels::decode_attention(ctx, q, k_store, v_store, inp_mask, scale, m.kernels.isa)?
+        } else if ours {
+            crate::kernels::prefill_attention(ctx, q, k_store, v_store, inp_mask, scale, m.kernels.isa)?
         } else {
             let kview = ctx.view(k_store, &[hd, nkv, n_kv], &[head_k, row_k], 0)?;
             let vview = ctx.view(v_store, &[hd, nkv, n_kv], &[head_k, row_k], 0)?;

@@ -118,7 +118,7 @@ pub fn head(
 
 /// `acc[r][j] = sum over c < depth of a[r * lda + c] * b[c * ldb + j]`, r < MR, j < NR, fused
 /// multiply-adds in increasing c.
-fn tile(isa: Isa, a: &[f32], lda: usize, b: &[f32], ldb: usize, depth: usize, acc: &mut [[f32; NR]; MR]) {
+pub(crate) fn tile(isa: Isa, a: &[f32], lda: usize, b: &[f32], ldb: usize, depth: usize, acc: &mut [[f32; NR]; MR]) {
     assert!(
         depth > 0 && a.len() >= (MR - 1) * lda + depth,
         "attention tile: short a"

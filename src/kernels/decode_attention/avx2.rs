@@ -132,6 +132,16 @@ unsafe fn scores_for<const HD: usize>(qt: &[f32], k: &[f32], hd: usize, rows: us
     }
 }
 
+/// `convert` after a check of the CPU (see `super::convert`).
+pub fn convert_checked(src: &[u16], dst: &mut [f32]) {
+    assert!(
+        available(),
+        "f16 conversion: AVX2 kernel on a CPU without AVX2, FMA and F16C"
+    );
+    // SAFETY: the CPU has AVX2 and F16C (checked above); `convert` bounds itself by both lengths.
+    unsafe { convert(src, dst) }
+}
+
 /// f16 bits -> f32, 8 at a time by `vcvtph2ps`, the tail element by element.
 ///
 /// # Safety

@@ -87,6 +87,21 @@ pub fn heads(isa: Isa, q: &[f32], kv: &KvRows<'_>, scale: f32, out: &mut [f32], 
     }
 }
 
+/// f16 bits -> f32 (exact), by `vcvtph2ps` on the vector paths (also `super::prefill_attention`'s).
+pub(crate) fn convert(isa: Isa, src: &[u16], dst: &mut [f32]) {
+    assert!(
+        dst.len() >= src.len(),
+        "f16 conversion: {} into {}",
+        src.len(),
+        dst.len()
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => avx2::convert_checked(src, dst),
+        _ => convert_portable(src, dst),
+    }
+}
+
 /// What `body` does per chunk, by instruction set. Every implementation converts exactly and computes
 /// `scores_portable`'s and `weighted_portable`'s fused multiply-adds in their order, so only speed differs.
 pub(super) trait RowOps {
