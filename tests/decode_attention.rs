@@ -1,5 +1,6 @@
 //! A decoded token's attention over the f16 KV cache (`kernels::decode_attention`, chosen with our other
-//! kernels) on the tiny model, at every decode step across a span boundary of the kept decode graph
+//! kernels; the prompt's goes through `kernels::prefill_attention`) on the tiny model, at the prefill and
+//! at every decode step across a span boundary of the kept decode graph
 //! (position 256): against ggml's flash attention over an f32 cache (the reference: no f16 rounding in
 //! the attention) and over the f16 cache (`--kernels ggml`, what llama.cpp runs); every instruction set
 //! of ours this CPU runs bit for bit with the portable kernels. (The products of
@@ -53,13 +54,21 @@ fn our_decode_attention_on_every_instruction_set_and_ggml_flash_attention_agree(
     }
     let ggml = run(Kernels::Ggml);
     // The reference: ggml's flash attention over an f32 cache (no f16 rounding in the attention at all).
-    // The prefill (step 0: flash attention over the f16 cache on both) shows what storing K and V in f16
+    // Our prefill (step 0: f32 attention on the f16 cache's values) shows what storing K and V in f16
     // costs; ours must add little to that at every decode step. ggml's f16 path also rounds the query and
     // its running weighted sum to f16, which on this model costs about ten times more (measured: ours
     // 4e-4, ggml 4e-3 for logits up to 2): it is only bounded loosely here, and must not beat ours.
     let exact = run_kv(Kernels::Ggml, KvType::F32);
-    assert!(ours[0] == ggml[0], "the prefill runs the same kernels");
+    // Step 0, the prefill: ours runs `kernels::prefill_attention` (f32 on the f16 values: the f16 cache's
+    // cost alone), ggml its flash attention over the f16 cache. Both are then about the f16 cache's cost
+    // (measured: 4.046e-4 and 4.045e-4 for logits up to 2); ours may not add 1% to ggml's.
     let f16_cache = common::max_abs_diff(&ours[0], &exact[0]);
+    let ggml_prefill = common::max_abs_diff(&ggml[0], &exact[0]);
+    eprintln!("prefill: max |ours - f32 cache| {f16_cache:.4e}, max |ggml - f32 cache| {ggml_prefill:.4e}");
+    assert!(
+        f16_cache <= 1.01 * ggml_prefill,
+        "our prefill attention ({f16_cache}) is further from the f32 cache than ggml's ({ggml_prefill})"
+    );
     let (mut worst_ours, mut worst_ggml) = (0f64, 0f64);
     for (step, ((a, b), r)) in ours.iter().zip(&ggml).zip(&exact).enumerate().skip(1) {
         assert!(a.iter().all(|x| x.is_finite()), "step {step}: non-finite logits");
