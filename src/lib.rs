@@ -45,4 +45,16 @@ pub mod test_values {
             })
             .collect()
     }
+
+    /// For tests that run every instruction set on the same input: keeps the first path's `out` in
+    /// `first`, and panics unless every later path's `out` has the same bits.
+    pub fn same_bits_as_first(first: &mut Option<Vec<f32>>, out: Vec<f32>, path: &str) {
+        match first {
+            None => *first = Some(out),
+            Some(f) => assert!(
+                f.len() == out.len() && f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{path} differs from the first path (the portable one)"
+            ),
+        }
+    }
 }

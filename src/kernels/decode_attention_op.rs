@@ -37,28 +37,7 @@ pub fn decode_attention<'a>(
     if mask.ty() != GgmlType::F16 || mask.nb()[0] != 2 || mrows != 1 || n_kv == 0 {
         return Err(ty_err(OP, mask, "mask must be f16 [n_kv, 1]"));
     }
-    for t in [k, v] {
-        let [row, rows, ..] = t.ne().map(|x| x as usize);
-        if t.ty() != GgmlType::F16 || t.nb()[0] != 2 || !t.nb()[1].is_multiple_of(2) {
-            return Err(ty_err(OP, t, "k and v must be f16 with unit stride in a row"));
-        }
-        if row == 0 || !row.is_multiple_of(hd) || rows < n_kv || t.nb()[1] < row * 2 {
-            return Err(shape(
-                OP,
-                format!("cache {:?} for head dim {hd} and {n_kv} rows", t.ne()),
-            ));
-        }
-    }
-    let nkv = k.ne()[0] as usize / hd;
-    if v.ne()[0] != k.ne()[0] || v.nb()[1] != k.nb()[1] || nh % nkv != 0 {
-        return Err(shape(
-            OP,
-            format!("k {:?} / v {:?} for {nh} query heads of {hd}", k.ne(), v.ne()),
-        ));
-    }
-    if !scale.is_finite() {
-        return Err(shape(OP, format!("scale {scale}")));
-    }
+    check_cache(OP, k, v, hd, nh, n_kv, scale)?;
     let f: NodeFn = match isa {
         Isa::Portable => decode_attention_node::<{ Isa::Portable as u8 }>,
         Isa::Avx2 => decode_attention_node::<{ Isa::Avx2 as u8 }>,
@@ -76,6 +55,43 @@ pub fn decode_attention<'a>(
             scale.to_bits() as usize as *mut c_void,
         )
     }
+}
+
+/// The checks shared with `super::prefill_attention_op`: `k` and `v` f16 cache matrices (or views) of at
+/// least `n_kv` rows of whole heads of `hd`, unit stride in a row, equal row layouts, `nh` query heads a
+/// multiple of their KV heads, a finite scale.
+pub(super) fn check_cache(
+    op: &'static str,
+    k: Tensor<'_>,
+    v: Tensor<'_>,
+    hd: usize,
+    nh: usize,
+    n_kv: usize,
+    scale: f32,
+) -> Result<()> {
+    for t in [k, v] {
+        let [row, rows, ..] = t.ne().map(|x| x as usize);
+        if t.ty() != GgmlType::F16 || t.nb()[0] != 2 || !t.nb()[1].is_multiple_of(2) {
+            return Err(ty_err(op, t, "k and v must be f16 with unit stride in a row"));
+        }
+        if row == 0 || !row.is_multiple_of(hd) || rows < n_kv || t.nb()[1] < row * 2 {
+            return Err(shape(
+                op,
+                format!("cache {:?} for head dim {hd} and {n_kv} rows", t.ne()),
+            ));
+        }
+    }
+    let nkv = k.ne()[0] as usize / hd;
+    if v.ne()[0] != k.ne()[0] || v.nb()[1] != k.nb()[1] || !nh.is_multiple_of(nkv) {
+        return Err(shape(
+            op,
+            format!("k {:?} / v {:?} for {nh} query heads of {hd}", k.ne(), v.ne()),
+        ));
+    }
+    if !scale.is_finite() {
+        return Err(shape(op, format!("scale {scale}")));
+    }
+    Ok(())
 }
 
 thread_local! {

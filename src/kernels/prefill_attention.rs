@@ -344,14 +344,7 @@ mod tests {
                         assert!((f64::from(*a) - b).abs() < 2e-5, "{} token {t}: {a} vs {b}", isa.name());
                     }
                 }
-                match &first {
-                    None => first = Some(out),
-                    Some(f) => assert!(
-                        f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{} differs from the portable path",
-                        isa.name()
-                    ),
-                }
+                crate::test_values::same_bits_as_first(&mut first, out, isa.name());
             }
         }
     }

@@ -38,28 +38,7 @@ pub fn prefill_attention<'a>(
     if mask.ty() != GgmlType::F16 || mask.nb()[0] != 2 || mask.nb()[1] != n_kv * 2 || mrows != n || n_kv == 0 {
         return Err(ty_err(OP, mask, "mask must be contiguous f16 [n_kv, n]"));
     }
-    for t in [k, v] {
-        let [row, rows, ..] = t.ne().map(|x| x as usize);
-        if t.ty() != GgmlType::F16 || t.nb()[0] != 2 || !t.nb()[1].is_multiple_of(2) {
-            return Err(ty_err(OP, t, "k and v must be f16 with unit stride in a row"));
-        }
-        if row == 0 || !row.is_multiple_of(hd) || rows < n_kv || t.nb()[1] < row * 2 {
-            return Err(shape(
-                OP,
-                format!("cache {:?} for head dim {hd} and {n_kv} rows", t.ne()),
-            ));
-        }
-    }
-    let nkv = k.ne()[0] as usize / hd;
-    if v.ne()[0] != k.ne()[0] || v.nb()[1] != k.nb()[1] || nh % nkv != 0 {
-        return Err(shape(
-            OP,
-            format!("k {:?} / v {:?} for {nh} query heads of {hd}", k.ne(), v.ne()),
-        ));
-    }
-    if !scale.is_finite() {
-        return Err(shape(OP, format!("scale {scale}")));
-    }
+    super::decode_attention_op::check_cache(OP, k, v, hd, nh, n_kv, scale)?;
     let f: NodeFn = match isa {
         Isa::Portable => prefill_attention_node::<{ Isa::Portable as u8 }>,
         Isa::Avx2 => prefill_attention_node::<{ Isa::Avx2 as u8 }>,

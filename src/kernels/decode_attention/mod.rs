@@ -377,14 +377,7 @@ mod tests {
                     isa.name()
                 );
                 assert!(err < 2e-5, "{}: max abs error {err} against f64", isa.name());
-                match &first {
-                    None => first = Some(out),
-                    Some(f) => assert!(
-                        f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{} differs from the portable path",
-                        isa.name()
-                    ),
-                }
+                crate::test_values::same_bits_as_first(&mut first, out, isa.name());
             }
         }
     }
