@@ -4,8 +4,9 @@
 //! softmax of each row, the weighted values.
 //!
 //! Why our own: ggml's CPU flash attention ran a 1844-token prompt's attention at ~47 G multiply-adds/s
-//! on 2 AVX2 threads (Zen 4; 4.4% of a 7-tile request, ~1.5 s), and its cost grows with the square of
-//! the prompt: ~5 s of a 13-tile request's 12.8 s prefill. The ViT attention's tile runs the same shapes
+//! on 2 AVX2 threads (Zen 4; 4.4% of a 7-tile request's samples, ~1.5 s), and its cost grows with the
+//! square of the prompt: by that law ~5 s of a 13-tile request's 12.8 s prefill (an estimate, not a
+//! profile). The ViT attention's tile runs the same shapes
 //! near the CPU's f32 multiply-add peak. Keys a whole block may not see (the causal future) are not
 //! computed.
 //!
