@@ -3,10 +3,10 @@
 //! `panels` (q4_0 and q8_0 weights rearranged for SIMD dot products: the ViT's and the language model's
 //! products, decoding included), `int8` (int8 matrix products for f16/f32 weights in the ViT and prefill),
 //! `attention` (the ViT's attention), `decode_attention` (a decoded token's attention over the f16 KV
-//! cache), `prefill_attention` (a prompt chunk's attention over it) and `activation` (the ViT's erf GELU) run as ggml custom nodes
-//! (`*_op.rs`, over `crate::ggml::custom`). Their only `unsafe` is the SIMD intrinsics, in one file per
-//! instruction set (`avx512.rs`), behind safe functions that check every slice bound first, and the
-//! nodes' callbacks, which read ggml's tensors.
+//! cache), `prefill_attention` (a prompt chunk's attention over it) and `activation` (the ViT's erf
+//! GELU) run as ggml custom nodes (`*_op.rs`, over `crate::ggml::custom`). Their only `unsafe` is the
+//! SIMD intrinsics, in one file per instruction set (`avx512.rs`), behind safe functions that check every
+//! slice bound first, and the nodes' callbacks, which read ggml's tensors.
 //!
 //! The user picks `Kernels`; `Kernels::resolve` turns it, with this CPU's features, into a `Choice`
 //! (which work goes to our kernels, and the `Isa` they run with). The model stores the choice, the

@@ -22,7 +22,7 @@
 
 use half::f16;
 
-use super::attention::{exp_nonpositive, sum16, tile, MR, NR};
+use super::attention::{block, exp_nonpositive, sum16, MR, NR};
 use super::Isa;
 
 /// Buffers one thread reuses between calls.
@@ -126,8 +126,6 @@ pub fn head(
     );
     let ldv = hd.div_ceil(NR) * NR;
     let loaded = sc.kt.len() / (hd * NR) * NR;
-    sc.q.resize(MR * hd, 0.0);
-    let mut acc = [[0f32; NR]; MR];
     for b in blocks.clone() {
         let t0 = b * MR;
         let rows = MR.min(n - t0);
@@ -145,43 +143,33 @@ pub fn head(
             continue;
         }
         let panels = seen.div_ceil(NR);
-        let np = panels * NR;
-        for r in 0..MR {
-            let dst = &mut sc.q[r * hd..(r + 1) * hd];
-            if r < rows {
-                dst.copy_from_slice(&q[(t0 + r) * ldq..][..hd]);
-            } else {
-                dst.fill(0.0);
-            }
-        }
-        sc.s.resize(MR * np, 0.0);
-        for p in 0..panels {
-            tile(isa, &sc.q, hd, &sc.kt[p * hd * NR..(p + 1) * hd * NR], NR, hd, &mut acc);
-            for (r, a) in acc.iter().enumerate() {
-                sc.s[r * np + p * NR..][..NR].copy_from_slice(a);
-            }
-        }
-        let mut sums = [0f32; MR];
-        for (r, sum) in sums.iter_mut().enumerate() {
-            let row = &mut sc.s[r * np..(r + 1) * np];
-            if r < rows {
+        // Keys past `seen` are not computed; the keys a row may not see among the computed ones weigh
+        // exactly 0, so the weighted sum runs over every computed key.
+        block(
+            isa,
+            &q[t0 * ldq..],
+            ldq,
+            rows,
+            hd,
+            &sc.kt,
+            panels,
+            &sc.v,
+            ldv,
+            panels * NR,
+            |r, row| {
                 let t = t0 + r;
-                *sum = softmax_row(isa, row, &mask[t * n_kv..t * n_kv + visible[t]], scale);
-            } else {
-                row.fill(0.0);
-            }
-        }
-        for p in 0..ldv / NR {
-            tile(isa, &sc.s, np, &sc.v[p * NR..], ldv, np, &mut acc);
-            let cols = NR.min(hd - p * NR);
-            for (r, &sum) in sums.iter().enumerate().take(rows) {
-                let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-                let o = &mut out[first_out + r * ldo + p * NR..][..cols];
-                for (o, a) in o.iter_mut().zip(&acc[r]) {
-                    *o = a * inv;
+                let sum = softmax_row(isa, row, &mask[t * n_kv..t * n_kv + visible[t]], scale);
+                if sum > 0.0 {
+                    1.0 / sum
+                } else {
+                    0.0
                 }
-            }
-        }
+            },
+            &mut out[first_out..],
+            ldo,
+            &mut sc.q,
+            &mut sc.s,
+        );
     }
 }
 

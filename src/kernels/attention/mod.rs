@@ -78,39 +78,95 @@ pub fn head(
     for i in 0..n {
         sc.v[i * ldv..i * ldv + hd].copy_from_slice(&v[i * ld..i * ld + hd]);
     }
-    let np = panels * NR; // score row length (keys padded)
-    sc.q.resize(MR * hd, 0.0);
-    sc.s.resize(MR * np, 0.0);
-    let mut acc = [[0f32; NR]; MR];
     for b in blocks.clone() {
         let rows = MR.min(n - b * MR);
-        for r in 0..MR {
-            let dst = &mut sc.q[r * hd..(r + 1) * hd];
-            if r < rows {
-                dst.copy_from_slice(&q[(b * MR + r) * ld..][..hd]);
-            } else {
-                dst.fill(0.0);
-            }
+        block(
+            isa,
+            &q[b * MR * ld..],
+            ld,
+            rows,
+            hd,
+            &sc.kt,
+            panels,
+            &sc.v,
+            ldv,
+            n,
+            |_, row| 1.0 / softmax_row(isa, &mut row[..n], scale),
+            &mut out[(b - blocks.start) * MR * ldo..],
+            ldo,
+            &mut sc.q,
+            &mut sc.s,
+        );
+    }
+}
+
+/// One block of `rows` (at most `MR`) queries of one head, what the ViT's and the prefill's attention
+/// share: the queries `q[r * ldq..][..hd]` (rows past `rows` zero) against the keys of the first `panels`
+/// panels of `kt` (panel p, input c, key j at `[(p * hd + c) * NR + j]`); `weights(r, row)` turns query
+/// r's `panels * NR` scores into its weights in place and returns the factor its weighted sum is scaled
+/// by; then the weighted values over the first `depth` rows of `v` (rows `ldv` apart, zero past its
+/// keys) go to `out[r * ldo..][..hd]` for r < rows. The padded queries' rows weigh nothing (their outputs
+/// are not written, and each output row depends on its own weights only). `qb` and `s` are scratch.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn block(
+    isa: Isa,
+    q: &[f32],
+    ldq: usize,
+    rows: usize,
+    hd: usize,
+    kt: &[f32],
+    panels: usize,
+    v: &[f32],
+    ldv: usize,
+    depth: usize,
+    mut weights: impl FnMut(usize, &mut [f32]) -> f32,
+    out: &mut [f32],
+    ldo: usize,
+    qb: &mut Vec<f32>,
+    s: &mut Vec<f32>,
+) {
+    assert!(
+        (1..=MR).contains(&rows) && hd > 0 && ldq >= hd && ldo >= hd,
+        "attention block: shapes"
+    );
+    assert!(
+        q.len() >= (rows - 1) * ldq + hd && out.len() >= (rows - 1) * ldo + hd,
+        "attention block: short q or out"
+    );
+    let np = panels * NR; // score row length (keys padded)
+    qb.resize(MR * hd, 0.0);
+    s.resize(MR * np, 0.0);
+    for r in 0..MR {
+        let dst = &mut qb[r * hd..(r + 1) * hd];
+        if r < rows {
+            dst.copy_from_slice(&q[r * ldq..][..hd]);
+        } else {
+            dst.fill(0.0);
         }
-        for p in 0..panels {
-            tile(isa, &sc.q, hd, &sc.kt[p * hd * NR..(p + 1) * hd * NR], NR, hd, &mut acc);
-            for (r, a) in acc.iter().enumerate() {
-                sc.s[r * np + p * NR..][..NR].copy_from_slice(a);
-            }
+    }
+    let mut acc = [[0f32; NR]; MR];
+    for p in 0..panels {
+        tile(isa, qb, hd, &kt[p * hd * NR..(p + 1) * hd * NR], NR, hd, &mut acc);
+        for (r, a) in acc.iter().enumerate() {
+            s[r * np + p * NR..][..NR].copy_from_slice(a);
         }
-        let mut sums = [0f32; MR];
-        for (r, sum) in sums.iter_mut().enumerate() {
-            *sum = softmax_row(isa, &mut sc.s[r * np..r * np + n], scale);
+    }
+    let mut factors = [0f32; MR];
+    for (r, f) in factors.iter_mut().enumerate() {
+        let row = &mut s[r * np..(r + 1) * np];
+        if r < rows {
+            *f = weights(r, row);
+        } else {
+            row.fill(0.0);
         }
-        for p in 0..ldv / NR {
-            tile(isa, &sc.s, np, &sc.v[p * NR..], ldv, n, &mut acc);
-            let cols = NR.min(hd - p * NR);
-            for r in 0..rows {
-                let o = &mut out[((b - blocks.start) * MR + r) * ldo + p * NR..][..cols];
-                let inv = 1.0 / sums[r];
-                for (o, a) in o.iter_mut().zip(&acc[r]) {
-                    *o = a * inv;
-                }
+    }
+    for p in 0..ldv / NR {
+        tile(isa, s, np, &v[p * NR..], ldv, depth, &mut acc);
+        let cols = NR.min(hd - p * NR);
+        for (r, &f) in factors.iter().enumerate().take(rows) {
+            let o = &mut out[r * ldo + p * NR..][..cols];
+            for (o, a) in o.iter_mut().zip(&acc[r]) {
+                *o = a * f;
             }
         }
     }

@@ -1,8 +1,7 @@
 //! The AVX2 + FMA + F16C build of `super::body`: its chunk operations with intrinsics (the f16 -> f32
 //! conversion by `vcvtph2ps`, exact as the portable one; the scores as register tiles of 8 rows x `LANES`
 //! heads, the weighted sums as tiles of 4 heads x 16 channels, in the portable code's order of fused
-//! multiply-adds), the
-//! rest the same Rust code compiled for AVX2: the same bits as the portable path.
+//! multiply-adds), the rest the same Rust code compiled for AVX2: the same bits as the portable path.
 use std::arch::x86_64::{
     __m128i, __m256, _mm256_cvtph_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps,
     _mm256_storeu_ps, _mm_loadu_si128, _mm_prefetch, _MM_HINT_T0,
@@ -205,19 +204,8 @@ unsafe fn weighted(acc: &mut [f32], p: &[f32], v: &[u16], ld: usize, hd: usize, 
         }
         h0 += hb;
     }
-    if whole < hd {
-        // The channels past the last 8, for every head: the portable chains on a view of those channels.
-        for h in 0..heads {
-            for c in whole..hd {
-                let a = &mut acc[h * hd + c];
-                for j in 0..rows {
-                    *a = half::f16::from_bits(v[j * ld + c])
-                        .to_f32()
-                        .mul_add(p[j * LANES + h], *a);
-                }
-            }
-        }
-    }
+    // The channels past the last 8, for every head: the portable chains.
+    super::weighted_channels(acc, p, v, ld, hd, rows, whole..hd);
 }
 
 /// Heads `h0..h0 + H` x channels `c0..c0 + 8 NV` of `weighted`, in `H * NV` registers across the rows.

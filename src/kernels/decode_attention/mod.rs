@@ -153,8 +153,23 @@ pub(super) fn scores_portable(qt: &[f32], k: &[f32], hd: usize, rows: usize, s: 
 /// multiply-adds over the rows in order.
 #[inline(always)]
 pub(super) fn weighted_portable(acc: &mut [f32], p: &[f32], v: &[u16], ld: usize, hd: usize, rows: usize) {
+    weighted_channels(acc, p, v, ld, hd, rows, 0..hd)
+}
+
+/// `weighted_portable` for the channels `channels` only (the AVX2 kernel's tail past its last 8).
+#[inline(always)]
+pub(super) fn weighted_channels(
+    acc: &mut [f32],
+    p: &[f32],
+    v: &[u16],
+    ld: usize,
+    hd: usize,
+    rows: usize,
+    channels: std::ops::Range<usize>,
+) {
     for (h, acc) in acc.chunks_exact_mut(hd).enumerate() {
-        for (c, a) in acc.iter_mut().enumerate() {
+        for c in channels.clone() {
+            let a = &mut acc[c];
             for j in 0..rows {
                 *a = f16::from_bits(v[j * ld + c]).to_f32().mul_add(p[j * LANES + h], *a);
             }
