@@ -12,7 +12,7 @@
 //!
 //! No model file needed: the operands are synthetic (their values do not change the work done).
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use internvl::kernels::{activation, attention, decode_attention, int8, Isa};
+use internvl::kernels::{activation, attention, decode_attention, int8, panels, Isa};
 use internvl::test_values::values;
 
 fn bench(c: &mut Criterion) {
@@ -79,6 +79,41 @@ fn bench(c: &mut Criterion) {
                 int8::gemm(&acts, t, &pw, None, 0..int8::token_blocks(t), &mut out, nout)
             })
         });
+    }
+    g.finish();
+
+    // The ViT's fc1 and fc2 shapes (1025 tokens, 1024 -> 4096 and 4096 -> 1024) from a q8_0 file through
+    // the panels, what a q8_0 file's ViT runs (the activations' quantization included). File blocks: an
+    // f16 scale of 1/127, then 32 values from the synthetic f32s (the values do not change the work);
+    // fc2's matrix is the same bytes read as 1024 rows of 4096.
+    let file: Vec<u8> = w
+        .chunks_exact(panels::QK)
+        .flat_map(|b| {
+            let mut blk = half::f16::from_f32(1.0 / 127.0).to_le_bytes().to_vec();
+            blk.extend(b.iter().map(|&v| ((v * 127.0).round() as i8) as u8));
+            blk
+        })
+        .collect();
+    let x4 = values(t * nout, 7);
+    let mut g = c.benchmark_group("panels_q8_0_vit");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements((2 * t * k * nout) as u64)); // OP
+    for isa in Isa::all_here().into_iter().filter(|&i| i != Isa::Portable) {
+        for (name, n, k, x) in [("fc1", nout, k, &x), ("fc2", k, nout, &x4)] {
+            let pw = panels::Panels::new(panels::PanelType::Q8_0, &file, n, k, isa).expect("pack");
+            let blocks = panels::token_blocks(t);
+            let mut acts = vec![0u8; panels::acts_bytes(t, k)];
+            let mut out = vec![0f32; t * n];
+            g.bench_function(format!("{name}/{}", isa.name()), |b| {
+                b.iter(|| {
+                    let (v, m) = acts.split_at_mut(blocks * panels::block_bytes(k));
+                    panels::quantize_blocks(isa, panels::PanelType::Q8_0, x, t, k, 0..blocks, v, m);
+                    panels::product(&acts, t, &pw, None, 0..pw.panels(), |tok, n0, vals| {
+                        out[tok * n + n0..][..vals.len()].copy_from_slice(vals)
+                    })
+                })
+            });
+        }
     }
     g.finish();
 
