@@ -79,8 +79,9 @@ typedef struct ivl_model_params {
     // One of `IVL_WEIGHTS_*`: how CPU weights are held (ignored on a GPU).
     ivl_weight_layout weight_layout;
     // Which kernels run on the CPU, by the name `--kernels` takes: "auto" (the best of ours this CPU
-    // runs), "avx512-vnni", "avx2", "portable" (ours without SIMD, slow) or "ggml" (none of ours); NULL:
-    // "auto". A set this CPU lacks is `IVL_STATUS_INVALID_ARGUMENT`. (Appended after the first layout.)
+    // runs), "avx512-vnni", "avx2", "avx-vnni", "avx-vnni-evex", "portable" (ours without SIMD, slow) or
+    // "ggml" (none of ours); NULL: "auto". A set this CPU lacks is `IVL_STATUS_INVALID_ARGUMENT`. (Appended
+    // after the first layout.)
     const char *kernels;
 } ivl_model_params;
 

@@ -35,9 +35,11 @@ pub struct ModelArgs {
     #[arg(long, value_name = "DIR")]
     pub tokenizer: Option<PathBuf>,
     /// Which kernels run on the CPU: auto (the best of ours this CPU runs), avx512-vnni, avx2 (what an
-    /// AVX2 CPU runs: our AVX2 kernels where we have them, ggml's for the rest), portable (ours without SIMD:
-    /// slow, for testing) or ggml (none of ours: ggml's products, flash attention and GELU). A set the
-    /// CPU lacks is an error at load.
+    /// AVX2 CPU runs: our AVX2 kernels where we have them, ggml's for the rest), avx-vnni (avx2 with the
+    /// q4_0/q8_0 products by AVX-VNNI, Intel since Alder Lake, AMD since Zen 5: opt-in, not yet timed on
+    /// such a CPU), avx-vnni-evex (the same code in AVX-512 VL encoding, to test it on AVX-512 VNNI CPUs),
+    /// portable (ours without SIMD: slow, for testing) or ggml (none of ours: ggml's products, flash
+    /// attention and GELU). A set the CPU lacks is an error at load.
     #[arg(long, value_name = "NAME", default_value = "auto", value_parser = parse_kernels)]
     pub kernels: Kernels,
 }

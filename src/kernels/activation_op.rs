@@ -17,7 +17,7 @@ pub fn gelu_erf_cpu<'a>(ctx: &'a Context, a: Tensor<'a>, isa: Isa) -> Result<Ten
     }
     let f: InplaceFn = match isa {
         Isa::Portable => gelu_node::<{ Isa::Portable as u8 }>,
-        Isa::Avx2 => gelu_node::<{ Isa::Avx2 as u8 }>,
+        Isa::Avx2 | Isa::AvxVnni | Isa::AvxVnniEvex => gelu_node::<{ Isa::Avx2 as u8 }>,
         Isa::Avx512Vnni => gelu_node::<{ Isa::Avx512Vnni as u8 }>,
     };
     // SAFETY: type and layout checked above (the callback relies on them); it writes only within `a`.

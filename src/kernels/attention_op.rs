@@ -44,7 +44,7 @@ pub fn vit_attention<'a>(
     // value (its bits), not as a pointer.
     let f: NodeFn = match isa {
         Isa::Portable => attention_node::<{ Isa::Portable as u8 }>,
-        Isa::Avx2 => attention_node::<{ Isa::Avx2 as u8 }>,
+        Isa::Avx2 | Isa::AvxVnni | Isa::AvxVnniEvex => attention_node::<{ Isa::Avx2 as u8 }>,
         Isa::Avx512Vnni => attention_node::<{ Isa::Avx512Vnni as u8 }>,
     };
     // SAFETY: shapes, types and strides checked above, which is what the callback relies on; the userdata

@@ -40,7 +40,7 @@ pub fn decode_attention<'a>(
     check_cache(OP, k, v, hd, nh, n_kv, scale)?;
     let f: NodeFn = match isa {
         Isa::Portable => decode_attention_node::<{ Isa::Portable as u8 }>,
-        Isa::Avx2 => decode_attention_node::<{ Isa::Avx2 as u8 }>,
+        Isa::Avx2 | Isa::AvxVnni | Isa::AvxVnniEvex => decode_attention_node::<{ Isa::Avx2 as u8 }>,
         Isa::Avx512Vnni => decode_attention_node::<{ Isa::Avx512Vnni as u8 }>,
     };
     // SAFETY: shapes, types and strides checked above, which is what the callback relies on; the userdata

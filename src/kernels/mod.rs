@@ -49,6 +49,13 @@ pub enum Kernels {
     /// What an AVX2 CPU runs (also on a CPU with AVX-512): our AVX2 kernels where we have them, ggml's for
     /// the rest.
     Avx2,
+    /// `Avx2` with the q4_0/q8_0 products by AVX-VNNI's `vpdpbusd` on 256-bit registers (Intel since Alder
+    /// Lake, AMD since Zen 5). Opt-in, never picked by `Auto`: not yet timed on a CPU that has AVX-VNNI
+    /// (its code is tested through `AvxVnniEvex`).
+    AvxVnni,
+    /// `AvxVnni`'s kernels in their EVEX form (the same instructions on 256-bit registers, as AVX-512 VL +
+    /// VNNI encode them): what CPUs with AVX-512 VNNI run to test and time the AVX-VNNI code.
+    AvxVnniEvex,
     /// Our portable kernels (plain Rust, no SIMD intrinsics) wherever `Avx512Vnni` runs ours: correct on
     /// every CPU, slow; for testing.
     Portable,
@@ -59,10 +66,12 @@ pub enum Kernels {
 
 impl Kernels {
     /// Every choice, in the order of `--help`.
-    pub const ALL: [Kernels; 5] = [
+    pub const ALL: [Kernels; 7] = [
         Kernels::Auto,
         Kernels::Avx512Vnni,
         Kernels::Avx2,
+        Kernels::AvxVnni,
+        Kernels::AvxVnniEvex,
         Kernels::Portable,
         Kernels::Ggml,
     ];
@@ -73,6 +82,8 @@ impl Kernels {
             Kernels::Auto => "auto",
             Kernels::Avx512Vnni => "avx512-vnni",
             Kernels::Avx2 => "avx2",
+            Kernels::AvxVnni => "avx-vnni",
+            Kernels::AvxVnniEvex => "avx-vnni-evex",
             Kernels::Portable => "portable",
             Kernels::Ggml => "ggml",
         }
@@ -91,6 +102,8 @@ impl Kernels {
             Kernels::Auto => Choice::auto(),
             Kernels::Avx512Vnni => Choice::ours(need(Isa::Avx512Vnni)?),
             Kernels::Avx2 => Choice::ours(need(Isa::Avx2)?),
+            Kernels::AvxVnni => Choice::ours(need(Isa::AvxVnni)?),
+            Kernels::AvxVnniEvex => Choice::ours(need(Isa::AvxVnniEvex)?),
             Kernels::Portable => Choice::ours(Isa::Portable),
             Kernels::Ggml => Choice::GGML,
         })
@@ -103,6 +116,8 @@ impl From<Isa> for Kernels {
         match isa {
             Isa::Portable => Kernels::Portable,
             Isa::Avx2 => Kernels::Avx2,
+            Isa::AvxVnni => Kernels::AvxVnni,
+            Isa::AvxVnniEvex => Kernels::AvxVnniEvex,
             Isa::Avx512Vnni => Kernels::Avx512Vnni,
         }
     }
@@ -127,7 +142,7 @@ impl FromStr for Kernels {
 /// A `Kernels` that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KernelsError {
-    #[error("unknown kernels '{0}' (expected auto, avx512-vnni, avx2, portable or ggml)")]
+    #[error("unknown kernels '{0}' (expected auto, avx512-vnni, avx2, avx-vnni, avx-vnni-evex, portable or ggml)")]
     Unknown(String),
     #[error("kernels '{kernels}' need {}, which this CPU lacks (it runs: {})", .isa.features(), Isa::here_list())]
     Unsupported { kernels: Kernels, isa: Isa },
@@ -143,6 +158,12 @@ pub enum Isa {
     Avx2 = 1,
     /// AVX-512 F, BW and VNNI (x86-64 since Ice Lake / Zen 4).
     Avx512Vnni = 2,
+    /// `Avx2`, and AVX-VNNI for the q4_0/q8_0 products (`panels`; every other kernel is `Avx2`'s).
+    AvxVnni = 3,
+    /// `AvxVnni` with its products' `vpdpbusd` in the EVEX encoding (AVX-512 VL + VNNI): the AVX-VNNI
+    /// kernels' source built a second time, so that a CPU with AVX-512 VNNI and without AVX-VNNI (which
+    /// no emulator at hand runs: QEMU 10's TCG lacks it) tests that code.
+    AvxVnniEvex = 4,
 }
 
 impl Isa {
@@ -151,6 +172,8 @@ impl Isa {
         match id {
             1 => Isa::Avx2,
             2 => Isa::Avx512Vnni,
+            3 => Isa::AvxVnni,
+            4 => Isa::AvxVnniEvex,
             _ => Isa::Portable,
         }
     }
@@ -161,6 +184,17 @@ impl Isa {
             Isa::Portable => true,
             Isa::Avx2 => cpu().avx2,
             Isa::Avx512Vnni => cpu().avx512_vnni,
+            Isa::AvxVnni => cpu().avx2 && cpu().avx_vnni,
+            Isa::AvxVnniEvex => cpu().avx2 && cpu().avx512_vnni && cpu().avx512_vl,
+        }
+    }
+
+    /// The set whose kernels run everything but the q4_0/q8_0 products: `Avx2` for the AVX-VNNI sets
+    /// (they differ from it only in `panels`), itself for the others.
+    pub fn base(self) -> Isa {
+        match self {
+            Isa::AvxVnni | Isa::AvxVnniEvex => Isa::Avx2,
+            isa => isa,
         }
     }
 
@@ -170,6 +204,8 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512-vnni",
+            Isa::AvxVnni => "avx-vnni",
+            Isa::AvxVnniEvex => "avx-vnni-evex",
         }
     }
 
@@ -179,15 +215,23 @@ impl Isa {
             Isa::Portable => "nothing",
             Isa::Avx2 => "AVX2, FMA and F16C",
             Isa::Avx512Vnni => "AVX-512 F, BW and VNNI",
+            Isa::AvxVnni => "AVX2, FMA, F16C and AVX-VNNI",
+            Isa::AvxVnniEvex => "AVX2, FMA, F16C and AVX-512 VL and VNNI",
         }
     }
 
     /// Every instruction set this CPU runs, portable first (what the tests run each kernel on).
     pub fn all_here() -> Vec<Isa> {
-        [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni]
-            .into_iter()
-            .filter(|i| i.runs_here())
-            .collect()
+        [
+            Isa::Portable,
+            Isa::Avx2,
+            Isa::AvxVnni,
+            Isa::AvxVnniEvex,
+            Isa::Avx512Vnni,
+        ]
+        .into_iter()
+        .filter(|i| i.runs_here())
+        .collect()
     }
 
     fn here_list() -> String {
@@ -282,6 +326,8 @@ impl fmt::Display for Choice {
 struct Cpu {
     avx2: bool,
     avx512_vnni: bool,
+    avx512_vl: bool,
+    avx_vnni: bool,
 }
 
 fn cpu() -> &'static Cpu {
@@ -296,6 +342,8 @@ fn cpu() -> &'static Cpu {
                 avx512_vnni: is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vnni"),
+                avx512_vl: is_x86_feature_detected!("avx512vl"),
+                avx_vnni: is_x86_feature_detected!("avxvnni"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -303,6 +351,8 @@ fn cpu() -> &'static Cpu {
             Cpu {
                 avx2: false,
                 avx512_vnni: false,
+                avx512_vl: false,
+                avx_vnni: false,
             }
         }
     })
@@ -337,7 +387,13 @@ mod tests {
                 }
                 Err(e) => {
                     eprintln!("{k}: {e}");
-                    assert!(matches!(k, Kernels::Avx512Vnni | Kernels::Avx2), "{k} failed: {e}");
+                    assert!(
+                        matches!(
+                            k,
+                            Kernels::Avx512Vnni | Kernels::Avx2 | Kernels::AvxVnni | Kernels::AvxVnniEvex
+                        ),
+                        "{k} failed: {e}"
+                    );
                     assert!(e.to_string().contains("which this CPU lacks"), "{e}");
                 }
             }
@@ -345,7 +401,11 @@ mod tests {
         assert_eq!(Kernels::Portable.resolve().map(|c| c.isa), Ok(Isa::Portable));
         assert_eq!(Kernels::Ggml.resolve(), Ok(Choice::GGML));
         let auto = Kernels::Auto.resolve().expect("auto always resolves");
-        let best = *Isa::all_here().last().expect("portable runs everywhere");
-        assert_eq!(auto.isa, best, "auto picks the best instruction set here");
+        // The AVX-VNNI sets are opt-in.
+        let best = *Isa::all_here()
+            .iter()
+            .rfind(|i| !matches!(i, Isa::AvxVnni | Isa::AvxVnniEvex))
+            .expect("portable runs everywhere");
+        assert_eq!(auto.isa, best, "auto picks the best default instruction set here");
     }
 }

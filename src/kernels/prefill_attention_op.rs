@@ -41,7 +41,7 @@ pub fn prefill_attention<'a>(
     super::decode_attention_op::check_cache(OP, k, v, hd, nh, n_kv, scale)?;
     let f: NodeFn = match isa {
         Isa::Portable => prefill_attention_node::<{ Isa::Portable as u8 }>,
-        Isa::Avx2 => prefill_attention_node::<{ Isa::Avx2 as u8 }>,
+        Isa::Avx2 | Isa::AvxVnni | Isa::AvxVnniEvex => prefill_attention_node::<{ Isa::Avx2 as u8 }>,
         Isa::Avx512Vnni => prefill_attention_node::<{ Isa::Avx512Vnni as u8 }>,
     };
     // SAFETY: shapes, types and strides checked above, which is what the callback relies on; the userdata

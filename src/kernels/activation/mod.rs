@@ -24,7 +24,7 @@ pub fn gelu_erf(isa: Isa, values: &mut [f32]) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa.base() == Isa::Avx2 {
         avx2::gelu_erf(values);
         return;
     }

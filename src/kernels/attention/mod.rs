@@ -186,7 +186,7 @@ pub(crate) fn tile(isa: Isa, a: &[f32], lda: usize, b: &[f32], ldb: usize, depth
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa.base() == Isa::Avx2 {
         avx2::tile(a, lda, b, ldb, depth, acc);
         return;
     }
@@ -214,7 +214,7 @@ fn softmax_row(isa: Isa, row: &mut [f32], scale: f32) -> f32 {
         return avx512::exp_shifted(row, max, scale);
     }
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa.base() == Isa::Avx2 {
         return avx2::exp_shifted(row, max, scale);
     }
     exp_shifted(row, max, scale)

@@ -82,7 +82,7 @@ pub fn heads(isa: Isa, q: &[f32], kv: &KvRows<'_>, scale: f32, out: &mut [f32], 
     }
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => avx2::heads(q, kv, scale, out, sc),
+        Isa::Avx2 | Isa::AvxVnni | Isa::AvxVnniEvex | Isa::Avx512Vnni => avx2::heads(q, kv, scale, out, sc),
         _ => body(&Portable, q, kv, scale, out, sc),
     }
 }
@@ -97,7 +97,7 @@ pub(crate) fn convert(isa: Isa, src: &[u16], dst: &mut [f32]) {
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => avx2::convert_checked(src, dst),
+        Isa::Avx2 | Isa::AvxVnni | Isa::AvxVnniEvex | Isa::Avx512Vnni => avx2::convert_checked(src, dst),
         _ => convert_portable(src, dst),
     }
 }

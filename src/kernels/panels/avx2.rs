@@ -97,14 +97,14 @@ pub(super) const KERNELS: super::Simd = super::Simd {
 /// The 32 bytes of column `j` (outputs `8j..8j+8`) of 4-input chunk `ch` of a panel block's values at
 /// `pv` (128 bytes a chunk: two halves of 64, each two columns of 32).
 #[inline(always)]
-unsafe fn column(pv: *const u8, ch: usize, j: usize) -> __m256i {
+pub(super) unsafe fn column(pv: *const u8, ch: usize, j: usize) -> __m256i {
     // SAFETY: the caller passes a panel block's values and a chunk inside it; j < 4.
     unsafe { _mm256_loadu_si256(pv.add(ch * 128 + j * 32).cast()) }
 }
 
 /// The f32 scales of column `j` (8 outputs) of a panel block at `pb`.
 #[inline(always)]
-unsafe fn scales(pb: *const u8, j: usize) -> __m256 {
+pub(super) unsafe fn scales(pb: *const u8, j: usize) -> __m256 {
     // SAFETY: the caller passes a panel block; its first 64 bytes are 32 f16 scales. F16C: the caller's
     // target features.
     unsafe { _mm256_cvtph_ps(_mm_loadu_si128(pb.add(j * 16).cast())) }
@@ -112,14 +112,14 @@ unsafe fn scales(pb: *const u8, j: usize) -> __m256 {
 
 /// A token's 4 activation bytes at `p`, broadcast to every 32-bit lane (`vpbroadcastd` from memory).
 #[inline(always)]
-unsafe fn broadcast(p: *const u8) -> __m256i {
+pub(super) unsafe fn broadcast(p: *const u8) -> __m256i {
     // SAFETY: the caller passes 4 readable bytes.
     unsafe { _mm256_set1_epi32(p.cast::<i32>().read_unaligned()) }
 }
 
 /// `o + (sum as f32) * (ws * sa)` at `o` (8 values): the portable epilogue's order.
 #[inline(always)]
-unsafe fn scale_add(o: *mut f32, sum: __m256i, ws: __m256, sa: __m256) {
+pub(super) unsafe fn scale_add(o: *mut f32, sum: __m256i, ws: __m256, sa: __m256) {
     // SAFETY: the caller passes 8 writable f32.
     unsafe {
         let v = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(ws, sa));

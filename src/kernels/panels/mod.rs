@@ -30,8 +30,9 @@
 //! the group's int sum (the share of q4_0's `+ 8` offset; AVX-512's `+ 128` of q8_0 is taken out per
 //! output instead, by a product of the weights with ones).
 //!
-//! The AVX-512 kernels (`avx512`, chosen at run time) compute the same integers and the same float
-//! steps in the same order as the portable ones here, so the outputs are bit-identical for finite inputs
+//! The vector kernels (chosen at run time: `avx512`; `avx2`; `vnni256`, AVX-512's arithmetic on 256-bit
+//! registers for AVX-VNNI) compute the same integers and the same float steps in the same order as the
+//! portable ones here, so the outputs are bit-identical for finite inputs
 //! (NaN activations give finite but unspecified values), and a token's row is the same whether it went
 //! through the matrix-vector or the tile kernel.
 
@@ -39,6 +40,8 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod vnni256;
 
 use super::Isa;
 
@@ -271,7 +274,7 @@ pub fn quantize_blocks(
 /// portable kernels.
 const fn q8_offset(isa: Isa) -> u32 {
     match isa {
-        Isa::Avx512Vnni => 0x8080_8080,
+        Isa::Avx512Vnni | Isa::AvxVnni | Isa::AvxVnniEvex => 0x8080_8080,
         Isa::Avx2 | Isa::Portable => 0,
     }
 }
@@ -282,7 +285,7 @@ fn quantize_group(isa: Isa, v: &[f32], q: &mut [i8; QK]) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
     match isa {
         Isa::Avx512Vnni => return avx512::quantize_group(v, q),
-        Isa::Avx2 => return avx2::quantize_group(v, q),
+        Isa::Avx2 | Isa::AvxVnni | Isa::AvxVnniEvex => return avx2::quantize_group(v, q),
         Isa::Portable => {}
     }
     quantize_group_portable(v, q)
@@ -524,6 +527,8 @@ fn row(isa: Isa, ty: PanelType, a: &Block, r: usize, w: &[u8], ng: usize, acc: &
     match isa {
         Isa::Avx512Vnni => return avx512::KERNELS.row(ty, a, r, w, ng, acc),
         Isa::Avx2 => return avx2::KERNELS.row(ty, a, r, w, ng, acc),
+        Isa::AvxVnni => return vnni256::vex::KERNELS.row(ty, a, r, w, ng, acc),
+        Isa::AvxVnniEvex => return vnni256::evex::KERNELS.row(ty, a, r, w, ng, acc),
         Isa::Portable => {}
     }
     *acc = [0.0; NR];
@@ -563,6 +568,8 @@ fn tile(isa: Isa, ty: PanelType, a: &Block, w: &[u8], ng: usize, acc: &mut [[f32
     match isa {
         Isa::Avx512Vnni => return avx512::KERNELS.tile(ty, a, w, ng, acc),
         Isa::Avx2 => return avx2::KERNELS.tile(ty, a, w, ng, acc),
+        Isa::AvxVnni => return vnni256::vex::KERNELS.tile(ty, a, w, ng, acc),
+        Isa::AvxVnniEvex => return vnni256::evex::KERNELS.tile(ty, a, w, ng, acc),
         Isa::Portable => {}
     }
     *acc = [[0.0; NR]; MR];
@@ -834,7 +841,7 @@ mod tests {
         assert!(Panels::new(Q4_0, &[0; 18], 1, 32, p).is_ok());
         assert!(Panels::new(Q8_0, &[0; 18], 1, 32, p).is_err());
         assert!(Panels::new(Q8_0, &[0; 34], 1, 32, p).is_ok());
-        for isa in [Isa::Avx2, Isa::Avx512Vnni] {
+        for isa in [Isa::Avx2, Isa::AvxVnni, Isa::AvxVnniEvex, Isa::Avx512Vnni] {
             // An instruction set this CPU lacks is an error, not a crash later.
             assert_eq!(
                 Panels::new(Q4_0, &[0; 18], 1, 32, isa).is_ok(),
