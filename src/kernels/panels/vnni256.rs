@@ -167,12 +167,13 @@ macro_rules! kernels {
                 unsafe {
                     let pb = w.add(g * pbs);
                     let pv = pb.add(NR * 2);
-                    // The 128 x weight sums that the `+ 128` of the activations added.
-                    let off = weight_sums(pv).map(|s| _mm256_slli_epi32(s, 7));
+                    // The sums start at minus the 128 x weight sums that the activations' `+ 128` adds.
+                    let start =
+                        weight_sums(pv).map(|s| _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s, 7)));
                     for j0 in [0, 2] {
                         let ws = [scales(pb, j0), scales(pb, j0 + 1)];
                         for r0 in (0..MR).step_by(RT8) {
-                            let mut c = [[_mm256_setzero_si256(); 2]; RT8];
+                            let mut c = [[start[j0], start[j0 + 1]]; RT8];
                             for ch in 0..8 {
                                 let (w0, w1) = (column(pv, ch, j0), column(pv, ch, j0 + 1));
                                 for (i, c) in c.iter_mut().enumerate() {
@@ -185,8 +186,7 @@ macro_rules! kernels {
                                 let r = r0 + i;
                                 let sa = std::arch::x86_64::_mm256_set1_ps(*scale.add(g * MR + r));
                                 for (h, c) in c.iter().enumerate() {
-                                    let sum = _mm256_sub_epi32(*c, off[j0 + h]);
-                                    scale_add(acc[r].as_mut_ptr().add(8 * (j0 + h)), sum, ws[h], sa);
+                                    scale_add(acc[r].as_mut_ptr().add(8 * (j0 + h)), *c, ws[h], sa);
                                 }
                             }
                         }
