@@ -241,7 +241,7 @@ const PREFETCH_BLOCKS: usize = 6;
 /// average (Zen 4, AVX2 path). The q8_0 row is not given it: its decode went from 41 to 36 tok/s.
 /// A prefetch does not fault, so addresses past the panel are harmless.
 #[inline(always)]
-fn prefetch_ahead(pb: *const u8, bytes: usize) {
+pub(super) fn prefetch_ahead(pb: *const u8, bytes: usize) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     let ahead = pb.wrapping_add(PREFETCH_BLOCKS * bytes);
     for line in (0..bytes).step_by(64) {

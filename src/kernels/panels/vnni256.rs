@@ -20,7 +20,7 @@ macro_rules! kernels {
             _mm256_slli_epi32, _mm256_srli_epi16, _mm256_sub_epi32,
         };
 
-        use super::super::avx2::{broadcast, column, scale_add, scales};
+        use super::super::avx2::{broadcast, column, prefetch_ahead, scale_add, scales};
         use super::super::{PanelType, MR, NR, QK};
 
         /// Tokens per register tile: q4_0 holds 4 operands (two columns' low and high halves), q8_0 two.
@@ -117,6 +117,8 @@ macro_rules! kernels {
             let pbs = PanelType::Q4_0.panel_block();
             let mut o = [[0f32; 8]; 4];
             for g in 0..ng {
+                // As the AVX2 row does (see there).
+                prefetch_ahead(w.wrapping_add(g * pbs), pbs);
                 // SAFETY: as in `tile_q4`; r < MR.
                 unsafe {
                     let pb = w.add(g * pbs);
