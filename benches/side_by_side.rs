@@ -450,7 +450,8 @@ impl Cfg {
         };
         let choice = parsed.resolve().map_err(|e| format!("BENCH_OURS_KERNELS: {e}"))?;
         let ours_choice = format!("{choice:?}");
-        let ours_avx512 = choice.isa == internvl::kernels::Isa::Avx512Vnni;
+        // Ours beyond AVX2: AVX-512 VNNI, or the AVX-VNNI products (VEX, or their AVX-512 VL form).
+        let ours_avx512 = choice.isa.base() != choice.isa || choice.isa == internvl::kernels::Isa::Avx512Vnni;
         let hf_default = Path::new("/tmp/bnb-compare")
             .join(ckpt.file_name().unwrap_or_default())
             .join("hf");
@@ -1304,7 +1305,7 @@ fn cpu_class(cfg: &Cfg) -> (bool, String) {
     } else if cfg.ours_avx512 && cfg.has("ours") {
         format!(
             "MIXED, not the AVX2 class: this build's ggml and llama.cpp run AVX2/FMA/F16C code, but ours ran \
-             --kernels {kernels}, AVX-512 code (set BENCH_OURS_KERNELS=avx2 for the AVX2 class)"
+             --kernels {kernels}, code beyond AVX2 (AVX-512 or AVX-VNNI; set BENCH_OURS_KERNELS=avx2 for the AVX2 class)"
         )
     } else {
         format!(

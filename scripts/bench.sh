@@ -30,7 +30,7 @@
 # Other knobs (see benches/side_by_side.rs): BENCH_THREADS, BENCH_SYSTEMS=ours,llama,torch,
 # BENCH_VISION_TYPES, BENCH_TEXT_TYPES, BENCH_TORCH_VARIANTS, BENCH_PYTHON, BENCH_OUT, BENCH_WORK;
 # BENCH_OURS_LAYOUTS (unset: int8, every job of ours again with --weights int8 as extra rows; set empty:
-# the default layout only); BENCH_OURS_KERNELS=auto|avx512-vnni|avx2|portable|ggml (ours' --kernels load
+# the default layout only); BENCH_OURS_KERNELS=auto|avx512-vnni|avx2|avx-vnni|avx-vnni-evex|portable|ggml (ours' --kernels load
 # parameter; unset: auto, the best of ours this CPU runs);
 # BENCH_PLAN_ONLY=1 checks the files, writes the inputs and prints the job list with time estimates, then stops.
 # The q4_0 files are internvl-convert's q4_0 recipe (--type q4_0: the language model's block matrices at

@@ -226,7 +226,8 @@ fn panels_against_ggml(ty: &str) {
     assert_eq!(decode(&panels, 5), d_pan, "{ty}: the thread split changed the result");
 }
 
-/// The int8 layouts on every instruction set this CPU runs (`--kernels portable`, `avx2`, `avx512-vnni`):
+/// The int8 layouts on every instruction set this CPU runs (`--kernels portable`, `avx2`, `avx512-vnni`; the
+/// AVX-VNNI sets run AVX2's int8 kernel):
 /// the same integer sums and float steps in every kernel, so the same projector output and logits, bit for
 /// bit (the tiny f32 model's other products are ggml's on every path).
 #[test]

@@ -216,7 +216,7 @@ impl Isa {
             Isa::Avx2 => "AVX2, FMA and F16C",
             Isa::Avx512Vnni => "AVX-512 F, BW and VNNI",
             Isa::AvxVnni => "AVX2, FMA, F16C and AVX-VNNI",
-            Isa::AvxVnniEvex => "AVX2, FMA, F16C and AVX-512 VL and VNNI",
+            Isa::AvxVnniEvex => "AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI",
         }
     }
 

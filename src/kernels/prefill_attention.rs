@@ -178,7 +178,7 @@ pub fn head(
 /// `exp(x - max)`. The hidden keys get exactly 0.
 fn softmax_row(isa: Isa, row: &mut [f32], mask: &[u16], scale: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) && Isa::Avx2.runs_here() {
+    if matches!(isa.base(), Isa::Avx2 | Isa::Avx512Vnni) && Isa::Avx2.runs_here() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above); the function is safe code otherwise.
         return unsafe { softmax_row_avx2(isa, row, mask, scale) };
     }

@@ -25,10 +25,10 @@
 //!
 //! Activations (`quantize_blocks`): blocks of `MR` = 12 tokens; in a block, for every 4 inputs, 12 x 4
 //! bytes (signed for q4_0, whose 4-bit values are the unsigned operand; for q8_0, whose values are signed,
-//! `q + 128` for AVX-512 VNNI's unsigned operand and `q` itself for the other kernels, which multiply
-//! signed bytes: `q8_offset`); after all blocks, per block, group and token, the f32 scale and `8 x`
-//! the group's int sum (the share of q4_0's `+ 8` offset; AVX-512's `+ 128` of q8_0 is taken out per
-//! output instead, by a product of the weights with ones).
+//! `q + 128` for `vpdpbusd`'s unsigned operand (AVX-512 VNNI, AVX-VNNI) and `q` itself for the other kernels,
+//! which multiply signed bytes: `q8_offset`); after all blocks, per block, group and token, the f32 scale and
+//! `8 x` the group's int sum (the share of q4_0's `+ 8` offset; the `vpdpbusd` kernels' `+ 128` of q8_0 is
+//! taken out per output instead, by a product of the weights with ones).
 //!
 //! The vector kernels (chosen at run time: `avx512`; `avx2`; `vnni256`, AVX-512's arithmetic on 256-bit
 //! registers for AVX-VNNI) compute the same integers and the same float steps in the same order as the
@@ -92,7 +92,8 @@ const _: () = assert!(TILE_MIN_TOKENS <= MR);
 
 /// A q4_0 or q8_0 matrix `[n outputs][k inputs]` in panels.
 pub struct Panels {
-    /// The kernels that multiply by it (`Avx512Vnni`: the VNNI ones; others: the portable ones).
+    /// The kernels that multiply by it (`Avx512Vnni`, `AvxVnni`, `AvxVnniEvex`, `Avx2`: theirs; `Portable`:
+    /// the portable ones).
     isa: Isa,
     ty: PanelType,
     n: usize,
@@ -269,7 +270,8 @@ pub fn quantize_blocks(
 }
 
 /// What q8_0 activation bytes are stored as for the kernels of `isa`, as a mask xored onto each 4-byte
-/// slot: `q + 128` (`q ^ 0x80`) for AVX-512 VNNI, whose `vpdpbusd` takes them as its unsigned operand;
+/// slot: `q + 128` (`q ^ 0x80`) for AVX-512 VNNI and AVX-VNNI, whose `vpdpbusd` takes them as its unsigned
+/// operand;
 /// `q` for AVX2 (its sign trick multiplies signed bytes, broadcast straight from memory) and the
 /// portable kernels.
 const fn q8_offset(isa: Isa) -> u32 {

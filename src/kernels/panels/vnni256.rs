@@ -8,9 +8,11 @@
 //!   signed weights; a product of the weights with ones gives their sums, whose 128-fold is taken out.
 //!
 //! The source is built twice (`kernels!`): `vex` with AVX-VNNI's encoding (`_mm256_dpbusd_avx_epi32`),
-//! what `Isa::AvxVnni` runs, and `evex` with AVX-512 VL + VNNI's encoding of the same instruction on the
-//! same registers (`_mm256_dpbusd_epi32`), what `Isa::AvxVnniEvex` runs: on the CPUs we have (AVX-512
-//! VNNI, no AVX-VNNI) the tests check this code through `evex`.
+//! what `Isa::AvxVnni` runs, and `evex` with AVX-512 VL + VNNI's encoding of the same instruction on
+//! 256-bit registers (`_mm256_dpbusd_epi32`), what `Isa::AvxVnniEvex` runs: on the CPUs we have (AVX-512
+//! VNNI, no AVX-VNNI) the tests check this source through `evex`. The two binaries are not the same: with
+//! AVX-512 VL the compiler has 32 vector registers, so `evex` spills less than `vex` (16); its timings are
+//! an optimistic stand-in for `vex`'s, and `vex` itself has not run anywhere yet.
 
 /// The four kernels for one encoding: `$feat` the target features, `$dp` the `vpdpbusd` intrinsic.
 macro_rules! kernels {
@@ -38,12 +40,17 @@ macro_rules! kernels {
         };
 
         /// `acc + a (unsigned bytes) . b (signed bytes)`, 4 products per 32-bit lane.
+        ///
+        /// Safety: the CPU runs `$feat` (the caller is one of the kernels below, built for them).
         #[inline(always)]
         unsafe fn dp(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
-            std::arch::x86_64::$dp(acc, a, b)
+            // SAFETY: register operands only; the instruction set is the caller's contract.
+            unsafe { std::arch::x86_64::$dp(acc, a, b) }
         }
 
         /// Column `j`'s 4-bit values of chunk `ch`: the low halves (inputs `8ch..8ch+4`) and the high ones.
+        ///
+        /// Safety: `pv` is a q4_0 panel block's values, `ch < 4`, `j < 4`; the CPU runs AVX2.
         #[inline(always)]
         unsafe fn nibbles(pv: *const u8, ch: usize, j: usize) -> (__m256i, __m256i) {
             let m = _mm256_set1_epi8(15);
@@ -146,6 +153,8 @@ macro_rules! kernels {
         }
 
         /// Per column of panel block values `pv`, the sums of its outputs' 32 weights.
+        ///
+        /// Safety: `pv` is a q8_0 panel block's values; the CPU runs `$feat`.
         #[inline(always)]
         unsafe fn weight_sums(pv: *const u8) -> [__m256i; 4] {
             let ones = _mm256_set1_epi8(1);
