@@ -62,6 +62,32 @@ macro_rules! kernels {
             )
         }
 
+        /// Adds a register tile's integer sums `c` (tokens `r0..`, columns `j0` and `j0 + 1`) of one group to
+        /// `acc`, the portable epilogue's steps: `acc + sum as f32 * (ws * sa)`.
+        ///
+        /// Safety: `scale` points at the group's `MR` activation scales; `r0 + c.len() <= MR`, `j0 + 1 < 4`;
+        /// the CPU runs AVX2.
+        #[inline(always)]
+        unsafe fn add_tile<const RT: usize>(
+            acc: &mut [[f32; NR]; MR],
+            c: &[[__m256i; 2]; RT],
+            r0: usize,
+            j0: usize,
+            ws: [std::arch::x86_64::__m256; 2],
+            scale: *const f32,
+        ) {
+            for (i, c) in c.iter().enumerate() {
+                let r = r0 + i;
+                // SAFETY: token r < MR of the group's scales, outputs 8(j0 + h)..+8 of row r (the contract).
+                unsafe {
+                    let sa = std::arch::x86_64::_mm256_set1_ps(*scale.add(r));
+                    for (h, c) in c.iter().enumerate() {
+                        scale_add(acc[r].as_mut_ptr().add(8 * (j0 + h)), *c, ws[h], sa);
+                    }
+                }
+            }
+        }
+
         #[target_feature(enable = $feat)]
         unsafe fn tile_q4(
             values: *const u8,
@@ -98,13 +124,7 @@ macro_rules! kernels {
                                     c[1] = dp(dp(c[1], lo1, a0), hi1, a1);
                                 }
                             }
-                            for (i, c) in c.iter().enumerate() {
-                                let r = r0 + i;
-                                let sa = std::arch::x86_64::_mm256_set1_ps(*scale.add(g * MR + r));
-                                for (h, c) in c.iter().enumerate() {
-                                    scale_add(acc[r].as_mut_ptr().add(8 * (j0 + h)), *c, ws[h], sa);
-                                }
-                            }
+                            add_tile(acc, &c, r0, j0, ws, scale.add(g * MR));
                         }
                     }
                 }
@@ -193,13 +213,7 @@ macro_rules! kernels {
                                     c[1] = dp(c[1], a, w1);
                                 }
                             }
-                            for (i, c) in c.iter().enumerate() {
-                                let r = r0 + i;
-                                let sa = std::arch::x86_64::_mm256_set1_ps(*scale.add(g * MR + r));
-                                for (h, c) in c.iter().enumerate() {
-                                    scale_add(acc[r].as_mut_ptr().add(8 * (j0 + h)), *c, ws[h], sa);
-                                }
-                            }
+                            add_tile(acc, &c, r0, j0, ws, scale.add(g * MR));
                         }
                     }
                 }
