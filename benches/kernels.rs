@@ -22,7 +22,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("vit_attention_head");
     g.sample_size(10);
     g.throughput(Throughput::Elements((4 * n * n * hd) as u64)); // multiply-adds x 2: FLOP
-    for isa in Isa::all_here().into_iter().filter(|i| i.base() == *i) {
+    for isa in Isa::bases_here() {
         let mut out = vec![0f32; n * hd];
         let mut sc = attention::Scratch::default();
         g.bench_function(isa.name(), |b| {
@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("gelu_erf_layer");
     g.sample_size(10);
     g.throughput(Throughput::Elements(x.len() as u64));
-    for isa in Isa::all_here().into_iter().filter(|i| i.base() == *i) {
+    for isa in Isa::bases_here() {
         let mut buf = x.clone();
         g.bench_function(isa.name(), |b| {
             b.iter(|| {
@@ -69,10 +69,7 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements((2 * t * k * nout) as u64)); // OP
                                                                    // Not the portable kernels here: ~5 s per product.
-    for isa in Isa::all_here()
-        .into_iter()
-        .filter(|&i| i != Isa::Portable && i.base() == i)
-    {
+    for isa in Isa::bases_here().into_iter().filter(|&i| i != Isa::Portable) {
         let pw = int8::PackedWeights::pack(&w, nout, k, isa);
         let mut acts = vec![0u8; int8::acts_bytes(t, k)];
         let mut out = vec![0f32; t * nout];
@@ -140,7 +137,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode_attention_kv_head_3386");
     g.sample_size(20);
     g.throughput(Throughput::Elements((4 * nq * rows * hd) as u64)); // FLOP
-    for isa in Isa::all_here().into_iter().filter(|i| i.base() == *i) {
+    for isa in Isa::bases_here() {
         let mut out = vec![0f32; nq * hd];
         let mut sc = decode_attention::Scratch::default();
         g.bench_function(isa.name(), |b| {
